@@ -1,1 +1,186 @@
-fn main() {}
+//! `sv-data`: command-line front end of the sv-data library.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use sv_data::generate::GenerateConfig;
+use sv_data::ingest::{self, IngestOptions, ParquetOptions};
+use sv_data::split::SplitConfig;
+use sv_data::{Source, Store};
+
+#[derive(Parser)]
+#[command(name = "sv-data", version, about = "StreetVision data engine: a Lance store of street images")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate procedural street scenes (roadwork positives, hard negatives) into a store.
+    Generate {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Store folder (created when absent).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 320)]
+        width: u32,
+        #[arg(long, default_value_t = 240)]
+        height: u32,
+        #[arg(long, default_value_t = 0.5)]
+        positive_fraction: f64,
+        #[arg(long, default_value_t = 0.4)]
+        hard_negative_fraction: f64,
+    },
+    /// Ingest images into a store (created when absent).
+    Ingest {
+        #[arg(value_enum)]
+        kind: IngestKind,
+        /// Folder, CSV file, parquet file, or Hugging Face dataset repo id.
+        input: String,
+        #[arg(long)]
+        store: PathBuf,
+        /// Source recorded on the samples: real, synthetic-t2i, synthetic-i2i, procedural, hard-case.
+        #[arg(long, default_value = "real")]
+        source: Source,
+        /// Hugging Face revision (hf only).
+        #[arg(long)]
+        revision: Option<String>,
+        /// Only parquet files whose path contains this (hf only), e.g. `train`.
+        #[arg(long)]
+        files: Option<String>,
+    },
+    /// Assign stratified train/val/test splits by label and source.
+    Split {
+        store: PathBuf,
+        #[arg(long, default_value_t = 0.8)]
+        train: f64,
+        #[arg(long, default_value_t = 0.1)]
+        val: f64,
+        #[arg(long, default_value_t = 0.1)]
+        test: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Keep existing assignments; split only unassigned samples.
+        #[arg(long)]
+        only_unassigned: bool,
+    },
+    /// Counts by label, source, split, weather and time of day.
+    Stats {
+        store: PathBuf,
+        /// Lance SQL filter, e.g. "split = 'train'".
+        #[arg(long)]
+        filter: Option<String>,
+        /// Read this version instead of the latest.
+        #[arg(long)]
+        version: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the store's versions.
+    Versions { store: PathBuf },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum IngestKind {
+    /// A folder with `None/` and `Roadwork/` sub-folders.
+    Folder,
+    /// A CSV with `path,label[,weather,time_of_day,description]`.
+    Csv,
+    /// A NATIX-style parquet file (`image` struct, `label`, `scene_description`).
+    Parquet,
+    /// A Hugging Face dataset repo of parquet files (e.g. natix-network-org/roadwork).
+    Hf,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,sv_data=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Generate { count, seed, out, width, height, positive_fraction, hard_negative_fraction } => {
+            let cfg = GenerateConfig {
+                count,
+                seed,
+                width,
+                height,
+                positive_fraction,
+                hard_negative_fraction,
+                ..Default::default()
+            };
+            let mut store = Store::open_or_create(&out)?;
+            let start = std::time::Instant::now();
+            let r = store.append_stream(sv_data::generate::samples(&cfg))?;
+            println!(
+                "generated {} images ({} duplicates skipped) into {} in {:.1}s; version {}",
+                r.added,
+                r.duplicates,
+                out.display(),
+                start.elapsed().as_secs_f64(),
+                r.version
+            );
+        }
+        Cmd::Ingest { kind, input, store, source, revision, files } => {
+            let mut st = Store::open_or_create(&store)?;
+            let opts = IngestOptions { source };
+            let report = match kind {
+                IngestKind::Folder => ingest::ingest_folder(&mut st, input.as_ref(), &opts)?,
+                IngestKind::Csv => ingest::ingest_csv(&mut st, input.as_ref(), &opts)?,
+                IngestKind::Parquet => {
+                    ingest::ingest_parquet(&mut st, input.as_ref(), &ParquetOptions::default(), &opts)?
+                }
+                IngestKind::Hf => ingest::ingest_hf_dataset(
+                    &mut st,
+                    &input,
+                    revision.as_deref(),
+                    files.as_deref(),
+                    &ParquetOptions::default(),
+                    &opts,
+                )?,
+            };
+            print!("{report}");
+        }
+        Cmd::Split { store, train, val, test, seed, only_unassigned } => {
+            let mut st = Store::open(&store)?;
+            let counts =
+                sv_data::split::assign_splits(&mut st, &SplitConfig { train, val, test, seed, only_unassigned })?;
+            for ((split, label), n) in counts {
+                println!("{split:>6} {label:>9}: {n}");
+            }
+            println!("version {}", st.version());
+        }
+        Cmd::Stats { store, filter, version, json } => {
+            let mut st = Store::open(&store)?;
+            if let Some(v) = version {
+                st = st.checkout(v)?;
+            }
+            let s = sv_data::stats::stats(&st, filter.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("{s}");
+            }
+        }
+        Cmd::Versions { store } => {
+            let st = Store::open(&store)?;
+            for v in st.versions()? {
+                println!("{:>5}  {}", v.version, v.timestamp);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! The one preprocessing function shared by training, evaluation, calibration and serving.
+//!
+//! `decode → RGB → resize to size×size (bilinear with antialias: a triangle filter whose support
+//! widens with the downscale factor, as PIL and torchvision's `antialias=True` do) → scale to
+//! [0,1] → normalise with mean/std`, output CHW `f32`. This mirrors `DINOv3ViTImageProcessor`
+//! (rescale, resize to 224×224, ImageNet normalisation); the test against its output on a real
+//! photo lives in sv-train's tests.
+
+use std::io::Cursor;
+
+use anyhow::{Context, Result, bail};
+use image::imageops::FilterType;
+use image::{DynamicImage, ImageReader, Limits, Rgb32FImage};
+
+/// ImageNet mean (RGB).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet standard deviation (RGB).
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Largest side accepted by [`decode`]; larger inputs are refused before allocation.
+pub const MAX_DECODE_SIDE: u32 = 8192;
+
+/// Preprocessing parameters. Stored in run folders and export bundles, so that inference uses
+/// exactly what training used.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessConfig {
+    /// Output side in pixels (the backbone's input size, 224 for DINOv3 at patch 16).
+    #[serde(default = "default_size")]
+    pub size: u32,
+    /// Per-channel mean subtracted after scaling to [0,1].
+    #[serde(default = "default_mean")]
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation divided by after subtracting the mean.
+    #[serde(default = "default_std")]
+    pub std: [f32; 3],
+}
+
+fn default_size() -> u32 {
+    224
+}
+fn default_mean() -> [f32; 3] {
+    IMAGENET_MEAN
+}
+fn default_std() -> [f32; 3] {
+    IMAGENET_STD
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        Self { size: default_size(), mean: IMAGENET_MEAN, std: IMAGENET_STD }
+    }
+}
+
+impl PreprocessConfig {
+    /// A stable key naming this preprocessing, used to key cached features.
+    pub fn key(&self) -> String {
+        let f = |v: &[f32; 3]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(",");
+        format!("resize{}-bilinear-aa|mean={}|std={}", self.size, f(&self.mean), f(&self.std))
+    }
+
+    /// Number of floats [`preprocess_image`] returns.
+    pub fn len(&self) -> usize {
+        3 * (self.size as usize) * (self.size as usize)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+}
+
+/// Decode encoded image bytes (JPEG, PNG, WebP), refusing images larger than
+/// [`MAX_DECODE_SIDE`] on a side. The error says why the bytes are not an image.
+pub fn decode(bytes: &[u8]) -> Result<DynamicImage> {
+    if bytes.is_empty() {
+        bail!("empty image data");
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .context("cannot read image header")?;
+    if reader.format().is_none() {
+        bail!("unknown image format (not JPEG, PNG or WebP)");
+    }
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_DECODE_SIDE);
+    limits.max_image_height = Some(MAX_DECODE_SIDE);
+    reader.limits(limits);
+    let img = reader.decode().context("cannot decode image")?;
+    if img.width() == 0 || img.height() == 0 {
+        bail!("image has zero width or height");
+    }
+    Ok(img)
+}
+
+/// Resize an image to `size×size` in linear float RGB (values in [0,1]), bilinear with antialias.
+pub fn resize_rgb32f(img: &DynamicImage, size: u32) -> Rgb32FImage {
+    let rgb = img.to_rgb32f();
+    if rgb.width() == size && rgb.height() == size {
+        return rgb;
+    }
+    image::imageops::resize(&rgb, size, size, FilterType::Triangle)
+}
+
+/// Preprocess a decoded image into a normalised CHW tensor of `3·size·size` floats.
+pub fn preprocess_image(img: &DynamicImage, cfg: &PreprocessConfig) -> Vec<f32> {
+    let resized = resize_rgb32f(img, cfg.size);
+    let plane = (cfg.size * cfg.size) as usize;
+    let mut out = vec![0f32; 3 * plane];
+    for (i, px) in resized.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = (px.0[c] - cfg.mean[c]) / cfg.std[c];
+        }
+    }
+    out
+}
+
+/// Decode and preprocess encoded bytes: the function training and serving both call.
+pub fn preprocess_bytes(bytes: &[u8], cfg: &PreprocessConfig) -> Result<Vec<f32>> {
+    Ok(preprocess_image(&decode(bytes)?, cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{Rgb, RgbImage};
+
+    fn png(img: &RgbImage) -> Vec<u8> {
+        let mut buf = Vec::new();
+        DynamicImage::ImageRgb8(img.clone())
+            .write_to(&mut Cursor::new(&mut buf), image::ImageFormat::Png)
+            .unwrap();
+        buf
+    }
+
+    #[test]
+    fn constant_image_normalises_to_known_values() {
+        let img = RgbImage::from_pixel(300, 200, Rgb([255, 0, 128]));
+        let cfg = PreprocessConfig { size: 32, ..Default::default() };
+        let out = preprocess_bytes(&png(&img), &cfg).unwrap();
+        assert_eq!(out.len(), cfg.len());
+        let plane = 32 * 32;
+        let expect = [
+            (1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0],
+            (0.0 - IMAGENET_MEAN[1]) / IMAGENET_STD[1],
+            (128.0 / 255.0 - IMAGENET_MEAN[2]) / IMAGENET_STD[2],
+        ];
+        for c in 0..3 {
+            for v in &out[c * plane..(c + 1) * plane] {
+                assert!((v - expect[c]).abs() < 1e-4, "channel {c}: {v} vs {}", expect[c]);
+            }
+        }
+    }
+
+    #[test]
+    fn left_right_halves_stay_apart_after_resize() {
+        let mut img = RgbImage::new(400, 400);
+        for (x, _, p) in img.enumerate_pixels_mut() {
+            *p = if x < 200 { Rgb([0, 0, 0]) } else { Rgb([255, 255, 255]) };
+        }
+        let cfg = PreprocessConfig { size: 20, ..Default::default() };
+        let out = preprocess_bytes(&png(&img), &cfg).unwrap();
+        // Red channel, row 10: far left dark, far right bright.
+        let row = &out[10 * 20..11 * 20];
+        assert!(row[0] < -2.0 && row[19] > 2.0);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let err = preprocess_bytes(b"definitely not an image", &PreprocessConfig::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown image format"), "{err:#}");
+        assert!(decode(&[]).is_err());
+        let mut truncated = png(&RgbImage::from_pixel(64, 64, Rgb([1, 2, 3])));
+        truncated.truncate(truncated.len() / 2);
+        assert!(decode(&truncated).is_err());
+    }
+}

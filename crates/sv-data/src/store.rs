@@ -1,0 +1,487 @@
+//! [`Store`]: the Lance dataset of samples, behind a synchronous API.
+//!
+//! Every write is one Lance commit: data files are written first and the manifest is committed
+//! last, so a write that fails (bad input, an error from the source mid-stream) leaves the
+//! dataset at the version it had. Per-sample scores are written as their own columns keyed by
+//! `id` (`Dataset::merge` for a new column, `merge_insert` in `RewriteColumns` mode for an
+//! existing one), so image bytes are never rewritten.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, anyhow, bail};
+use arrow_array::{
+    Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, RecordBatchIterator,
+    RecordBatchReader, StringArray, types::Float32Type,
+};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use futures::TryStreamExt;
+use lance::Dataset;
+use lance::dataset::{
+    MergeInsertBuilder, MergeInsertWriteMode, WhenMatched, WhenNotMatched, WriteMode, WriteParams,
+};
+use tokio::runtime::Runtime;
+
+use crate::sample::{
+    BASE_COLUMNS, META_COLUMNS, Sample, SampleMeta, base_schema, metas_from_batch,
+    samples_from_batch, to_batch,
+};
+
+/// Rows per record batch handed to Lance while appending.
+const APPEND_BATCH_ROWS: usize = 64;
+
+/// What an append did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct AppendReport {
+    /// Rows committed.
+    pub added: usize,
+    /// Samples skipped because their SHA-256 was already in the store (or earlier in the call).
+    pub duplicates: usize,
+    /// Version after the call (unchanged when nothing was added).
+    pub version: u64,
+}
+
+/// One committed version of the store.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct VersionInfo {
+    pub version: u64,
+    pub timestamp: String,
+}
+
+/// A Lance dataset of samples.
+pub struct Store {
+    rt: Arc<Runtime>,
+    dataset: Dataset,
+    path: PathBuf,
+}
+
+fn runtime() -> Result<Arc<Runtime>> {
+    Ok(Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime for Lance")?,
+    ))
+}
+
+fn uri(path: &Path) -> Result<String> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    abs.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("store path {} is not valid UTF-8", path.display()))
+}
+
+/// Quote a string as a SQL literal for Lance filters.
+pub fn sql_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+impl Store {
+    /// Create an empty store at `path` (an error if one exists there).
+    pub fn create(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let rt = runtime()?;
+        let schema = base_schema();
+        let reader = RecordBatchIterator::new(std::iter::empty(), schema);
+        let params = WriteParams { mode: WriteMode::Create, ..Default::default() };
+        let dataset = rt
+            .block_on(Dataset::write(reader, uri(path)?.as_str(), Some(params)))
+            .with_context(|| format!("cannot create store at {}", path.display()))?;
+        Ok(Self { rt, dataset, path: path.to_path_buf() })
+    }
+
+    /// Open the latest version of the store at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.exists() {
+            bail!("no store at {} (create one with `sv-data generate` or `sv-data ingest`)", path.display());
+        }
+        let rt = runtime()?;
+        let dataset = rt
+            .block_on(Dataset::open(uri(path)?.as_str()))
+            .with_context(|| format!("cannot open store at {}", path.display()))?;
+        let store = Self { rt, dataset, path: path.to_path_buf() };
+        store.check_base_schema()?;
+        Ok(store)
+    }
+
+    /// Open the store at `path`, creating it when absent.
+    pub fn open_or_create(path: impl AsRef<Path>) -> Result<Self> {
+        if path.as_ref().join("_versions").exists() {
+            Self::open(path)
+        } else {
+            Self::create(path)
+        }
+    }
+
+    fn check_base_schema(&self) -> Result<()> {
+        let cols = self.columns();
+        for c in BASE_COLUMNS {
+            if !cols.iter().any(|x| x == c) {
+                bail!("{} is a Lance dataset but not a sample store: column {c:?} is missing", self.path.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// The store's folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The underlying Lance dataset (read-only use; writes go through `Store`).
+    pub fn dataset(&self) -> &Dataset {
+        &self.dataset
+    }
+
+    /// The current version number.
+    pub fn version(&self) -> u64 {
+        self.dataset.version().version
+    }
+
+    /// All committed versions, oldest first.
+    pub fn versions(&self) -> Result<Vec<VersionInfo>> {
+        let v = self.rt.block_on(self.dataset.versions())?;
+        Ok(v.into_iter()
+            .map(|v| VersionInfo { version: v.version, timestamp: v.timestamp.to_rfc3339() })
+            .collect())
+    }
+
+    /// A read view of an older version. Writes to it are refused by Lance's commit checks, so
+    /// use it for reading and reproducing runs.
+    pub fn checkout(&self, version: u64) -> Result<Store> {
+        let dataset = self
+            .rt
+            .block_on(self.dataset.checkout_version(version))
+            .with_context(|| format!("version {version} of {} does not exist", self.path.display()))?;
+        Ok(Store { rt: self.rt.clone(), dataset, path: self.path.clone() })
+    }
+
+    /// The Arrow schema of the current version.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::new(Schema::from(self.dataset.schema()))
+    }
+
+    /// Column names of the current version.
+    pub fn columns(&self) -> Vec<String> {
+        self.schema().fields().iter().map(|f| f.name().clone()).collect()
+    }
+
+    pub fn has_column(&self, name: &str) -> bool {
+        self.schema().field_with_name(name).is_ok()
+    }
+
+    /// Number of rows, optionally matching a Lance SQL filter (`"label = 1 AND split = 'train'"`).
+    pub fn count(&self, filter: Option<&str>) -> Result<usize> {
+        self.rt
+            .block_on(self.dataset.count_rows(filter.map(str::to_string)))
+            .with_context(|| format!("cannot count rows (filter {filter:?})"))
+    }
+
+    /// Scan `columns` of the rows matching `filter`, in storage order, as one batch.
+    pub fn scan(&self, columns: &[&str], filter: Option<&str>) -> Result<RecordBatch> {
+        let schema = self.schema();
+        for c in columns {
+            if schema.field_with_name(c).is_err() {
+                bail!("column {c:?} does not exist in {} (columns: {})", self.path.display(), self.columns().join(", "));
+            }
+        }
+        self.rt.block_on(async {
+            let mut scanner = self.dataset.scan();
+            scanner.project(columns)?;
+            if let Some(f) = filter {
+                scanner.filter(f)?;
+            }
+            let batches: Vec<RecordBatch> = scanner.try_into_stream().await?.try_collect().await?;
+            let projected = Arc::new(schema.project(
+                &columns.iter().map(|c| schema.index_of(c)).collect::<Result<Vec<_>, _>>()?,
+            )?);
+            let batch = if batches.is_empty() {
+                RecordBatch::new_empty(projected)
+            } else {
+                arrow_select::concat::concat_batches(&batches[0].schema(), &batches)?
+            };
+            anyhow::Ok(batch)
+        })
+        .with_context(|| format!("scan of {} failed (filter {filter:?})", self.path.display()))
+    }
+
+    /// Metadata (no image bytes) of the rows matching `filter`.
+    pub fn metas(&self, filter: Option<&str>) -> Result<Vec<SampleMeta>> {
+        metas_from_batch(&self.scan(&META_COLUMNS, filter)?)
+    }
+
+    /// Full samples (image bytes included) matching `filter`.
+    pub fn samples(&self, filter: Option<&str>) -> Result<Vec<Sample>> {
+        samples_from_batch(&self.scan(&BASE_COLUMNS, filter)?)
+    }
+
+    /// Samples by id, in the order asked. An id that is not in the store is an error naming it.
+    pub fn get(&self, ids: &[String]) -> Result<Vec<Sample>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut by_id: HashMap<String, Sample> = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(512) {
+            let filter = format!(
+                "id IN ({})",
+                chunk.iter().map(|s| sql_str(s)).collect::<Vec<_>>().join(", ")
+            );
+            for s in self.samples(Some(&filter))? {
+                by_id.insert(s.id.clone(), s);
+            }
+        }
+        ids.iter()
+            .map(|id| {
+                by_id
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| anyhow!("sample id {id:?} is not in {}", self.path.display()))
+            })
+            .collect()
+    }
+
+    /// SHA-256 of every stored image.
+    pub fn hashes(&self) -> Result<HashSet<String>> {
+        let batch = self.scan(&["sha256"], None)?;
+        let col = batch.column(0).as_any().downcast_ref::<StringArray>().expect("sha256 is utf8");
+        Ok(col.iter().flatten().map(str::to_string).collect())
+    }
+
+    /// Append samples in one commit, skipping duplicates by SHA-256.
+    pub fn append(&mut self, samples: Vec<Sample>) -> Result<AppendReport> {
+        self.append_stream(samples.into_iter().map(Ok))
+    }
+
+    /// Append a stream of samples in one commit, skipping duplicates by SHA-256. The stream is
+    /// written in batches while it is read; if it yields an error, nothing is committed and the
+    /// error is returned.
+    pub fn append_stream<I>(&mut self, samples: I) -> Result<AppendReport>
+    where
+        I: Iterator<Item = Result<Sample>> + Send + 'static,
+    {
+        let counts = Arc::new(Mutex::new(AppendReport::default()));
+        let mut reader = SampleReader {
+            inner: samples,
+            schema: self.schema(),
+            seen: self.hashes()?,
+            counts: counts.clone(),
+            first: None,
+        };
+        // Pull the first batch here: an empty stream commits nothing, an early error is returned
+        // without touching the dataset.
+        match reader.next() {
+            None => {
+                let mut r = counts.lock().unwrap().clone();
+                r.version = self.version();
+                return Ok(r);
+            }
+            Some(Err(e)) => return Err(anyhow!(e)).context("append aborted before any data was written"),
+            Some(Ok(b)) => reader.first = Some(b),
+        }
+        let before = self.version();
+        let result = self.rt.block_on(self.dataset.append(reader, None));
+        if let Err(e) = result {
+            // Lance did not commit: make sure we still point at the old version.
+            self.reload()?;
+            debug_assert_eq!(self.version(), before);
+            return Err(anyhow!(e)).context(format!(
+                "append to {} failed; the store stays at version {before}",
+                self.path.display()
+            ));
+        }
+        let mut r = counts.lock().unwrap().clone();
+        r.version = self.version();
+        Ok(r)
+    }
+
+    /// Re-open the latest committed version.
+    pub fn reload(&mut self) -> Result<()> {
+        self.dataset = self.rt.block_on(Dataset::open(uri(&self.path)?.as_str()))?;
+        Ok(())
+    }
+
+    /// Write one column of per-sample values, keyed by id, in one commit. A new column is added
+    /// (rows without a value get null); an existing column is rewritten for the given ids only.
+    /// Image bytes are not rewritten either way.
+    pub fn write_column(&mut self, name: &str, ids: &[String], values: ArrayRef) -> Result<u64> {
+        if ids.len() != values.len() {
+            bail!("write_column {name:?}: {} ids but {} values", ids.len(), values.len());
+        }
+        if name == "id" || name == "image" || name == "sha256" {
+            bail!("column {name:?} is part of a sample's identity and cannot be rewritten");
+        }
+        let existing = self.schema().field_with_name(name).ok().cloned();
+        let nullable = existing.as_ref().map(|f| f.is_nullable()).unwrap_or(true);
+        if let Some(f) = &existing
+            && f.data_type() != values.data_type()
+        {
+            bail!(
+                "column {name:?} holds {:?}, cannot write {:?} into it",
+                f.data_type(),
+                values.data_type()
+            );
+        }
+        if !nullable && values.null_count() > 0 {
+            bail!("column {name:?} is not nullable but {} values are null", values.null_count());
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new(name, values.data_type().clone(), nullable),
+        ]));
+        let id_array: ArrayRef = Arc::new(StringArray::from_iter_values(ids.iter()));
+        let batch = RecordBatch::try_new(schema.clone(), vec![id_array, values])?;
+        let reader = RecordBatchIterator::new(vec![Ok(batch)], schema);
+        let res = self.rt.block_on(async {
+            if existing.is_some() {
+                let mut builder =
+                    MergeInsertBuilder::try_new(Arc::new(self.dataset.clone()), vec!["id".to_string()])?;
+                builder
+                    .when_matched(WhenMatched::UpdateAll)
+                    .when_not_matched(WhenNotMatched::DoNothing)
+                    .write_mode(MergeInsertWriteMode::RewriteColumns);
+                let (ds, _stats) = builder.try_build()?.execute_reader(reader).await?;
+                self.dataset = Arc::try_unwrap(ds).unwrap_or_else(|a| (*a).clone());
+            } else {
+                self.dataset.merge(reader, "id", "id").await?;
+            }
+            anyhow::Ok(())
+        });
+        if let Err(e) = res {
+            self.reload()?;
+            return Err(e).context(format!("cannot write column {name:?} in {}", self.path.display()));
+        }
+        Ok(self.version())
+    }
+
+    /// Write a nullable `f32` column.
+    pub fn write_f32_column(&mut self, name: &str, values: &[(String, f32)]) -> Result<u64> {
+        let ids: Vec<String> = values.iter().map(|(id, _)| id.clone()).collect();
+        let arr: ArrayRef = Arc::new(Float32Array::from_iter_values(values.iter().map(|(_, v)| *v)));
+        self.write_column(name, &ids, arr)
+    }
+
+    /// Write a vector column (`FixedSizeList<f32>` of `dim`), e.g. embeddings or cached features.
+    pub fn write_vector_column(&mut self, name: &str, dim: usize, values: &[(String, Vec<f32>)]) -> Result<u64> {
+        for (id, v) in values {
+            if v.len() != dim {
+                bail!("vector for {id:?} has {} values, column {name:?} needs {dim}", v.len());
+            }
+        }
+        let ids: Vec<String> = values.iter().map(|(id, _)| id.clone()).collect();
+        let arr = FixedSizeListArray::from_iter_primitive::<Float32Type, _, _>(
+            values.iter().map(|(_, v)| Some(v.iter().copied().map(Some).collect::<Vec<_>>())),
+            dim as i32,
+        );
+        self.write_column(name, &ids, Arc::new(arr))
+    }
+
+    /// Read a `f32` column as `(id, value)` pairs for rows matching `filter`.
+    pub fn read_f32_column(&self, name: &str, filter: Option<&str>) -> Result<Vec<(String, Option<f32>)>> {
+        let batch = self.scan(&["id", name], filter)?;
+        let ids = batch.column(0).as_any().downcast_ref::<StringArray>().expect("id is utf8");
+        let vals = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<Float32Array>()
+            .ok_or_else(|| anyhow!("column {name:?} is not f32"))?;
+        Ok((0..batch.num_rows())
+            .map(|i| (ids.value(i).to_string(), vals.is_valid(i).then(|| vals.value(i))))
+            .collect())
+    }
+
+    /// Read a vector column as `(id, vector)` pairs (`None` where null).
+    pub fn read_vector_column(&self, name: &str, filter: Option<&str>) -> Result<Vec<(String, Option<Vec<f32>>)>> {
+        let batch = self.scan(&["id", name], filter)?;
+        let ids = batch.column(0).as_any().downcast_ref::<StringArray>().expect("id is utf8");
+        let list = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<FixedSizeListArray>()
+            .ok_or_else(|| anyhow!("column {name:?} is not a fixed-size list"))?;
+        let mut out = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let v = if list.is_valid(i) {
+                let vals = list.value(i);
+                let f = vals
+                    .as_any()
+                    .downcast_ref::<Float32Array>()
+                    .ok_or_else(|| anyhow!("column {name:?} is not a list of f32"))?;
+                Some(f.values().to_vec())
+            } else {
+                None
+            };
+            out.push((ids.value(i).to_string(), v));
+        }
+        Ok(out)
+    }
+
+    /// Table metadata of the current version (feature-cache keys and the like).
+    pub fn metadata(&self) -> HashMap<String, String> {
+        self.dataset.metadata().clone()
+    }
+
+    /// Set table metadata entries in one commit.
+    pub fn set_metadata(&mut self, entries: &[(&str, &str)]) -> Result<u64> {
+        let owned: Vec<(String, String)> =
+            entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.rt
+            .block_on(async {
+                self.dataset
+                    .update_metadata(owned.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .await
+            })
+            .with_context(|| format!("cannot update metadata of {}", self.path.display()))?;
+        Ok(self.version())
+    }
+}
+
+/// Adapts a stream of samples to a `RecordBatchReader`, dropping duplicates by SHA-256.
+struct SampleReader<I> {
+    inner: I,
+    schema: SchemaRef,
+    seen: HashSet<String>,
+    counts: Arc<Mutex<AppendReport>>,
+    first: Option<RecordBatch>,
+}
+
+impl<I: Iterator<Item = Result<Sample>>> Iterator for SampleReader<I> {
+    type Item = Result<RecordBatch, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(b) = self.first.take() {
+            return Some(Ok(b));
+        }
+        let mut buf = Vec::with_capacity(APPEND_BATCH_ROWS);
+        while buf.len() < APPEND_BATCH_ROWS {
+            match self.inner.next() {
+                None => break,
+                Some(Err(e)) => return Some(Err(ArrowError::ExternalError(e.into()))),
+                Some(Ok(s)) => {
+                    if self.seen.insert(s.sha256.clone()) {
+                        buf.push(s);
+                    } else {
+                        self.counts.lock().unwrap().duplicates += 1;
+                    }
+                }
+            }
+        }
+        if buf.is_empty() {
+            return None;
+        }
+        self.counts.lock().unwrap().added += buf.len();
+        Some(to_batch(&buf, &self.schema).map_err(|e| ArrowError::ExternalError(e.into())))
+    }
+}
+
+impl<I: Iterator<Item = Result<Sample>>> RecordBatchReader for SampleReader<I> {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}

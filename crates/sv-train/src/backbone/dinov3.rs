@@ -1,0 +1,439 @@
+//! DINOv3 ViT, as `transformers`' `DINOv3ViTModel` (eval mode).
+//!
+//! ```text
+//! x   = [CLS; registers(R); Conv16x16(pixels)]          tokens (B, 1+R+N, D)
+//! x   = x + γ₁ ⊙ Attn(LN₁(x))                            RoPE on patch tokens only
+//! x   = x + γ₂ ⊙ MLP(LN₂(x))                             GELU MLP or SwiGLU (gate/up/down)
+//! out = LN(x);  pooled = out[:, 0]
+//! ```
+//! RoPE: patch centres normalised to [−1, 1] per axis, `inv_freq = 1/θ^(4i/d_head)`,
+//! `angles = 2π·coord·inv_freq` (y block then x block, tiled twice), rotate-half. No coordinate
+//! jitter/rescale (those are training augmentations).
+//!
+//! Checkpoint names (transformers ≥ 4.56): `embeddings.{cls_token,register_tokens,mask_token}`,
+//! `embeddings.patch_embeddings.{weight,bias}`, `[model.]layer.{i}.norm1`,
+//! `…attention.{q,k,v,o}_proj`, `…layer_scale1.lambda1`, `…norm2`, `…mlp.{gate,up,down}_proj`,
+//! `…layer_scale2.lambda1`, `norm`. Architecture numbers come from the checkpoint's `config.json`.
+
+use anyhow::{Result, bail};
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::activation::{gelu, silu};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Tensor, TensorData};
+
+use super::weights::TensorSource;
+
+/// The fields of a Hugging Face `DINOv3ViTConfig` that define the network.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Dinov3Config {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_rope")]
+    pub rope_theta: f64,
+    #[serde(default = "default_image")]
+    pub image_size: usize,
+    #[serde(default = "default_patch")]
+    pub patch_size: usize,
+    #[serde(default = "default_channels")]
+    pub num_channels: usize,
+    #[serde(default = "yes")]
+    pub query_bias: bool,
+    #[serde(default)]
+    pub key_bias: bool,
+    #[serde(default = "yes")]
+    pub value_bias: bool,
+    #[serde(default = "yes")]
+    pub proj_bias: bool,
+    #[serde(default = "yes")]
+    pub mlp_bias: bool,
+    #[serde(default = "one")]
+    pub layerscale_value: f64,
+    #[serde(default)]
+    pub num_register_tokens: usize,
+    /// transformers ≥ 5 name of the SwiGLU switch.
+    #[serde(default)]
+    pub use_gated_mlp: Option<bool>,
+    /// transformers 4.56 name of the same switch.
+    #[serde(default)]
+    pub use_swiglu_ffn: Option<bool>,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_rope() -> f64 {
+    100.0
+}
+fn default_image() -> usize {
+    224
+}
+fn default_patch() -> usize {
+    16
+}
+fn default_channels() -> usize {
+    3
+}
+fn yes() -> bool {
+    true
+}
+fn one() -> f64 {
+    1.0
+}
+
+impl Dinov3Config {
+    /// Parse a `config.json` text.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let cfg: Self = serde_json::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Whether the MLP is SwiGLU.
+    pub fn gated(&self) -> bool {
+        self.use_gated_mlp.or(self.use_swiglu_ffn).unwrap_or(false)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Feature width of [CLS, mean(patches)].
+    pub fn feature_dim(&self) -> usize {
+        2 * self.hidden_size
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            bail!("hidden_size {} is not divisible by num_attention_heads {}", self.hidden_size, self.num_attention_heads);
+        }
+        if self.head_dim() % 4 != 0 {
+            bail!("head dim {} must be a multiple of 4 for 2-D RoPE", self.head_dim());
+        }
+        if !matches!(self.hidden_act.as_str(), "gelu" | "silu" | "swish") {
+            bail!("hidden_act {:?} is not supported (gelu, silu)", self.hidden_act);
+        }
+        Ok(())
+    }
+
+    /// Presets of the published variants (for random weights; real checkpoints bring their
+    /// own `config.json`).
+    pub fn preset(name: &str) -> Result<Self> {
+        let (d, layers, heads, inter, gated) = match name {
+            "vits16" => (384, 12, 6, 1536, false),
+            "vits16plus" => (384, 12, 6, 1536, true),
+            "vitb16" => (768, 12, 12, 3072, false),
+            "vitl16" => (1024, 24, 16, 4096, false),
+            "vith16plus" => (1280, 32, 20, 5120, true),
+            "vit7b16" => (4096, 40, 32, 8192, true),
+            // A small ViT for CPU demos and tests: same architecture, fewer and narrower layers.
+            "vit-tiny" => (192, 4, 3, 768, false),
+            other => bail!(
+                "unknown DINOv3 preset {other:?} (vits16, vits16plus, vitb16, vitl16, vith16plus, vit7b16, vit-tiny)"
+            ),
+        };
+        Ok(Self {
+            hidden_size: d,
+            intermediate_size: inter,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            hidden_act: if gated { "silu".into() } else { "gelu".into() },
+            layer_norm_eps: 1e-5,
+            rope_theta: 100.0,
+            image_size: 224,
+            patch_size: 16,
+            num_channels: 3,
+            query_bias: true,
+            key_bias: false,
+            value_bias: true,
+            proj_bias: true,
+            mlp_bias: true,
+            layerscale_value: 1.0,
+            num_register_tokens: 4,
+            use_gated_mlp: Some(gated),
+            use_swiglu_ffn: None,
+        })
+    }
+}
+
+/// Multi-head self-attention with RoPE on patch tokens.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    q_proj: Linear<B>,
+    k_proj: Linear<B>,
+    v_proj: Linear<B>,
+    o_proj: Linear<B>,
+    num_heads: usize,
+}
+
+/// GELU MLP (`up → act → down`) or SwiGLU (`down(act(gate(x)) · up(x))`).
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    gate_proj: Option<Linear<B>>,
+    up_proj: Linear<B>,
+    down_proj: Linear<B>,
+    silu: bool,
+}
+
+/// One pre-norm transformer block with LayerScale.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    norm1: LayerNorm<B>,
+    attention: Attention<B>,
+    layer_scale1: Param<Tensor<B, 1>>,
+    norm2: LayerNorm<B>,
+    mlp: Mlp<B>,
+    layer_scale2: Param<Tensor<B, 1>>,
+}
+
+/// The DINOv3 ViT backbone.
+#[derive(Module, Debug)]
+pub struct Dinov3<B: Backend> {
+    patch_embeddings: Conv2d<B>,
+    cls_token: Param<Tensor<B, 3>>,
+    register_tokens: Option<Param<Tensor<B, 3>>>,
+    layers: Vec<Block<B>>,
+    norm: LayerNorm<B>,
+    patch_size: usize,
+    rope_theta: f64,
+    num_heads: usize,
+}
+
+/// Outputs of a forward pass.
+pub struct Dinov3Output<B: Backend> {
+    /// `(B, 1 + R + N, D)` after the final norm.
+    pub last_hidden_state: Tensor<B, 3>,
+    /// `(B, D)`: the CLS token of `last_hidden_state`.
+    pub pooler_output: Tensor<B, 2>,
+    /// `(B, 2D)`: [CLS, mean of patch tokens] (registers excluded).
+    pub features: Tensor<B, 2>,
+}
+
+struct Loader<'a, B: Backend> {
+    src: &'a dyn TensorSource,
+    device: &'a B::Device,
+}
+
+impl<B: Backend> Loader<'_, B> {
+    fn t<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
+        let v = self.src.tensor(name, &shape)?;
+        Ok(Tensor::from_data(TensorData::new(v, shape), self.device))
+    }
+    fn linear(&self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
+        // Checkpoints store (out, in); Burn's row layout is (in, out).
+        let w = self.t(&format!("{prefix}.weight"), [d_out, d_in])?.transpose();
+        let b = if bias { Some(Param::from_tensor(self.t(&format!("{prefix}.bias"), [d_out])?)) } else { None };
+        Ok(Linear { weight: Param::from_tensor(w), bias: b })
+    }
+    fn norm(&self, prefix: &str, d: usize, eps: f64) -> Result<LayerNorm<B>> {
+        let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(self.device);
+        ln.gamma = Param::from_tensor(self.t(&format!("{prefix}.weight"), [d])?);
+        ln.beta = Some(Param::from_tensor(self.t(&format!("{prefix}.bias"), [d])?));
+        Ok(ln)
+    }
+}
+
+/// Find the name prefix in front of `embeddings.cls_token` and of the blocks (`model.layer.` in
+/// transformers 5, `layer.` before).
+fn prefixes(src: &dyn TensorSource) -> (String, String) {
+    let names = src.names();
+    if names.is_empty() {
+        return (String::new(), "layer.".into());
+    }
+    let base = names
+        .iter()
+        .find_map(|n| n.strip_suffix("embeddings.cls_token"))
+        .unwrap_or("")
+        .to_string();
+    let layer = if names.iter().any(|n| n == &format!("{base}model.layer.0.norm1.weight")) {
+        format!("{base}model.layer.")
+    } else {
+        format!("{base}layer.")
+    };
+    (base, layer)
+}
+
+impl<B: Backend> Dinov3<B> {
+    /// Build the network from a config, loading every tensor by its checkpoint name.
+    pub fn load(cfg: &Dinov3Config, src: &dyn TensorSource, device: &B::Device) -> Result<Self> {
+        cfg.validate()?;
+        let l = Loader::<B> { src, device };
+        let (d, p, c) = (cfg.hidden_size, cfg.patch_size, cfg.num_channels);
+        let (base, layer) = prefixes(src);
+        let mut patch = Conv2dConfig::new([c, d], [p, p]).with_stride([p, p]).init(device);
+        patch.weight = Param::from_tensor(l.t(&format!("{base}embeddings.patch_embeddings.weight"), [d, c, p, p])?);
+        patch.bias = Some(Param::from_tensor(l.t(&format!("{base}embeddings.patch_embeddings.bias"), [d])?));
+        let cls = l.t(&format!("{base}embeddings.cls_token"), [1, 1, d])?;
+        let regs = if cfg.num_register_tokens > 0 {
+            Some(Param::from_tensor(l.t(&format!("{base}embeddings.register_tokens"), [1, cfg.num_register_tokens, d])?))
+        } else {
+            None
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let silu_act = cfg.hidden_act != "gelu";
+        for i in 0..cfg.num_hidden_layers {
+            let pre = format!("{layer}{i}");
+            let a = |n: &str| format!("{pre}.attention.{n}");
+            let m = |n: &str| format!("{pre}.mlp.{n}");
+            let inter = cfg.intermediate_size;
+            layers.push(Block {
+                norm1: l.norm(&format!("{pre}.norm1"), d, cfg.layer_norm_eps)?,
+                attention: Attention {
+                    q_proj: l.linear(&a("q_proj"), d, d, cfg.query_bias)?,
+                    k_proj: l.linear(&a("k_proj"), d, d, cfg.key_bias)?,
+                    v_proj: l.linear(&a("v_proj"), d, d, cfg.value_bias)?,
+                    o_proj: l.linear(&a("o_proj"), d, d, cfg.proj_bias)?,
+                    num_heads: cfg.num_attention_heads,
+                },
+                layer_scale1: Param::from_tensor(l.t(&format!("{pre}.layer_scale1.lambda1"), [d])?),
+                norm2: l.norm(&format!("{pre}.norm2"), d, cfg.layer_norm_eps)?,
+                mlp: Mlp {
+                    gate_proj: if cfg.gated() { Some(l.linear(&m("gate_proj"), d, inter, cfg.mlp_bias)?) } else { None },
+                    up_proj: l.linear(&m("up_proj"), d, inter, cfg.mlp_bias)?,
+                    down_proj: l.linear(&m("down_proj"), inter, d, cfg.mlp_bias)?,
+                    silu: silu_act,
+                },
+                layer_scale2: Param::from_tensor(l.t(&format!("{pre}.layer_scale2.lambda1"), [d])?),
+            });
+        }
+        let model = Self {
+            patch_embeddings: patch,
+            cls_token: Param::from_tensor(cls),
+            register_tokens: regs,
+            layers,
+            norm: l.norm(&format!("{base}norm"), d, cfg.layer_norm_eps)?,
+            patch_size: p,
+            rope_theta: cfg.rope_theta,
+            num_heads: cfg.num_attention_heads,
+        };
+        Ok(model.no_grad())
+    }
+
+    fn num_registers(&self) -> usize {
+        self.register_tokens.as_ref().map(|r| r.dims()[1]).unwrap_or(0)
+    }
+
+    /// Forward pass on normalised pixels `(B, C, H, W)`; H and W are cropped down to multiples
+    /// of the patch size, as the strided convolution does.
+    pub fn forward(&self, pixels: Tensor<B, 4>) -> Dinov3Output<B> {
+        let device = pixels.device();
+        let [b, _, h, w] = pixels.dims();
+        let (gh, gw) = (h / self.patch_size, w / self.patch_size);
+        let patches = self.patch_embeddings.forward(pixels); // (B, D, gh, gw)
+        let d = patches.dims()[1];
+        let patches = patches.flatten::<3>(2, 3).swap_dims(1, 2); // (B, N, D)
+        let mut tokens = vec![self.cls_token.val().repeat_dim(0, b)];
+        if let Some(r) = &self.register_tokens {
+            tokens.push(r.val().repeat_dim(0, b));
+        }
+        tokens.push(patches);
+        let mut x = Tensor::cat(tokens, 1);
+        let prefix = 1 + self.num_registers();
+        let head_dim = d / self.num_heads;
+        let (cos, sin) = rope_tables::<B>(gh, gw, head_dim, self.rope_theta, &device);
+        for blk in &self.layers {
+            x = blk.forward(x, &cos, &sin, prefix);
+        }
+        let out = self.norm.forward(x);
+        let n_tokens = out.dims()[1];
+        let cls = out.clone().narrow(1, 0, 1).reshape([b, d]);
+        let mean = out.clone().narrow(1, prefix, n_tokens - prefix).mean_dim(1).reshape([b, d]);
+        let features = Tensor::cat(vec![cls.clone(), mean], 1);
+        Dinov3Output { last_hidden_state: out, pooler_output: cls, features }
+    }
+}
+
+/// cos/sin tables `(1, 1, gh·gw, head_dim)` of DINOv3's 2-D RoPE.
+pub fn rope_tables<B: Backend>(
+    gh: usize,
+    gw: usize,
+    head_dim: usize,
+    theta: f64,
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let q = head_dim / 4;
+    let inv: Vec<f32> = (0..q).map(|i| 1.0 / (theta as f32).powf((4 * i) as f32 / head_dim as f32)).collect();
+    let n = gh * gw;
+    let mut cos = Vec::with_capacity(n * head_dim);
+    let mut sin = Vec::with_capacity(n * head_dim);
+    let two_pi = 2.0 * std::f32::consts::PI;
+    for y in 0..gh {
+        for x in 0..gw {
+            let cy = 2.0 * ((y as f32 + 0.5) / gh as f32) - 1.0;
+            let cx = 2.0 * ((x as f32 + 0.5) / gw as f32) - 1.0;
+            let mut angles: Vec<f32> = inv.iter().map(|f| two_pi * cy * f).collect();
+            angles.extend(inv.iter().map(|f| two_pi * cx * f));
+            for _ in 0..2 {
+                for a in &angles {
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+    }
+    let shape = [1, 1, n, head_dim];
+    (
+        Tensor::from_data(TensorData::new(cos, shape), device),
+        Tensor::from_data(TensorData::new(sin, shape), device),
+    )
+}
+
+fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let hd = x.dims()[3];
+    let x1 = x.clone().narrow(3, 0, hd / 2);
+    let x2 = x.narrow(3, hd / 2, hd / 2);
+    Tensor::cat(vec![x2.neg(), x1], 3)
+}
+
+fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, prefix: usize) -> Tensor<B, 4> {
+    let t = x.dims()[2];
+    let pre = x.clone().narrow(2, 0, prefix);
+    let pat = x.narrow(2, prefix, t - prefix);
+    let pat = pat.clone() * cos.clone() + rotate_half(pat) * sin.clone();
+    Tensor::cat(vec![pre, pat], 2)
+}
+
+impl<B: Backend> Attention<B> {
+    fn forward(&self, x: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, prefix: usize) -> Tensor<B, 3> {
+        let [b, t, d] = x.dims();
+        let hd = d / self.num_heads;
+        let split = |y: Tensor<B, 3>| y.reshape([b, t, self.num_heads, hd]).swap_dims(1, 2);
+        let q = apply_rope(split(self.q_proj.forward(x.clone())), cos, sin, prefix);
+        let k = apply_rope(split(self.k_proj.forward(x.clone())), cos, sin, prefix);
+        let v = split(self.v_proj.forward(x));
+        let o = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        self.o_proj.forward(o.swap_dims(1, 2).reshape([b, t, d]))
+    }
+}
+
+impl<B: Backend> Mlp<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let act = |y: Tensor<B, 3>| if self.silu { silu(y) } else { gelu(y) };
+        let h = match &self.gate_proj {
+            Some(g) => act(g.forward(x.clone())) * self.up_proj.forward(x),
+            None => act(self.up_proj.forward(x)),
+        };
+        self.down_proj.forward(h)
+    }
+}
+
+impl<B: Backend> Block<B> {
+    fn forward(&self, x: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, prefix: usize) -> Tensor<B, 3> {
+        let a = self.attention.forward(self.norm1.forward(x.clone()), cos, sin, prefix);
+        let x = x + a * self.layer_scale1.val().unsqueeze::<3>();
+        let m = self.mlp.forward(self.norm2.forward(x.clone()));
+        x + m * self.layer_scale2.val().unsqueeze::<3>()
+    }
+}

@@ -1,0 +1,148 @@
+//! The frozen backbone: where its weights come from and how it turns images into features.
+//!
+//! Weights are `random` (a preset architecture with seeded weights, for offline demos and tests),
+//! a local folder holding a Hugging Face `config.json` and safetensors, or `hf:<repo>[@rev]`
+//! fetched through `hf-hub` (gated repos such as `facebook/dinov3-vits16-pretrain-lvd1689m`
+//! need `HF_TOKEN`).
+
+pub mod dinov3;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use hf_hub::RepoType;
+use sv_data::PreprocessConfig;
+
+pub use dinov3::{Dinov3, Dinov3Config, Dinov3Output};
+use weights::{RandomSource, SafetensorsSource, TensorSource};
+
+/// Where the backbone comes from (the `[backbone]` table of an experiment).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackboneSpec {
+    /// `random`, a local folder, or `hf:<repo>[@revision]`.
+    pub weights: String,
+    /// Architecture preset for `random` weights (vits16, vits16plus, vitb16, vitl16, vith16plus,
+    /// vit7b16, vit-tiny).
+    #[serde(default = "default_preset")]
+    pub preset: String,
+    /// Seed of `random` weights.
+    #[serde(default)]
+    pub seed: u64,
+    /// Images per forward pass while extracting features.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+fn default_preset() -> String {
+    "vits16".into()
+}
+fn default_batch() -> usize {
+    16
+}
+
+/// A loaded backbone and what identifies it.
+pub struct Backbone<B: Backend> {
+    pub model: Dinov3<B>,
+    pub config: Dinov3Config,
+    /// Stable id used to key cached features, e.g. `dinov3:random:vit-tiny:seed=0`.
+    pub id: String,
+    /// Whether the weights are random (said in every output that depends on them).
+    pub random: bool,
+}
+
+fn load_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Dinov3<B>, Dinov3Config)> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path)
+        .with_context(|| format!("cannot read {} (a backbone folder needs config.json)", cfg_path.display()))?;
+    let cfg = Dinov3Config::from_json(&text).with_context(|| format!("{} is not a DINOv3 config", cfg_path.display()))?;
+    let src = SafetensorsSource::open_dir(dir)?;
+    let model = Dinov3::load(&cfg, &src, device)?;
+    Ok((model, cfg))
+}
+
+/// Fetch `config.json` and the safetensors of a Hugging Face model repo into the hf-hub cache;
+/// returns the snapshot folder.
+pub fn fetch_hf(repo_id: &str, revision: Option<&str>) -> Result<PathBuf> {
+    let api = sv_data::hub::api()?;
+    let repo = sv_data::hub::repo(&api, repo_id, RepoType::Model, revision);
+    let cfg = sv_data::hub::get(&repo, repo_id, "config.json")?;
+    let files = sv_data::hub::list_files(&repo, repo_id, ".safetensors")?;
+    if files.is_empty() {
+        bail!("{repo_id} has no .safetensors weights");
+    }
+    if files.len() > 1 {
+        sv_data::hub::get(&repo, repo_id, "model.safetensors.index.json")?;
+    }
+    for f in files {
+        sv_data::hub::get(&repo, repo_id, &f)?;
+    }
+    Ok(cfg.parent().expect("file in a snapshot folder").to_path_buf())
+}
+
+impl<B: Backend> Backbone<B> {
+    /// Load the backbone a spec names.
+    pub fn load(spec: &BackboneSpec, device: &B::Device) -> Result<Self> {
+        if spec.weights == "random" {
+            let config = Dinov3Config::preset(&spec.preset)?;
+            let src = RandomSource { seed: spec.seed, std: 0.02, layer_scale: config.layerscale_value as f32 };
+            let model = Dinov3::load(&config, &src, device)?;
+            return Ok(Self {
+                model,
+                config,
+                id: format!("dinov3:random:{}:seed={}", spec.preset, spec.seed),
+                random: true,
+            });
+        }
+        if let Some(rest) = spec.weights.strip_prefix("hf:") {
+            let (repo, rev) = match rest.split_once('@') {
+                Some((r, v)) => (r, Some(v)),
+                None => (rest, None),
+            };
+            let dir = fetch_hf(repo, rev)?;
+            let (model, config) = load_dir(&dir, device)?;
+            let snapshot = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+            return Ok(Self { model, config, id: format!("dinov3:hf:{repo}@{snapshot}"), random: false });
+        }
+        let dir = Path::new(&spec.weights);
+        if !dir.is_dir() {
+            bail!("backbone weights {:?} are not `random`, `hf:<repo>` or an existing folder", spec.weights);
+        }
+        let (model, config) = load_dir(dir, device)?;
+        let fingerprint = dir_fingerprint(dir)?;
+        Ok(Self { model, config, id: format!("dinov3:dir:{}:{fingerprint}", dir.display()), random: false })
+    }
+
+    /// Features `[CLS, mean(patches)]` of encoded images, preprocessed with `pre`.
+    pub fn features_of_images(&self, images: &[&[u8]], pre: &PreprocessConfig, device: &B::Device) -> Result<Vec<Vec<f32>>> {
+        let mut data = Vec::with_capacity(images.len() * pre.len());
+        for (i, bytes) in images.iter().enumerate() {
+            data.extend(sv_data::preprocess_bytes(bytes, pre).with_context(|| format!("image {i} of the batch"))?);
+        }
+        let s = pre.size as usize;
+        let x = Tensor::<B, 4>::from_data(TensorData::new(data, [images.len(), 3, s, s]), device);
+        let feats = self.model.forward(x).features;
+        let d = feats.dims()[1];
+        let v = feats.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok(v.chunks_exact(d).map(<[f32]>::to_vec).collect())
+    }
+}
+
+/// Size and modification time of the safetensors in a folder: changes when the weights do.
+fn dir_fingerprint(dir: &Path) -> Result<String> {
+    let mut parts = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.path());
+    for e in entries {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "safetensors") {
+            let m = e.metadata()?;
+            let t = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs());
+            parts.push(format!("{}:{}:{}", e.file_name().to_string_lossy(), m.len(), t.unwrap_or(0)));
+        }
+    }
+    Ok(sv_data::sample::sha256_hex(parts.join("|").as_bytes())[..12].to_string())
+}
