@@ -1,1 +1,30 @@
-//! placeholder
+//! sv-train trains the roadwork classifier of the StreetVision workspace on Burn: a frozen
+//! DINOv3 ViT backbone loaded by name from Hugging Face safetensors ([`backbone`]), features
+//! `[CLS, mean(patches)]` cached as a Lance column ([`features`]), a small MLP or linear head
+//! trained with AdamW, warmup + cosine and early stopping on validation MCC ([`train`]),
+//! metrics including MCC, ROC-AUC and ECE ([`metrics`]), and experiment files that turn into
+//! reproducible run folders ([`experiment`], [`run`]). The `sv-train` binary is a thin CLI.
+
+pub mod backbone;
+pub mod experiment;
+pub mod features;
+pub mod head;
+pub mod metrics;
+pub mod plots;
+pub mod run;
+pub mod train;
+
+/// Backend for the frozen backbone and for inference: CPU (ndarray) by default, CUDA with the
+/// `cuda` feature, LibTorch with `tch`.
+#[cfg(feature = "cuda")]
+pub type InferBackend = burn::backend::Cuda;
+#[cfg(all(feature = "tch", not(feature = "cuda")))]
+pub type InferBackend = burn::backend::LibTorch;
+#[cfg(not(any(feature = "cuda", feature = "tch")))]
+pub type InferBackend = burn::backend::NdArray<f32>;
+
+/// Backend for head training (autodiff over [`InferBackend`]).
+pub type TrainBackend = burn::backend::Autodiff<InferBackend>;
+
+/// Device of [`InferBackend`].
+pub type Device = burn::tensor::Device<InferBackend>;

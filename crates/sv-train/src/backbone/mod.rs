@@ -17,7 +17,7 @@ use hf_hub::RepoType;
 use sv_data::PreprocessConfig;
 
 pub use dinov3::{Dinov3, Dinov3Config, Dinov3Output};
-use weights::{RandomSource, SafetensorsSource, TensorSource};
+use weights::{RandomSource, SafetensorsSource};
 
 /// Where the backbone comes from (the `[backbone]` table of an experiment).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

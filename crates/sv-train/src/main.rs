@@ -1,0 +1,66 @@
+//! `sv-train`: command-line front end of the sv-train library.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sv-train", version, about = "Train and evaluate StreetVision roadwork heads on a frozen DINOv3")]
+struct Cli {
+    /// Experiment TOML to train (e.g. experiments/curriculum.toml).
+    #[arg(long)]
+    experiment: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train an experiment and write its run folder.
+    Train {
+        #[arg(long)]
+        experiment: PathBuf,
+    },
+    /// Evaluate a saved checkpoint on an experiment's data.
+    Evaluate {
+        #[arg(long)]
+        experiment: PathBuf,
+        /// A run's `checkpoint/` folder.
+        #[arg(long)]
+        checkpoint: PathBuf,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,sv_train=info,sv_data=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match (cli.cmd, cli.experiment) {
+        (Some(Cmd::Train { experiment }), _) | (None, Some(experiment)) => {
+            sv_train::run::run_experiment(&experiment)?;
+        }
+        (Some(Cmd::Evaluate { experiment, checkpoint }), _) => {
+            let metrics = sv_train::run::evaluate_checkpoint(&experiment, &checkpoint)?;
+            for (split, m) in &metrics {
+                println!("{split:>5}: {m}");
+            }
+            println!("{}", serde_json::to_string_pretty(&metrics)?);
+        }
+        (None, None) => {
+            anyhow::bail!("nothing to do: pass --experiment <toml>, or a subcommand (see --help)");
+        }
+    }
+    Ok(())
+}

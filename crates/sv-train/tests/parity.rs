@@ -1,0 +1,102 @@
+//! Parity with transformers' DINOv3ViTModel and DINOv3ViTImageProcessor on committed fixtures
+//! (made by tests/fixtures/make_dinov3_fixtures.py with transformers 5.17).
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::NdArray;
+use burn::tensor::{Tensor, TensorData};
+use safetensors::SafeTensors;
+use sv_train::backbone::weights::SafetensorsSource;
+use sv_train::backbone::{Dinov3, Dinov3Config};
+
+type B = NdArray<f32>;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn read_tensor(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let v = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    (t.shape().to_vec(), v)
+}
+
+/// ‖a − b‖ / ‖b‖ and max |a − b|.
+fn rel_err(a: &[f32], b: &[f32]) -> (f64, f64) {
+    assert_eq!(a.len(), b.len());
+    let (mut num, mut den, mut max) = (0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        let d = (*x as f64 - *y as f64).abs();
+        num += d * d;
+        den += (*y as f64) * (*y as f64);
+        max = max.max(d);
+    }
+    ((num / den).sqrt(), max)
+}
+
+fn check(kind: &str) {
+    let dir = fixtures().join(format!("dinov3_tiny_{kind}"));
+    let cfg = Dinov3Config::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg.gated(), kind == "swiglu");
+    let src = SafetensorsSource::open_dir(&dir).unwrap();
+    let device = Default::default();
+    let model = Dinov3::<B>::load(&cfg, &src, &device).unwrap();
+    let io_bytes = std::fs::read(fixtures().join("dinov3_io.safetensors")).unwrap();
+    let io = SafeTensors::deserialize(&io_bytes).unwrap();
+    for case in ["square", "nonsquare"] {
+        let (shape, x) = read_tensor(&io, &format!("{kind}.{case}.pixel_values"));
+        let x = Tensor::<B, 4>::from_data(TensorData::new(x, [shape[0], shape[1], shape[2], shape[3]]), &device);
+        let out = model.forward(x);
+        for (name, ours) in [
+            ("last_hidden_state", out.last_hidden_state.into_data()),
+            ("pooler_output", out.pooler_output.into_data()),
+        ] {
+            let (ref_shape, reference) = read_tensor(&io, &format!("{kind}.{case}.{name}"));
+            assert_eq!(ours.shape.to_vec(), ref_shape, "{kind}/{case}/{name} shape");
+            let ours = ours.to_vec::<f32>().unwrap();
+            let (rel, max) = rel_err(&ours, &reference);
+            println!("{kind}/{case}/{name}: relative error {rel:.2e}, max abs {max:.2e}");
+            assert!(rel < 1e-4, "{kind}/{case}/{name}: relative error {rel:.3e} (max abs {max:.3e})");
+        }
+    }
+}
+
+#[test]
+fn dinov3_gelu_mlp_matches_transformers() {
+    check("mlp");
+}
+
+#[test]
+fn dinov3_swiglu_matches_transformers() {
+    check("swiglu");
+}
+
+#[test]
+fn preprocessing_matches_hf_image_processor_on_a_photo() {
+    let bytes = std::fs::read(fixtures().join("photo.jpg")).unwrap();
+    let ours = sv_data::preprocess_bytes(&bytes, &sv_data::PreprocessConfig::default()).unwrap();
+    let ref_bytes = std::fs::read(fixtures().join("photo_pixel_values.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&ref_bytes).unwrap();
+    let (shape, reference) = read_tensor(&st, "pixel_values");
+    assert_eq!(shape, vec![1, 3, 224, 224]);
+    let mad = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / ours.len() as f64;
+    println!("mean absolute difference of normalised pixels: {mad:.5}");
+    assert!(mad < 0.02, "mean abs diff {mad}");
+}
+
+#[test]
+fn wrong_shapes_in_weights_name_the_tensor() {
+    let dir = fixtures().join("dinov3_tiny_mlp");
+    let mut cfg = Dinov3Config::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    cfg.intermediate_size = 128;
+    let src = SafetensorsSource::open_dir(&dir).unwrap();
+    let err = Dinov3::<B>::load(&cfg, &src, &Default::default()).unwrap_err().to_string();
+    assert!(err.contains("mlp.up_proj.weight") && err.contains("[96, 64]") && err.contains("[128, 64]"), "{err}");
+    let mut cfg2 = cfg.clone();
+    cfg2.intermediate_size = 96;
+    cfg2.num_hidden_layers = 3;
+    let err = Dinov3::<B>::load(&cfg2, &src, &Default::default()).unwrap_err().to_string();
+    assert!(err.contains("layer.2") && err.contains("missing"), "{err}");
+    let err = SafetensorsSource::open_dir(&fixtures()).err().unwrap().to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+}
