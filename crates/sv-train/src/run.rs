@@ -176,13 +176,12 @@ pub fn run_experiment(path: &Path) -> Result<RunSummary> {
     let t0 = Instant::now();
     let (exp, text) = Experiment::load(path)?;
     let device = Device::default();
-    let run_dir = create_run_dir(&exp)?;
-    std::fs::write(run_dir.join("config.toml"), &text)?;
-    println!("run {} -> {}", exp.name, run_dir.display());
-
     let mut seconds = BTreeMap::new();
     let (mut store, writable) = prepare_store(&exp)?;
     seconds.insert("data".into(), t0.elapsed().as_secs_f64());
+    let run_dir = create_run_dir(&exp)?;
+    std::fs::write(run_dir.join("config.toml"), &text)?;
+    println!("run {} -> {}", exp.name, run_dir.display());
 
     let t = Instant::now();
     let backbone = Backbone::<InferBackend>::load(&exp.backbone, &device)?;

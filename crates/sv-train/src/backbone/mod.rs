@@ -35,6 +35,10 @@ pub struct BackboneSpec {
     /// Images per forward pass while extracting features.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Standard deviation of `random` weights (0.02 is transformers' initialiser; a larger value
+    /// makes an untrained network's features less linear, which suits random-feature demos).
+    #[serde(default = "default_std")]
+    pub init_std: f32,
 }
 
 fn default_preset() -> String {
@@ -42,6 +46,9 @@ fn default_preset() -> String {
 }
 fn default_batch() -> usize {
     16
+}
+fn default_std() -> f32 {
+    0.02
 }
 
 /// A loaded backbone and what identifies it.
@@ -88,12 +95,12 @@ impl<B: Backend> Backbone<B> {
     pub fn load(spec: &BackboneSpec, device: &B::Device) -> Result<Self> {
         if spec.weights == "random" {
             let config = Dinov3Config::preset(&spec.preset)?;
-            let src = RandomSource { seed: spec.seed, std: 0.02, layer_scale: config.layerscale_value as f32 };
+            let src = RandomSource { seed: spec.seed, std: spec.init_std, layer_scale: config.layerscale_value as f32 };
             let model = Dinov3::load(&config, &src, device)?;
             return Ok(Self {
                 model,
                 config,
-                id: format!("dinov3:random:{}:seed={}", spec.preset, spec.seed),
+                id: format!("dinov3:random:{}:seed={}:std={}", spec.preset, spec.seed, spec.init_std),
                 random: true,
             });
         }
