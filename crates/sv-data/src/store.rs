@@ -247,6 +247,17 @@ impl Store {
             .collect()
     }
 
+    /// Samples at row offsets of the current version (Lance's random-access `take`), in the
+    /// order asked.
+    pub fn take_rows(&self, offsets: &[u64]) -> Result<Vec<Sample>> {
+        let projection = self.dataset.schema().project(&BASE_COLUMNS)?;
+        let batch = self
+            .rt
+            .block_on(self.dataset.take(offsets, projection))
+            .with_context(|| format!("take of {} rows from {} failed", offsets.len(), self.path.display()))?;
+        samples_from_batch(&batch)
+    }
+
     /// SHA-256 of every stored image.
     pub fn hashes(&self) -> Result<HashSet<String>> {
         let batch = self.scan(&["sha256"], None)?;
