@@ -6,9 +6,12 @@
 //! ([`preprocess::preprocess_bytes`]). Other tools (sv-train, sv-miner) import it; `main.rs` is a
 //! thin CLI over it.
 
+pub mod augment;
+pub mod difficulty;
 pub mod generate;
 pub mod hub;
 pub mod ingest;
+pub mod mining;
 pub mod preprocess;
 pub mod progress;
 pub mod sample;

@@ -340,3 +340,19 @@ pub fn is_safety_orange([r, g, b]: [u8; 3]) -> bool {
     let hue = 60.0 * (g - b) / (max - min);
     (10.0..=40.0).contains(&hue)
 }
+
+/// Rain streaks and darkening over any image (used by adversarial augmentation).
+pub fn weather_rain(img: &RgbImage, rng: &mut StdRng) -> RgbImage {
+    let mut out = img.clone();
+    effects::rain(&mut out, rng);
+    out
+}
+
+/// Fog of `density` over any image, strongest at mid-height (used by adversarial augmentation).
+pub fn weather_fog(img: &RgbImage, density: f32) -> RgbImage {
+    let (w, h) = (img.width() as f32, img.height() as f32);
+    let v = View { w, h, horizon: 0.45 * h, vanish_x: 0.5 * w, half_top: 0.02 * w, half_bottom: 0.5 * w };
+    let mut out = img.clone();
+    effects::fog(&mut out, &v, density);
+    out
+}
