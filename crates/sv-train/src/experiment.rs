@@ -31,8 +31,12 @@ use sv_data::generate::GenerateConfig;
 use sv_data::split::SplitConfig;
 
 use crate::backbone::BackboneSpec;
+use crate::curriculum::CurriculumConfig;
 use crate::head::{HeadConfig, HeadKind};
+use crate::simulator::SimulatorConfig;
 use crate::train::TrainConfig;
+use sv_data::augment::Strategy;
+use sv_data::mining::MiningConfig;
 
 /// The `[data]` table.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -93,6 +97,136 @@ pub struct Experiment {
     pub head: HeadSection,
     #[serde(default)]
     pub train: TrainConfig,
+    /// Training-time augmentation of the train split.
+    #[serde(default)]
+    pub augment: AugmentSection,
+    /// Curriculum pacing by difficulty (absent = all rows every epoch).
+    #[serde(default)]
+    pub curriculum: Option<CurriculumConfig>,
+    /// Hard-negative mining rounds (absent = none).
+    #[serde(default)]
+    pub hard_negatives: Option<HardNegSection>,
+    /// Knowledge distillation from a teacher (absent = plain BCE).
+    #[serde(default)]
+    pub distill: Option<DistillSection>,
+    /// Validator simulator on the test split (default on; `enabled = false` skips it).
+    #[serde(default)]
+    pub simulator: SimulatorSection,
+}
+
+/// The `[augment]` table: augmented copies of each training image, features computed in memory.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentSection {
+    /// none, baseline, geometric, adversarial or validator.
+    pub strategy: Strategy,
+    /// Augmented copies per training image.
+    pub copies: usize,
+    pub seed: u64,
+}
+
+impl Default for AugmentSection {
+    fn default() -> Self {
+        Self { strategy: Strategy::None, copies: 1, seed: 0 }
+    }
+}
+
+/// The `[hard_negatives]` table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HardNegSection {
+    /// Mine-and-retrain rounds after the first training.
+    pub rounds: usize,
+    /// Confidence `max(p, 1 − p)` below which a correct prediction counts as hard.
+    pub low_confidence: f32,
+    pub cap_per_kind: usize,
+    /// Target share of hard cases in the balanced view.
+    pub hard_fraction: f64,
+    /// Also mine this prediction log (CSV `id,prob` of a deployed model) for train rows.
+    pub prediction_log: Option<PathBuf>,
+}
+
+impl Default for HardNegSection {
+    fn default() -> Self {
+        let m = MiningConfig::default();
+        Self {
+            rounds: 1,
+            low_confidence: m.low_confidence,
+            cap_per_kind: m.cap_per_kind,
+            hard_fraction: m.hard_fraction,
+            prediction_log: None,
+        }
+    }
+}
+
+impl HardNegSection {
+    pub fn mining(&self, seed: u64) -> MiningConfig {
+        MiningConfig {
+            low_confidence: self.low_confidence,
+            cap_per_kind: self.cap_per_kind,
+            hard_fraction: self.hard_fraction,
+            seed,
+        }
+    }
+}
+
+/// Where teacher probabilities come from: exactly one of the three.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherSpec {
+    /// An existing f32 column of P(roadwork) in the store.
+    #[serde(default)]
+    pub column: Option<String>,
+    /// A CSV or parquet file with `id` and `prob` columns (e.g. logged VLM answers).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Train a teacher head on this (larger) backbone's features within the run.
+    #[serde(default)]
+    pub backbone: Option<BackboneSpec>,
+    /// Head of the in-run teacher.
+    #[serde(default)]
+    pub head: Option<HeadSection>,
+}
+
+/// The `[distill]` table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillSection {
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    pub teacher: TeacherSpec,
+}
+
+fn default_alpha() -> f64 {
+    0.7
+}
+fn default_temperature() -> f64 {
+    4.0
+}
+
+/// The `[simulator]` table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulatorSection {
+    pub enabled: bool,
+    pub windows: usize,
+    /// At most this many test samples are challenged (0 = all).
+    pub max_samples: usize,
+    pub seed: u64,
+}
+
+impl Default for SimulatorSection {
+    fn default() -> Self {
+        Self { enabled: true, windows: 2000, max_samples: 200, seed: 0 }
+    }
+}
+
+impl SimulatorSection {
+    pub fn config(&self) -> SimulatorConfig {
+        SimulatorConfig { windows: self.windows, max_samples: self.max_samples, seed: self.seed, ..Default::default() }
+    }
 }
 
 fn default_output() -> PathBuf {
@@ -121,6 +255,19 @@ impl Experiment {
             bail!("preprocess.size {} must be a positive multiple of the patch size 16", self.preprocess.size);
         }
         self.train.validate()?;
+        if let Some(d) = &self.distill {
+            let t = &d.teacher;
+            let n = t.column.is_some() as u8 + t.file.is_some() as u8 + t.backbone.is_some() as u8;
+            if n != 1 {
+                bail!("distill.teacher needs exactly one of `column`, `file` or `backbone`");
+            }
+            if !(0.0..=1.0).contains(&d.alpha) || d.temperature <= 0.0 {
+                bail!("distill: alpha must be in [0, 1] and temperature positive");
+            }
+        }
+        if self.augment.strategy != Strategy::None && self.augment.copies == 0 {
+            bail!("augment.copies must be positive");
+        }
         let s = &self.data.split;
         if (s.train + s.val + s.test - 1.0).abs() > 1e-6 {
             bail!("data.split fractions must sum to 1");

@@ -6,12 +6,16 @@
 //! reproducible run folders ([`experiment`], [`run`]). The `sv-train` binary is a thin CLI.
 
 pub mod backbone;
+pub mod curriculum;
+pub mod distill;
 pub mod experiment;
 pub mod features;
 pub mod head;
 pub mod metrics;
 pub mod plots;
 pub mod run;
+pub mod simulator;
+pub mod techniques;
 pub mod train;
 
 /// Backend for the frozen backbone and for inference: CPU (ndarray) by default, CUDA with the

@@ -22,6 +22,15 @@ enum Cmd {
         #[arg(long)]
         experiment: PathBuf,
     },
+    /// Run several experiments on the same data and seed and write a comparison table.
+    Compare {
+        /// Experiment TOMLs.
+        #[arg(required = true)]
+        experiments: Vec<PathBuf>,
+        /// Folder for the comparison (default: runs).
+        #[arg(long, default_value = "runs")]
+        out: PathBuf,
+    },
     /// Evaluate a saved checkpoint on an experiment's data.
     Evaluate {
         #[arg(long)]
@@ -50,6 +59,9 @@ fn run(cli: Cli) -> Result<()> {
     match (cli.cmd, cli.experiment) {
         (Some(Cmd::Train { experiment }), _) | (None, Some(experiment)) => {
             sv_train::run::run_experiment(&experiment)?;
+        }
+        (Some(Cmd::Compare { experiments, out }), _) => {
+            sv_train::run::compare(&experiments, &out)?;
         }
         (Some(Cmd::Evaluate { experiment, checkpoint }), _) => {
             let metrics = sv_train::run::evaluate_checkpoint(&experiment, &checkpoint)?;

@@ -120,3 +120,47 @@ pub fn line_chart(
     }
     img.save(path).with_context(|| format!("cannot write plot {}", path.display()))
 }
+
+/// Grouped bar chart: one group per label in `groups`, one bar per series in each group.
+pub fn bar_chart(path: &Path, title: &str, groups: &[String], series: &[(String, Vec<f64>)], y_range: (f64, f64)) -> Result<()> {
+    let mut img = RgbImage::from_pixel(W, H, Rgb([255, 255, 255]));
+    let (pw, ph) = (W as f64 - LEFT - RIGHT, H as f64 - TOP - BOTTOM);
+    let (y0, y1) = y_range;
+    let sy = |y: f64| TOP + ph - ((y.clamp(y0, y1) - y0) / (y1 - y0)) * ph;
+    for k in 0..=5 {
+        let v = y0 + k as f64 / 5.0 * (y1 - y0);
+        draw_line_segment_mut(&mut img, (LEFT as f32, sy(v) as f32), ((LEFT + pw) as f32, sy(v) as f32), Rgb([230, 230, 230]));
+        let l = fmt_tick(v);
+        draw_text(&mut img, LEFT as i32 - 6 - text_width(&l, 1) as i32, sy(v) as i32 - 3, 1, &l, INK);
+    }
+    let gw = pw / groups.len().max(1) as f64;
+    let bw = (gw * 0.8 / series.len().max(1) as f64).max(1.0);
+    for (g, name) in groups.iter().enumerate() {
+        let gx = LEFT + g as f64 * gw + gw * 0.1;
+        for (s, (_, vals)) in series.iter().enumerate() {
+            let v = vals.get(g).copied().unwrap_or(f64::NAN);
+            if !v.is_finite() {
+                continue;
+            }
+            let (top, base) = (sy(v.max(y0)), sy(0.0f64.max(y0)));
+            let (a, b) = (top.min(base), top.max(base));
+            draw_filled_rect_mut(
+                &mut img,
+                Rect::at((gx + s as f64 * bw) as i32, a as i32).of_size((bw - 2.0).max(1.0) as u32, ((b - a) as u32).max(1)),
+                PALETTE[s % PALETTE.len()],
+            );
+        }
+        let label = name.to_uppercase();
+        draw_text(&mut img, (gx + gw * 0.4) as i32 - text_width(&label, 1) as i32 / 2, (TOP + ph + 8.0) as i32, 1, &label, INK);
+    }
+    draw_line_segment_mut(&mut img, (LEFT as f32, (TOP + ph) as f32), ((LEFT + pw) as f32, (TOP + ph) as f32), INK);
+    draw_text(&mut img, (W as i32 - text_width(title, 2) as i32) / 2, 10, 2, title, INK);
+    let mut ly = TOP as i32 + 4;
+    for (s, (name, _)) in series.iter().enumerate() {
+        let lx = (LEFT + pw) as i32 - 14 - text_width(name, 1) as i32;
+        draw_filled_rect_mut(&mut img, Rect::at(lx - 16, ly).of_size(10, 7), PALETTE[s % PALETTE.len()]);
+        draw_text(&mut img, lx, ly, 1, name, INK);
+        ly += 12;
+    }
+    img.save(path).with_context(|| format!("cannot write plot {}", path.display()))
+}

@@ -20,8 +20,9 @@ use crate::experiment::Experiment;
 use crate::features::{CacheReport, ensure_features, feature_set};
 use crate::head::{Head, HeadConfig};
 use crate::metrics::{Metrics, roc_curve};
-use crate::plots::{PALETTE, Series, line_chart};
-use crate::train::{EpochRecord, FeatureSet, predict, train_head};
+use crate::plots::{PALETTE, Series, bar_chart, line_chart};
+use crate::simulator::{SimReport, simulate};
+use crate::train::{EpochRecord, FeatureSet, TrainOutcome, predict, train_head};
 use crate::{Device, InferBackend, TrainBackend};
 
 /// What a run produced.
@@ -38,6 +39,10 @@ pub struct RunSummary {
     pub val: Metrics,
     pub test: Metrics,
     pub test_by_source: BTreeMap<String, Metrics>,
+    /// Validator simulator on the test split: metrics per augmentation level and the reward.
+    pub simulator: Option<SimReport>,
+    /// What the training techniques did (teacher source, mining counts, curriculum).
+    pub techniques: serde_json::Value,
     pub seconds: BTreeMap<String, f64>,
 }
 
@@ -171,6 +176,143 @@ fn write_plots(dir: &Path, history: &[EpochRecord], val: (&[f32], &[bool]), test
     Ok(())
 }
 
+fn concat(mut a: FeatureSet, b: FeatureSet) -> FeatureSet {
+    a.ids.extend(b.ids);
+    a.x.extend(b.x);
+    a.y.extend(b.y);
+    a
+}
+
+/// Train the head with the experiment's techniques: augmentation, curriculum by difficulty,
+/// knowledge distillation, and rounds of hard-negative mining.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn train_with_techniques(
+    exp: &Experiment,
+    store: &mut Store,
+    writable: bool,
+    backbone: &Backbone<InferBackend>,
+    train: FeatureSet,
+    val: FeatureSet,
+    test: FeatureSet,
+    head_cfg: &HeadConfig,
+    device: &Device,
+) -> Result<(FeatureSet, FeatureSet, FeatureSet, TrainOutcome<InferBackend>, serde_json::Value)> {
+    use crate::curriculum::easy_to_hard;
+    use crate::distill::{kd_loss, teacher_logit};
+    use crate::techniques::*;
+    use burn::tensor::{Tensor, TensorData};
+
+    let mut info = serde_json::Map::new();
+    let base_ids = train.ids.clone();
+    let n_base = train.len();
+    let (extra, extra_origin) =
+        augmented_rows(backbone, &exp.preprocess, store, &train, &exp.augment, exp.backbone.batch_size, device)?;
+    let mut origin: Vec<usize> = (0..n_base).collect();
+    origin.extend(extra_origin);
+    if !extra.is_empty() {
+        info.insert("augment".into(), serde_json::json!({ "strategy": exp.augment.strategy, "extra_rows": extra.len() }));
+    }
+    let train = concat(train, extra);
+    let tcfg = exp.train_config();
+
+    let teacher: Option<Vec<f32>> = match &exp.distill {
+        Some(d) => {
+            let (p, source) = teacher_probs(&d.teacher, store, writable, &exp.preprocess, &base_ids, exp.seed, device)?;
+            info.insert("distill".into(), serde_json::json!({ "teacher": source, "alpha": d.alpha, "temperature": d.temperature }));
+            Some(origin.iter().map(|&i| p[i]).collect())
+        }
+        None => None,
+    };
+    let order: Option<Vec<usize>> = match &exp.curriculum {
+        Some(c) => {
+            let base = FeatureSet {
+                ids: base_ids.clone(),
+                x: train.x[..n_base * train.d].to_vec(),
+                y: train.y[..n_base].to_vec(),
+                d: train.d,
+            };
+            let refp = reference_probs(&base, exp.seed, device)?;
+            let diff = difficulties(store, &base_ids, &refp, writable)?;
+            let per_row: Vec<f64> = origin.iter().map(|&i| diff[i]).collect();
+            let mean = diff.iter().sum::<f64>() / diff.len().max(1) as f64;
+            info.insert("curriculum".into(), serde_json::json!({ "config": c, "mean_difficulty": mean }));
+            Some(easy_to_hard(&per_row))
+        }
+        None => None,
+    };
+    let kd = |logits: Tensor<TrainBackend, 1>, rows: &[usize]| {
+        let d = exp.distill.as_ref().expect("kd only with distill");
+        let t = teacher.as_ref().expect("teacher probabilities");
+        let zt: Vec<f32> = rows.iter().map(|&i| teacher_logit(t[i])).collect();
+        let y: Vec<f32> = rows.iter().map(|&i| train.y[i]).collect();
+        let n = rows.len();
+        kd_loss(
+            logits,
+            Tensor::from_data(TensorData::new(zt, [n]), device),
+            Tensor::from_data(TensorData::new(y, [n]), device),
+            d.alpha,
+            d.temperature,
+        )
+    };
+    let loss: crate::train::LossFn<'_, TrainBackend> = if teacher.is_some() { Some(&kd) } else { None };
+    let curriculum_plan = |e: usize| {
+        let c = exp.curriculum.as_ref().expect("curriculum");
+        c.rows(order.as_ref().expect("order"), e, tcfg.epochs)
+    };
+    let plan: crate::train::EpochPlan<'_> = if order.is_some() { Some(&curriculum_plan) } else { None };
+    let mut outcome = train_head::<TrainBackend>(&tcfg, head_cfg, &train, &val, plan, loss, device)?;
+
+    if let Some(hn) = &exp.hard_negatives {
+        let log = match &hn.prediction_log {
+            Some(p) => read_id_probs(p)?,
+            None => Default::default(),
+        };
+        let mut rounds = Vec::new();
+        for round in 1..=hn.rounds {
+            let probs = predict(&outcome.head, &train, device);
+            let mut preds: Vec<sv_data::mining::Prediction> = train
+                .ids
+                .iter()
+                .zip(&probs)
+                .zip(&train.y)
+                .map(|((id, p), y)| sv_data::mining::Prediction {
+                    id: id.clone(),
+                    label: if *y > 0.5 { sv_data::Label::Roadwork } else { sv_data::Label::None },
+                    prob: *p,
+                })
+                .collect();
+            // A logged deployment prediction of a training row is mined too.
+            let mut row_of: Vec<usize> = (0..train.len()).collect();
+            for (i, id) in base_ids.iter().enumerate() {
+                if let Some(p) = log.get(id) {
+                    preds.push(sv_data::mining::Prediction { id: id.clone(), label: preds[i].label, prob: *p });
+                    row_of.push(i);
+                }
+            }
+            let mcfg = hn.mining(exp.seed + round as u64);
+            let mined = sv_data::mining::mine(&preds, &mcfg);
+            let counts: BTreeMap<String, usize> =
+                mined.iter().map(|(k, v)| (serde_json::to_value(k).unwrap().as_str().unwrap().to_string(), v.len())).collect();
+            let hard: Vec<usize> = mined.values().flatten().map(|&i| row_of[i]).collect();
+            let view = sv_data::mining::balanced_view(train.len(), &hard, &mcfg);
+            let view_plan = |_e: usize| view.clone();
+            let prev_epochs = outcome.history.len();
+            let mut next = train_head::<TrainBackend>(&tcfg, head_cfg, &train, &val, Some(&view_plan), loss, device)?;
+            for r in next.history.iter_mut() {
+                r.epoch += prev_epochs;
+            }
+            let mut history = std::mem::take(&mut outcome.history);
+            history.extend(next.history);
+            next.history = history;
+            next.best_epoch += prev_epochs;
+            rounds.push(serde_json::json!({ "round": round, "mined": counts, "view_rows": view.len() }));
+            outcome = next;
+        }
+        info.insert("hard_negatives".into(), serde_json::json!({ "rounds": rounds }));
+    }
+    Ok((train, val, test, outcome, serde_json::Value::Object(info)))
+}
+
 /// Train, evaluate and write a run folder for an experiment file.
 pub fn run_experiment(path: &Path) -> Result<RunSummary> {
     let t0 = Instant::now();
@@ -213,7 +355,8 @@ pub fn run_experiment(path: &Path) -> Result<RunSummary> {
 
     let t = Instant::now();
     let head_cfg = exp.head.config(dim);
-    let outcome = train_head::<TrainBackend>(&exp.train_config(), &head_cfg, &train, &val, None, None, &device)?;
+    let (train, val, test, outcome, techniques) =
+        train_with_techniques(&exp, &mut store, writable, &backbone, train, val, test, &head_cfg, &device)?;
     seconds.insert("train".into(), t.elapsed().as_secs_f64());
 
     let val_p = predict(&outcome.head, &val, &device);
@@ -222,6 +365,17 @@ pub fn run_experiment(path: &Path) -> Result<RunSummary> {
     let val_m = Metrics::compute(&val_p, &val_y);
     let test_m = Metrics::compute(&test_p, &test_y);
     let test_by_source = by_source(&store, &test, &test_p)?;
+    let _ = &train;
+
+    let simulator = if exp.simulator.enabled {
+        let t = Instant::now();
+        let samples = store.samples(Some("split = 'test'"))?;
+        let r = simulate(&backbone, &outcome.head, &exp.preprocess, &samples, exp.backbone.batch_size, &exp.simulator.config(), &device)?;
+        seconds.insert("simulator".into(), t.elapsed().as_secs_f64());
+        Some(r)
+    } else {
+        None
+    };
 
     let ck = run_dir.join("checkpoint");
     outcome.head.clone().save_file(ck.join("head"), &recorder()).context("cannot save the head checkpoint")?;
@@ -253,12 +407,23 @@ pub fn run_experiment(path: &Path) -> Result<RunSummary> {
         val: val_m,
         test: test_m,
         test_by_source,
+        simulator,
+        techniques,
         seconds,
     };
     std::fs::write(run_dir.join("metrics.json"), serde_json::to_string_pretty(&summary)?)?;
     println!("best epoch {} of {}", summary.best_epoch, summary.epochs_run);
     println!("val : {}", summary.val);
     println!("test: {}", summary.test);
+    if let Some(sim) = &summary.simulator {
+        for (level, m) in &sim.per_level {
+            println!("validator level {level}: acc={:.4} mcc={:.4}", m.accuracy, m.mcc);
+        }
+        println!(
+            "estimated subnet reward: mean {:.4} (p10 {:.4}, p90 {:.4}) over {} windows",
+            sim.reward_mean, sim.reward_p10, sim.reward_p90, sim.windows
+        );
+    }
     println!("run folder: {}", run_dir.display());
     Ok(summary)
 }
@@ -300,4 +465,71 @@ pub fn evaluate_checkpoint(experiment: &Path, checkpoint: &Path) -> Result<BTree
         out.insert(split.to_string(), Metrics::compute(&p, &set.labels()));
     }
     Ok(out)
+}
+
+/// Run several experiments and write a side-by-side comparison (`comparison.md`, `.json`,
+/// `.png`) into `out/compare-<timestamp>/`. Returns that folder.
+pub fn compare(experiments: &[PathBuf], out: &Path) -> Result<PathBuf> {
+    if experiments.is_empty() {
+        bail!("compare needs at least one experiment file");
+    }
+    let mut rows = Vec::new();
+    for e in experiments {
+        println!("== {}", e.display());
+        rows.push(run_experiment(e)?);
+    }
+    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
+    let dir = out.join(format!("compare-{stamp}"));
+    std::fs::create_dir_all(&dir)?;
+    let mut md = String::from("# Experiment comparison\n\n");
+    md.push_str("Test split metrics (validator rounding: p > 0.5 is roadwork); reward = validator-simulator estimate of the subnet reward (mean over sampled windows of 100 challenges at levels 0-3).\n\n");
+    md.push_str("| experiment | accuracy | precision | recall | F1 | MCC | ROC-AUC | ECE | sim. acc L0/L1/L2/L3 | reward | best epoch | run |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in &rows {
+        let t = &r.test;
+        let (levels, reward) = match &r.simulator {
+            Some(s) => (
+                s.per_level.values().map(|m| format!("{:.3}", m.accuracy)).collect::<Vec<_>>().join("/"),
+                format!("{:.4}", s.reward_mean),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        md.push_str(&format!(
+            "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {:.4} | {} | {} | {} | `{}` |\n",
+            r.experiment,
+            t.accuracy,
+            t.precision,
+            t.recall,
+            t.f1,
+            t.mcc,
+            t.roc_auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "-".into()),
+            t.ece,
+            levels,
+            reward,
+            r.best_epoch,
+            r.run_dir.display()
+        ));
+    }
+    if rows.iter().any(|r| r.backbone_random) {
+        md.push_str("\nBackbone weights were RANDOM in at least one run: the numbers compare techniques on the demo pipeline, not DINOv3.\n");
+    }
+    std::fs::write(dir.join("comparison.md"), &md)?;
+    std::fs::write(dir.join("comparison.json"), serde_json::to_string_pretty(&rows)?)?;
+    let groups: Vec<String> = rows.iter().map(|r| r.experiment.clone()).collect();
+    let metric = |f: &dyn Fn(&RunSummary) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
+    bar_chart(
+        &dir.join("comparison.png"),
+        "TEST METRICS BY EXPERIMENT",
+        &groups,
+        &[
+            ("ACCURACY".into(), metric(&|r| r.test.accuracy)),
+            ("MCC".into(), metric(&|r| r.test.mcc)),
+            ("ROC AUC".into(), metric(&|r| r.test.roc_auc.unwrap_or(f64::NAN))),
+            ("REWARD".into(), metric(&|r| r.simulator.as_ref().map(|s| s.reward_mean).unwrap_or(f64::NAN))),
+        ],
+        (0.0, 1.0),
+    )?;
+    print!("{md}");
+    println!("comparison: {}", dir.display());
+    Ok(dir)
 }

@@ -1,0 +1,226 @@
+//! The data side of the training techniques: augmented training rows, teacher probabilities,
+//! reference probabilities and difficulty scores, and prediction logs for mining.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use arrow_array::{Array, Float32Array, Float64Array, StringArray};
+use burn::tensor::backend::Backend;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use sv_data::augment::{Strategy, augment, decode_rgb, encode_png};
+use sv_data::{PreprocessConfig, Store};
+
+use crate::backbone::Backbone;
+use crate::experiment::{AugmentSection, HeadSection, TeacherSpec};
+use crate::features::{ensure_features, feature_set};
+use crate::head::HeadKind;
+use crate::train::{FeatureSet, TrainConfig, predict, train_head};
+use crate::{Device, InferBackend, TrainBackend};
+
+/// Column the in-run teacher and imported teacher files are written to.
+pub const TEACHER_COLUMN: &str = "teacher_prob";
+/// Column difficulty scores are written to.
+pub const DIFFICULTY_COLUMN: &str = "difficulty";
+
+/// Features of augmented copies of the training rows. Returns the extra rows and, for each, the
+/// index of the training row it was made from. Computed in memory (augmentations are random, so
+/// they are not cached).
+pub fn augmented_rows<B: Backend>(
+    backbone: &Backbone<B>,
+    pre: &PreprocessConfig,
+    store: &Store,
+    train: &FeatureSet,
+    aug: &AugmentSection,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<(FeatureSet, Vec<usize>)> {
+    let mut extra = FeatureSet { d: train.d, ..Default::default() };
+    let mut origin = Vec::new();
+    if aug.strategy == Strategy::None {
+        return Ok((extra, origin));
+    }
+    let mut rng = StdRng::seed_from_u64(aug.seed);
+    let pb = sv_data::progress::bar((train.len() * aug.copies) as u64, "augment");
+    let idx: Vec<usize> = (0..train.len()).collect();
+    for chunk in idx.chunks(batch_size.max(1)) {
+        let ids: Vec<String> = chunk.iter().map(|&i| train.ids[i].clone()).collect();
+        let samples = store.get(&ids)?;
+        for copy in 0..aug.copies {
+            let mut bytes = Vec::with_capacity(chunk.len());
+            for s in &samples {
+                let img = augment(&decode_rgb(&s.image)?, aug.strategy, &mut rng)?;
+                bytes.push(encode_png(&img)?);
+            }
+            let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+            for (f, &i) in backbone.features_of_images(&refs, pre, device)?.into_iter().zip(chunk) {
+                extra.ids.push(format!("{}#aug{copy}", train.ids[i]));
+                extra.x.extend(f);
+                extra.y.push(train.y[i]);
+                origin.push(i);
+            }
+            pb.inc(chunk.len() as u64);
+        }
+    }
+    pb.finish_and_clear();
+    Ok((extra, origin))
+}
+
+/// Read `id,prob` pairs from a CSV (header with `id` and `prob`) or parquet file.
+pub fn read_id_probs(path: &Path) -> Result<HashMap<String, f32>> {
+    let mut out = HashMap::new();
+    let is_parquet = path.extension().is_some_and(|e| e == "parquet");
+    if is_parquet {
+        let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .with_context(|| format!("{} is not a parquet file", path.display()))?
+            .build()?;
+        for b in reader {
+            let b = b?;
+            let ids = b.column_by_name("id").ok_or_else(|| anyhow!("{}: no `id` column", path.display()))?;
+            let probs = b.column_by_name("prob").ok_or_else(|| anyhow!("{}: no `prob` column", path.display()))?;
+            let ids = arrow_cast::cast(ids, &arrow_schema::DataType::Utf8)?;
+            let probs = arrow_cast::cast(probs, &arrow_schema::DataType::Float64)?;
+            let ids = ids.as_any().downcast_ref::<StringArray>().expect("utf8");
+            let probs = probs.as_any().downcast_ref::<Float64Array>().expect("f64");
+            for i in 0..b.num_rows() {
+                if ids.is_valid(i) && probs.is_valid(i) {
+                    out.insert(ids.value(i).to_string(), probs.value(i) as f32);
+                }
+            }
+        }
+    } else {
+        let mut rdr = csv::Reader::from_path(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let h = rdr.headers()?.clone();
+        let (Some(ii), Some(pi)) = (h.iter().position(|c| c == "id"), h.iter().position(|c| c == "prob")) else {
+            bail!("{} needs a header with `id` and `prob`", path.display());
+        };
+        for (row, rec) in rdr.records().enumerate() {
+            let rec = rec?;
+            let p: f32 = rec
+                .get(pi)
+                .unwrap_or("")
+                .trim()
+                .parse()
+                .with_context(|| format!("{} row {}: prob is not a number", path.display(), row + 2))?;
+            out.insert(rec.get(ii).unwrap_or("").trim().to_string(), p);
+        }
+    }
+    for (id, p) in &out {
+        if !(0.0..=1.0).contains(p) {
+            bail!("{}: probability {p} of {id} is outside [0, 1]", path.display());
+        }
+    }
+    Ok(out)
+}
+
+fn write_probs(store: &mut Store, column: &str, probs: &HashMap<String, f32>) -> Result<()> {
+    let values: Vec<(String, f32)> = probs.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    store.write_f32_column(column, &values)?;
+    Ok(())
+}
+
+/// Teacher P(roadwork) for each training row (by id), from the configured source. Imported and
+/// in-run teachers are written to the `teacher_prob` column when the store is writable.
+pub fn teacher_probs(
+    spec: &TeacherSpec,
+    store: &mut Store,
+    writable: bool,
+    pre: &PreprocessConfig,
+    train_ids: &[String],
+    seed: u64,
+    device: &Device,
+) -> Result<(Vec<f32>, String)> {
+    let (probs, source): (HashMap<String, f32>, String) = if let Some(col) = &spec.column {
+        let m = store
+            .read_f32_column(col, None)?
+            .into_iter()
+            .filter_map(|(id, v)| v.map(|v| (id, v)))
+            .collect();
+        (m, format!("column {col}"))
+    } else if let Some(file) = &spec.file {
+        let m = read_id_probs(file)?;
+        if writable {
+            write_probs(store, TEACHER_COLUMN, &m)?;
+        }
+        (m, format!("file {}", file.display()))
+    } else {
+        let bspec = spec.backbone.as_ref().expect("validated: one teacher source");
+        let teacher = Backbone::<InferBackend>::load(bspec, device)?;
+        let (feats, _) = ensure_features(store, &teacher, pre, bspec.batch_size, writable, device)?;
+        let dim = teacher.config.feature_dim();
+        let (tr, va) = (feature_set(store, &feats, "train", dim)?, feature_set(store, &feats, "val", dim)?);
+        let head = spec.head.clone().unwrap_or_default().config(dim);
+        let cfg = TrainConfig { seed, ..Default::default() };
+        let out = train_head::<TrainBackend>(&cfg, &head, &tr, &va, None, None, device)?;
+        let p = predict(&out.head, &tr, device);
+        let m: HashMap<String, f32> = tr.ids.iter().cloned().zip(p).collect();
+        if writable {
+            write_probs(store, TEACHER_COLUMN, &m)?;
+        }
+        (m, format!("in-run teacher {}", teacher.id))
+    };
+    let mut out = Vec::with_capacity(train_ids.len());
+    let mut missing = 0;
+    for id in train_ids {
+        match probs.get(id) {
+            Some(p) => out.push(*p),
+            None => {
+                missing += 1;
+                out.push(f32::NAN);
+            }
+        }
+    }
+    if missing > 0 {
+        bail!("the teacher ({source}) has no probability for {missing} of {} training rows", train_ids.len());
+    }
+    Ok((out, source))
+}
+
+/// Out-of-fold probabilities of a linear reference model (2-fold cross-fitting), used for the
+/// uncertainty part of difficulty: each row is scored by a model that did not train on it.
+pub fn reference_probs(train: &FeatureSet, seed: u64, device: &Device) -> Result<Vec<f32>> {
+    let n = train.len();
+    let folds: [Vec<usize>; 2] = [(0..n).filter(|i| i % 2 == 0).collect(), (0..n).filter(|i| i % 2 == 1).collect()];
+    let subset = |rows: &[usize]| {
+        let mut s = FeatureSet { d: train.d, ..Default::default() };
+        for &i in rows {
+            s.ids.push(train.ids[i].clone());
+            s.x.extend_from_slice(&train.x[i * train.d..(i + 1) * train.d]);
+            s.y.push(train.y[i]);
+        }
+        s
+    };
+    let head = HeadSection { kind: HeadKind::Linear, ..Default::default() }.config(train.d);
+    let cfg = TrainConfig { epochs: 20, patience: 0, seed, ..Default::default() };
+    let mut probs = vec![0f32; n];
+    for k in 0..2 {
+        let (fit, score) = (subset(&folds[k]), subset(&folds[1 - k]));
+        let out = train_head::<TrainBackend>(&cfg, &head, &fit, &score, None, None, device)?;
+        for (&i, p) in folds[1 - k].iter().zip(predict(&out.head, &score, device)) {
+            probs[i] = p;
+        }
+    }
+    Ok(probs)
+}
+
+/// Difficulty scores of rows `ids` given reference probabilities; written to the `difficulty`
+/// column when the store is writable.
+pub fn difficulties(store: &mut Store, ids: &[String], probs: &[f32], writable: bool) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(ids.len());
+    let pb = sv_data::progress::bar(ids.len() as u64, "difficulty");
+    for (chunk, pchunk) in ids.chunks(256).zip(probs.chunks(256)) {
+        for (s, p) in store.get(chunk)?.iter().zip(pchunk) {
+            out.push(sv_data::difficulty::difficulty(&decode_rgb(&s.image)?, *p).score);
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    if writable {
+        let arr = Arc::new(Float32Array::from_iter_values(out.iter().map(|d| *d as f32)));
+        store.write_column(DIFFICULTY_COLUMN, ids, arr)?;
+    }
+    Ok(out)
+}
