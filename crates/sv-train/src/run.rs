@@ -2,7 +2,7 @@
 //!
 //! A run folder holds: `config.toml` (the experiment as given), `resolved.json` (the experiment
 //! with defaults filled in, the dataset version and the backbone id), `metrics.json`,
-//! `history.csv`, `plots/{loss,metrics,roc}.png`, and `checkpoint/` (`head.mpk`, `head.json`,
+//! `history.csv`, `predictions.csv`, `plots/{loss,metrics,roc}.png`, and `checkpoint/` (`head.mpk`, `head.json`,
 //! `meta.json`) which `sv-train evaluate` and the export read.
 
 use std::collections::BTreeMap;
@@ -131,6 +131,19 @@ fn write_history(path: &Path, history: &[EpochRecord]) -> Result<()> {
     let mut w = csv::Writer::from_path(path)?;
     for r in history {
         w.serialize(r)?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Per-sample predictions of the evaluated splits (`id,split,label,prob`), for review.
+fn write_predictions(path: &Path, sets: &[(&str, &FeatureSet, &Vec<f32>)]) -> Result<()> {
+    let mut w = csv::Writer::from_path(path)?;
+    w.write_record(["id", "split", "label", "prob"])?;
+    for (split, set, probs) in sets {
+        for (i, id) in set.ids.iter().enumerate() {
+            w.write_record([id.as_str(), split, &format!("{}", set.y[i] as u8), &format!("{:.6}", probs[i])])?;
+        }
     }
     w.flush()?;
     Ok(())
@@ -392,6 +405,7 @@ pub fn run_experiment(path: &Path) -> Result<RunSummary> {
     };
     std::fs::write(ck.join("meta.json"), serde_json::to_string_pretty(&meta)?)?;
     write_history(&run_dir.join("history.csv"), &outcome.history)?;
+    write_predictions(&run_dir.join("predictions.csv"), &[("val", &val, &val_p), ("test", &test, &test_p)])?;
     write_plots(&run_dir.join("plots"), &outcome.history, (&val_p, &val_y), (&test_p, &test_y))?;
     seconds.insert("total".into(), t0.elapsed().as_secs_f64());
 

@@ -50,6 +50,7 @@ fn small_run_beats_majority_and_writes_a_complete_run_folder() {
         "resolved.json",
         "metrics.json",
         "history.csv",
+        "predictions.csv",
         "plots/loss.png",
         "plots/metrics.png",
         "plots/roc.png",
