@@ -335,7 +335,7 @@ fn splits_are_stratified_and_seeded() {
 #[test]
 #[ignore = "diagnostic: prints orange share per generated scene kind"]
 fn print_orange_shares() {
-    let cfg = GenerateConfig { count: 60, seed: 7, ..Default::default() };
+    let cfg = GenerateConfig { count: 120, seed: 7, ..Default::default() };
     for i in 0..cfg.count as u64 {
         let s = generate::scene(&cfg, i);
         println!("{i:3} {:?} hard={} share={:.4} {:?}", s.label, s.hard_negative, generate::orange_share(&s.image), s.meta.description);

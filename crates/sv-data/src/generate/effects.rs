@@ -10,7 +10,7 @@ use super::draw::View;
 /// Darken and tint for the time of day (`day` leaves the image alone).
 pub fn light(img: &mut RgbImage, time: &str) {
     let gain = match time {
-        "dusk" => [0.78, 0.68, 0.70],
+        "dusk" => [0.74, 0.68, 0.72],
         "night" => [0.32, 0.32, 0.40],
         _ => return,
     };
