@@ -1,4 +1,5 @@
-//! Progress bars for long loops: drawn on a terminal, silent otherwise (CI, pipes, logs).
+//! Progress bars for long loops (drawn on a terminal, silent otherwise: CI, pipes, logs) and the
+//! logging set-up the command-line tools share.
 
 use std::io::IsTerminal;
 
@@ -33,4 +34,14 @@ pub fn spinner(msg: &str) -> ProgressBar {
     pb.set_style(ProgressStyle::with_template("{msg:>12} {spinner} {pos} ({per_sec})").expect("static template"));
     pb.set_message(msg.to_string());
     pb
+}
+
+/// Log to standard error with `RUST_LOG` if set, else `default` (e.g. `"warn,sv_data=info"`).
+pub fn init_tracing(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -42,13 +42,7 @@ enum Cmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,sv_train=info,sv_data=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    sv_data::progress::init_tracing("warn,sv_train=info,sv_data=info");
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
