@@ -1,7 +1,9 @@
 //! Store benchmark: ingest rate, and random access of 256 samples (Lance `take` by row and by
 //! id) against a full scan of a parquet file holding the same data.
 //!
-//! `cargo bench -p sv-data --bench store [-- N]` (N images, default 2000).
+//! `cargo run --release -p sv-data --bin bench-store [-- N]` (N images, default 2000). A bench
+//! binary rather than `cargo bench`, so it reuses the release build (dev-dependencies would
+//! change the feature set and rebuild Lance).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +16,26 @@ use rand::SeedableRng;
 use sv_data::generate::{self, GenerateConfig};
 use sv_data::ingest::{self, IngestOptions, ParquetOptions};
 use sv_data::{Sample, Store};
+
+/// A scratch folder removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let p = std::env::temp_dir().join(format!("sv-bench-store-{}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 fn write_parquet(path: &std::path::Path, samples: &[Sample]) {
     let fields = Fields::from(vec![Field::new("bytes", DataType::Binary, true), Field::new("path", DataType::Utf8, true)]);
@@ -35,7 +57,7 @@ fn write_parquet(path: &std::path::Path, samples: &[Sample]) {
 
 fn main() {
     let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2000);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TempDir::new();
     let cfg = GenerateConfig { count: n, seed: 5, ..Default::default() };
 
     let t = Instant::now();

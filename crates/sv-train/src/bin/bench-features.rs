@@ -1,7 +1,8 @@
 //! Feature-extraction throughput of the frozen backbone on this build's backend (ndarray CPU
 //! by default): ViT-S/16 (and the vit-tiny demo preset) at 224×224, random weights.
 //!
-//! `cargo bench -p sv-train --bench features [-- PRESET BATCH BATCHES]`
+//! `cargo run --release -p sv-train --bin bench-features [-- PRESET BATCH BATCHES]`
+//! (`--features cuda` for the GPU backend)
 
 use std::time::Instant;
 
