@@ -205,20 +205,6 @@ pub fn validator_challenge(img: &RgbImage, level: u8, rng: &mut StdRng) -> Resul
     Ok((bytes, d))
 }
 
-fn motion_blur(img: &RgbImage, r: i64) -> RgbImage {
-    let (w, h) = img.dimensions();
-    RgbImage::from_fn(w, h, |x, y| {
-        let mut acc = [0u32; 3];
-        for dx in -r..=r {
-            let p = img.get_pixel((x as i64 + dx).clamp(0, w as i64 - 1) as u32, y);
-            for c in 0..3 {
-                acc[c] += p.0[c] as u32;
-            }
-        }
-        Rgb(acc.map(|a| (a / (2 * r as u32 + 1)) as u8))
-    })
-}
-
 /// One augmented copy of `img` under `strategy` (same size as the input, except `Validator`,
 /// which returns the 224×224 decoded challenge).
 pub fn augment(img: &RgbImage, strategy: Strategy, rng: &mut StdRng) -> Result<RgbImage> {
@@ -263,7 +249,7 @@ pub fn augment(img: &RgbImage, strategy: Strategy, rng: &mut StdRng) -> Result<R
         Strategy::Adversarial => {
             let mut out = match rng.random_range(0..3) {
                 0 => gaussian_blur(img, *[3usize, 5, 7].get(rng.random_range(0..3)).unwrap()),
-                1 => motion_blur(img, rng.random_range(2..6)),
+                1 => crate::generate::weather_motion_blur(img, rng.random_range(2..6)),
                 _ => img.clone(),
             };
             if rng.random_bool(0.5) {

@@ -111,9 +111,14 @@ impl Store {
         Ok(store)
     }
 
+    /// Whether a Lance dataset has been committed at `path`.
+    pub fn exists(path: impl AsRef<Path>) -> bool {
+        path.as_ref().join("_versions").exists()
+    }
+
     /// Open the store at `path`, creating it when absent.
     pub fn open_or_create(path: impl AsRef<Path>) -> Result<Self> {
-        if path.as_ref().join("_versions").exists() {
+        if Self::exists(&path) {
             Self::open(path)
         } else {
             Self::create(path)

@@ -73,8 +73,7 @@ pub struct CheckpointMeta {
 /// assign splits to unassigned samples.
 pub fn prepare_store(exp: &Experiment) -> Result<(Store, bool)> {
     let path = &exp.data.store;
-    let exists = path.join("_versions").exists();
-    let mut store = if exists {
+    let mut store = if Store::exists(path) {
         Store::open(path)?
     } else if let Some(gen_cfg) = &exp.data.generate {
         println!("store {} not found: generating {} procedural images (seed {})", path.display(), gen_cfg.count, gen_cfg.seed);
@@ -205,11 +204,10 @@ fn train_with_techniques(
     writable: bool,
     backbone: &Backbone<InferBackend>,
     train: FeatureSet,
-    val: FeatureSet,
-    test: FeatureSet,
+    val: &FeatureSet,
     head_cfg: &HeadConfig,
     device: &Device,
-) -> Result<(FeatureSet, FeatureSet, FeatureSet, TrainOutcome<InferBackend>, serde_json::Value)> {
+) -> Result<(TrainOutcome<InferBackend>, serde_json::Value)> {
     use crate::curriculum::easy_to_hard;
     use crate::distill::{kd_loss, teacher_logit};
     use crate::techniques::*;
@@ -273,7 +271,7 @@ fn train_with_techniques(
         c.rows(order.as_ref().expect("order"), e, tcfg.epochs)
     };
     let plan: crate::train::EpochPlan<'_> = if order.is_some() { Some(&curriculum_plan) } else { None };
-    let mut outcome = train_head::<TrainBackend>(&tcfg, head_cfg, &train, &val, plan, loss, device)?;
+    let mut outcome = train_head::<TrainBackend>(&tcfg, head_cfg, &train, val, plan, loss, device)?;
 
     if let Some(hn) = &exp.hard_negatives {
         let log = match &hn.prediction_log {
@@ -310,7 +308,7 @@ fn train_with_techniques(
             let view = sv_data::mining::balanced_view(train.len(), &hard, &mcfg);
             let view_plan = |_e: usize| view.clone();
             let prev_epochs = outcome.history.len();
-            let mut next = train_head::<TrainBackend>(&tcfg, head_cfg, &train, &val, Some(&view_plan), loss, device)?;
+            let mut next = train_head::<TrainBackend>(&tcfg, head_cfg, &train, val, Some(&view_plan), loss, device)?;
             for r in next.history.iter_mut() {
                 r.epoch += prev_epochs;
             }
@@ -323,7 +321,7 @@ fn train_with_techniques(
         }
         info.insert("hard_negatives".into(), serde_json::json!({ "rounds": rounds }));
     }
-    Ok((train, val, test, outcome, serde_json::Value::Object(info)))
+    Ok((outcome, serde_json::Value::Object(info)))
 }
 
 /// Train, evaluate and write a run folder for an experiment file.
@@ -368,8 +366,7 @@ pub fn run_experiment(path: &Path) -> Result<RunSummary> {
 
     let t = Instant::now();
     let head_cfg = exp.head.config(dim);
-    let (train, val, test, outcome, techniques) =
-        train_with_techniques(&exp, &mut store, writable, &backbone, train, val, test, &head_cfg, &device)?;
+    let (outcome, techniques) = train_with_techniques(&exp, &mut store, writable, &backbone, train, &val, &head_cfg, &device)?;
     seconds.insert("train".into(), t.elapsed().as_secs_f64());
 
     let val_p = predict(&outcome.head, &val, &device);
@@ -378,7 +375,6 @@ pub fn run_experiment(path: &Path) -> Result<RunSummary> {
     let val_m = Metrics::compute(&val_p, &val_y);
     let test_m = Metrics::compute(&test_p, &test_y);
     let test_by_source = by_source(&store, &test, &test_p)?;
-    let _ = &train;
 
     let simulator = if exp.simulator.enabled {
         let t = Instant::now();

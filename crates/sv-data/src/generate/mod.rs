@@ -348,6 +348,13 @@ pub fn weather_rain(img: &RgbImage, rng: &mut StdRng) -> RgbImage {
     out
 }
 
+/// Horizontal motion blur of radius `r` over any image (used by adversarial augmentation).
+pub fn weather_motion_blur(img: &RgbImage, r: u32) -> RgbImage {
+    let mut out = img.clone();
+    effects::motion_blur(&mut out, r);
+    out
+}
+
 /// Fog of `density` over any image, strongest at mid-height (used by adversarial augmentation).
 pub fn weather_fog(img: &RgbImage, density: f32) -> RgbImage {
     let (w, h) = (img.width() as f32, img.height() as f32);
