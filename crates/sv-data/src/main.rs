@@ -83,6 +83,47 @@ enum Cmd {
     },
     /// List the store's versions.
     Versions { store: PathBuf },
+    /// Nearest neighbours of a sample in an embedding column (cached backbone features).
+    /// To search with a new image file, use `sv-train similar --run <run> --image <file>`,
+    /// which embeds it with the run's backbone.
+    Similar {
+        store: PathBuf,
+        /// Sample id to search around.
+        #[arg(long)]
+        id: String,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// Embedding column (default: the store's only vector column).
+        #[arg(long)]
+        column: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build an IVF_PQ vector index on an embedding column (worth it above ~5,000 rows).
+    Index {
+        store: PathBuf,
+        #[arg(long)]
+        column: Option<String>,
+    },
+    /// Score every sample's uniqueness (FiftyOne's K=3 nearest distances) into a `uniqueness` column.
+    Uniqueness {
+        store: PathBuf,
+        #[arg(long)]
+        column: Option<String>,
+    },
+    /// Pick a diverse subset (k-center per label and source), e.g. an INT8 calibration set; prints ids.
+    Diverse {
+        store: PathBuf,
+        #[arg(long, default_value_t = 512)]
+        n: usize,
+        #[arg(long)]
+        column: Option<String>,
+        /// Lance SQL filter, e.g. "split = 'train'".
+        #[arg(long)]
+        filter: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -168,6 +209,37 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 println!("{s}");
+            }
+        }
+        Cmd::Similar { store, id, k, column, json } => {
+            let st = Store::open(&store)?;
+            let column = sv_data::similar::resolve_column(&st, column.as_deref())?;
+            let found = sv_data::similar::similar_to_id(&st, &column, &id, k)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&found)?);
+            } else {
+                for n in found {
+                    println!("{}  {:.4}", n.id, n.distance);
+                }
+            }
+        }
+        Cmd::Index { store, column } => {
+            let mut st = Store::open(&store)?;
+            let column = sv_data::similar::resolve_column(&st, column.as_deref())?;
+            let v = sv_data::similar::build_index(&mut st, &column)?;
+            println!("indexed {column}; version {v}");
+        }
+        Cmd::Uniqueness { store, column } => {
+            let mut st = Store::open(&store)?;
+            let column = sv_data::similar::resolve_column(&st, column.as_deref())?;
+            let n = sv_data::similar::write_uniqueness(&mut st, &column)?;
+            println!("uniqueness of {n} samples written; version {}", st.version());
+        }
+        Cmd::Diverse { store, n, column, filter, seed } => {
+            let st = Store::open(&store)?;
+            let column = sv_data::similar::resolve_column(&st, column.as_deref())?;
+            for id in sv_data::similar::diverse_subset(&st, &column, filter.as_deref(), n, seed)? {
+                println!("{id}");
             }
         }
         Cmd::Versions { store } => {

@@ -66,7 +66,7 @@ fn runtime() -> Result<Arc<Runtime>> {
     ))
 }
 
-fn uri(path: &Path) -> Result<String> {
+pub(crate) fn uri(path: &Path) -> Result<String> {
     let abs = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -436,6 +436,57 @@ impl Store {
             out.push((ids.value(i).to_string(), v));
         }
         Ok(out)
+    }
+
+    /// The `k` rows nearest to `query` in a vector column, as `(id, squared L2 distance)`,
+    /// nearest first. Lance uses a vector index on the column when one exists (see
+    /// [`Self::create_vector_index`]) and an exact flat scan otherwise.
+    pub fn nearest(&self, column: &str, query: &[f32], k: usize, filter: Option<&str>) -> Result<Vec<(String, f32)>> {
+        if !self.has_column(column) {
+            bail!("column {column:?} does not exist in {}", self.path.display());
+        }
+        let q = Float32Array::from(query.to_vec());
+        let batches: Vec<RecordBatch> = self
+            .rt
+            .block_on(async {
+                let mut scanner = self.dataset.scan();
+                scanner.project(&["id"])?;
+                scanner.nearest(column, &q, k)?;
+                if let Some(f) = filter {
+                    scanner.prefilter(true);
+                    scanner.filter(f)?;
+                }
+                let b: Vec<RecordBatch> = scanner.try_into_stream().await?.try_collect().await?;
+                anyhow::Ok(b)
+            })
+            .with_context(|| format!("nearest-neighbour search on {column:?} in {} failed", self.path.display()))?;
+        let mut out = Vec::with_capacity(k);
+        for b in batches {
+            let ids = b.column_by_name("id").and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
+            let d = b.column_by_name("_distance").and_then(|c| c.as_any().downcast_ref::<Float32Array>().cloned());
+            let (Some(ids), Some(d)) = (ids, d) else { bail!("vector search returned no id/_distance columns") };
+            out.extend((0..b.num_rows()).map(|i| (ids.value(i).to_string(), d.value(i))));
+        }
+        out.sort_by(|a, b| a.1.total_cmp(&b.1));
+        Ok(out)
+    }
+
+    /// Build (or replace) an IVF_PQ vector index on a vector column, in one commit.
+    pub fn create_vector_index(&mut self, column: &str, partitions: usize, sub_vectors: usize) -> Result<u64> {
+        use lance::index::DatasetIndexExt;
+        use lance::index::vector::VectorIndexParams;
+        use lance_linalg::distance::MetricType;
+        let params = VectorIndexParams::ivf_pq(partitions, 8, sub_vectors, MetricType::L2, 50);
+        self.rt
+            .block_on(self.dataset.create_index(
+                &[column],
+                lance_index::IndexType::Vector,
+                Some(format!("{column}_ivf_pq")),
+                &params,
+                true,
+            ))
+            .with_context(|| format!("cannot build a vector index on {column:?} in {}", self.path.display()))?;
+        Ok(self.version())
     }
 
     /// Table metadata of the current version (feature-cache keys and the like).

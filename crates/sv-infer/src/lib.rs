@@ -1,6 +1,17 @@
-//! sv-infer will own serving-side inference for StreetVision miners: it loads an export bundle
-//! written by sv-train (backbone weights, head, INT8 scales, thresholds, preprocessing config,
-//! model card, GPU kernel caches) and runs the cascade — stage 1 backbone + head with early exit
-//! outside [0.15, 0.85], optional vision-language and caption/OCR stages, a content-hash cache
-//! and dynamic batching — within a latency budget well under the validator's 9 s timeout. It
-//! preprocesses with sv-data's shared function. Nothing is implemented yet.
+//! sv-infer serves a StreetVision model: it opens an exported bundle (checking its manifest),
+//! runs stage 1 (frozen DINOv3 + head, recalibrated so the reward-optimal decision point sits
+//! at 0.5) with dynamic batching, and optionally escalates uncertain images to a
+//! vision-language model and a caption/OCR model behind OpenAI-compatible endpoints, each with
+//! its own deadline, falling back to the earlier answer when a stage fails or is late. A
+//! content-hash cache answers repeated images. sv-miner is a thin server over this crate.
+
+pub mod batcher;
+pub mod bundle;
+pub mod cache;
+pub mod cascade;
+pub mod remote;
+
+pub use batcher::{BatchConfig, Batcher};
+pub use bundle::{Bundle, Stage1};
+pub use cache::ScoreCache;
+pub use cascade::{Answer, Cascade, CascadeConfig, Stage};

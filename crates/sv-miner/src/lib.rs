@@ -1,4 +1,16 @@
-//! sv-miner will be the thin miner binary of the StreetVision workspace: the subnet's
-//! `ImageSynapse` axon protocol and a plain JSON API over sv-infer, input validation (base64,
-//! JPEG/PNG/WebP, at most 4096×4096), `/health`, Prometheus `/metrics`, and prediction logging
-//! into sv-data's store. Nothing is implemented yet.
+//! sv-miner turns an exported bundle into a subnet-72 miner: the Bittensor axon protocol for
+//! `ImageSynapse` (sr25519-signed requests, nonces, allowed validators; [`axon`]), a plain JSON
+//! API for local tools, `/health` and Prometheus `/metrics`, input validation that refuses
+//! bad or hostile images before decoding ([`validate`]), and a prediction log written in the
+//! background ([`predlog`]). [`client`] is the validator side used by the replay and load tools.
+//! `main.rs` only parses flags and calls [`server`].
+
+pub mod axon;
+pub mod client;
+pub mod config;
+pub mod load;
+pub mod metrics;
+pub mod predlog;
+pub mod replay;
+pub mod server;
+pub mod validate;

@@ -12,6 +12,9 @@ use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
+use crate::backbone::weights::TensorSource;
+use crate::backbone::{ActivationHook, NamedTensor, host, linear_tensors, tap};
+
 /// Head architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -92,13 +95,75 @@ impl<B: Backend> Head<B> {
 
     /// Logits `(B,)` of features `(B, d)`.
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 1> {
+        self.forward_hooked(x, None)
+    }
+
+    /// [`Self::forward`] with an [`ActivationHook`] on the inputs of `fc1` and `fc2` (sites
+    /// `head.fc1`, `head.fc2`).
+    pub fn forward_hooked(&self, x: Tensor<B, 2>, mut hook: Option<&mut dyn ActivationHook<B>>) -> Tensor<B, 1> {
         let x = (x - self.feat_mean.val().unsqueeze::<2>()) / self.feat_std.val().unsqueeze::<2>();
+        let through = |h: &mut Option<&mut dyn ActivationHook<B>>, site: &str, x: Tensor<B, 2>| {
+            let [b, d] = x.dims();
+            tap(h, || site.to_string(), x.reshape([1, b, d])).reshape([b, d])
+        };
         let z = match &self.fc2 {
-            Some(fc2) => fc2.forward(self.dropout.forward(gelu(self.fc1.forward(x)))),
-            None => self.fc1.forward(x),
+            Some(fc2) => {
+                let h = self.dropout.forward(gelu(self.fc1.forward(through(&mut hook, "head.fc1", x))));
+                fc2.forward(through(&mut hook, "head.fc2", h))
+            }
+            None => self.fc1.forward(through(&mut hook, "head.fc1", x)),
         };
         let b = z.dims()[0];
         z.reshape([b])
+    }
+
+    /// The linear layers with their names (`fc1`, `fc2`) and activation sites.
+    pub fn linears_mut(&mut self) -> Vec<(String, String, &mut Linear<B>)> {
+        let mut out = vec![("fc1".to_string(), "head.fc1".to_string(), &mut self.fc1)];
+        if let Some(fc2) = self.fc2.as_mut() {
+            out.push(("fc2".to_string(), "head.fc2".to_string(), fc2));
+        }
+        out
+    }
+
+    /// Every tensor by name (`feat_mean`, `feat_std`, `fc1.weight` as `(out, in)`, ...), what
+    /// [`HeadConfig::load_tensors`] reads back.
+    pub fn named_tensors(&self) -> Vec<NamedTensor> {
+        let d = self.feat_mean.dims().to_vec();
+        let mut out = vec![
+            NamedTensor { name: "feat_mean".into(), shape: d.clone(), values: host(self.feat_mean.val()) },
+            NamedTensor { name: "feat_std".into(), shape: d, values: host(self.feat_std.val()) },
+        ];
+        out.extend(linear_tensors("fc1", &self.fc1));
+        if let Some(fc2) = &self.fc2 {
+            out.extend(linear_tensors("fc2", fc2));
+        }
+        out
+    }
+}
+
+impl HeadConfig {
+    /// A head with every tensor read by name from `src` (see [`Head::named_tensors`]).
+    pub fn load_tensors<B: Backend>(&self, src: &dyn TensorSource, device: &B::Device) -> anyhow::Result<Head<B>> {
+        let t1 = |name: &str, n: usize| -> anyhow::Result<Tensor<B, 1>> {
+            Ok(Tensor::from_data(TensorData::new(src.tensor(name, &[n])?, [n]), device))
+        };
+        let lin = |name: &str, d_in: usize, d_out: usize| -> anyhow::Result<Linear<B>> {
+            let w = src.tensor(&format!("{name}.weight"), &[d_out, d_in])?;
+            let w = Tensor::<B, 2>::from_data(TensorData::new(w, [d_out, d_in]), device).transpose();
+            Ok(Linear { weight: Param::from_tensor(w), bias: Some(Param::from_tensor(t1(&format!("{name}.bias"), d_out)?)) })
+        };
+        let mut head = self.init::<B>(device);
+        head.feat_mean = Param::from_tensor(t1("feat_mean", self.d_input)?).set_require_grad(false);
+        head.feat_std = Param::from_tensor(t1("feat_std", self.d_input)?).set_require_grad(false);
+        match self.kind {
+            HeadKind::Mlp => {
+                head.fc1 = lin("fc1", self.d_input, self.hidden)?;
+                head.fc2 = Some(lin("fc2", self.hidden, 1)?);
+            }
+            HeadKind::Linear => head.fc1 = lin("fc1", self.d_input, 1)?,
+        }
+        Ok(head.no_grad())
     }
 }
 

@@ -3,18 +3,24 @@
 //! `[CLS, mean(patches)]` cached as a Lance column ([`features`]), a small MLP or linear head
 //! trained with AdamW, warmup + cosine and early stopping on validation MCC ([`train`]),
 //! metrics including MCC, ROC-AUC and ECE ([`metrics`]), and experiment files that turn into
-//! reproducible run folders ([`experiment`], [`run`]). The `sv-train` binary is a thin CLI.
+//! reproducible run folders ([`experiment`], [`run`]), INT8 calibration ([`quant`]) and the
+//! export of a run as a servable bundle ([`export`]). The `sv-train` binary is a thin CLI.
 
 pub mod backbone;
+pub mod classifier;
 pub mod curriculum;
+pub mod decision;
 pub mod distill;
 pub mod experiment;
+pub mod export;
 pub mod features;
 pub mod head;
 pub mod metrics;
 pub mod plots;
+pub mod quant;
 pub mod run;
 pub mod simulator;
+pub mod ss58;
 pub mod techniques;
 pub mod train;
 
@@ -32,3 +38,14 @@ pub type TrainBackend = burn::backend::Autodiff<InferBackend>;
 
 /// Device of [`InferBackend`].
 pub type Device = burn::tensor::Device<InferBackend>;
+
+/// Name of the compiled-in inference backend (recorded in bundles).
+pub fn backend_name() -> &'static str {
+    if cfg!(feature = "cuda") {
+        "cuda"
+    } else if cfg!(feature = "tch") {
+        "tch"
+    } else {
+        "ndarray"
+    }
+}

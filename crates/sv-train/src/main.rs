@@ -39,6 +39,62 @@ enum Cmd {
         #[arg(long)]
         checkpoint: PathBuf,
     },
+    /// Calibrate INT8 on a diverse calibration set and compare FP32/FP16/BF16/INT8; writes <run>/int8/.
+    Quantize {
+        #[arg(long)]
+        run: PathBuf,
+        /// Calibrator kept for export: max, entropy, mse, percentile (99.99) or percentile:<p>.
+        #[arg(long, default_value = "entropy")]
+        calibrator: String,
+        /// Calibration samples (diverse subset of the training split).
+        #[arg(long, default_value_t = 512)]
+        samples: usize,
+        /// Validation samples challenged per variant by the simulator (0 = all).
+        #[arg(long, default_value_t = 100)]
+        sim_samples: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Export a run as a bundle that sv-infer / sv-miner serve.
+    Export {
+        #[arg(long)]
+        run: PathBuf,
+        /// Bundle folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The miner's hotkey (SS58), recorded in model_card.json as submitted_by.
+        #[arg(long)]
+        hotkey: String,
+        /// Export INT8 weights and activation scales (run `quantize` first).
+        #[arg(long)]
+        int8: bool,
+        #[arg(long)]
+        model_name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Stage-1 early exits of the cascade (on the recalibrated score).
+        #[arg(long, default_value_t = 0.15)]
+        exit_low: f32,
+        #[arg(long, default_value_t = 0.85)]
+        exit_high: f32,
+        /// Validation samples challenged per level to pick the decision point (0 = all).
+        #[arg(long, default_value_t = 200)]
+        sim_samples: usize,
+        /// Replace an existing bundle folder.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Verify a bundle and print its submission's age and days left of its 90-day life.
+    Card { bundle: PathBuf },
+    /// Nearest samples of the run's store to an image file, embedded with the run's backbone.
+    Similar {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        image: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+    },
 }
 
 fn main() {
@@ -63,6 +119,57 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{split:>5}: {m}");
             }
             println!("{}", serde_json::to_string_pretty(&metrics)?);
+        }
+        (Some(Cmd::Quantize { run, calibrator, samples, sim_samples, seed }), _) => {
+            let opts = sv_train::quant::report::QuantizeOptions {
+                calibrator: sv_train::quant::Method::parse(&calibrator)?,
+                samples,
+                sim_samples,
+                seed,
+                ..Default::default()
+            };
+            let r = sv_train::quant::report::quantize(&run, &opts)?;
+            print!("{}", std::fs::read_to_string(run.join("int8/report.md"))?);
+            println!("scales: {}", r.run.join("int8/scales.json").display());
+        }
+        (Some(Cmd::Export { run, out, hotkey, int8, model_name, description, exit_low, exit_high, sim_samples, force }), _) => {
+            let r = sv_train::export::export(&sv_train::export::ExportOptions {
+                run,
+                out,
+                hotkey,
+                int8,
+                model_name,
+                description,
+                exits: sv_train::export::Exits { low: exit_low, high: exit_high },
+                sim_samples,
+                force,
+                seed: 0,
+            })?;
+            println!(
+                "bundle {} written: {} files, {} bytes, {:.1}s; decision threshold {:.4} (simulated reward {:.4} -> {:.4})",
+                r.bundle.display(),
+                r.files,
+                r.bytes,
+                r.seconds,
+                r.decision.map.threshold,
+                r.decision.reward_before,
+                r.decision.reward_after
+            );
+        }
+        (Some(Cmd::Card { bundle }), _) => {
+            print!("{}", sv_train::export::describe(&bundle, chrono::Utc::now().timestamp())?);
+        }
+        (Some(Cmd::Similar { run, image, k }), _) => {
+            let device = sv_train::Device::default();
+            let (model, meta) = sv_train::classifier::Classifier::from_run(&run, &device)?;
+            let bytes = std::fs::read(&image).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", image.display()))?;
+            let x = sv_train::backbone::pixels::<sv_train::InferBackend>(&[&bytes], &model.preprocess, &device)
+                .map_err(|e| anyhow::anyhow!("{}: {e:#}", image.display()))?;
+            let q = sv_train::backbone::host(model.backbone.forward(x).features);
+            let store = sv_train::quant::report::run_store(&meta)?;
+            for n in sv_data::similar::similar_to_vector(&store, &meta.feature_column, &q, k)? {
+                println!("{}  {:.4}", n.id, n.distance);
+            }
         }
         (None, None) => {
             anyhow::bail!("nothing to do: pass --experiment <toml>, or a subcommand (see --help)");

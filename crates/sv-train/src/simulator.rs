@@ -100,40 +100,72 @@ pub fn simulate<B: Backend>(
     cfg: &SimulatorConfig,
     device: &B::Device,
 ) -> Result<SimReport> {
-    let take = if cfg.max_samples == 0 { samples.len() } else { cfg.max_samples.min(samples.len()) };
-    let samples = &samples[..take];
-    let labels: Vec<bool> = samples.iter().map(|s| s.label == sv_data::Label::Roadwork).collect();
+    let d = backbone.config.feature_dim();
+    simulate_with(samples, batch_size, cfg, &mut |images: &[&[u8]]| {
+        let mut set = FeatureSet { d, ..Default::default() };
+        for f in backbone.features_of_images(images, pre, device)? {
+            set.x.extend(f);
+            set.y.push(0.0);
+        }
+        Ok(predict(head, &set, device))
+    })
+}
+
+/// Per-level probabilities `[level][sample]` of validator challenges made from `samples`
+/// (levels 0–3, a seeded draw per sample and level), scored by `score` in batches.
+pub fn challenge_probs(
+    samples: &[Sample],
+    batch_size: usize,
+    seed: u64,
+    score: &mut dyn FnMut(&[&[u8]]) -> Result<Vec<f32>>,
+) -> Result<Vec<Vec<f32>>> {
     let mut probs: Vec<Vec<f32>> = Vec::new();
     let pb = sv_data::progress::bar((4 * samples.len()) as u64, "simulate");
     let images: Vec<image::RgbImage> =
         samples.iter().map(|s| sv_data::augment::decode_rgb(&s.image)).collect::<Result<_>>()?;
     for level in 0u8..=3 {
-        let mut set = FeatureSet { d: backbone.config.feature_dim(), ..Default::default() };
+        let mut level_probs = Vec::with_capacity(samples.len());
         for (chunk_i, chunk) in images.chunks(batch_size.max(1)).enumerate() {
             let mut bytes = Vec::with_capacity(chunk.len());
             for (k, img) in chunk.iter().enumerate() {
                 let i = chunk_i * batch_size.max(1) + k;
-                let mut rng = StdRng::seed_from_u64(cfg.seed ^ ((i as u64) << 8) ^ level as u64);
+                let mut rng = StdRng::seed_from_u64(seed ^ ((i as u64) << 8) ^ level as u64);
                 bytes.push(sv_data::augment::validator_challenge(img, level, &mut rng)?.0);
             }
             let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-            for f in backbone.features_of_images(&refs, pre, device)? {
-                set.x.extend(f);
-                set.y.push(0.0);
-            }
+            level_probs.extend(score(&refs)?);
             pb.inc(chunk.len() as u64);
         }
-        probs.push(predict(head, &set, device));
+        probs.push(level_probs);
     }
     pb.finish_and_clear();
+    Ok(probs)
+}
+
+/// The simulator with any scoring function (a quantised variant, an exported bundle).
+pub fn simulate_with(
+    samples: &[Sample],
+    batch_size: usize,
+    cfg: &SimulatorConfig,
+    score: &mut dyn FnMut(&[&[u8]]) -> Result<Vec<f32>>,
+) -> Result<SimReport> {
+    let take = if cfg.max_samples == 0 { samples.len() } else { cfg.max_samples.min(samples.len()) };
+    let samples = &samples[..take];
+    let labels: Vec<bool> = samples.iter().map(|s| s.label == sv_data::Label::Roadwork).collect();
+    let probs = challenge_probs(samples, batch_size, cfg.seed, score)?;
+    Ok(report(&probs, &labels, cfg))
+}
+
+/// Metrics per level and the reward estimate of per-level probabilities.
+pub fn report(probs: &[Vec<f32>], labels: &[bool], cfg: &SimulatorConfig) -> SimReport {
     let per_level: BTreeMap<u8, Metrics> =
-        (0u8..=3).map(|l| (l, Metrics::compute(&probs[l as usize], &labels))).collect();
+        (0..probs.len()).map(|l| (l as u8, Metrics::compute(&probs[l], labels))).collect();
     let all_p: Vec<f32> = probs.iter().flatten().copied().collect();
-    let all_y: Vec<bool> = (0..4).flat_map(|_| labels.iter().copied()).collect();
-    let rewards = sample_rewards(&probs, &labels, cfg);
+    let all_y: Vec<bool> = (0..probs.len()).flat_map(|_| labels.iter().copied()).collect();
+    let rewards = sample_rewards(probs, labels, cfg);
     let q = |f: f64| rewards[((rewards.len() - 1) as f64 * f).round() as usize];
-    Ok(SimReport {
-        samples: samples.len(),
+    SimReport {
+        samples: labels.len(),
         per_level,
         all_levels: Metrics::compute(&all_p, &all_y),
         reward_mean: rewards.iter().sum::<f64>() / rewards.len() as f64,
@@ -141,7 +173,7 @@ pub fn simulate<B: Backend>(
         reward_p50: q(0.5),
         reward_p90: q(0.9),
         windows: rewards.len(),
-    })
+    }
 }
 
 #[cfg(test)]

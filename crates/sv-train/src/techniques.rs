@@ -68,8 +68,13 @@ pub fn augmented_rows<B: Backend>(
     Ok((extra, origin))
 }
 
-/// Read `id,prob` pairs from a CSV (header with `id` and `prob`) or parquet file.
+/// Read `id,prob` pairs from a CSV (header with `id` and `prob`), a parquet file, or a miner's
+/// prediction log (a Lance folder written by sv-miner).
 pub fn read_id_probs(path: &Path) -> Result<HashMap<String, f32>> {
+    if sv_data::predlog::is_log(path) {
+        // A miner's prediction log (Lance): scores keyed by the sample id of the same bytes.
+        return sv_data::predlog::read_scores(path);
+    }
     let mut out = HashMap::new();
     let is_parquet = path.extension().is_some_and(|e| e == "parquet");
     if is_parquet {

@@ -328,6 +328,12 @@ impl<B: Backend> Dinov3<B> {
     /// Forward pass on normalised pixels `(B, C, H, W)`; H and W are cropped down to multiples
     /// of the patch size, as the strided convolution does.
     pub fn forward(&self, pixels: Tensor<B, 4>) -> Dinov3Output<B> {
+        self.forward_hooked(pixels, None)
+    }
+
+    /// [`Self::forward`] with an [`ActivationHook`] on the input of every group of linear layers
+    /// (calibration, fake quantisation). `None` is the plain forward.
+    pub fn forward_hooked(&self, pixels: Tensor<B, 4>, mut hook: Option<&mut dyn ActivationHook<B>>) -> Dinov3Output<B> {
         let device = pixels.device();
         let [b, _, h, w] = pixels.dims();
         let (gh, gw) = (h / self.patch_size, w / self.patch_size);
@@ -343,8 +349,8 @@ impl<B: Backend> Dinov3<B> {
         let prefix = 1 + self.num_registers();
         let head_dim = d / self.num_heads;
         let (cos, sin) = rope_tables::<B>(gh, gw, head_dim, self.rope_theta, &device);
-        for blk in &self.layers {
-            x = blk.forward(x, &cos, &sin, prefix);
+        for (i, blk) in self.layers.iter().enumerate() {
+            x = blk.forward(x, &cos, &sin, prefix, i, &mut hook);
         }
         let out = self.norm.forward(x);
         let n_tokens = out.dims()[1];
@@ -352,6 +358,65 @@ impl<B: Backend> Dinov3<B> {
         let mean = out.clone().narrow(1, prefix, n_tokens - prefix).mean_dim(1).reshape([b, d]);
         let features = Tensor::cat(vec![cls.clone(), mean], 1);
         Dinov3Output { last_hidden_state: out, pooler_output: cls, features }
+    }
+
+    /// Every linear layer with its checkpoint name (`layer.3.attention.q_proj`) and the
+    /// activation site that feeds it.
+    pub fn linears_mut(&mut self) -> Vec<(String, String, &mut Linear<B>)> {
+        let mut out = Vec::new();
+        for (i, blk) in self.layers.iter_mut().enumerate() {
+            let a = &mut blk.attention;
+            let site_qkv = format!("layer.{i}.attention.qkv");
+            out.push((format!("layer.{i}.attention.q_proj"), site_qkv.clone(), &mut a.q_proj));
+            out.push((format!("layer.{i}.attention.k_proj"), site_qkv.clone(), &mut a.k_proj));
+            out.push((format!("layer.{i}.attention.v_proj"), site_qkv, &mut a.v_proj));
+            out.push((format!("layer.{i}.attention.o_proj"), format!("layer.{i}.attention.o_proj"), &mut a.o_proj));
+            let m = &mut blk.mlp;
+            let site_in = format!("layer.{i}.mlp.in");
+            if let Some(g) = m.gate_proj.as_mut() {
+                out.push((format!("layer.{i}.mlp.gate_proj"), site_in.clone(), g));
+            }
+            out.push((format!("layer.{i}.mlp.up_proj"), site_in, &mut m.up_proj));
+            out.push((format!("layer.{i}.mlp.down_proj"), format!("layer.{i}.mlp.down_proj"), &mut m.down_proj));
+        }
+        out
+    }
+
+    /// Every tensor under its checkpoint name (transformers 4.56 layout, linear weights as
+    /// `(out, in)`), in the order a checkpoint lists them: what [`Self::load`] reads back.
+    pub fn named_tensors(&self) -> Vec<NamedTensor> {
+        let mut out = Vec::new();
+        let mut push = |name: String, t: Vec<usize>, v: Vec<f32>| out.push(NamedTensor { name, shape: t, values: v });
+        let val = |t: &Param<Tensor<B, 1>>| host(t.val());
+        push("embeddings.cls_token".into(), self.cls_token.dims().to_vec(), host(self.cls_token.val()));
+        if let Some(r) = &self.register_tokens {
+            push("embeddings.register_tokens".into(), r.dims().to_vec(), host(r.val()));
+        }
+        let pw = &self.patch_embeddings.weight;
+        push("embeddings.patch_embeddings.weight".into(), pw.dims().to_vec(), host(pw.val()));
+        if let Some(b) = &self.patch_embeddings.bias {
+            push("embeddings.patch_embeddings.bias".into(), b.dims().to_vec(), val(b));
+        }
+        for (i, blk) in self.layers.iter().enumerate() {
+            let pre = format!("layer.{i}");
+            for (n, ln) in [("norm1", &blk.norm1), ("norm2", &blk.norm2)] {
+                push(format!("{pre}.{n}.weight"), ln.gamma.dims().to_vec(), val(&ln.gamma));
+                if let Some(b) = &ln.beta {
+                    push(format!("{pre}.{n}.bias"), b.dims().to_vec(), val(b));
+                }
+            }
+            push(format!("{pre}.layer_scale1.lambda1"), blk.layer_scale1.dims().to_vec(), val(&blk.layer_scale1));
+            push(format!("{pre}.layer_scale2.lambda1"), blk.layer_scale2.dims().to_vec(), val(&blk.layer_scale2));
+        }
+        push("norm.weight".into(), self.norm.gamma.dims().to_vec(), val(&self.norm.gamma));
+        if let Some(b) = &self.norm.beta {
+            push("norm.bias".into(), b.dims().to_vec(), val(b));
+        }
+        let mut me = self.clone();
+        for (name, _, lin) in me.linears_mut() {
+            out.extend(linear_tensors(&name, lin));
+        }
+        out
     }
 }
 
@@ -406,34 +471,99 @@ fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4
 }
 
 impl<B: Backend> Attention<B> {
-    fn forward(&self, x: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, prefix: usize) -> Tensor<B, 3> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        prefix: usize,
+        i: usize,
+        hook: &mut Option<&mut dyn ActivationHook<B>>,
+    ) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
+        let x = tap(hook, || format!("layer.{i}.attention.qkv"), x);
         let hd = d / self.num_heads;
         let split = |y: Tensor<B, 3>| y.reshape([b, t, self.num_heads, hd]).swap_dims(1, 2);
         let q = apply_rope(split(self.q_proj.forward(x.clone())), cos, sin, prefix);
         let k = apply_rope(split(self.k_proj.forward(x.clone())), cos, sin, prefix);
         let v = split(self.v_proj.forward(x));
         let o = attention(q, k, v, None, None, AttentionModuleOptions::default());
-        self.o_proj.forward(o.swap_dims(1, 2).reshape([b, t, d]))
+        let o = tap(hook, || format!("layer.{i}.attention.o_proj"), o.swap_dims(1, 2).reshape([b, t, d]));
+        self.o_proj.forward(o)
     }
 }
 
 impl<B: Backend> Mlp<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, i: usize, hook: &mut Option<&mut dyn ActivationHook<B>>) -> Tensor<B, 3> {
         let act = |y: Tensor<B, 3>| if self.silu { silu(y) } else { gelu(y) };
+        let x = tap(hook, || format!("layer.{i}.mlp.in"), x);
         let h = match &self.gate_proj {
             Some(g) => act(g.forward(x.clone())) * self.up_proj.forward(x),
             None => act(self.up_proj.forward(x)),
         };
-        self.down_proj.forward(h)
+        self.down_proj.forward(tap(hook, || format!("layer.{i}.mlp.down_proj"), h))
     }
 }
 
 impl<B: Backend> Block<B> {
-    fn forward(&self, x: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, prefix: usize) -> Tensor<B, 3> {
-        let a = self.attention.forward(self.norm1.forward(x.clone()), cos, sin, prefix);
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        prefix: usize,
+        i: usize,
+        hook: &mut Option<&mut dyn ActivationHook<B>>,
+    ) -> Tensor<B, 3> {
+        let a = self.attention.forward(self.norm1.forward(x.clone()), cos, sin, prefix, i, hook);
         let x = x + a * self.layer_scale1.val().unsqueeze::<3>();
-        let m = self.mlp.forward(self.norm2.forward(x.clone()));
+        let m = self.mlp.forward(self.norm2.forward(x.clone()), i, hook);
         x + m * self.layer_scale2.val().unsqueeze::<3>()
     }
+}
+
+/// Sees, and may replace, the input of a group of linear layers during a forward pass. Sites are
+/// named `layer.{i}.attention.qkv` (the shared input of q/k/v), `layer.{i}.attention.o_proj`,
+/// `layer.{i}.mlp.in` (gate and up), `layer.{i}.mlp.down_proj`, and `head.fc1` / `head.fc2`.
+pub trait ActivationHook<B: Backend> {
+    fn observe(&mut self, site: &str, x: Tensor<B, 3>) -> Tensor<B, 3>;
+}
+
+/// Pass `x` through the hook, if any; the site name is only built when a hook listens.
+pub fn tap<B: Backend>(
+    hook: &mut Option<&mut dyn ActivationHook<B>>,
+    site: impl FnOnce() -> String,
+    x: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    match hook {
+        Some(h) => h.observe(&site(), x),
+        None => x,
+    }
+}
+
+/// A tensor by checkpoint name, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// Host copy of a tensor's values.
+pub fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 tensor data")
+}
+
+/// `{name}.weight` as `(out, in)` and `{name}.bias` of a linear layer.
+pub fn linear_tensors<B: Backend>(name: &str, lin: &Linear<B>) -> Vec<NamedTensor> {
+    let [d_in, d_out] = lin.weight.dims();
+    let mut out = vec![NamedTensor {
+        name: format!("{name}.weight"),
+        shape: vec![d_out, d_in],
+        values: host(lin.weight.val().transpose()),
+    }];
+    if let Some(b) = &lin.bias {
+        out.push(NamedTensor { name: format!("{name}.bias"), shape: vec![d_out], values: host(b.val()) });
+    }
+    out
 }

@@ -16,7 +16,7 @@ use burn::tensor::{Tensor, TensorData};
 use hf_hub::RepoType;
 use sv_data::PreprocessConfig;
 
-pub use dinov3::{Dinov3, Dinov3Config, Dinov3Output};
+pub use dinov3::{ActivationHook, Dinov3, Dinov3Config, Dinov3Output, NamedTensor, host, linear_tensors, tap};
 use weights::{RandomSource, SafetensorsSource};
 
 /// Where the backbone comes from (the `[backbone]` table of an experiment).
@@ -125,17 +125,23 @@ impl<B: Backend> Backbone<B> {
 
     /// Features `[CLS, mean(patches)]` of encoded images, preprocessed with `pre`.
     pub fn features_of_images(&self, images: &[&[u8]], pre: &PreprocessConfig, device: &B::Device) -> Result<Vec<Vec<f32>>> {
-        let mut data = Vec::with_capacity(images.len() * pre.len());
-        for (i, bytes) in images.iter().enumerate() {
-            data.extend(sv_data::preprocess_bytes(bytes, pre).with_context(|| format!("image {i} of the batch"))?);
-        }
-        let s = pre.size as usize;
-        let x = Tensor::<B, 4>::from_data(TensorData::new(data, [images.len(), 3, s, s]), device);
+        let x = pixels::<B>(images, pre, device)?;
         let feats = self.model.forward(x).features;
         let d = feats.dims()[1];
         let v = feats.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok(v.chunks_exact(d).map(<[f32]>::to_vec).collect())
     }
+}
+
+/// Encoded images as one normalised `(N, 3, S, S)` batch through sv-data's shared
+/// preprocessing. An image that does not decode is an error naming its position.
+pub fn pixels<B: Backend>(images: &[&[u8]], pre: &PreprocessConfig, device: &B::Device) -> Result<Tensor<B, 4>> {
+    let mut data = Vec::with_capacity(images.len() * pre.len());
+    for (i, bytes) in images.iter().enumerate() {
+        data.extend(sv_data::preprocess_bytes(bytes, pre).with_context(|| format!("image {i} of the batch"))?);
+    }
+    let s = pre.size as usize;
+    Ok(Tensor::<B, 4>::from_data(TensorData::new(data, [images.len(), 3, s, s]), device))
 }
 
 /// Size and modification time of the safetensors in a folder: changes when the weights do.

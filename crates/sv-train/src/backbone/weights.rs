@@ -11,6 +11,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 
+use super::NamedTensor;
+
 /// A source of named f32 tensors.
 pub trait TensorSource {
     /// The tensor `name` as f32 values in row-major order, checked against `shape`.
@@ -33,6 +35,27 @@ pub struct SafetensorsSource {
 }
 
 impl SafetensorsSource {
+    /// Open one safetensors file.
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let f = path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let mut out = Self { dir, files: HashMap::new(), index: BTreeMap::new() };
+        out.add(f)?;
+        Ok(out)
+    }
+
+    fn add(&mut self, f: String) -> Result<()> {
+        let path = self.dir.join(&f);
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
+        for name in st.names() {
+            self.index.insert(name.to_string(), f.clone());
+        }
+        self.files.insert(f, bytes);
+        Ok(())
+    }
+
     /// Open `dir/model.safetensors`, or the shards listed in `dir/model.safetensors.index.json`.
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let single = dir.join("model.safetensors");
@@ -64,14 +87,7 @@ impl SafetensorsSource {
         };
         let mut out = Self { dir: dir.to_path_buf(), files: HashMap::new(), index: BTreeMap::new() };
         for f in files {
-            let path = dir.join(&f);
-            let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let st = SafeTensors::deserialize(&bytes)
-                .map_err(|e| anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
-            for name in st.names() {
-                out.index.insert(name.to_string(), f.clone());
-            }
-            out.files.insert(f, bytes);
+            out.add(f)?;
         }
         Ok(out)
     }
@@ -105,6 +121,13 @@ impl TensorSource for SafetensorsSource {
                 view.shape(),
                 shape
             );
+        }
+        if view.dtype() == Dtype::I8 {
+            // Per-output-channel INT8 weights (export bundles): `{name}_scale` holds one f32 per row.
+            let rows = shape.first().copied().unwrap_or(1);
+            let scale = self.tensor(&format!("{name}_scale"), &[rows])?;
+            let q: Vec<i8> = view.data().iter().map(|b| *b as i8).collect();
+            return Ok(crate::quant::dequantize_rows(&q, &scale));
         }
         to_f32(view.dtype(), view.data(), name)
     }
@@ -171,4 +194,75 @@ impl TensorSource for RandomSource {
     fn origin(&self) -> String {
         format!("random weights (seed {})", self.seed)
     }
+}
+
+/// Tensors held in memory (a model's own [`NamedTensor`]s, e.g. rounded to a lower precision).
+pub struct MemorySource {
+    tensors: HashMap<String, NamedTensor>,
+    origin: String,
+}
+
+impl MemorySource {
+    pub fn new(tensors: Vec<NamedTensor>, origin: &str) -> Self {
+        Self { tensors: tensors.into_iter().map(|t| (t.name.clone(), t)).collect(), origin: origin.to_string() }
+    }
+}
+
+impl TensorSource for MemorySource {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let t = self.tensors.get(name).ok_or_else(|| anyhow!("tensor {name:?} is missing from {}", self.origin))?;
+        if t.shape != shape {
+            bail!("tensor {name:?} in {} has shape {:?}, expected {:?}", self.origin, t.shape, shape);
+        }
+        Ok(t.values.clone())
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.tensors.keys().cloned().collect();
+        v.sort();
+        v
+    }
+    fn origin(&self) -> String {
+        self.origin.clone()
+    }
+}
+
+/// A tensor to write: f32 values, or per-row INT8 values with their f32 scales
+/// (written as `{name}` in I8 and `{name}_scale`).
+pub enum Stored {
+    F32(NamedTensor),
+    Int8 { name: String, shape: Vec<usize>, q: Vec<i8>, scale: Vec<f32> },
+}
+
+/// Write tensors to one safetensors file (with `metadata` in its header).
+pub fn write_safetensors(path: &Path, tensors: &[Stored], metadata: Option<HashMap<String, String>>) -> Result<()> {
+    use safetensors::tensor::TensorView;
+    let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for t in tensors {
+        match t {
+            Stored::F32(t) => buffers.push((
+                t.name.clone(),
+                Dtype::F32,
+                t.shape.clone(),
+                t.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )),
+            Stored::Int8 { name, shape, q, scale } => {
+                buffers.push((name.clone(), Dtype::I8, shape.clone(), q.iter().map(|v| *v as u8).collect()));
+                buffers.push((
+                    format!("{name}_scale"),
+                    Dtype::F32,
+                    vec![scale.len()],
+                    scale.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ));
+            }
+        }
+    }
+    let views: Vec<(String, TensorView<'_>)> = buffers
+        .iter()
+        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b).map_err(|e| anyhow!("tensor {n}: {e}"))?)))
+        .collect::<Result<_>>()?;
+    safetensors::serialize_to_file(views, metadata, path).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+    Ok(())
 }

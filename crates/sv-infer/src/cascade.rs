@@ -1,0 +1,247 @@
+//! The cascade. Stage 1 (backbone + head, batched) answers alone when its recalibrated score is
+//! below `exits.low` or above `exits.high`. Otherwise the configured remote stages run
+//! concurrently, each under its own deadline, and the answer is an ensemble of what came back in
+//! time: stage 1 + VLM 0.6/0.4, + caption 0.5/0.3/0.2 (a lone caption stage takes the VLM's
+//! 0.4). A stage that fails or is late is left out, so stage 1's answer stands when nothing
+//! else arrives. Answers are cached by the SHA-256 of the image bytes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use sha2::{Digest, Sha256};
+use sv_data::PreprocessConfig;
+use sv_train::export::Exits;
+
+use crate::batcher::{BatchConfig, BatchError, Batcher};
+use crate::bundle::Bundle;
+use crate::cache::ScoreCache;
+use crate::remote::{CAPTION_PROMPT, Endpoint, EndpointConfig, VLM_PROMPT, keyword_score, parse_yes_no};
+
+/// Cascade settings (the `[cascade]` table of the miner's config).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CascadeConfig {
+    /// Override the bundle's stage-1 exits.
+    pub exits: Option<Exits>,
+    /// Stage 2: a VLM asked YES/NO.
+    pub vlm: Option<EndpointConfig>,
+    /// Stage 3: a caption/OCR model scored by keywords.
+    pub caption: Option<EndpointConfig>,
+    pub batch: BatchConfig,
+    /// Seconds a cached answer stays valid (0 disables the cache).
+    pub cache_ttl_s: u64,
+    /// Cached answers kept at most.
+    pub cache_entries: usize,
+}
+
+impl Default for CascadeConfig {
+    fn default() -> Self {
+        Self { exits: None, vlm: None, caption: None, batch: BatchConfig::default(), cache_ttl_s: 600, cache_entries: 10_000 }
+    }
+}
+
+/// A stage of the cascade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Stage1,
+    Vlm,
+    Caption,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stage1 => "stage1",
+            Self::Vlm => "vlm",
+            Self::Caption => "caption",
+        }
+    }
+}
+
+/// The cascade's answer to one image.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Answer {
+    /// P(roadwork) as sent to the validator.
+    pub prediction: f32,
+    /// `max(p, 1 − p)`.
+    pub confidence: f32,
+    /// Stage 1's recalibrated score.
+    pub stage1: f32,
+    /// Stages that contributed, e.g. `stage1+vlm`.
+    pub stages: String,
+    /// Stages that were asked but failed or were late, with the reason.
+    pub dropped: Vec<(Stage, String)>,
+    /// Time per stage in milliseconds.
+    pub stage_ms: Vec<(Stage, f64)>,
+    /// Images in stage 1's forward pass.
+    pub batch: usize,
+    pub cached: bool,
+}
+
+/// Why the cascade could not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CascadeError {
+    /// The bytes are not an image the preprocessing can read (a client error).
+    BadImage(String),
+    /// Stage 1's queue is full.
+    Overloaded,
+    /// Anything else.
+    Internal(String),
+}
+
+impl std::fmt::Display for CascadeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::BadImage(m) => write!(f, "bad image: {m}"),
+            Self::Overloaded => write!(f, "overloaded: stage-1 queue is full"),
+            Self::Internal(m) => write!(f, "internal error: {m}"),
+        }
+    }
+}
+
+/// A running cascade.
+pub struct Cascade {
+    batcher: Batcher,
+    pre: PreprocessConfig,
+    exits: Exits,
+    vlm: Option<Endpoint>,
+    caption: Option<Endpoint>,
+    cache: ScoreCache<Answer>,
+    /// Decodes at once: a 4096² image takes ~200 MB as floats, so decoding is bounded.
+    decode_slots: tokio::sync::Semaphore,
+    pub version: String,
+}
+
+/// Images decoded and preprocessed at once.
+pub const DECODE_SLOTS: usize = 4;
+
+impl Cascade {
+    /// Load the bundle's stage 1 on its own thread and connect the remote stages.
+    pub fn start(bundle: &Bundle, cfg: &CascadeConfig) -> Result<Self> {
+        let b = bundle.clone();
+        let batcher = Batcher::spawn(move || b.stage1(&sv_train::Device::default()), cfg.batch)?;
+        let exits = cfg.exits.unwrap_or(bundle.config.exits);
+        if !(0.0..=1.0).contains(&exits.low) || !(0.0..=1.0).contains(&exits.high) || exits.low > exits.high {
+            anyhow::bail!("cascade exits must satisfy 0 <= low <= high <= 1 (got {} / {})", exits.low, exits.high);
+        }
+        Ok(Self {
+            batcher,
+            pre: bundle.config.preprocess.clone(),
+            exits,
+            vlm: cfg.vlm.clone().map(Endpoint::new).transpose()?,
+            caption: cfg.caption.clone().map(Endpoint::new).transpose()?,
+            cache: ScoreCache::new(Duration::from_secs(cfg.cache_ttl_s), if cfg.cache_ttl_s == 0 { 0 } else { cfg.cache_entries }),
+            decode_slots: tokio::sync::Semaphore::new(DECODE_SLOTS),
+            version: bundle.version().to_string(),
+        })
+    }
+
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Answer one encoded image.
+    pub async fn predict(&self, bytes: Arc<Vec<u8>>) -> Result<Answer, CascadeError> {
+        let key: [u8; 32] = Sha256::digest(bytes.as_slice()).into();
+        if let Some(mut a) = self.cache.get(&key) {
+            a.cached = true;
+            return Ok(a);
+        }
+        let t = Instant::now();
+        let pre = self.pre.clone();
+        let b = bytes.clone();
+        let slot = self.decode_slots.acquire().await.map_err(|_| CascadeError::Internal("decoder closed".into()))?;
+        let pixels = tokio::task::spawn_blocking(move || sv_data::preprocess_bytes(&b, &pre))
+            .await
+            .map_err(|e| CascadeError::Internal(format!("preprocessing task failed: {e}")))?
+            .map_err(|e| CascadeError::BadImage(format!("{e:#}")))?;
+        drop(slot);
+        let scored = self.batcher.score(pixels).await.map_err(|e| match e {
+            BatchError::Overloaded => CascadeError::Overloaded,
+            BatchError::Failed(m) => CascadeError::Internal(m),
+        })?;
+        let s1 = scored.score;
+        let mut answer = Answer {
+            prediction: s1,
+            confidence: s1.max(1.0 - s1),
+            stage1: s1,
+            stages: "stage1".into(),
+            dropped: Vec::new(),
+            stage_ms: vec![(Stage::Stage1, t.elapsed().as_secs_f64() * 1e3)],
+            batch: scored.batch,
+            cached: false,
+        };
+        let uncertain = s1 >= self.exits.low && s1 <= self.exits.high;
+        if uncertain && (self.vlm.is_some() || self.caption.is_some()) {
+            let (v, c) = tokio::join!(
+                run_stage(self.vlm.as_ref(), &bytes, VLM_PROMPT, 4, |a| parse_yes_no(a)),
+                run_stage(self.caption.as_ref(), &bytes, CAPTION_PROMPT, 96, |a| Ok(keyword_score(a))),
+            );
+            let mut parts = vec![(Stage::Stage1, s1)];
+            for (stage, r) in [(Stage::Vlm, v), (Stage::Caption, c)] {
+                match r {
+                    None => {}
+                    Some((Ok(p), ms)) => {
+                        answer.stage_ms.push((stage, ms));
+                        parts.push((stage, p));
+                    }
+                    Some((Err(e), ms)) => {
+                        answer.stage_ms.push((stage, ms));
+                        answer.dropped.push((stage, e));
+                    }
+                }
+            }
+            answer.prediction = ensemble(&parts);
+            answer.confidence = answer.prediction.max(1.0 - answer.prediction);
+            answer.stages = parts.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join("+");
+        }
+        // Answers with a failed remote stage are not cached: the stage may work next time.
+        if answer.dropped.is_empty() {
+            self.cache.put(key, answer.clone());
+        }
+        Ok(answer)
+    }
+}
+
+async fn run_stage(
+    ep: Option<&Endpoint>,
+    image: &[u8],
+    prompt: &str,
+    max_tokens: u32,
+    parse: impl Fn(&str) -> Result<f32>,
+) -> Option<(Result<f32, String>, f64)> {
+    let ep = ep?;
+    let t = Instant::now();
+    let deadline = Duration::from_millis(ep.cfg.deadline_ms);
+    let r = match tokio::time::timeout(deadline, ep.ask(prompt, image, max_tokens)).await {
+        Err(_) => Err(format!("late (deadline {} ms)", ep.cfg.deadline_ms)),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Ok(Ok(text)) => parse(&text).map_err(|e| format!("{e:#}")),
+    };
+    Some((r, t.elapsed().as_secs_f64() * 1e3))
+}
+
+/// Weighted ensemble of the stages that answered: 0.6/0.4 for two, 0.5/0.3/0.2 for three.
+pub fn ensemble(parts: &[(Stage, f32)]) -> f32 {
+    let w: &[f32] = match parts.len() {
+        0 => return 0.0,
+        1 => &[1.0],
+        2 => &[0.6, 0.4],
+        _ => &[0.5, 0.3, 0.2],
+    };
+    parts.iter().zip(w).map(|((_, p), w)| p * w).sum::<f32>().clamp(0.0, 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ensemble_weights() {
+        assert_eq!(ensemble(&[(Stage::Stage1, 0.5)]), 0.5);
+        assert!((ensemble(&[(Stage::Stage1, 0.5), (Stage::Vlm, 1.0)]) - 0.7).abs() < 1e-6);
+        assert!((ensemble(&[(Stage::Stage1, 0.5), (Stage::Vlm, 1.0), (Stage::Caption, 0.9)]) - 0.73).abs() < 1e-6);
+    }
+}

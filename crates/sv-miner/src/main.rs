@@ -1,0 +1,123 @@
+//! `sv-miner`: serve an exported bundle to subnet-72 validators.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use sv_miner::config::MinerConfig;
+
+#[derive(Parser)]
+#[command(name = "sv-miner", version, about = "StreetVision miner: serves a bundle over the Bittensor axon protocol")]
+struct Cli {
+    /// Miner config TOML (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Bundle folder made by `sv-train export`.
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    #[arg(long)]
+    host: Option<String>,
+    #[arg(long)]
+    port: Option<u16>,
+    /// This miner's hotkey (SS58).
+    #[arg(long)]
+    hotkey: Option<String>,
+    /// Allowed validator hotkeys, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    allow: Vec<String>,
+    /// File of allowed validator hotkeys, one a line.
+    #[arg(long)]
+    allow_file: Option<PathBuf>,
+    /// Serve the unsigned JSON API to non-loopback clients too.
+    #[arg(long)]
+    open_json_api: bool,
+    /// Lance folder to log every prediction to.
+    #[arg(long)]
+    prediction_log: Option<PathBuf>,
+    /// Keep image bytes in the prediction log (for mining hard cases later).
+    #[arg(long)]
+    log_images: bool,
+}
+
+fn config(cli: Cli) -> Result<MinerConfig> {
+    let mut c = match &cli.config {
+        Some(p) => MinerConfig::load(p)?,
+        None => MinerConfig::default(),
+    };
+    if let Some(v) = cli.bundle {
+        c.bundle = v;
+    }
+    if let Some(v) = cli.host {
+        c.host = v;
+    }
+    if let Some(v) = cli.port {
+        c.port = v;
+    }
+    if let Some(v) = cli.hotkey {
+        c.hotkey = v;
+    }
+    if !cli.allow.is_empty() {
+        c.allow = cli.allow;
+    }
+    if cli.allow_file.is_some() {
+        c.allow_file = cli.allow_file;
+    }
+    c.open_json_api |= cli.open_json_api;
+    if cli.prediction_log.is_some() {
+        c.prediction_log = cli.prediction_log;
+    }
+    c.log_images |= cli.log_images;
+    Ok(c)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing in-flight requests and flushing the prediction log");
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let cfg = config(cli)?;
+    let t = std::time::Instant::now();
+    let (state, log_thread) = sv_miner::server::AppState::from_config(&cfg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let addr = format!("{}:{}", cfg.host, cfg.port);
+        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        println!(
+            "sv-miner {} serving bundle {} (model {}) on {} for {} allowed validators; ready in {:.1}s",
+            env!("CARGO_PKG_VERSION"),
+            cfg.bundle.display(),
+            state.cascade.version,
+            listener.local_addr()?,
+            state.allow.len(),
+            t.elapsed().as_secs_f64()
+        );
+        sv_miner::server::serve(listener, state, shutdown_signal()).await
+    })?;
+    if let Some(h) = log_thread {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+fn main() {
+    sv_data::progress::init_tracing("warn,sv_miner=info,sv_infer=info");
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

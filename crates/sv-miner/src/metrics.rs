@@ -1,0 +1,74 @@
+//! Prometheus metrics of the miner (`GET /metrics`).
+
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+
+/// The miner's metrics.
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests by route and HTTP status.
+    pub requests: IntCounterVec,
+    /// End-to-end latency by route.
+    pub latency: HistogramVec,
+    /// Latency by cascade stage.
+    pub stage_latency: HistogramVec,
+    /// Stage-1 batch sizes.
+    pub batch_size: Histogram,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    /// Errors by kind (bad_base64, too_large, bad_signature, ...).
+    pub errors: IntCounterVec,
+    /// Prediction-log records dropped because the writer fell behind.
+    pub log_dropped: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let lat_buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 9.0];
+        let requests = IntCounterVec::new(Opts::new("sv_requests_total", "Requests by route and status"), &["route", "status"]).unwrap();
+        let latency = HistogramVec::new(
+            HistogramOpts::new("sv_request_latency_seconds", "Request latency by route").buckets(lat_buckets.clone()),
+            &["route"],
+        )
+        .unwrap();
+        let stage_latency = HistogramVec::new(
+            HistogramOpts::new("sv_stage_latency_seconds", "Latency by cascade stage").buckets(lat_buckets),
+            &["stage"],
+        )
+        .unwrap();
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("sv_batch_size", "Images per stage-1 forward pass").buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        )
+        .unwrap();
+        let cache_hits = IntCounter::new("sv_cache_hits_total", "Answers served from the content cache").unwrap();
+        let cache_misses = IntCounter::new("sv_cache_misses_total", "Answers computed").unwrap();
+        let errors = IntCounterVec::new(Opts::new("sv_errors_total", "Errors by kind"), &["kind"]).unwrap();
+        let log_dropped = IntCounter::new("sv_predlog_dropped_total", "Prediction-log records dropped").unwrap();
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(stage_latency.clone()),
+            Box::new(batch_size.clone()),
+            Box::new(cache_hits.clone()),
+            Box::new(cache_misses.clone()),
+            Box::new(errors.clone()),
+            Box::new(log_dropped.clone()),
+        ] {
+            registry.register(c).unwrap();
+        }
+        Self { registry, requests, latency, stage_latency, batch_size, cache_hits, cache_misses, errors, log_dropped }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        String::from_utf8(buf).expect("utf8 metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,355 @@
+//! The HTTP server: the axon route `POST /ImageSynapse`, the plain JSON API
+//! `POST /v1/challenge`, `GET /health` and `GET /metrics`.
+//!
+//! Every failure is answered with a status and a JSON `{"message": ...}` and counted by kind;
+//! nothing a client sends can panic a handler or hold the server: bodies are read under a size
+//! bound and a deadline, in-flight requests are bounded (503 beyond), images are checked from
+//! their header before decoding, and every answer is computed under the latency budget.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sv_data::predlog::PredictionRecord;
+use sv_infer::cascade::CascadeError;
+use sv_infer::{Answer, Bundle, Cascade};
+use tokio::sync::Semaphore;
+
+use crate::axon::{self, NonceBook};
+use crate::config::MinerConfig;
+use crate::metrics::Metrics;
+use crate::predlog::LogSender;
+use crate::validate::{check_image, decode_base64};
+
+/// Longest a client may take to send its body.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
+/// Requests processed at once; more get 503.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+/// Shared state of the handlers.
+pub struct AppState {
+    pub cascade: Cascade,
+    pub hotkey: String,
+    pub allow: HashSet<String>,
+    pub open_json_api: bool,
+    pub log_images: bool,
+    pub max_body: usize,
+    pub max_side: u32,
+    pub budget: Duration,
+    pub required_hash_fields: Vec<String>,
+    pub nonces: NonceBook,
+    pub metrics: Metrics,
+    pub log: Option<LogSender>,
+    pub started: Instant,
+    pub in_flight: Semaphore,
+}
+
+impl AppState {
+    /// Open the bundle, start the cascade and the prediction-log writer.
+    pub fn from_config(cfg: &MinerConfig) -> Result<(Arc<Self>, Option<std::thread::JoinHandle<()>>)> {
+        cfg.validate()?;
+        let allow = cfg.allowed()?;
+        let bundle = Bundle::open(&cfg.bundle)?;
+        let cascade = Cascade::start(&bundle, &cfg.cascade).context("cannot start the cascade")?;
+        let (log, handle) = match &cfg.prediction_log {
+            Some(p) => {
+                let (s, h) = crate::predlog::start(p.clone(), 64, Duration::from_secs(2))?;
+                (Some(s), Some(h))
+            }
+            None => (None, None),
+        };
+        let state = Self {
+            cascade,
+            hotkey: cfg.hotkey.clone(),
+            allow,
+            open_json_api: cfg.open_json_api,
+            log_images: cfg.log_images,
+            max_body: cfg.max_body_bytes,
+            max_side: cfg.max_side,
+            budget: Duration::from_millis(cfg.budget_ms),
+            required_hash_fields: cfg.required_hash_fields.clone(),
+            nonces: NonceBook::default(),
+            metrics: Metrics::new(),
+            log,
+            started: Instant::now(),
+            in_flight: Semaphore::new(MAX_IN_FLIGHT),
+        };
+        Ok((Arc::new(state), handle))
+    }
+}
+
+/// The routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(&format!("/{}", axon::SYNAPSE), post(image_synapse))
+        .route("/v1/challenge", post(challenge))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serve until `shutdown` resolves, then finish in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("server failed")
+}
+
+/// A refused request.
+#[derive(Debug)]
+struct Fail {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+fn fail(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Fail {
+    Fail { status, kind, message: message.into() }
+}
+
+fn fail_response(st: &AppState, route: &str, f: Fail, extra: HeaderMap) -> Response {
+    st.metrics.errors.with_label_values(&[f.kind]).inc();
+    st.metrics.requests.with_label_values(&[route, f.status.as_str()]).inc();
+    let mut resp = (f.status, axum::Json(json!({ "message": f.message }))).into_response();
+    resp.headers_mut().extend(extra);
+    resp
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Fail> {
+    match tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(fail(StatusCode::REQUEST_TIMEOUT, "body_timeout", "the request body did not arrive in time")),
+        Ok(Err(e)) => {
+            let text = format!("{e}");
+            let chain = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+            if text.contains("length limit") || chain.contains("length limit") {
+                Err(fail(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body exceeds {limit} bytes")))
+            } else {
+                Err(fail(StatusCode::BAD_REQUEST, "bad_body", format!("cannot read the request body: {text}")))
+            }
+        }
+        Ok(Ok(b)) => Ok(b),
+    }
+}
+
+/// Decode, check and answer one base64 image under the budget; logs and counts it.
+async fn answer(st: &AppState, b64: &str, validator: Option<&str>, challenge_id: Option<&str>) -> Result<(Answer, f64), Fail> {
+    let t = Instant::now();
+    let bytes = decode_base64(b64).map_err(|e| Fail { status: StatusCode::BAD_REQUEST, kind: e.kind, message: e.message })?;
+    check_image(&bytes, st.max_side).map_err(|e| Fail { status: StatusCode::BAD_REQUEST, kind: e.kind, message: e.message })?;
+    let bytes = Arc::new(bytes);
+    let a = match tokio::time::timeout(st.budget, st.cascade.predict(bytes.clone())).await {
+        Err(_) => return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "budget_exceeded", format!("no answer within {} ms", st.budget.as_millis()))),
+        Ok(Err(CascadeError::BadImage(m))) => return Err(fail(StatusCode::BAD_REQUEST, "bad_image", m)),
+        Ok(Err(CascadeError::Overloaded)) => return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the miner is overloaded; retry")),
+        Ok(Err(CascadeError::Internal(m))) => return Err(fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)),
+        Ok(Ok(a)) => a,
+    };
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    if a.cached {
+        st.metrics.cache_hits.inc();
+    } else {
+        st.metrics.cache_misses.inc();
+        st.metrics.batch_size.observe(a.batch as f64);
+        for (stage, stage_ms) in &a.stage_ms {
+            st.metrics.stage_latency.with_label_values(&[stage.as_str()]).observe(stage_ms / 1e3);
+        }
+    }
+    for (stage, _) in &a.dropped {
+        st.metrics.errors.with_label_values(&[&format!("{}_dropped", stage.as_str())]).inc();
+    }
+    if let Some(log) = &st.log {
+        let rec = PredictionRecord {
+            ts_ms: (now_ns() / 1_000_000) as i64,
+            image_sha256: hex::encode(Sha256::digest(bytes.as_slice())),
+            stage: if a.cached { format!("cache:{}", a.stages) } else { a.stages.clone() },
+            score: a.prediction,
+            confidence: a.confidence,
+            latency_ms: ms as f32,
+            model_version: st.cascade.version.clone(),
+            validator_hotkey: validator.map(str::to_string),
+            challenge_id: challenge_id.map(str::to_string),
+            label: None,
+            image: st.log_images.then(|| bytes.as_ref().clone()),
+        };
+        if !log.send(rec) {
+            st.metrics.log_dropped.inc();
+        }
+    }
+    Ok((a, ms))
+}
+
+/// Headers every axon answer carries: the request's `bt_header_*` and the axon's status.
+fn axon_headers(req: &HeaderMap, status: StatusCode, message: &str, process_time: f64) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in req {
+        if k.as_str().starts_with(axon::HEADER_PREFIX) && !k.as_str().starts_with("bt_header_axon_status") {
+            h.insert(k.clone(), v.clone());
+        }
+    }
+    let mut set = |k: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(HeaderName::from_static(k), v);
+        }
+    };
+    set("bt_header_axon_status_code", status.as_u16().to_string());
+    set("bt_header_axon_status_message", message.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).take(200).collect());
+    set("bt_header_axon_process_time", format!("{process_time}"));
+    h
+}
+
+async fn image_synapse(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let t = Instant::now();
+    let route = "axon";
+    let Ok(_permit) = st.in_flight.try_acquire() else {
+        let f = fail(StatusCode::SERVICE_UNAVAILABLE, "too_many_requests", "too many requests in flight");
+        return fail_response(&st, route, f, HeaderMap::new());
+    };
+    let result = axon_inner(&st, &headers, body).await;
+    let secs = t.elapsed().as_secs_f64();
+    st.metrics.latency.with_label_values(&[route]).observe(secs);
+    match result {
+        Ok(body) => {
+            st.metrics.requests.with_label_values(&[route, "200"]).inc();
+            let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
+            resp.headers_mut().extend(axon_headers(&headers, StatusCode::OK, "Success", secs));
+            resp
+        }
+        Err(f) => {
+            let extra = axon_headers(&headers, f.status, &f.message, secs);
+            fail_response(&st, route, f, extra)
+        }
+    }
+}
+
+async fn axon_inner(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Value, Fail> {
+    let t = Instant::now();
+    let auth = axon::parse_auth(headers).map_err(|m| fail(StatusCode::BAD_REQUEST, "bad_headers", m))?;
+    // bittensor's axon order: blacklist, then signature and nonce.
+    if !st.allow.contains(&auth.dendrite_hotkey) {
+        return Err(fail(
+            StatusCode::FORBIDDEN,
+            "not_allowed",
+            format!("Forbidden. Key is blacklisted: hotkey {} is not an allowed validator.", auth.dendrite_hotkey),
+        ));
+    }
+    let msg = axon::message(auth.nonce, &auth.dendrite_hotkey, &st.hotkey, &auth.uuid, &auth.body_hash);
+    axon::verify_signature(&auth.dendrite_hotkey, &msg, &auth.signature)
+        .map_err(|m| fail(StatusCode::UNAUTHORIZED, "bad_signature", format!("Not Verified with error: {m}")))?;
+    let key = format!("{}:{}", auth.dendrite_hotkey, auth.uuid);
+    st.nonces
+        .accept(&key, auth.nonce, now_ns(), auth.timeout_s)
+        .map_err(|m| fail(StatusCode::UNAUTHORIZED, "bad_nonce", format!("Not Verified with error: {m}")))?;
+    let bytes = read_body(body, st.max_body).await?;
+    let mut body: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| fail(StatusCode::BAD_REQUEST, "bad_json", format!("the body is not JSON: {e}")))?;
+    if !body.is_object() {
+        return Err(fail(StatusCode::BAD_REQUEST, "bad_json", "the body is not a JSON object"));
+    }
+    let parsed = axon::body_hash(&body, &st.required_hash_fields);
+    if parsed != auth.body_hash {
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            "body_hash",
+            format!("Hash mismatch between header body hash {} and parsed body hash {parsed}", auth.body_hash),
+        ));
+    }
+    let image = body.get("image").and_then(Value::as_str).ok_or_else(|| fail(StatusCode::BAD_REQUEST, "bad_json", "the synapse has no string field `image`"))?;
+    let challenge_id = format!("{}:{}", auth.uuid, auth.nonce);
+    let (a, _) = answer(st, image, Some(auth.dendrite_hotkey.as_str()), Some(challenge_id.as_str())).await?;
+    let obj = body.as_object_mut().expect("checked object");
+    obj.insert("prediction".into(), json!(a.prediction));
+    let mut ax = obj.get("axon").cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
+    ax["status_code"] = json!(200);
+    ax["status_message"] = json!("Success");
+    ax["process_time"] = json!(t.elapsed().as_secs_f64());
+    obj.insert("axon".into(), ax);
+    Ok(body)
+}
+
+/// The plain JSON API's request.
+#[derive(Debug, serde::Deserialize)]
+struct ChallengeRequest {
+    #[serde(rename = "type")]
+    kind: String,
+    data: String,
+    #[serde(default)]
+    challenge_id: Option<String>,
+}
+
+async fn challenge(State(st): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, body: Body) -> Response {
+    let t = Instant::now();
+    let route = "challenge";
+    let Ok(_permit) = st.in_flight.try_acquire() else {
+        let f = fail(StatusCode::SERVICE_UNAVAILABLE, "too_many_requests", "too many requests in flight");
+        return fail_response(&st, route, f, HeaderMap::new());
+    };
+    let result = async {
+        if !st.open_json_api && !peer.ip().is_loopback() {
+            return Err(fail(StatusCode::FORBIDDEN, "not_loopback", "the JSON API answers loopback clients only (see open_json_api)"));
+        }
+        let bytes = read_body(body, st.max_body).await?;
+        let req: ChallengeRequest = serde_json::from_slice(&bytes)
+            .map_err(|e| fail(StatusCode::BAD_REQUEST, "bad_json", format!("expected {{type, data, challenge_id}}: {e}")))?;
+        if req.kind != "image" {
+            return Err(fail(StatusCode::BAD_REQUEST, "bad_type", format!("type {:?} is not supported (image)", req.kind)));
+        }
+        let (a, ms) = answer(&st, &req.data, None, req.challenge_id.as_deref()).await?;
+        Ok(json!({
+            "prediction": a.prediction,
+            "confidence": a.confidence,
+            "latency_ms": ms,
+            "model_version": st.cascade.version,
+            "stages": a.stages,
+            "challenge_id": req.challenge_id,
+        }))
+    }
+    .await;
+    st.metrics.latency.with_label_values(&[route]).observe(t.elapsed().as_secs_f64());
+    match result {
+        Ok(v) => {
+            st.metrics.requests.with_label_values(&[route, "200"]).inc();
+            axum::Json(v).into_response()
+        }
+        Err(f) => fail_response(&st, route, f, HeaderMap::new()),
+    }
+}
+
+async fn health(State(st): State<Arc<AppState>>) -> Response {
+    st.metrics.requests.with_label_values(&["health", "200"]).inc();
+    axum::Json(json!({
+        "status": "ok",
+        "model_version": st.cascade.version,
+        "uptime_s": st.started.elapsed().as_secs_f64(),
+        "cache_entries": st.cascade.cache_len(),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    st.metrics.requests.with_label_values(&["metrics", "200"]).inc();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render()).into_response()
+}
+
+async fn not_found(State(st): State<Arc<AppState>>) -> Response {
+    fail_response(&st, "other", fail(StatusCode::NOT_FOUND, "not_found", "no such route"), HeaderMap::new())
+}

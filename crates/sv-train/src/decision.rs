@@ -1,0 +1,105 @@
+//! The reward-optimal decision point. The validator rounds every answer at 0.5 (exactly 0.5 is
+//! "no roadwork"), so only the side of 0.5 an answer falls on moves the reward. Export searches,
+//! on the validation split under the validator simulator, the threshold `t` on the model's raw
+//! probability that maximises the expected reward, and the bundle maps scores with the monotone
+//! shifted logit `p' = σ(logit(p) − logit(t))`, so that `p > t` ⇔ `p' > 0.5`.
+
+use crate::simulator::{SimulatorConfig, sample_rewards};
+
+/// Monotone recalibration of raw probabilities.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScoreMap {
+    /// Raw probability that maps to 0.5.
+    pub threshold: f32,
+}
+
+impl Default for ScoreMap {
+    fn default() -> Self {
+        Self { threshold: 0.5 }
+    }
+}
+
+const EPS: f64 = 1e-7;
+
+fn logit(p: f64) -> f64 {
+    let p = p.clamp(EPS, 1.0 - EPS);
+    (p / (1.0 - p)).ln()
+}
+
+impl ScoreMap {
+    /// `σ(logit(p) − logit(t))`; the identity for `t = 0.5`.
+    pub fn apply(&self, p: f32) -> f32 {
+        if self.threshold == 0.5 {
+            return p;
+        }
+        let z = logit(p as f64) - logit(self.threshold as f64);
+        (1.0 / (1.0 + (-z).exp())) as f32
+    }
+}
+
+/// What the search found.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DecisionReport {
+    pub map: ScoreMap,
+    /// Expected reward with the plain 0.5 threshold.
+    pub reward_before: f64,
+    /// Expected reward with the chosen threshold.
+    pub reward_after: f64,
+    pub candidates: usize,
+}
+
+/// Search thresholds over the quantiles of the per-level probabilities; every candidate is
+/// scored on the same sampled windows (common random numbers). A threshold other than 0.5 is
+/// taken only when it gains more than `min_gain` in expected reward.
+pub fn best_threshold(probs: &[Vec<f32>], labels: &[bool], cfg: &SimulatorConfig, min_gain: f64) -> DecisionReport {
+    let mean_reward = |t: f32| {
+        let map = ScoreMap { threshold: t };
+        let mapped: Vec<Vec<f32>> = probs.iter().map(|l| l.iter().map(|&p| map.apply(p)).collect()).collect();
+        let r = sample_rewards(&mapped, labels, cfg);
+        r.iter().sum::<f64>() / r.len() as f64
+    };
+    let mut all: Vec<f32> = probs.iter().flatten().copied().filter(|p| p.is_finite()).collect();
+    all.sort_by(f32::total_cmp);
+    let mut candidates: Vec<f32> = (1..100).filter_map(|q| all.get(q * all.len() / 100).copied()).collect();
+    candidates.retain(|&t| t > 0.0 && t < 1.0);
+    candidates.dedup();
+    let before = mean_reward(0.5);
+    let mut best = (before, 0.5f32);
+    for &t in &candidates {
+        let r = mean_reward(t);
+        let closer = (t - 0.5).abs() < (best.1 - 0.5).abs();
+        if r > best.0 + min_gain || (r >= best.0 - 1e-12 && best.1 != 0.5 && closer) {
+            best = (r, t);
+        }
+    }
+    DecisionReport { map: ScoreMap { threshold: best.1 }, reward_before: before, reward_after: best.0, candidates: candidates.len() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_is_monotone_and_puts_the_threshold_at_one_half() {
+        let m = ScoreMap { threshold: 0.2 };
+        assert!((m.apply(0.2) - 0.5).abs() < 1e-6);
+        assert!(m.apply(0.21) > 0.5 && m.apply(0.19) < 0.5);
+        let xs: Vec<f32> = (0..=100).map(|i| i as f32 / 100.0).collect();
+        assert!(xs.windows(2).all(|w| m.apply(w[0]) <= m.apply(w[1])));
+        assert_eq!(ScoreMap::default().apply(0.37), 0.37);
+    }
+
+    #[test]
+    fn a_model_scoring_low_gets_its_threshold_moved_down() {
+        // Positives score 0.3..0.45, negatives 0.05..0.2: at 0.5 everything is "no roadwork".
+        let labels: Vec<bool> = (0..200).map(|i| i % 2 == 0).collect();
+        let p: Vec<f32> = (0..200)
+            .map(|i| if i % 2 == 0 { 0.3 + (i % 15) as f32 * 0.01 } else { 0.05 + (i % 15) as f32 * 0.01 })
+            .collect();
+        let cfg = SimulatorConfig { windows: 300, ..Default::default() };
+        let r = best_threshold(&vec![p; 4], &labels, &cfg, 0.002);
+        assert!(r.map.threshold >= 0.189 && r.map.threshold < 0.30, "threshold {}", r.map.threshold);
+        assert!(r.reward_before < 0.2, "before {}", r.reward_before);
+        assert!((r.reward_after - 1.0).abs() < 1e-9, "after {}", r.reward_after);
+    }
+}

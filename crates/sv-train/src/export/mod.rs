@@ -1,0 +1,344 @@
+//! `sv-train export`: turn a run folder into a bundle that sv-infer serves with nothing else.
+//!
+//! ```text
+//! <bundle>/
+//!   bundle.json                 what to build: configs, precision, score map, cascade exits, provenance
+//!   backbone/config.json        the DINOv3 config
+//!   backbone/model.safetensors  backbone weights by checkpoint name (INT8 linears: I8 + `_scale`)
+//!   head/config.json            the head config
+//!   head/model.safetensors      head weights (INT8 likewise)
+//!   model_card.json             model_name, description, version, submitted_by, submission_time
+//!   README.md                   Hugging Face model card with metrics and the simulated reward
+//!   manifest.json               SHA-256 of every other file (written last)
+//! ```
+//! The bundle is written into a temporary sibling folder and renamed into place at the end, so
+//! a failed export never leaves a half bundle where a miner would load it.
+
+pub mod card;
+pub mod manifest;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::Backend;
+use sv_data::PreprocessConfig;
+
+use crate::backbone::Dinov3Config;
+use crate::backbone::weights::{SafetensorsSource, write_safetensors};
+use crate::classifier::Classifier;
+use crate::decision::{DecisionReport, ScoreMap, best_threshold};
+use crate::head::HeadConfig;
+use crate::metrics::Metrics;
+use crate::quant::report::{Scales, run_store};
+use crate::quant::{Precision, StoredModel};
+use crate::simulator::{SimulatorConfig, challenge_probs};
+use crate::{Device, InferBackend};
+use card::{CardFacts, ModelCard};
+
+/// Name of the bundle's own config.
+pub const BUNDLE_JSON: &str = "bundle.json";
+
+/// Early exits of the cascade's first stage, on the recalibrated score.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Exits {
+    /// Below this, stage 1 answers "no roadwork" alone.
+    pub low: f32,
+    /// Above this, stage 1 answers "roadwork" alone.
+    pub high: f32,
+}
+
+impl Default for Exits {
+    fn default() -> Self {
+        Self { low: 0.15, high: 0.85 }
+    }
+}
+
+/// What the bundle was checked with at export.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Validation {
+    pub backend: String,
+    pub dtype: String,
+    pub samples: usize,
+    /// Clean validation metrics of the exported model, recalibrated.
+    pub metrics: Metrics,
+    pub decision: DecisionSummary,
+}
+
+/// The decision-point search in `bundle.json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DecisionSummary {
+    pub reward_before: f64,
+    pub reward_after: f64,
+    pub candidates: usize,
+}
+
+/// `bundle.json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleConfig {
+    /// Model version (also in `model_card.json`).
+    pub version: String,
+    pub model_name: String,
+    pub backbone_id: String,
+    pub backbone_random: bool,
+    pub backbone: Dinov3Config,
+    pub head: HeadConfig,
+    pub preprocess: PreprocessConfig,
+    pub precision: Precision,
+    pub score_map: ScoreMap,
+    pub exits: Exits,
+    pub validation: Validation,
+    /// Run folder and dataset version it came from.
+    pub source_run: PathBuf,
+    pub dataset_version: u64,
+    pub exported_at: i64,
+}
+
+impl BundleConfig {
+    /// Read `bundle.json` of a folder (no manifest check: see [`open`]).
+    pub fn read(dir: &Path) -> Result<Self> {
+        let p = dir.join(BUNDLE_JSON);
+        let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not a valid bundle config", p.display()))
+    }
+}
+
+/// Options of the export command.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub run: PathBuf,
+    pub out: PathBuf,
+    /// The miner's hotkey (SS58), recorded as `submitted_by`.
+    pub hotkey: String,
+    /// Export the INT8 model with the scales of `sv-train quantize`.
+    pub int8: bool,
+    pub model_name: Option<String>,
+    pub description: Option<String>,
+    pub exits: Exits,
+    /// Validation samples challenged at each level for the decision point (0 = all).
+    pub sim_samples: usize,
+    /// Replace an existing bundle folder.
+    pub force: bool,
+    pub seed: u64,
+}
+
+/// What an export did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExportReport {
+    pub bundle: PathBuf,
+    pub files: usize,
+    pub bytes: u64,
+    pub decision: DecisionReport,
+    pub seconds: f64,
+}
+
+/// Verify a bundle's manifest and read its config: what sv-infer's `Bundle::open` and
+/// `sv-train card` call. Needs nothing but the folder.
+pub fn open(dir: &Path) -> Result<BundleConfig> {
+    manifest::verify(dir)?;
+    BundleConfig::read(dir)
+}
+
+/// Build the bundle's classifier (raw probabilities; apply `score_map` on top).
+pub fn load_model<B: Backend>(dir: &Path, cfg: &BundleConfig, device: &B::Device) -> Result<Classifier<B>> {
+    let bb = crate::backbone::Dinov3::load(&cfg.backbone, &SafetensorsSource::open_file(&dir.join("backbone/model.safetensors"))?, device)?;
+    let head = cfg.head.load_tensors(&SafetensorsSource::open_file(&dir.join("head/model.safetensors"))?, device)?;
+    Ok(Classifier {
+        backbone: bb,
+        backbone_config: cfg.backbone.clone(),
+        head,
+        head_config: cfg.head.clone(),
+        preprocess: cfg.preprocess.clone(),
+        precision: cfg.precision.clone(),
+    })
+}
+
+fn folder_bytes(dir: &Path) -> u64 {
+    walk(dir).iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+        }
+    }
+    out
+}
+
+/// Export a run as a bundle.
+pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
+    let t0 = Instant::now();
+    crate::ss58::decode(&opts.hotkey).context("--hotkey must be the miner's SS58 hotkey")?;
+    if opts.exits.low >= opts.exits.high || opts.exits.low < 0.0 || opts.exits.high > 1.0 {
+        bail!("cascade exits must satisfy 0 <= low < high <= 1 (got {} / {})", opts.exits.low, opts.exits.high);
+    }
+    if opts.out.exists() && !opts.force {
+        bail!("{} already exists; pass --force to replace it", opts.out.display());
+    }
+    let device = Device::default();
+    let (fp32, meta) = Classifier::from_run(&opts.run, &device)?;
+    let precision = if opts.int8 { Scales::load(&opts.run)?.precision() } else { Precision::Fp32 };
+    let stored = StoredModel::new(&fp32.backbone, &fp32.head, &precision);
+
+    let parent = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let name = opts.out.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "bundle".into());
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(tmp.join("backbone"))?;
+    std::fs::create_dir_all(tmp.join("head"))?;
+    let result = (|| -> Result<(BundleConfig, DecisionReport)> {
+        write_safetensors(&tmp.join("backbone/model.safetensors"), &stored.backbone, None)?;
+        write_safetensors(&tmp.join("head/model.safetensors"), &stored.head, None)?;
+        std::fs::write(tmp.join("backbone/config.json"), serde_json::to_string_pretty(&fp32.backbone_config)?)?;
+        std::fs::write(tmp.join("head/config.json"), serde_json::to_string_pretty(&fp32.head_config)?)?;
+
+        // Evaluate exactly what was written.
+        let mut cfg = BundleConfig {
+            version: String::new(),
+            model_name: String::new(),
+            backbone_id: meta.backbone_id.clone(),
+            backbone_random: meta.backbone.weights == "random",
+            backbone: fp32.backbone_config.clone(),
+            head: fp32.head_config.clone(),
+            preprocess: fp32.preprocess.clone(),
+            precision: precision.clone(),
+            score_map: ScoreMap::default(),
+            exits: opts.exits,
+            validation: Validation {
+                backend: crate::backend_name().into(),
+                dtype: "f32".into(),
+                samples: 0,
+                metrics: Metrics::compute(&[], &[]),
+                decision: DecisionSummary { reward_before: 0.0, reward_after: 0.0, candidates: 0 },
+            },
+            source_run: opts.run.clone(),
+            dataset_version: meta.dataset.version,
+            exported_at: chrono::Utc::now().timestamp(),
+        };
+        let model: Classifier<InferBackend> = load_model(&tmp, &cfg, &device)?;
+        let store = run_store(&meta)?;
+        let val = store.samples(Some("split = 'val'"))?;
+        if val.is_empty() {
+            bail!("the run's store has no validation rows to choose the decision point on");
+        }
+        let take = if opts.sim_samples == 0 { val.len() } else { opts.sim_samples.min(val.len()) };
+        let sim_cfg = SimulatorConfig { seed: opts.seed, ..Default::default() };
+        let labels: Vec<bool> = val[..take].iter().map(|s| s.label == sv_data::Label::Roadwork).collect();
+        let probs = challenge_probs(&val[..take], 16, opts.seed, &mut |imgs| model.probs(imgs, &device))?;
+        let decision = best_threshold(&probs, &labels, &sim_cfg, 0.002);
+        let mut clean = Vec::with_capacity(val.len());
+        for chunk in val.chunks(16) {
+            let refs: Vec<&[u8]> = chunk.iter().map(|s| s.image.as_slice()).collect();
+            clean.extend(model.probs(&refs, &device)?.into_iter().map(|p| decision.map.apply(p)));
+        }
+        let all_labels: Vec<bool> = val.iter().map(|s| s.label == sv_data::Label::Roadwork).collect();
+        let metrics = Metrics::compute(&clean, &all_labels);
+
+        let stamp = chrono::Utc::now();
+        let version = format!("{}-{}", meta.experiment, stamp.format("%Y%m%d%H%M%S"));
+        let model_name = opts.model_name.clone().unwrap_or_else(|| format!("streetvision-{}", meta.experiment));
+        let card = ModelCard {
+            model_name: model_name.clone(),
+            description: opts.description.clone().unwrap_or_else(|| {
+                format!(
+                    "Roadwork detector for NATIX StreetVision (subnet 72): frozen DINOv3 ({}) + {:?} head, {}.",
+                    meta.backbone_id,
+                    fp32.head_config.kind,
+                    precision.name()
+                )
+            }),
+            version: version.clone(),
+            submitted_by: opts.hotkey.clone(),
+            submission_time: stamp.timestamp(),
+        };
+        cfg.version = version;
+        cfg.model_name = model_name;
+        cfg.score_map = decision.map;
+        cfg.validation.samples = val.len();
+        cfg.validation.metrics = metrics.clone();
+        cfg.validation.decision = DecisionSummary {
+            reward_before: decision.reward_before,
+            reward_after: decision.reward_after,
+            candidates: decision.candidates,
+        };
+        let table = format!(
+            "| accuracy | precision | recall | F1 | MCC | ROC-AUC | ECE |\n|---|---|---|---|---|---|---|\n| {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {:.4} |\n",
+            metrics.accuracy,
+            metrics.precision,
+            metrics.recall,
+            metrics.f1,
+            metrics.mcc,
+            metrics.roc_auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "-".into()),
+            metrics.ece
+        );
+        std::fs::write(
+            tmp.join("README.md"),
+            card::readme(&CardFacts {
+                card: &card,
+                backbone_id: &meta.backbone_id,
+                backbone_random: cfg.backbone_random,
+                precision: &precision.name(),
+                metrics_table: table,
+                reward_before: decision.reward_before,
+                reward_after: decision.reward_after,
+                threshold: decision.map.threshold,
+            }),
+        )?;
+        std::fs::write(tmp.join("model_card.json"), serde_json::to_string_pretty(&card)?)?;
+        std::fs::write(tmp.join(BUNDLE_JSON), serde_json::to_string_pretty(&cfg)?)?;
+        manifest::write(&tmp)?;
+        Ok((cfg, decision))
+    })();
+    let (_, decision) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    if opts.out.exists() {
+        std::fs::remove_dir_all(&opts.out).with_context(|| format!("cannot replace {}", opts.out.display()))?;
+    }
+    std::fs::rename(&tmp, &opts.out).with_context(|| format!("cannot move the bundle into {}", opts.out.display()))?;
+    let m = manifest::verify(&opts.out)?;
+    Ok(ExportReport {
+        bundle: opts.out.clone(),
+        files: m.files.len() + 1,
+        bytes: folder_bytes(&opts.out),
+        decision,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// `sv-train card <bundle>`: verify, then describe the submission and its age.
+pub fn describe(dir: &Path, now: i64) -> Result<String> {
+    let cfg = open(dir)?;
+    let card = ModelCard::read(&dir.join("model_card.json"))?;
+    let f = card::freshness(card.submission_time, now)?;
+    Ok(format!(
+        "bundle {} verified ({})\nmodel {} version {}\nsubmitted by {} at {} (Unix)\nage {:.1} days, {:.1} days left of 90; reward factor {:.2}\n{}\nprecision {}, decision threshold {:.4}, exits {}/{}\nsimulated reward {:.4} -> {:.4} after recalibration\n",
+        dir.display(),
+        manifest::FORMAT,
+        card.model_name,
+        card.version,
+        card.submitted_by,
+        card.submission_time,
+        f.age_days,
+        f.days_left,
+        f.reward_factor,
+        f.advice,
+        cfg.precision.name(),
+        cfg.score_map.threshold,
+        cfg.exits.low,
+        cfg.exits.high,
+        cfg.validation.decision.reward_before,
+        cfg.validation.decision.reward_after,
+    ))
+}

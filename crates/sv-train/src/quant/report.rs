@@ -1,0 +1,226 @@
+//! `sv-train quantize --run <run>`: calibrate on a diverse calibration set, then compare FP32,
+//! FP16, BF16 and INT8 (one variant per calibrator) side by side on the validation split —
+//! accuracy, MCC, simulated subnet reward, latency per image and weight bytes — and write
+//! `<run>/int8/{scales.json, report.md, report.json}`. Export `--int8` reads `scales.json`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use sv_data::{Sample, Store};
+
+use super::histogram::Method;
+use super::int8::{CalibrationHook, Precision, StoredModel};
+use crate::classifier::Classifier;
+use crate::metrics::Metrics;
+use crate::simulator::{SimulatorConfig, simulate_with};
+use crate::{Device, InferBackend};
+
+/// Options of the quantize command.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuantizeOptions {
+    /// Calibrator whose scales `scales.json` keeps (export uses them).
+    pub calibrator: Method,
+    /// Calibration samples (a diverse subset of the training split).
+    pub samples: usize,
+    /// Histogram bins.
+    pub bins: usize,
+    /// Validation samples challenged per variant by the simulator (0 = all).
+    pub sim_samples: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+impl Default for QuantizeOptions {
+    fn default() -> Self {
+        Self { calibrator: Method::Entropy, samples: 512, bins: 2048, sim_samples: 100, batch_size: 16, seed: 0 }
+    }
+}
+
+/// One precision's numbers on the validation split.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VariantReport {
+    pub variant: String,
+    pub accuracy: f64,
+    pub mcc: f64,
+    pub reward: f64,
+    pub latency_ms_per_image: f64,
+    pub weight_bytes: usize,
+}
+
+/// What `scales.json` holds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Scales {
+    pub calibrator: String,
+    pub bins: usize,
+    pub calibration_samples: usize,
+    /// Activation `amax` per site.
+    pub amax: BTreeMap<String, f32>,
+}
+
+impl Scales {
+    pub fn precision(&self) -> Precision {
+        Precision::Int8 { calibrator: self.calibrator.clone(), amax: self.amax.clone() }
+    }
+
+    /// Read `<run>/int8/scales.json`.
+    pub fn load(run: &Path) -> Result<Self> {
+        let p = run.join("int8").join("scales.json");
+        let text = std::fs::read_to_string(&p)
+            .with_context(|| format!("{} is missing: run `sv-train quantize --run {}` first", p.display(), run.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid", p.display()))
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuantizeReport {
+    pub run: PathBuf,
+    pub options: QuantizeOptions,
+    pub calibration_samples: usize,
+    /// Calibration samples per `label/source`.
+    pub calibration_strata: BTreeMap<String, usize>,
+    pub calibration_seconds: f64,
+    pub validation_samples: usize,
+    pub variants: Vec<VariantReport>,
+    /// `amax` per calibrator and site.
+    pub amax: BTreeMap<String, BTreeMap<String, f32>>,
+    /// FP32 accuracy minus the chosen INT8 variant's, in points.
+    pub int8_accuracy_drop_points: f64,
+    pub int8_weight_ratio: f64,
+}
+
+/// The store of a run at the version it trained on.
+pub fn run_store(meta: &crate::run::CheckpointMeta) -> Result<Store> {
+    Store::open(&meta.dataset.store)?.checkout(meta.dataset.version)
+}
+
+fn batched(samples: &[Sample], batch: usize, f: &mut dyn FnMut(&[&[u8]]) -> Result<Vec<f32>>) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(samples.len());
+    for chunk in samples.chunks(batch.max(1)) {
+        let refs: Vec<&[u8]> = chunk.iter().map(|s| s.image.as_slice()).collect();
+        out.extend(f(&refs)?);
+    }
+    Ok(out)
+}
+
+/// Calibrate and compare precisions for a run; writes `<run>/int8/`.
+pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
+    let device = Device::default();
+    let (fp32, meta) = Classifier::from_run(run, &device)?;
+    let store = run_store(&meta)?;
+
+    // Calibration set: diverse over the training split's cached features.
+    let t = Instant::now();
+    let ids = sv_data::similar::diverse_subset(&store, &meta.feature_column, Some("split = 'train'"), opts.samples, opts.seed)?;
+    let calib = store.get(&ids)?;
+    let mut strata = BTreeMap::new();
+    for s in &calib {
+        *strata.entry(format!("{}/{}", s.label, s.source)).or_insert(0) += 1;
+    }
+    let mut hook = CalibrationHook::new(opts.bins);
+    let pb = sv_data::progress::bar(calib.len() as u64, "calibrate");
+    for chunk in calib.chunks(opts.batch_size.max(1)) {
+        let refs: Vec<&[u8]> = chunk.iter().map(|s| s.image.as_slice()).collect();
+        fp32.calibrate(&refs, &mut hook, &device)?;
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    let calibration_seconds = t.elapsed().as_secs_f64();
+    println!("calibrated {} sites on {} samples in {calibration_seconds:.1}s", hook.histograms.len(), calib.len());
+
+    let val = store.samples(Some("split = 'val'"))?;
+    if val.is_empty() {
+        bail!("the run's store has no validation rows to compare precisions on");
+    }
+    let labels: Vec<bool> = val.iter().map(|s| s.label == sv_data::Label::Roadwork).collect();
+    let methods = [Method::Max, Method::Percentile(99.99), Method::Entropy, Method::Mse];
+    let mut variants = vec![Precision::Fp32, Precision::Fp16, Precision::Bf16];
+    let mut amax = BTreeMap::new();
+    for m in methods {
+        let a = hook.amax(m);
+        amax.insert(m.name(), a.clone());
+        variants.push(Precision::Int8 { calibrator: m.name(), amax: a });
+    }
+    let sim_cfg = SimulatorConfig { max_samples: opts.sim_samples, seed: opts.seed, ..Default::default() };
+    let mut rows = Vec::new();
+    for precision in variants {
+        let name = precision.name();
+        let bytes = StoredModel::new(&fp32.backbone, &fp32.head, &precision).weight_bytes(&precision);
+        let model: Classifier<InferBackend> = fp32.at_precision(precision, &device)?;
+        let t = Instant::now();
+        let probs = batched(&val, opts.batch_size, &mut |imgs| model.probs(imgs, &device))?;
+        let latency = t.elapsed().as_secs_f64() * 1e3 / val.len() as f64;
+        let m = Metrics::compute(&probs, &labels);
+        let sim = simulate_with(&val, opts.batch_size, &sim_cfg, &mut |imgs| model.probs(imgs, &device))?;
+        println!("{name:>22}: acc {:.4} mcc {:.4} reward {:.4} {:.1} ms/img {} bytes", m.accuracy, m.mcc, sim.reward_mean, latency, bytes);
+        rows.push(VariantReport {
+            variant: name,
+            accuracy: m.accuracy,
+            mcc: m.mcc,
+            reward: sim.reward_mean,
+            latency_ms_per_image: latency,
+            weight_bytes: bytes,
+        });
+    }
+    let chosen = format!("int8-{}", opts.calibrator.name());
+    let find = |n: &str| rows.iter().find(|r| r.variant == n).expect("variant evaluated");
+    let (f, q) = (find("fp32"), find(&chosen));
+    let report = QuantizeReport {
+        run: run.to_path_buf(),
+        options: opts.clone(),
+        calibration_samples: calib.len(),
+        calibration_strata: strata,
+        calibration_seconds,
+        validation_samples: val.len(),
+        int8_accuracy_drop_points: 100.0 * (f.accuracy - q.accuracy),
+        int8_weight_ratio: f.weight_bytes as f64 / q.weight_bytes as f64,
+        variants: rows.clone(),
+        amax: amax.clone(),
+    };
+    let dir = run.join("int8");
+    std::fs::create_dir_all(&dir)?;
+    let scales = Scales {
+        calibrator: opts.calibrator.name(),
+        bins: opts.bins,
+        calibration_samples: calib.len(),
+        amax: amax[&opts.calibrator.name()].clone(),
+    };
+    std::fs::write(dir.join("scales.json"), serde_json::to_string_pretty(&scales)?)?;
+    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(dir.join("report.md"), markdown(&report, &chosen))?;
+    Ok(report)
+}
+
+fn markdown(r: &QuantizeReport, chosen: &str) -> String {
+    let mut md = format!(
+        "# Precision report: {}\n\nValidation split: {} samples (simulated reward over {} of them at validator levels 0-3).\n\
+         Calibration: {} diverse training samples ({}), {:.1} s. Chosen calibrator: `{}`.\n\n\
+         | variant | accuracy | MCC | simulated reward | latency ms/img | weight bytes |\n|---|---|---|---|---|---|\n",
+        r.run.display(),
+        r.validation_samples,
+        if r.options.sim_samples == 0 { r.validation_samples } else { r.options.sim_samples.min(r.validation_samples) },
+        r.calibration_samples,
+        r.calibration_strata.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "),
+        r.calibration_seconds,
+        r.options.calibrator.name(),
+    );
+    for v in &r.variants {
+        md.push_str(&format!(
+            "| {} | {:.4} | {:.4} | {:.4} | {:.2} | {} |\n",
+            v.variant, v.accuracy, v.mcc, v.reward, v.latency_ms_per_image, v.weight_bytes
+        ));
+    }
+    let ok = r.int8_accuracy_drop_points <= 1.0;
+    md.push_str(&format!(
+        "\n{chosen} vs fp32: accuracy drop {:.2} points ({}), weights {:.2}x smaller.\n\n\
+         FP16/BF16 and INT8 are simulated on this backend (values rounded or fake-quantised at every linear \
+         input; Burn 0.21 has no integer kernels), so their latency is that of the simulation, not of a real \
+         low-precision kernel.\n",
+        r.int8_accuracy_drop_points,
+        if ok { "within the 1-point budget" } else { "OVER the 1-point budget" },
+        r.int8_weight_ratio
+    ));
+    md
+}

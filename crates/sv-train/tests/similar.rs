@@ -1,0 +1,62 @@
+//! Similarity over cached features: a sample's nearest neighbour is itself, then a re-encoded
+//! copy of it, before any unrelated image; the diverse calibration set covers both labels and
+//! every source; uniqueness ranks the duplicated pair lowest.
+
+use sv_data::{Label, Sample, SceneMeta, Source, Store};
+use sv_train::backbone::{Backbone, BackboneSpec};
+use sv_train::features::ensure_features;
+
+#[test]
+fn neighbours_calibration_set_and_uniqueness() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::create(dir.path().join("store")).unwrap();
+    let cfg = sv_data::generate::GenerateConfig { count: 60, seed: 4, width: 160, height: 120, ..Default::default() };
+    let mut samples: Vec<Sample> = sv_data::generate::samples(&cfg).collect::<anyhow::Result<_>>().unwrap();
+    // A re-encoded copy of sample 0 (different bytes, same picture) and two other sources.
+    let img = image::load_from_memory(&samples[0].image).unwrap().to_rgb8();
+    let copy = sv_data::generate::encode_jpeg(&img, 70).unwrap();
+    assert_ne!(copy, samples[0].image);
+    let copy = Sample::from_encoded(copy, samples[0].label, Source::Real, SceneMeta::default(), Some("re-encoded".into())).unwrap();
+    let copy_id = copy.id.clone();
+    samples.push(copy);
+    for (i, s) in samples.iter_mut().enumerate().skip(1).take(6) {
+        s.source = if i % 2 == 0 { Source::HardCase } else { Source::SyntheticT2i };
+    }
+    let first = samples[0].id.clone();
+    store.append(samples).unwrap();
+
+    let spec: BackboneSpec = toml::from_str("weights = \"random\"\npreset = \"vit-tiny\"\ninit_std = 0.3").unwrap();
+    let device = sv_train::Device::default();
+    let backbone = Backbone::<sv_train::InferBackend>::load(&spec, &device).unwrap();
+    let (_, cache) = ensure_features(&mut store, &backbone, &Default::default(), 16, true, &device).unwrap();
+
+    let column = sv_data::similar::resolve_column(&store, None).unwrap();
+    assert_eq!(column, cache.column);
+    let found = sv_data::similar::similar_to_id(&store, &column, &first, 5).unwrap();
+    assert_eq!(found[0].id, first, "the sample itself comes first: {found:?}");
+    assert!(found[0].distance < 1e-3);
+    assert_eq!(found[1].id, copy_id, "the re-encoded copy is the nearest other image: {found:?}");
+    assert!(found[1].distance < 0.5 * found[2].distance, "{found:?}");
+
+    let subset = sv_data::similar::diverse_subset(&store, &column, None, 12, 0).unwrap();
+    assert_eq!(subset.len(), 12);
+    let metas: std::collections::HashMap<String, sv_data::SampleMeta> =
+        store.metas(None).unwrap().into_iter().map(|m| (m.id.clone(), m)).collect();
+    let chosen: Vec<&sv_data::SampleMeta> = subset.iter().map(|id| &metas[id]).collect();
+    for label in [Label::None, Label::Roadwork] {
+        assert!(chosen.iter().any(|m| m.label == label), "label {label} covered");
+    }
+    for source in [Source::Procedural, Source::HardCase, Source::SyntheticT2i, Source::Real] {
+        assert!(chosen.iter().any(|m| m.source == source), "source {source} covered");
+    }
+
+    let n = sv_data::similar::write_uniqueness(&mut store, &column).unwrap();
+    assert_eq!(n, 61);
+    let u: std::collections::HashMap<String, f32> =
+        store.read_f32_column("uniqueness", None).unwrap().into_iter().map(|(id, v)| (id, v.unwrap())).collect();
+    let mut ranked: Vec<(&String, &f32)> = u.iter().collect();
+    ranked.sort_by(|a, b| a.1.total_cmp(b.1));
+    let lowest: Vec<&String> = ranked.iter().take(2).map(|(id, _)| *id).collect();
+    assert!(lowest.contains(&&first) && lowest.contains(&&copy_id), "the duplicated pair is least unique: {:?}", &ranked[..4]);
+    assert!(u.values().all(|v| (0.0..=1.0).contains(v)) && u.values().any(|v| *v == 1.0));
+}
