@@ -35,10 +35,16 @@ impl HttpResponse {
 pub async fn raw(addr: SocketAddr, request: &[u8], timeout: Duration) -> Result<HttpResponse> {
     let fut = async {
         let mut s = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
-        s.write_all(request).await?;
-        s.shutdown().await.ok();
+        // A server may answer (and close) before it has read everything, e.g. a 413 to an
+        // oversized body: a failed write is not the end, the answer is read all the same. The
+        // write side stays open (hyper drops a half-closed connection's answer).
+        let wrote = s.write_all(request).await;
         let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
+        let read = s.read_to_end(&mut buf).await;
+        if buf.is_empty() {
+            wrote?;
+            read?;
+        }
         parse(&buf)
     };
     tokio::time::timeout(timeout, fut).await.map_err(|_| anyhow!("no response from {addr} within {timeout:?}"))?
