@@ -3,11 +3,12 @@
 # samples) -> export -> miner start (bundle load) -> 1,000-challenge validator replay -> full load
 # test with the bad-input corpus. Release build, CPU. Numbers go to benchmarks/RESULTS.md.
 #   bash benchmarks/serving.sh [run-folder]   (default: the newest runs/curriculum-*)
+#   SV_BIN=<dir> uses binaries already built there (e.g. the debug ones CI's test build made).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sv-target}"
-BIN="$CARGO_TARGET_DIR/release"
-cargo build --release -p sv-train -p sv-miner --bins
+BIN="${SV_BIN:-$CARGO_TARGET_DIR/release}"
+[ -n "${SV_BIN:-}" ] || cargo build --release -p sv-train -p sv-miner --bins
 out=$(mktemp -d)
 miner_pid=""
 trap '[ -n "$miner_pid" ] && kill "$miner_pid" 2>/dev/null; true' EXIT
@@ -29,12 +30,18 @@ t "$BIN/sv-train" card "$out/bundle"
 echo "== miner"
 REPLAY_HOTKEY="$("$BIN/sv-replay" --print-hotkey)"
 "$BIN/sv-miner" --bundle "$out/bundle" --host 127.0.0.1 --port 18191 --hotkey "$MINER_HOTKEY" \
-  --allow "$REPLAY_HOTKEY" --prediction-log "$out/predlog" &
+  --allow "$REPLAY_HOTKEY,5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY" --prediction-log "$out/predlog" &
 miner_pid=$!
 for _ in $(seq 1 120); do
   python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:18191/health', timeout=1)" 2>/dev/null && break
   sleep 0.5
 done
+if [ -n "${SV_BT_PYTHON:-}" ]; then
+  echo "== bittensor's own dendrite (//Alice)"
+  python3 -c "import lance,sys; open(sys.argv[2],'wb').write(lance.dataset(sys.argv[1]).to_table(columns=['image'],limit=1).column('image')[0].as_py())" \
+    "$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['dataset']['store'])" "$RUN/resolved.json")" "$out/challenge.jpg"
+  "$SV_BT_PYTHON" crates/sv-miner/tests/dendrite_test.py --port 18191 --miner-hotkey "$MINER_HOTKEY" --image "$out/challenge.jpg" --count 20
+fi
 echo "== validator replay, 1,000 challenges from the test split"
 STORE="$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['dataset']['store'])" "$RUN/resolved.json")"
 t "$BIN/sv-replay" --store "$STORE" --miner 127.0.0.1:18191 --miner-hotkey "$MINER_HOTKEY" --count 1000 --bundle "$out/bundle" --json "$out/replay.json"
