@@ -38,13 +38,15 @@ pub struct Scored {
 
 struct Job {
     pixels: Vec<f32>,
-    reply: oneshot::Sender<Result<Scored, String>>,
+    /// Past this instant nobody waits for the answer: the job is dropped unscored.
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Scored, BatchError>>,
 }
 
 /// Why a request was not scored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchError {
-    /// The queue is full: shed load.
+    /// The queue is full, or the request's deadline passed while it waited: shed load.
     Overloaded,
     /// The model thread is gone or failed on this batch.
     Failed(String),
@@ -89,15 +91,17 @@ impl Batcher {
         Ok(Self { tx })
     }
 
-    /// Score one preprocessed image.
-    pub async fn score(&self, pixels: Vec<f32>) -> Result<Scored, BatchError> {
+    /// Score one preprocessed image, if that can start before `deadline`. Under overload,
+    /// requests whose caller has given up are skipped rather than computed, so the queue
+    /// cannot grow into a backlog where every answer is late.
+    pub async fn score(&self, pixels: Vec<f32>, deadline: Instant) -> Result<Scored, BatchError> {
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { pixels, reply }) {
+        match self.tx.try_send(Job { pixels, deadline, reply }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(BatchError::Overloaded),
             Err(TrySendError::Disconnected(_)) => return Err(BatchError::Failed("model thread stopped".into())),
         }
-        rx.await.map_err(|_| BatchError::Failed("model thread dropped the request".into()))?.map_err(BatchError::Failed)
+        rx.await.map_err(|_| BatchError::Failed("model thread dropped the request".into()))?
     }
 }
 
@@ -114,6 +118,15 @@ fn run(stage1: Stage1, rx: Receiver<Job>, cfg: BatchConfig) {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
+        let now = Instant::now();
+        let (jobs, expired): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.deadline > now);
+        for j in expired {
+            let _ = j.reply.send(Err(BatchError::Overloaded));
+        }
+        if jobs.is_empty() {
+            continue;
+        }
+        let mut jobs = jobs;
         let n = jobs.len();
         let pixels: Vec<Vec<f32>> = jobs.iter_mut().map(|j| std::mem::take(&mut j.pixels)).collect();
         match stage1.scores_of_pixels(&pixels) {
@@ -125,7 +138,7 @@ fn run(stage1: Stage1, rx: Receiver<Job>, cfg: BatchConfig) {
             Err(e) => {
                 let msg = format!("{e:#}");
                 for j in jobs {
-                    let _ = j.reply.send(Err(msg.clone()));
+                    let _ = j.reply.send(Err(BatchError::Failed(msg.clone())));
                 }
             }
         }

@@ -144,6 +144,12 @@ impl Cascade {
 
     /// Answer one encoded image.
     pub async fn predict(&self, bytes: Arc<Vec<u8>>) -> Result<Answer, CascadeError> {
+        self.predict_by(bytes, Instant::now() + Duration::from_secs(3600)).await
+    }
+
+    /// Answer one encoded image for a caller who waits until `deadline`: stage 1 is skipped
+    /// (an error) when its turn comes after it.
+    pub async fn predict_by(&self, bytes: Arc<Vec<u8>>, deadline: Instant) -> Result<Answer, CascadeError> {
         let key: [u8; 32] = Sha256::digest(bytes.as_slice()).into();
         if let Some(mut a) = self.cache.get(&key) {
             a.cached = true;
@@ -158,7 +164,7 @@ impl Cascade {
             .map_err(|e| CascadeError::Internal(format!("preprocessing task failed: {e}")))?
             .map_err(|e| CascadeError::BadImage(format!("{e:#}")))?;
         drop(slot);
-        let scored = self.batcher.score(pixels).await.map_err(|e| match e {
+        let scored = self.batcher.score(pixels, deadline).await.map_err(|e| match e {
             BatchError::Overloaded => CascadeError::Overloaded,
             BatchError::Failed(m) => CascadeError::Internal(m),
         })?;

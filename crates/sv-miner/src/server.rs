@@ -157,7 +157,7 @@ async fn answer(st: &AppState, b64: &str, validator: Option<&str>, challenge_id:
     let bytes = decode_base64(b64).map_err(|e| Fail { status: StatusCode::BAD_REQUEST, kind: e.kind, message: e.message })?;
     check_image(&bytes, st.max_side).map_err(|e| Fail { status: StatusCode::BAD_REQUEST, kind: e.kind, message: e.message })?;
     let bytes = Arc::new(bytes);
-    let a = match tokio::time::timeout(st.budget, st.cascade.predict(bytes.clone())).await {
+    let a = match tokio::time::timeout(st.budget, st.cascade.predict_by(bytes.clone(), t + st.budget)).await {
         Err(_) => return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "budget_exceeded", format!("no answer within {} ms", st.budget.as_millis()))),
         Ok(Err(CascadeError::BadImage(m))) => return Err(fail(StatusCode::BAD_REQUEST, "bad_image", m)),
         Ok(Err(CascadeError::Overloaded)) => return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the miner is overloaded; retry")),

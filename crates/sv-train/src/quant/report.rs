@@ -34,7 +34,7 @@ pub struct QuantizeOptions {
 
 impl Default for QuantizeOptions {
     fn default() -> Self {
-        Self { calibrator: Method::Entropy, samples: 512, bins: 2048, sim_samples: 100, batch_size: 16, seed: 0 }
+        Self { calibrator: Method::Mse, samples: 512, bins: 2048, sim_samples: 100, batch_size: 16, seed: 0 }
     }
 }
 
