@@ -7,6 +7,7 @@
 //! thin CLI over it.
 
 pub mod augment;
+pub mod challenge;
 pub mod difficulty;
 pub mod generate;
 pub mod hub;

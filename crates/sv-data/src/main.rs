@@ -68,6 +68,41 @@ enum Cmd {
         /// Keep existing assignments; split only unassigned samples.
         #[arg(long)]
         only_unassigned: bool,
+        /// Reassign samples that already have a split (refused without it).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write the exact JPEG a validator would send for an image: its level-0..3 augmentation
+    /// (torchvision/OpenCV/PIL arithmetic) and PIL's q75 4:2:0 encoding, with the parameters drawn.
+    Challenge {
+        /// An image file, or a store folder (then `--id` or `--filter` picks the images).
+        input: PathBuf,
+        /// Level 0, 1, 2, 3, or `random` (uniform, as the validator).
+        #[arg(long, default_value = "random")]
+        level: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output folder (JPEGs and `challenges.jsonl` with each one's parameters).
+        #[arg(long)]
+        out: PathBuf,
+        /// Challenges per image.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Sample id (store input).
+        #[arg(long)]
+        id: Option<String>,
+        /// Lance SQL filter (store input), e.g. "split = 'test'"; at most `--limit` images.
+        #[arg(long)]
+        filter: Option<String>,
+        #[arg(long, default_value_t = 16)]
+        limit: usize,
+    },
+    /// Compact the store's data files and delete versions older than `--keep-days` (the latest
+    /// version and tagged ones always stay).
+    Compact {
+        store: PathBuf,
+        #[arg(long, default_value_t = 7.0)]
+        keep_days: f64,
     },
     /// Counts by label, source, split, weather and time of day.
     Stats {
@@ -190,10 +225,12 @@ fn run(cli: Cli) -> Result<()> {
             };
             print!("{report}");
         }
-        Cmd::Split { store, train, val, test, seed, only_unassigned } => {
+        Cmd::Split { store, train, val, test, seed, only_unassigned, force } => {
             let mut st = Store::open(&store)?;
-            let counts =
-                sv_data::split::assign_splits(&mut st, &SplitConfig { train, val, test, seed, only_unassigned })?;
+            let counts = sv_data::split::assign_splits(
+                &mut st,
+                &SplitConfig { train, val, test, seed, only_unassigned, force },
+            )?;
             for ((split, label), n) in counts {
                 println!("{split:>6} {label:>9}: {n}");
             }
@@ -241,6 +278,41 @@ fn run(cli: Cli) -> Result<()> {
             for id in sv_data::similar::diverse_subset(&st, &column, filter.as_deref(), n, seed)? {
                 println!("{id}");
             }
+        }
+        Cmd::Challenge { input, level, seed, out, count, id, filter, limit } => {
+            let level: Option<u8> = match level.as_str() {
+                "random" => None,
+                l => Some(l.parse().ok().filter(|v: &u8| *v <= 3).ok_or_else(|| {
+                    anyhow::anyhow!("--level {l:?} is not 0, 1, 2, 3 or random")
+                })?),
+            };
+            let images: Vec<(String, Vec<u8>)> = if Store::exists(&input) {
+                let st = Store::open(&input)?;
+                let samples = match (&id, &filter) {
+                    (Some(id), _) => st.get(std::slice::from_ref(id))?,
+                    (None, f) => {
+                        let ids: Vec<String> =
+                            st.metas(f.as_deref())?.into_iter().take(limit).map(|m| m.id).collect();
+                        st.get(&ids)?
+                    }
+                };
+                samples.into_iter().map(|s| (s.id, s.image)).collect()
+            } else {
+                let bytes = std::fs::read(&input)
+                    .map_err(|e| anyhow::anyhow!("cannot read image {}: {e}", input.display()))?;
+                let stem = input.file_stem().and_then(|s| s.to_str()).unwrap_or("image").to_string();
+                vec![(stem, bytes)]
+            };
+            let n = sv_data::challenge::write_challenges(&images, level, count, seed, &out)?;
+            println!("wrote {n} challenges to {}", out.display());
+        }
+        Cmd::Compact { store, keep_days } => {
+            let mut st = Store::open(&store)?;
+            let r = st.compact(std::time::Duration::from_secs_f64(keep_days.max(0.0) * 86_400.0))?;
+            println!(
+                "compacted {} fragments into {}; removed {} old versions ({} bytes); version {}",
+                r.fragments_removed, r.fragments_added, r.old_versions, r.bytes_removed, st.version()
+            );
         }
         Cmd::Versions { store } => {
             let st = Store::open(&store)?;

@@ -22,11 +22,13 @@ pub struct SplitConfig {
     pub seed: u64,
     /// Keep samples that already have a split; assign only `unassigned` ones.
     pub only_unassigned: bool,
+    /// Reassign samples that already have a split (changes what past runs' splits mean).
+    pub force: bool,
 }
 
 impl Default for SplitConfig {
     fn default() -> Self {
-        Self { train: 0.8, val: 0.1, test: 0.1, seed: 0, only_unassigned: false }
+        Self { train: 0.8, val: 0.1, test: 0.1, seed: 0, only_unassigned: false, force: false }
     }
 }
 
@@ -35,6 +37,21 @@ pub fn assign_splits(store: &mut Store, cfg: &SplitConfig) -> Result<BTreeMap<(S
     let total = cfg.train + cfg.val + cfg.test;
     if cfg.train < 0.0 || cfg.val < 0.0 || cfg.test < 0.0 || (total - 1.0).abs() > 1e-6 {
         bail!("split fractions must be non-negative and sum to 1 (got {} + {} + {} = {total})", cfg.train, cfg.val, cfg.test);
+    }
+    for (name, v) in [("train", cfg.train), ("val", cfg.val), ("test", cfg.test)] {
+        if !(0.0..=1.0).contains(&v) {
+            bail!("split fraction {name} = {v} must be in [0, 1]");
+        }
+    }
+    if !cfg.only_unassigned && !cfg.force {
+        let assigned = store.count(Some("split != 'unassigned'"))?;
+        if assigned > 0 {
+            bail!(
+                "{assigned} samples of {} already have a split; reassigning them would move rows between train, \
+                 val and test under past runs: pass --force to reassign, or --only-unassigned to split only new samples",
+                store.path().display()
+            );
+        }
     }
     let filter = cfg.only_unassigned.then_some("split = 'unassigned'");
     let metas = store.metas(filter)?;

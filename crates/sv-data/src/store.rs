@@ -42,6 +42,15 @@ pub struct AppendReport {
     pub version: u64,
 }
 
+/// What [`Store::compact`] did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct CompactReport {
+    pub fragments_removed: usize,
+    pub fragments_added: usize,
+    pub old_versions: u64,
+    pub bytes_removed: u64,
+}
+
 /// One committed version of the store.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct VersionInfo {
@@ -318,6 +327,29 @@ impl Store {
     }
 
     /// Re-open the latest committed version.
+    /// Compact small data files into larger ones (Lance `compact_files`) and delete versions older
+    /// than `keep` (`cleanup_old_versions`; the latest version always stays, and files a version
+    /// still lists are never deleted), so that repeated runs do not grow the store without bound.
+    /// Versions older than `keep` can no longer be checked out afterwards.
+    pub fn compact(&mut self, keep: std::time::Duration) -> Result<CompactReport> {
+        use lance::dataset::optimize::{CompactionOptions, compact_files};
+        let metrics = self
+            .rt
+            .block_on(compact_files(&mut self.dataset, CompactionOptions::default(), None))
+            .with_context(|| format!("cannot compact {}", self.path.display()))?;
+        let older = chrono::TimeDelta::from_std(keep).context("retention period out of range")?;
+        let stats = self
+            .rt
+            .block_on(self.dataset.cleanup_old_versions(older, Some(false), Some(false)))
+            .with_context(|| format!("cannot clean up old versions of {}", self.path.display()))?;
+        Ok(CompactReport {
+            fragments_removed: metrics.fragments_removed,
+            fragments_added: metrics.fragments_added,
+            old_versions: stats.old_versions,
+            bytes_removed: stats.bytes_removed,
+        })
+    }
+
     pub fn reload(&mut self) -> Result<()> {
         self.dataset = self.rt.block_on(Dataset::open(uri(&self.path)?.as_str()))?;
         Ok(())

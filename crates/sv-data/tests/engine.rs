@@ -323,13 +323,18 @@ fn splits_are_stratified_and_seeded() {
     }
     assert_eq!(store.count(Some("split = 'unassigned'")).unwrap(), 0);
     let first: Vec<_> = store.metas(Some("split = 'val'")).unwrap().into_iter().map(|m| m.id).collect();
-    assign_splits(&mut store, &SplitConfig { seed: 5, ..Default::default() }).unwrap();
+    // Splitting an already split store again is refused without `force`, and changes nothing.
+    let version = store.version();
+    let err = assign_splits(&mut store, &SplitConfig { seed: 6, ..Default::default() }).unwrap_err();
+    assert!(format!("{err:#}").contains("already have a split") && format!("{err:#}").contains("--force"), "{err:#}");
+    assert_eq!(store.version(), version);
+    assign_splits(&mut store, &SplitConfig { seed: 5, force: true, ..Default::default() }).unwrap();
     let second: Vec<_> = store.metas(Some("split = 'val'")).unwrap().into_iter().map(|m| m.id).collect();
     let (mut a, mut b) = (first.clone(), second);
     a.sort();
     b.sort();
     assert_eq!(a, b, "same seed, same split");
-    assert!(assign_splits(&mut store, &SplitConfig { train: 0.9, ..Default::default() }).is_err());
+    assert!(assign_splits(&mut store, &SplitConfig { train: 0.9, force: true, ..Default::default() }).is_err());
 }
 
 #[test]
@@ -340,4 +345,59 @@ fn print_orange_shares() {
         let s = generate::scene(&cfg, i);
         println!("{i:3} {:?} hard={} share={:.4} {:?}", s.label, s.hard_negative, generate::orange_share(&s.image), s.meta.description);
     }
+}
+
+#[test]
+fn compact_drops_old_versions_and_keeps_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::create(dir.path()).unwrap();
+    let cfg = GenerateConfig { count: 24, seed: 3, width: 96, height: 72, ..Default::default() };
+    let all: Vec<_> = generate::samples(&cfg).collect::<anyhow::Result<Vec<_>>>().unwrap();
+    for chunk in all.chunks(6) {
+        store.append(chunk.to_vec()).unwrap();
+    }
+    let ids: Vec<String> = store.metas(None).unwrap().into_iter().map(|m| m.id).collect();
+    let scores: Vec<(String, f32)> = ids.iter().enumerate().map(|(i, id)| (id.clone(), i as f32)).collect();
+    store.write_f32_column("score", &scores).unwrap();
+    let before = store.versions().unwrap().len();
+    assert!(before >= 6, "{before} versions");
+    let r = store.compact(std::time::Duration::ZERO).unwrap();
+    assert!(r.fragments_removed >= 4 && r.fragments_added >= 1, "{r:?}");
+    assert!(r.old_versions as usize >= before - 1, "{r:?}");
+    let reopened = Store::open(dir.path()).unwrap();
+    assert_eq!(reopened.versions().unwrap().len(), 1, "only the latest version is left");
+    assert_eq!(reopened.count(None).unwrap(), 24);
+    let got = reopened.read_f32_column("score", None).unwrap();
+    for (id, v) in got {
+        let i = ids.iter().position(|x| *x == id).unwrap();
+        assert_eq!(v, Some(i as f32), "score of {id} survived compaction");
+    }
+    let img = reopened.get(&ids[..3]).unwrap();
+    assert_eq!(img.len(), 3);
+}
+
+#[test]
+fn challenge_files_are_written_with_their_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = GenerateConfig { count: 2, seed: 9, ..Default::default() };
+    let images: Vec<(String, Vec<u8>)> =
+        generate::samples(&cfg).map(|s| s.unwrap()).map(|s| (s.id, s.image)).collect();
+    let n = sv_data::challenge::write_challenges(&images, None, 3, 1, dir.path()).unwrap();
+    assert_eq!(n, 6);
+    let log = std::fs::read_to_string(dir.path().join("challenges.jsonl")).unwrap();
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let bytes = std::fs::read(dir.path().join(v["file"].as_str().unwrap())).unwrap();
+        let hdr = sv_data::challenge::jpeg_header(&bytes).unwrap();
+        assert_eq!((hdr.width, hdr.height, hdr.subsampling()), (224, 224, "4:2:0"));
+        // The recorded parameters make the same bytes again.
+        let p: sv_data::challenge::ChallengeParams = serde_json::from_value(v["params"].clone()).unwrap();
+        let src = images.iter().find(|(id, _)| id == v["image"].as_str().unwrap()).unwrap();
+        let img = sv_data::augment::decode_rgb(&src.1).unwrap();
+        assert_eq!(sv_data::challenge::make(&img, &p).unwrap(), bytes);
+    }
+    assert!(sv_data::challenge::write_challenges(&images, Some(4), 1, 1, dir.path()).is_err());
+    let bad = vec![("broken".to_string(), b"not an image".to_vec())];
+    let err = sv_data::challenge::write_challenges(&bad, Some(0), 1, 1, dir.path()).unwrap_err();
+    assert!(format!("{err:#}").contains("broken"), "{err:#}");
 }

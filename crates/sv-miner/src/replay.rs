@@ -46,18 +46,11 @@ pub struct ReplayReport {
     pub latency_p99_ms: f64,
 }
 
-/// The validator's reward for the step whose answer is last in `preds` (history oldest first).
+/// The validator's reward for the step whose answer is last in `preds` (history oldest first):
+/// sv-train's exact `MinerPerformanceTracker` + `get_rewards`, window 100, accuracy over 10.
 pub fn step_reward(preds: &[f32], labels: &[bool]) -> f64 {
-    let Some(&last) = preds.last() else { return 0.0 };
-    if !(0.0..=1.0).contains(&last) {
-        return 0.0;
-    }
-    let n = preds.len();
-    let w = n.saturating_sub(100);
-    let mcc = Confusion::from_predictions(&preds[w..], &labels[w..]).mcc();
-    let r = n.saturating_sub(10);
-    let acc = Confusion::from_predictions(&preds[r..], &labels[r..]).accuracy();
-    (0.5 * mcc.max(0.0) + 0.5 * acc).powi(3)
+    let from = preds.len().saturating_sub(100);
+    sv_train::simulator::step_reward(&preds[from..], &labels[from..], 100, 10)
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -85,7 +78,7 @@ pub async fn replay(samples: &[Sample], dendrite: &mut Dendrite, cfg: &ReplayCon
         let s = pool[rng.random_range(0..pool.len())];
         let level = rng.random_range(0..4u8);
         let img = sv_data::augment::decode_rgb(&s.image)?;
-        let (jpeg, _) = sv_data::augment::validator_challenge(&img, level, &mut rng)?;
+        let (jpeg, _) = sv_data::challenge::challenge(&img, level, &mut rng)?;
         let b64 = base64::engine::general_purpose::STANDARD.encode(&jpeg);
         let (headers, body) = dendrite.image_synapse(&cfg.miner_hotkey, cfg.miner, &b64, cfg.timeout.as_secs_f64(), &cfg.required_hash_fields);
         let t = Instant::now();
@@ -140,7 +133,7 @@ mod tests {
         preds.push(0.9);
         let mut l2 = labels.clone();
         l2.push(true);
-        // The -1 stays in the history: it reads as "no roadwork" (right here, the label was none).
+        // The -1 keeps its slot in the window but leaves the metrics (the validator drops it).
         assert!(step_reward(&preds, &l2) > 0.5);
     }
 }

@@ -61,6 +61,11 @@ impl CurriculumConfig {
         f.clamp(0.0, 1.0)
     }
 
+    /// The first epoch that uses every row (`epochs` when none does).
+    pub fn full_epoch(&self, epochs: usize) -> usize {
+        (0..epochs).find(|&e| self.fraction(e, epochs) >= 1.0).unwrap_or(epochs)
+    }
+
     /// The rows of epoch `epoch`: the easiest `⌈fraction·n⌉` of `order` (indices sorted easy → hard).
     pub fn rows(&self, order: &[usize], epoch: usize, epochs: usize) -> Vec<usize> {
         let n = ((self.fraction(epoch, epochs) * order.len() as f64).ceil() as usize).clamp(1.min(order.len()), order.len());
@@ -103,6 +108,14 @@ mod tests {
         let early = CurriculumConfig { full_at: Some(4), start_fraction: 0.2, ..cfg(Pacing::Linear) };
         assert!((early.fraction(2, 20) - 0.6).abs() < 1e-12);
         assert_eq!(early.fraction(7, 20), 1.0);
+    }
+
+    #[test]
+    fn full_epoch_is_where_every_row_is_in() {
+        assert_eq!(cfg(Pacing::Linear).full_epoch(11), 10);
+        let early = CurriculumConfig { full_at: Some(4), ..cfg(Pacing::Linear) };
+        assert_eq!(early.full_epoch(20), 4);
+        assert_eq!(CurriculumConfig { start_fraction: 1.0, ..cfg(Pacing::Root) }.full_epoch(8), 0);
     }
 
     #[test]

@@ -48,17 +48,18 @@ pub struct DecisionReport {
     pub candidates: usize,
 }
 
-/// Search thresholds over the quantiles of the per-level probabilities; every candidate is
-/// scored on the same sampled windows (common random numbers). A threshold other than 0.5 is
-/// taken only when it gains more than `min_gain` in expected reward.
-pub fn best_threshold(probs: &[Vec<f32>], labels: &[bool], cfg: &SimulatorConfig, min_gain: f64) -> DecisionReport {
+/// Search thresholds over the quantiles of the scores of simulated challenges (`probs[i]` the
+/// score of a challenge with label `labels[i]`); every candidate is scored on the same sampled
+/// windows (common random numbers). A threshold other than 0.5 is taken only when it gains more
+/// than `min_gain` in expected reward.
+pub fn best_threshold(probs: &[f32], labels: &[bool], cfg: &SimulatorConfig, min_gain: f64) -> DecisionReport {
     let mean_reward = |t: f32| {
         let map = ScoreMap { threshold: t };
-        let mapped: Vec<Vec<f32>> = probs.iter().map(|l| l.iter().map(|&p| map.apply(p)).collect()).collect();
+        let mapped: Vec<f32> = probs.iter().map(|&p| map.apply(p)).collect();
         let r = sample_rewards(&mapped, labels, cfg);
         r.iter().sum::<f64>() / r.len() as f64
     };
-    let mut all: Vec<f32> = probs.iter().flatten().copied().filter(|p| p.is_finite()).collect();
+    let mut all: Vec<f32> = probs.iter().copied().filter(|p| p.is_finite()).collect();
     all.sort_by(f32::total_cmp);
     let mut candidates: Vec<f32> = (1..100).filter_map(|q| all.get(q * all.len() / 100).copied()).collect();
     candidates.retain(|&t| t > 0.0 && t < 1.0);
@@ -97,7 +98,7 @@ mod tests {
             .map(|i| if i % 2 == 0 { 0.3 + (i % 15) as f32 * 0.01 } else { 0.05 + (i % 15) as f32 * 0.01 })
             .collect();
         let cfg = SimulatorConfig { windows: 300, ..Default::default() };
-        let r = best_threshold(&vec![p; 4], &labels, &cfg, 0.002);
+        let r = best_threshold(&p, &labels, &cfg, 0.002);
         assert!(r.map.threshold >= 0.189 && r.map.threshold < 0.30, "threshold {}", r.map.threshold);
         assert!(r.reward_before < 0.2, "before {}", r.reward_before);
         assert!((r.reward_after - 1.0).abs() < 1e-9, "after {}", r.reward_after);

@@ -211,6 +211,8 @@ fn default_temperature() -> f64 {
 #[serde(deny_unknown_fields, default)]
 pub struct SimulatorSection {
     pub enabled: bool,
+    /// Challenges in the simulated validator stream (each a fresh draw and augmentation).
+    pub challenges: usize,
     pub windows: usize,
     /// At most this many test samples are challenged (0 = all).
     pub max_samples: usize,
@@ -219,14 +221,25 @@ pub struct SimulatorSection {
 
 impl Default for SimulatorSection {
     fn default() -> Self {
-        Self { enabled: true, windows: 2000, max_samples: 200, seed: 0 }
+        Self { enabled: true, challenges: 1000, windows: 2000, max_samples: 200, seed: 0 }
     }
 }
 
 impl SimulatorSection {
     pub fn config(&self) -> SimulatorConfig {
-        SimulatorConfig { windows: self.windows, max_samples: self.max_samples, seed: self.seed, ..Default::default() }
+        SimulatorConfig {
+            challenges: self.challenges,
+            windows: self.windows,
+            max_samples: self.max_samples,
+            seed: self.seed,
+            ..Default::default()
+        }
     }
+}
+
+/// `Ok` when `ok`, else an error naming `field` and the reason.
+pub(crate) fn check(field: &str, ok: bool, reason: &str) -> Result<()> {
+    if ok { Ok(()) } else { bail!("{field} {reason}") }
 }
 
 fn default_output() -> PathBuf {
@@ -244,33 +257,71 @@ impl Experiment {
         Ok((exp, text))
     }
 
+    /// Check every value; the error names the field and the reason. No value that parses can
+    /// make a later stage panic.
     pub fn validate(&self) -> Result<()> {
-        if self.name.trim().is_empty() || self.name.contains(['/', '\\']) {
-            bail!("name {:?} must be non-empty and contain no path separators", self.name);
-        }
-        if self.backbone.batch_size == 0 {
-            bail!("backbone.batch_size must be positive");
-        }
-        if self.preprocess.size == 0 || self.preprocess.size % 16 != 0 {
-            bail!("preprocess.size {} must be a positive multiple of the patch size 16", self.preprocess.size);
-        }
-        self.train.validate()?;
+        let unit = |field: &str, v: f64| check(field, (0.0..=1.0).contains(&v), "must be in [0, 1]");
+        check("name", !self.name.trim().is_empty() && !self.name.contains(['/', '\\']), "must be non-empty and contain no path separators")?;
+        check("backbone.batch_size", self.backbone.batch_size > 0, "must be > 0")?;
+        check("preprocess.size", self.preprocess.size > 0 && self.preprocess.size % 16 == 0, "must be a positive multiple of the patch size 16")?;
+        check("preprocess.size", self.preprocess.size <= 4096, "must be at most 4096")?;
+        check("preprocess.std", self.preprocess.std.iter().all(|v| v.is_finite() && *v > 0.0), "must be finite and > 0")?;
+        check("preprocess.mean", self.preprocess.mean.iter().all(|v| v.is_finite()), "must be finite")?;
+        let t = &self.train;
+        check("train.epochs", t.epochs > 0, "must be > 0")?;
+        check("train.batch_size", t.batch_size > 0, "must be > 0")?;
+        check("train.lr", t.lr.is_finite() && t.lr > 0.0, "must be finite and > 0")?;
+        unit("train.min_lr_ratio", t.min_lr_ratio)?;
+        check("train.weight_decay", t.weight_decay.is_finite() && t.weight_decay >= 0.0, "must be finite and ≥ 0")?;
+        check("train.warmup_epochs", t.warmup_epochs < t.epochs, "must be less than train.epochs")?;
+        check("head.hidden", self.head.hidden > 0, "must be > 0")?;
+        check("head.dropout", (0.0..1.0).contains(&self.head.dropout), "must be in [0, 1)")?;
         if let Some(d) = &self.distill {
-            let t = &d.teacher;
-            let n = t.column.is_some() as u8 + t.file.is_some() as u8 + t.backbone.is_some() as u8;
-            if n != 1 {
-                bail!("distill.teacher needs exactly one of `column`, `file` or `backbone`");
+            let tch = &d.teacher;
+            let n = tch.column.is_some() as u8 + tch.file.is_some() as u8 + tch.backbone.is_some() as u8;
+            check("distill.teacher", n == 1, "needs exactly one of `column`, `file` or `backbone`")?;
+            unit("distill.alpha", d.alpha)?;
+            check("distill.temperature", d.temperature.is_finite() && d.temperature > 0.0, "must be finite and > 0")?;
+            if let Some(b) = &tch.backbone {
+                check("distill.teacher.backbone.batch_size", b.batch_size > 0, "must be > 0")?;
             }
-            if !(0.0..=1.0).contains(&d.alpha) || d.temperature <= 0.0 {
-                bail!("distill: alpha must be in [0, 1] and temperature positive");
+            if let Some(h) = &tch.head {
+                check("distill.teacher.head.hidden", h.hidden > 0, "must be > 0")?;
+                check("distill.teacher.head.dropout", (0.0..1.0).contains(&h.dropout), "must be in [0, 1)")?;
             }
         }
-        if self.augment.strategy != Strategy::None && self.augment.copies == 0 {
-            bail!("augment.copies must be positive");
+        if self.augment.strategy != Strategy::None {
+            check("augment.copies", self.augment.copies > 0, "must be > 0")?;
         }
         let s = &self.data.split;
-        if (s.train + s.val + s.test - 1.0).abs() > 1e-6 {
-            bail!("data.split fractions must sum to 1");
+        unit("data.split.train", s.train)?;
+        unit("data.split.val", s.val)?;
+        unit("data.split.test", s.test)?;
+        check("data.split", (s.train + s.val + s.test - 1.0).abs() <= 1e-6, "fractions must sum to 1")?;
+        if let Some(g) = &self.data.generate {
+            check("data.generate.count", g.count > 0, "must be > 0")?;
+            check("data.generate.width", (32..=4096).contains(&g.width), "must be in 32..=4096")?;
+            check("data.generate.height", (32..=4096).contains(&g.height), "must be in 32..=4096")?;
+            unit("data.generate.positive_fraction", g.positive_fraction)?;
+            unit("data.generate.hard_negative_fraction", g.hard_negative_fraction)?;
+            check("data.generate.jpeg_quality", (1..=100).contains(&g.jpeg_quality), "must be in 1..=100")?;
+        }
+        if let Some(c) = &self.curriculum {
+            unit("curriculum.start_fraction", c.start_fraction)?;
+            check("curriculum.start_fraction", c.start_fraction > 0.0, "must be > 0")?;
+            check("curriculum.steps", c.steps > 0, "must be > 0")?;
+            check("curriculum.tau", c.tau.is_finite() && c.tau > 0.0, "must be finite and > 0")?;
+            if let Some(f) = c.full_at {
+                check("curriculum.full_at", f < t.epochs, "must be less than train.epochs")?;
+            }
+        }
+        if let Some(h) = &self.hard_negatives {
+            check("hard_negatives.low_confidence", (0.5..=1.0).contains(&h.low_confidence), "must be in [0.5, 1]")?;
+            unit("hard_negatives.hard_fraction", h.hard_fraction)?;
+            check("hard_negatives.hard_fraction", h.hard_fraction < 1.0, "must be < 1")?;
+        }
+        if self.simulator.enabled {
+            self.simulator.config().validate()?;
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ use crate::head::{Head, HeadConfig};
 use crate::metrics::{Metrics, roc_curve};
 use crate::plots::{PALETTE, Series, bar_chart, line_chart};
 use crate::simulator::{SimReport, simulate};
-use crate::train::{EpochRecord, FeatureSet, TrainOutcome, predict, train_head};
+use crate::train::{EpochRecord, FeatureSet, TrainConfig, TrainOutcome, predict, train_head};
 use crate::{Device, InferBackend, TrainBackend};
 
 /// What a run produced.
@@ -195,6 +195,14 @@ fn concat(mut a: FeatureSet, b: FeatureSet) -> FeatureSet {
     a
 }
 
+/// Whether the head whose best epoch is `candidate` beats the one at `incumbent` (both indices
+/// into `history`): a higher validation MCC, or an equal one with a lower validation loss. Mining
+/// rounds keep the best round this way, not the last.
+pub fn better_round(history: &[EpochRecord], candidate: usize, incumbent: usize) -> bool {
+    let (c, i) = (&history[candidate], &history[incumbent]);
+    c.val_mcc > i.val_mcc + 1e-9 || ((c.val_mcc - i.val_mcc).abs() <= 1e-9 && c.val_loss < i.val_loss)
+}
+
 /// Train the head with the experiment's techniques: augmentation, curriculum by difficulty,
 /// knowledge distillation, and rounds of hard-negative mining.
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
@@ -224,7 +232,10 @@ fn train_with_techniques(
         info.insert("augment".into(), serde_json::json!({ "strategy": exp.augment.strategy, "extra_rows": extra.len() }));
     }
     let train = concat(train, extra);
-    let tcfg = exp.train_config();
+    let mut tcfg = exp.train_config();
+    if let Some(c) = &exp.curriculum {
+        tcfg.patience_from = c.full_epoch(tcfg.epochs);
+    }
 
     let teacher: Option<Vec<f32>> = match &exp.distill {
         Some(d) => {
@@ -279,6 +290,9 @@ fn train_with_techniques(
             None => Default::default(),
         };
         let mut rounds = Vec::new();
+        let mut chosen = 0;
+        // The mining rounds train on balanced views from the start: patience counts at once.
+        let round_cfg = TrainConfig { patience_from: 0, ..tcfg.clone() };
         for round in 1..=hn.rounds {
             let probs = predict(&outcome.head, &train, device);
             let mut preds: Vec<sv_data::mining::Prediction> = train
@@ -308,18 +322,28 @@ fn train_with_techniques(
             let view = sv_data::mining::balanced_view(train.len(), &hard, &mcfg);
             let view_plan = |_e: usize| view.clone();
             let prev_epochs = outcome.history.len();
-            let mut next = train_head::<TrainBackend>(&tcfg, head_cfg, &train, val, Some(&view_plan), loss, device)?;
+            let mut next = train_head::<TrainBackend>(&round_cfg, head_cfg, &train, val, Some(&view_plan), loss, device)?;
             for r in next.history.iter_mut() {
                 r.epoch += prev_epochs;
             }
             let mut history = std::mem::take(&mut outcome.history);
             history.extend(next.history);
-            next.history = history;
             next.best_epoch += prev_epochs;
-            rounds.push(serde_json::json!({ "round": round, "mined": counts, "view_rows": view.len() }));
-            outcome = next;
+            let keep = better_round(&history, next.best_epoch, outcome.best_epoch);
+            rounds.push(serde_json::json!({
+                "round": round,
+                "mined": counts,
+                "view_rows": view.len(),
+                "val_mcc": history[next.best_epoch].val_mcc,
+            }));
+            if keep {
+                chosen = round;
+                outcome = TrainOutcome { history, ..next };
+            } else {
+                outcome.history = history;
+            }
         }
-        info.insert("hard_negatives".into(), serde_json::json!({ "rounds": rounds }));
+        info.insert("hard_negatives".into(), serde_json::json!({ "rounds": rounds, "chosen_round": chosen }));
     }
     Ok((outcome, serde_json::Value::Object(info)))
 }
@@ -429,9 +453,12 @@ pub fn run_experiment(path: &Path) -> Result<RunSummary> {
         for (level, m) in &sim.per_level {
             println!("validator level {level}: acc={:.4} mcc={:.4}", m.accuracy, m.mcc);
         }
+        for (source, m) in &sim.per_source {
+            println!("validator source {source}: acc={:.4} mcc={:.4}", m.accuracy, m.mcc);
+        }
         println!(
-            "estimated subnet reward: mean {:.4} (p10 {:.4}, p90 {:.4}) over {} windows",
-            sim.reward_mean, sim.reward_p10, sim.reward_p90, sim.windows
+            "estimated subnet reward: per window mean {:.4} ± {:.4} (p10 {:.4}, p90 {:.4}) over {} windows; validator EMA after {} challenges {:.4}",
+            sim.reward_mean, sim.reward_sd, sim.reward_p10, sim.reward_p90, sim.windows, sim.challenges, sim.ema_score
         );
     }
     println!("run folder: {}", run_dir.display());
@@ -542,4 +569,24 @@ pub fn compare(experiments: &[PathBuf], out: &Path) -> Result<PathBuf> {
     print!("{md}");
     println!("comparison: {}", dir.display());
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(epoch: usize, mcc: f64, loss: f64) -> EpochRecord {
+        EpochRecord { epoch, lr: 0.0, train_samples: 0, train_loss: 0.0, val_loss: loss, val_accuracy: 0.0, val_mcc: mcc, val_auc: None }
+    }
+
+    #[test]
+    fn a_worse_mining_round_does_not_replace_a_better_one() {
+        // Round 0 peaks at epoch 1 (MCC 0.8); round 1 at epoch 3 (0.7): keep round 0.
+        let h = vec![rec(0, 0.5, 0.6), rec(1, 0.8, 0.4), rec(2, 0.6, 0.5), rec(3, 0.7, 0.45), rec(4, 0.8, 0.3)];
+        assert!(!better_round(&h, 3, 1));
+        assert!(better_round(&h, 1, 3));
+        // Equal MCC: the lower validation loss wins.
+        assert!(better_round(&h, 4, 1));
+        assert!(!better_round(&h, 1, 4));
+    }
 }

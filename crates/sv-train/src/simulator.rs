@@ -1,7 +1,19 @@
-//! Validator simulator: challenges made exactly as the subnet's validator makes them (levels 0–3
-//! of sv-data's `augment`, JPEG quality 75 at 224×224), metrics per level, and the subnet reward
-//! `(0.5·max(0, MCC over the last 100) + 0.5·accuracy over the last 10)³` estimated over many
-//! sampled windows of challenges (label 50/50, level uniform, predictions rounded with 0.5 → 0).
+//! Validator simulator: a stream of challenges made exactly as the subnet's validator makes them,
+//! scored exactly as it scores them.
+//!
+//! - Samples: a seeded random sample of the test split, stratified by (label, source) — not the
+//!   first rows in storage order; a warning when a label is missing.
+//! - Challenges: each one draws its label 50/50, a random sample of that label, a level uniform in
+//!   0–3 and a fresh augmentation ([`sv_data::challenge`]), and is encoded as the validator's JPEG.
+//!   Images are decoded when a challenge needs them.
+//! - Reward per step ([`step_reward`]): the validator's `MinerPerformanceTracker` and
+//!   `get_rewards`: history of the last 100 answers (fewer for a new miner), `-1` (no answer)
+//!   dropped from the metrics but kept in the window, `np.round` (0.5 → 0), MCC clipped at 0 and 0
+//!   when labels or predictions are one class, an answer outside [0, 1] zeroes that step only,
+//!   then the cube. The score is the EMA with α = 0.05, one update per step.
+//! - Report: metrics per level and per source, the EMA after the stream, the stream's mean step
+//!   reward, and the per-window reward's mean and spread over windows of fresh challenges drawn
+//!   from the scored pool.
 
 use std::collections::BTreeMap;
 
@@ -9,79 +21,144 @@ use anyhow::Result;
 use burn::tensor::backend::Backend;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use sv_data::{PreprocessConfig, Sample};
+use sv_data::challenge::ChallengeParams;
+use sv_data::{Label, PreprocessConfig, Sample};
 
 use crate::backbone::Backbone;
 use crate::head::Head;
-use crate::metrics::{Confusion, Metrics};
+use crate::metrics::Metrics;
 use crate::train::{FeatureSet, predict};
 
 /// The `[simulator]` table.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SimulatorConfig {
-    /// Sampled windows for the reward estimate.
+    /// Challenges in the simulated validator stream, each a fresh draw.
+    pub challenges: usize,
+    /// Windows drawn from the scored challenges for the per-window reward's mean and spread.
     pub windows: usize,
-    /// Challenges per window (the validator keeps the last 100).
+    /// Answers the validator keeps (the MCC half of the reward).
     pub window: usize,
-    /// Recent challenges for the accuracy half of the reward (the validator uses 10).
+    /// Recent answers for the accuracy half of the reward.
     pub recent: usize,
-    /// At most this many test samples are challenged (0 = all).
+    /// EMA weight of a new reward.
+    pub alpha: f64,
+    /// At most this many test samples, a stratified random sample (0 = all).
     pub max_samples: usize,
     pub seed: u64,
 }
 
 impl Default for SimulatorConfig {
     fn default() -> Self {
-        Self { windows: 2000, window: 100, recent: 10, max_samples: 0, seed: 0 }
+        Self { challenges: 1000, windows: 2000, window: 100, recent: 10, alpha: 0.05, max_samples: 0, seed: 0 }
     }
 }
 
-/// The subnet's reward of one window of predictions (oldest first). A prediction outside [0, 1]
-/// scores the window 0.
-pub fn reward(preds: &[f32], labels: &[bool], recent: usize) -> f64 {
-    if preds.is_empty() || preds.iter().any(|p| !(0.0..=1.0).contains(p)) {
+impl SimulatorConfig {
+    /// Check every value; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        crate::experiment::check("simulator.challenges", self.challenges > 0, "must be > 0")?;
+        crate::experiment::check("simulator.windows", self.windows > 0, "must be > 0")?;
+        crate::experiment::check("simulator.window", self.window > 0, "must be > 0")?;
+        crate::experiment::check("simulator.recent", self.recent > 0 && self.recent <= self.window, "must be in 1..=window")?;
+        crate::experiment::check("simulator.alpha", self.alpha > 0.0 && self.alpha <= 1.0, "must be in (0, 1]")?;
+        Ok(())
+    }
+}
+
+/// `np.round` on an answer (half to even: 0.5 → 0, 1.5 → 2).
+fn round_answer(p: f32) -> i64 {
+    (p as f64).round_ties_even() as i64
+}
+
+/// sklearn's binary `matthews_corrcoef`.
+fn mcc_binary(labels: &[i64], preds: &[i64]) -> f64 {
+    let (mut tp, mut tn, mut fp, mut fn_) = (0f64, 0f64, 0f64, 0f64);
+    for (&y, &p) in labels.iter().zip(preds) {
+        match (y, p) {
+            (1, 1) => tp += 1.0,
+            (0, 0) => tn += 1.0,
+            (0, 1) => fp += 1.0,
+            _ => fn_ += 1.0,
+        }
+    }
+    let den = ((tp + fp) * (tp + fn_) * (tn + fp) * (tn + fn_)).sqrt();
+    if den == 0.0 { 0.0 } else { (tp * tn - fp * fn_) / den }
+}
+
+/// Accuracy and clipped MCC of the last `window` entries, as `MinerPerformanceTracker.get_metrics`.
+/// An answer that rounds outside {0, 1} (1.7 → 2, −0.7 → −1) makes sklearn's `precision_score`
+/// raise ("Target is multiclass"), and the tracker then returns all-zero metrics: that window
+/// scores 0 for as long as the answer stays in it.
+fn window_metrics(preds: &[f32], labels: &[bool], window: usize) -> (f64, f64) {
+    let from = preds.len().saturating_sub(window);
+    let (mut y, mut p) = (Vec::new(), Vec::new());
+    for (&a, &l) in preds[from..].iter().zip(&labels[from..]) {
+        if a != -1.0 {
+            p.push(round_answer(a));
+            y.push(l as i64);
+        }
+    }
+    if y.is_empty() || p.iter().any(|&v| v != 0 && v != 1) {
+        return (0.0, 0.0);
+    }
+    let acc = y.iter().zip(&p).filter(|(a, b)| a == b).count() as f64 / y.len() as f64;
+    let one_class = |v: &[i64]| v.iter().all(|&x| x == v[0]);
+    let mcc = if one_class(&y) || one_class(&p) { 0.0 } else { mcc_binary(&y, &p).max(0.0) };
+    (acc, mcc)
+}
+
+/// The validator's reward for the step whose answer is last in `preds` (history oldest first,
+/// `-1` for no answer): `((0.5·MCC(last window) + 0.5·accuracy(last recent)) · [answer in [0,1]])³`.
+pub fn step_reward(preds: &[f32], labels: &[bool], window: usize, recent: usize) -> f64 {
+    let Some(&last) = preds.last() else { return 0.0 };
+    if last == -1.0 {
         return 0.0;
     }
-    let mcc = Confusion::from_predictions(preds, labels).mcc();
-    let k = recent.min(preds.len());
-    let n = preds.len();
-    let acc = Confusion::from_predictions(&preds[n - k..], &labels[n - k..]).accuracy();
-    (0.5 * mcc.max(0.0) + 0.5 * acc).powi(3)
+    let (_, mcc) = window_metrics(preds, labels, window);
+    let (acc, _) = window_metrics(preds, labels, recent);
+    let penalty = if (0.0..=1.0).contains(&last) { 1.0 } else { 0.0 };
+    ((0.5 * mcc + 0.5 * acc) * penalty).powi(3)
 }
 
-/// What the simulator reports.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct SimReport {
-    pub samples: usize,
-    pub per_level: BTreeMap<u8, Metrics>,
-    pub all_levels: Metrics,
-    pub reward_mean: f64,
-    pub reward_p10: f64,
-    pub reward_p50: f64,
-    pub reward_p90: f64,
-    pub windows: usize,
+/// The reward of one full window of answers (oldest first): the reward of its last step.
+pub fn reward(preds: &[f32], labels: &[bool], recent: usize) -> f64 {
+    step_reward(preds, labels, preds.len(), recent)
 }
 
-/// Sample `cfg.windows` windows from per-level predictions and return the sorted rewards.
-pub fn sample_rewards(probs: &[Vec<f32>], labels: &[bool], cfg: &SimulatorConfig) -> Vec<f64> {
+/// The validator's stream over `preds`/`labels` in order: per-step rewards and the EMA score
+/// after each step (starting from 0).
+pub fn stream(preds: &[f32], labels: &[bool], cfg: &SimulatorConfig) -> (Vec<f64>, f64) {
+    let mut rewards = Vec::with_capacity(preds.len());
+    let mut ema = 0.0;
+    for n in 1..=preds.len() {
+        let from = n.saturating_sub(cfg.window);
+        let r = step_reward(&preds[from..n], &labels[from..n], cfg.window, cfg.recent);
+        ema = cfg.alpha * r + (1.0 - cfg.alpha) * ema;
+        rewards.push(r);
+    }
+    (rewards, ema)
+}
+
+/// Rewards of `cfg.windows` windows of `cfg.window` challenges drawn from a scored pool (label
+/// 50/50, then a random challenge of that label), sorted.
+pub fn sample_rewards(preds: &[f32], labels: &[bool], cfg: &SimulatorConfig) -> Vec<f64> {
     let pos: Vec<usize> = (0..labels.len()).filter(|&i| labels[i]).collect();
     let neg: Vec<usize> = (0..labels.len()).filter(|&i| !labels[i]).collect();
-    if pos.is_empty() || neg.is_empty() {
-        return vec![0.0];
-    }
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5157_0000);
     let mut out = Vec::with_capacity(cfg.windows);
     let (mut p, mut y) = (Vec::with_capacity(cfg.window), Vec::with_capacity(cfg.window));
     for _ in 0..cfg.windows {
         p.clear();
         y.clear();
         for _ in 0..cfg.window {
-            let label = rng.random_bool(0.5);
+            let label = if pos.is_empty() { false } else if neg.is_empty() { true } else { rng.random_bool(0.5) };
             let pool = if label { &pos } else { &neg };
+            if pool.is_empty() {
+                break;
+            }
             let i = pool[rng.random_range(0..pool.len())];
-            let level = rng.random_range(0..probs.len());
-            p.push(probs[level][i]);
+            p.push(preds[i]);
             y.push(label);
         }
         out.push(reward(&p, &y, cfg.recent));
@@ -90,7 +167,117 @@ pub fn sample_rewards(probs: &[Vec<f32>], labels: &[bool], cfg: &SimulatorConfig
     out
 }
 
-/// Challenge every test sample at each level, score them, and estimate the reward.
+/// A seeded random subset of about `n` of `keys.len()` items, stratified by key: each key keeps
+/// its share (at least one). `n = 0` or `n ≥ len` keeps everything. Indices come back sorted.
+pub fn stratified_subset<K: Ord + Clone>(keys: &[K], n: usize, seed: u64) -> Vec<usize> {
+    if n == 0 || n >= keys.len() {
+        return (0..keys.len()).collect();
+    }
+    let mut groups: BTreeMap<K, Vec<usize>> = BTreeMap::new();
+    for (i, k) in keys.iter().enumerate() {
+        groups.entry(k.clone()).or_default().push(i);
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let total = keys.len() as f64;
+    let mut out = Vec::with_capacity(n + groups.len());
+    for (_, mut g) in groups {
+        let take = ((g.len() as f64 * n as f64 / total).round() as usize).clamp(1, g.len());
+        for i in 0..take {
+            let j = rng.random_range(i..g.len());
+            g.swap(i, j);
+        }
+        out.extend_from_slice(&g[..take]);
+    }
+    out.sort_unstable();
+    out
+}
+
+/// One scored challenge of the stream.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Scored {
+    pub sample: usize,
+    pub level: u8,
+    pub label: bool,
+    pub prob: f32,
+}
+
+/// What the simulator reports.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SimReport {
+    /// Test samples the challenges were drawn from.
+    pub samples: usize,
+    /// Challenges in the stream.
+    pub challenges: usize,
+    pub per_level: BTreeMap<u8, Metrics>,
+    pub per_source: BTreeMap<String, Metrics>,
+    pub all_levels: Metrics,
+    /// The validator's EMA score at the end of the stream (α per config, starting at 0).
+    pub ema_score: f64,
+    /// Mean step reward of the stream, new-miner warm-up included.
+    pub stream_reward_mean: f64,
+    /// Per-window reward over windows of fresh challenges: mean and spread.
+    pub reward_mean: f64,
+    pub reward_sd: f64,
+    pub reward_p10: f64,
+    pub reward_p50: f64,
+    pub reward_p90: f64,
+    pub windows: usize,
+    /// Labels missing from the sampled test split (the reward is meaningless then).
+    pub missing_labels: Vec<String>,
+}
+
+/// Draw the stream's challenges over `samples` (a label 50/50, a sample of it, a level, fresh
+/// parameters), make their JPEGs in batches, and score them with `score`.
+pub fn challenge_stream(
+    samples: &[Sample],
+    batch_size: usize,
+    cfg: &SimulatorConfig,
+    score: &mut dyn FnMut(&[&[u8]]) -> Result<Vec<f32>>,
+) -> Result<Vec<Scored>> {
+    let pos: Vec<usize> = (0..samples.len()).filter(|&i| samples[i].label == Label::Roadwork).collect();
+    let neg: Vec<usize> = (0..samples.len()).filter(|&i| samples[i].label == Label::None).collect();
+    if pos.is_empty() && neg.is_empty() {
+        anyhow::bail!("the simulator has no test samples to challenge");
+    }
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut out = Vec::with_capacity(cfg.challenges);
+    let pb = sv_data::progress::bar(cfg.challenges as u64, "simulate");
+    let batch = batch_size.max(1);
+    let mut jpegs: Vec<Vec<u8>> = Vec::with_capacity(batch);
+    let mut pending: Vec<Scored> = Vec::with_capacity(batch);
+    let flush = |jpegs: &mut Vec<Vec<u8>>, pending: &mut Vec<Scored>, out: &mut Vec<Scored>, score: &mut dyn FnMut(&[&[u8]]) -> Result<Vec<f32>>| -> Result<()> {
+        let refs: Vec<&[u8]> = jpegs.iter().map(Vec::as_slice).collect();
+        let probs = score(&refs)?;
+        anyhow::ensure!(probs.len() == pending.len(), "scorer returned {} scores for {} challenges", probs.len(), pending.len());
+        for (mut s, p) in pending.drain(..).zip(probs) {
+            s.prob = p;
+            out.push(s);
+        }
+        jpegs.clear();
+        Ok(())
+    };
+    for _ in 0..cfg.challenges {
+        let label = if pos.is_empty() { false } else if neg.is_empty() { true } else { rng.random_bool(0.5) };
+        let pool = if label { &pos } else { &neg };
+        let i = pool[rng.random_range(0..pool.len())];
+        let img = sv_data::augment::decode_rgb(&samples[i].image)?;
+        let level = rng.random_range(0..=3u8);
+        let params = ChallengeParams::draw(level, img.width(), img.height(), &mut rng);
+        jpegs.push(sv_data::challenge::make(&img, &params)?);
+        pending.push(Scored { sample: i, level, label, prob: f32::NAN });
+        if jpegs.len() == batch {
+            flush(&mut jpegs, &mut pending, &mut out, score)?;
+        }
+        pb.inc(1);
+    }
+    if !jpegs.is_empty() {
+        flush(&mut jpegs, &mut pending, &mut out, score)?;
+    }
+    pb.finish_and_clear();
+    Ok(out)
+}
+
+/// Challenge the test samples with a backbone and head, and report.
 pub fn simulate<B: Backend>(
     backbone: &Backbone<B>,
     head: &Head<B>,
@@ -111,35 +298,11 @@ pub fn simulate<B: Backend>(
     })
 }
 
-/// Per-level probabilities `[level][sample]` of validator challenges made from `samples`
-/// (levels 0–3, a seeded draw per sample and level), scored by `score` in batches.
-pub fn challenge_probs(
-    samples: &[Sample],
-    batch_size: usize,
-    seed: u64,
-    score: &mut dyn FnMut(&[&[u8]]) -> Result<Vec<f32>>,
-) -> Result<Vec<Vec<f32>>> {
-    let mut probs: Vec<Vec<f32>> = Vec::new();
-    let pb = sv_data::progress::bar((4 * samples.len()) as u64, "simulate");
-    let images: Vec<image::RgbImage> =
-        samples.iter().map(|s| sv_data::augment::decode_rgb(&s.image)).collect::<Result<_>>()?;
-    for level in 0u8..=3 {
-        let mut level_probs = Vec::with_capacity(samples.len());
-        for (chunk_i, chunk) in images.chunks(batch_size.max(1)).enumerate() {
-            let mut bytes = Vec::with_capacity(chunk.len());
-            for (k, img) in chunk.iter().enumerate() {
-                let i = chunk_i * batch_size.max(1) + k;
-                let mut rng = StdRng::seed_from_u64(seed ^ ((i as u64) << 8) ^ level as u64);
-                bytes.push(sv_data::augment::validator_challenge(img, level, &mut rng)?.0);
-            }
-            let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-            level_probs.extend(score(&refs)?);
-            pb.inc(chunk.len() as u64);
-        }
-        probs.push(level_probs);
-    }
-    pb.finish_and_clear();
-    Ok(probs)
+/// The stratified sample of `samples` the simulator challenges (`cfg.max_samples`, by label and
+/// source), warning when a label is missing.
+pub fn pick_samples(samples: &[Sample], cfg: &SimulatorConfig) -> Vec<usize> {
+    let keys: Vec<(Label, String)> = samples.iter().map(|s| (s.label, s.source.to_string())).collect();
+    stratified_subset(&keys, cfg.max_samples, cfg.seed)
 }
 
 /// The simulator with any scoring function (a quantised variant, an exported bundle).
@@ -149,36 +312,76 @@ pub fn simulate_with(
     cfg: &SimulatorConfig,
     score: &mut dyn FnMut(&[&[u8]]) -> Result<Vec<f32>>,
 ) -> Result<SimReport> {
-    let take = if cfg.max_samples == 0 { samples.len() } else { cfg.max_samples.min(samples.len()) };
-    let samples = &samples[..take];
-    let labels: Vec<bool> = samples.iter().map(|s| s.label == sv_data::Label::Roadwork).collect();
-    let probs = challenge_probs(samples, batch_size, cfg.seed, score)?;
-    Ok(report(&probs, &labels, cfg))
+    cfg.validate()?;
+    let picked: Vec<Sample> = pick_samples(samples, cfg).into_iter().map(|i| samples[i].clone()).collect();
+    let missing = missing_labels(&picked);
+    for l in &missing {
+        tracing::warn!("the simulator's test sample has no {l:?} images: its reward estimate is meaningless");
+    }
+    let scored = challenge_stream(&picked, batch_size, cfg, score)?;
+    let sources: Vec<String> = picked.iter().map(|s| s.source.to_string()).collect();
+    let mut r = report(&scored, &sources, cfg);
+    r.samples = picked.len();
+    r.missing_labels = missing;
+    Ok(r)
 }
 
-/// Metrics per level and the reward estimate of per-level probabilities.
-pub fn report(probs: &[Vec<f32>], labels: &[bool], cfg: &SimulatorConfig) -> SimReport {
-    let per_level: BTreeMap<u8, Metrics> =
-        (0..probs.len()).map(|l| (l as u8, Metrics::compute(&probs[l], labels))).collect();
-    let all_p: Vec<f32> = probs.iter().flatten().copied().collect();
-    let all_y: Vec<bool> = (0..probs.len()).flat_map(|_| labels.iter().copied()).collect();
-    let rewards = sample_rewards(probs, labels, cfg);
+fn missing_labels(samples: &[Sample]) -> Vec<String> {
+    [Label::None, Label::Roadwork]
+        .into_iter()
+        .filter(|l| !samples.iter().any(|s| s.label == *l))
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// Metrics per level and source, the stream's EMA, and the per-window reward estimate.
+/// `sources[s.sample]` names the source of each scored challenge's sample.
+pub fn report(scored: &[Scored], sources: &[String], cfg: &SimulatorConfig) -> SimReport {
+    let preds: Vec<f32> = scored.iter().map(|s| s.prob).collect();
+    let labels: Vec<bool> = scored.iter().map(|s| s.label).collect();
+    let mut by_level: BTreeMap<u8, (Vec<f32>, Vec<bool>)> = BTreeMap::new();
+    let mut by_source: BTreeMap<String, (Vec<f32>, Vec<bool>)> = BTreeMap::new();
+    for s in scored {
+        let e = by_level.entry(s.level).or_default();
+        e.0.push(s.prob);
+        e.1.push(s.label);
+        let e = by_source.entry(sources.get(s.sample).cloned().unwrap_or_default()).or_default();
+        e.0.push(s.prob);
+        e.1.push(s.label);
+    }
+    fn metrics<K: Ord>(m: BTreeMap<K, (Vec<f32>, Vec<bool>)>) -> BTreeMap<K, Metrics> {
+        m.into_iter().map(|(k, (p, y))| (k, Metrics::compute(&p, &y))).collect()
+    }
+    let (step_rewards, ema) = stream(&preds, &labels, cfg);
+    let rewards = sample_rewards(&preds, &labels, cfg);
     let q = |f: f64| rewards[((rewards.len() - 1) as f64 * f).round() as usize];
+    let mean = rewards.iter().sum::<f64>() / rewards.len() as f64;
+    let sd = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rewards.len() as f64).sqrt();
     SimReport {
-        samples: labels.len(),
-        per_level,
-        all_levels: Metrics::compute(&all_p, &all_y),
-        reward_mean: rewards.iter().sum::<f64>() / rewards.len() as f64,
+        samples: sources.len(),
+        challenges: scored.len(),
+        per_level: metrics(by_level),
+        per_source: metrics(by_source),
+        all_levels: Metrics::compute(&preds, &labels),
+        ema_score: ema,
+        stream_reward_mean: step_rewards.iter().sum::<f64>() / step_rewards.len().max(1) as f64,
+        reward_mean: mean,
+        reward_sd: sd,
         reward_p10: q(0.1),
         reward_p50: q(0.5),
         reward_p90: q(0.9),
         windows: rewards.len(),
+        missing_labels: Vec::new(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cfg() -> SimulatorConfig {
+        SimulatorConfig::default()
+    }
 
     #[test]
     fn reward_of_known_sequences() {
@@ -198,10 +401,58 @@ mod tests {
             *p = 1.0 - *p;
         }
         assert!((reward(&mixed, &y, 10) - (0.5f64 * 0.8).powi(3)).abs() < 1e-12);
-        // Out of range scores zero.
-        let mut bad = perfect.clone();
-        bad[3] = 1.2;
-        assert_eq!(reward(&bad, &y, 10), 0.0);
+    }
+
+    #[test]
+    fn an_out_of_range_answer_zeroes_its_step_only() {
+        let y: Vec<bool> = (0..100).map(|i| i % 2 == 0).collect();
+        let mut p: Vec<f32> = y.iter().map(|&b| if b { 0.9 } else { 0.1 }).collect();
+        p[3] = 1.2; // label true (index 3 is odd → false): 1.2 rounds to 1, a wrong answer in history
+        // The step of the bad answer scores 0; a later step still scores from the history.
+        assert_eq!(step_reward(&p[..4], &y[..4], 100, 10), 0.0);
+        let later = step_reward(&p, &y, 100, 10);
+        assert!(later > 0.5, "a later step is not zeroed: {later}");
+        // The old window rule (any bad answer zeroes the window) would give 0 here.
+        assert!(later < 1.0, "the bad answer still counts as wrong in the history");
+    }
+
+    #[test]
+    fn missing_answers_leave_the_metrics_but_keep_their_slot() {
+        let y: Vec<bool> = (0..20).map(|i| i % 2 == 0).collect();
+        let mut p: Vec<f32> = y.iter().map(|&b| if b { 0.9 } else { 0.1 }).collect();
+        assert!((step_reward(&p, &y, 100, 10) - 1.0).abs() < 1e-12);
+        // A missing answer: its step is 0; the next step's metrics ignore it (still perfect).
+        p[19] = -1.0;
+        assert_eq!(step_reward(&p, &y, 100, 10), 0.0);
+        let (mut p2, mut y2) = (p.clone(), y.clone());
+        p2.push(0.9);
+        y2.push(true);
+        assert!((step_reward(&p2, &y2, 100, 10) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_new_miner_is_scored_on_the_history_it_has() {
+        // Three answers, all right, both classes: MCC 1 and accuracy 1 over what exists.
+        let y = [true, false, true];
+        let p = [0.8f32, 0.3, 0.7];
+        assert!((step_reward(&p, &y, 100, 10) - 1.0).abs() < 1e-12);
+        // One class of labels only: MCC 0, accuracy 1 → 0.5³.
+        assert!((step_reward(&[0.8, 0.9], &[true, true], 100, 10) - 0.125).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_ema_follows_the_validator() {
+        let y: Vec<bool> = (0..300).map(|i| i % 2 == 0).collect();
+        let p: Vec<f32> = y.iter().map(|&b| if b { 0.9 } else { 0.1 }).collect();
+        let (r, ema) = stream(&p, &y, &cfg());
+        // The first step: one class in the history → 0.5³; from the second on, 1.
+        assert!((r[0] - 0.125).abs() < 1e-12 && r[1..].iter().all(|&v| (v - 1.0).abs() < 1e-12));
+        let mut e = 0.0;
+        for v in &r {
+            e = 0.05 * v + 0.95 * e;
+        }
+        assert!((ema - e).abs() < 1e-12);
+        assert!(ema > 0.99 && ema < 1.0, "{ema}");
     }
 
     #[test]
@@ -210,10 +461,59 @@ mod tests {
         let good: Vec<f32> = labels.iter().map(|&b| if b { 0.8 } else { 0.2 }).collect();
         let coin: Vec<f32> = (0..200).map(|i| if (i / 2) % 2 == 0 { 0.8 } else { 0.2 }).collect();
         let cfg = SimulatorConfig { windows: 300, ..Default::default() };
-        let r_good = sample_rewards(&vec![good; 4], &labels, &cfg);
-        let r_coin = sample_rewards(&vec![coin; 4], &labels, &cfg);
+        let r_good = sample_rewards(&good, &labels, &cfg);
+        let r_coin = sample_rewards(&coin, &labels, &cfg);
         assert!(r_good.iter().all(|&r| (r - 1.0).abs() < 1e-12));
         let mean = r_coin.iter().sum::<f64>() / r_coin.len() as f64;
         assert!(mean < 0.3, "chance-level predictions earn little: {mean}");
+    }
+
+    #[test]
+    fn the_sample_is_stratified_not_the_first_rows() {
+        // Storage order: 300 negatives first, then 100 positives of another source.
+        let keys: Vec<(bool, &str)> = (0..400).map(|i| if i < 300 { (false, "real") } else { (true, "procedural") }).collect();
+        let pick = stratified_subset(&keys, 40, 3);
+        assert_eq!(pick.len(), 40);
+        let pos = pick.iter().filter(|&&i| keys[i].0).count();
+        assert_eq!(pos, 10, "the share of each stratum is kept");
+        // Random within a stratum: not the first 30 negatives.
+        assert!(pick.iter().any(|&i| (30..300).contains(&i)));
+        assert_ne!(stratified_subset(&keys, 40, 4), pick, "the seed changes the draw");
+        assert_eq!(stratified_subset(&keys, 0, 3).len(), 400);
+    }
+
+    /// The validator's own `get_rewards` + `MinerPerformanceTracker` + EMA on a 400-step stream
+    /// with good, wrong, 0.5, missing and out-of-range answers, from a new miner's empty history
+    /// (`sv-data/tests/fixtures/validator/make_reward_fixture.py`).
+    #[test]
+    fn step_rewards_and_ema_match_the_validators_code() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sv-data/tests/fixtures/validator/reward_stream.json");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let preds: Vec<f32> = v["preds"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let labels: Vec<bool> = v["labels"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() == 1).collect();
+        let theirs: Vec<f64> = v["rewards"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let ema_theirs: Vec<f64> = v["ema"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let (ours, ema) = stream(&preds, &labels, &cfg());
+        assert_eq!(ours.len(), theirs.len());
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            assert!((a - b).abs() < 1e-12, "step {i}: ours {a}, validator {b} (answer {})", preds[i]);
+        }
+        assert!((ema - ema_theirs.last().unwrap()).abs() < 1e-12, "EMA {ema} vs {}", ema_theirs.last().unwrap());
+        let m = &v["mcc"]["binary"];
+        let ys: Vec<i64> = m[0].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        let ps: Vec<i64> = m[1].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        assert!((mcc_binary(&ys, &ps) - m[2].as_f64().unwrap()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn an_answer_rounding_to_two_zeroes_the_windows_it_is_in() {
+        let y: Vec<bool> = (0..30).map(|i| i % 2 == 0).collect();
+        let mut p: Vec<f32> = y.iter().map(|&b| if b { 0.9 } else { 0.1 }).collect();
+        p[5] = 1.7; // np.round → 2: sklearn raises, the tracker returns empty metrics
+        // The 100-window holds it (MCC 0), the 10-window does not (accuracy 1): 0.5³.
+        assert!((step_reward(&p, &y, 100, 10) - 0.125).abs() < 1e-12);
+        // Once it has left the 100-window, the reward is back.
+        let w = &p[6..];
+        assert!((step_reward(w, &y[6..], 100, 10) - 1.0).abs() < 1e-12);
     }
 }

@@ -159,8 +159,8 @@ pub fn teacher_probs(
         let (tr, va) = (feature_set(store, &feats, "train", dim)?, feature_set(store, &feats, "val", dim)?);
         let head = spec.head.clone().unwrap_or_default().config(dim);
         let cfg = TrainConfig { seed, ..Default::default() };
-        let out = train_head::<TrainBackend>(&cfg, &head, &tr, &va, None, None, device)?;
-        let p = predict(&out.head, &tr, device);
+        // Cross-fitted: each training row is scored by a teacher head that did not train on it.
+        let p = cross_fit(&tr, Some(&va), &head, &cfg, device)?;
         let m: HashMap<String, f32> = tr.ids.iter().cloned().zip(p).collect();
         if writable {
             write_probs(store, TEACHER_COLUMN, &m)?;
@@ -184,9 +184,16 @@ pub fn teacher_probs(
     Ok((out, source))
 }
 
-/// Out-of-fold probabilities of a linear reference model (2-fold cross-fitting), used for the
-/// uncertainty part of difficulty: each row is scored by a model that did not train on it.
-pub fn reference_probs(train: &FeatureSet, seed: u64, device: &Device) -> Result<Vec<f32>> {
+/// Out-of-fold probabilities by 2-fold cross-fitting: each row of `train` is scored by a head
+/// trained on the other fold only. `val` selects each head's epoch; without it, the scored fold
+/// does.
+pub fn cross_fit(
+    train: &FeatureSet,
+    val: Option<&FeatureSet>,
+    head: &crate::head::HeadConfig,
+    cfg: &TrainConfig,
+    device: &Device,
+) -> Result<Vec<f32>> {
     let n = train.len();
     let folds: [Vec<usize>; 2] = [(0..n).filter(|i| i % 2 == 0).collect(), (0..n).filter(|i| i % 2 == 1).collect()];
     let subset = |rows: &[usize]| {
@@ -198,17 +205,23 @@ pub fn reference_probs(train: &FeatureSet, seed: u64, device: &Device) -> Result
         }
         s
     };
-    let head = HeadSection { kind: HeadKind::Linear, ..Default::default() }.config(train.d);
-    let cfg = TrainConfig { epochs: 20, patience: 0, seed, ..Default::default() };
     let mut probs = vec![0f32; n];
     for k in 0..2 {
         let (fit, score) = (subset(&folds[k]), subset(&folds[1 - k]));
-        let out = train_head::<TrainBackend>(&cfg, &head, &fit, &score, None, None, device)?;
+        let out = train_head::<TrainBackend>(cfg, head, &fit, val.unwrap_or(&score), None, None, device)?;
         for (&i, p) in folds[1 - k].iter().zip(predict(&out.head, &score, device)) {
             probs[i] = p;
         }
     }
     Ok(probs)
+}
+
+/// Out-of-fold probabilities of a linear reference model (2-fold cross-fitting), used for the
+/// uncertainty part of difficulty: each row is scored by a model that did not train on it.
+pub fn reference_probs(train: &FeatureSet, seed: u64, device: &Device) -> Result<Vec<f32>> {
+    let head = HeadSection { kind: HeadKind::Linear, ..Default::default() }.config(train.d);
+    let cfg = TrainConfig { epochs: 20, patience: 0, seed, ..Default::default() };
+    cross_fit(train, None, &head, &cfg, device)
 }
 
 /// Difficulty scores of rows `ids` given reference probabilities; written to the `difficulty`
@@ -228,4 +241,33 @@ pub fn difficulties(store: &mut Store, ids: &[String], probs: &[f32], writable: 
         store.write_column(DIFFICULTY_COLUMN, ids, arr)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng};
+
+    #[test]
+    fn cross_fitted_probabilities_do_not_memorise_the_rows_they_score() {
+        // Labels are coin flips unrelated to the features: a wide head memorises them in sample,
+        // but a row scored by the head of the other fold is at chance.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let (n, d) = (160, 32);
+        let mut s = FeatureSet { d, ..Default::default() };
+        for i in 0..n {
+            s.ids.push(format!("r{i}"));
+            s.x.extend((0..d).map(|_| rng.random_range(-1.0f32..1.0)));
+            s.y.push(rng.random_bool(0.5) as u8 as f32);
+        }
+        let head = HeadSection { kind: HeadKind::Mlp, hidden: 256, dropout: 0.0 }.config(d);
+        let cfg = TrainConfig { epochs: 150, batch_size: 32, lr: 1e-2, warmup_epochs: 0, patience: 0, weight_decay: 0.0, ..Default::default() };
+        let dev = Device::default();
+        let acc = |p: &[f32]| p.iter().zip(&s.y).filter(|(p, y)| (**p > 0.5) == (**y > 0.5)).count() as f64 / n as f64;
+        let in_sample = train_head::<TrainBackend>(&cfg, &head, &s, &s, None, None, &dev).unwrap();
+        let memorised = acc(&predict(&in_sample.head, &s, &dev));
+        let oof = acc(&cross_fit(&s, Some(&s), &head, &cfg, &dev).unwrap());
+        assert!(memorised > 0.9, "the head memorises its own rows: {memorised}");
+        assert!(oof < 0.65, "out-of-fold scores are near chance: {oof}");
+    }
 }

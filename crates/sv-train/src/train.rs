@@ -63,6 +63,10 @@ pub struct TrainConfig {
     /// Set from the experiment's top-level `seed`.
     #[serde(skip)]
     pub seed: u64,
+    /// Epochs before this one do not count towards `patience` (set by a curriculum to the epoch
+    /// from which every row is in use: a partial training set is no reason to stop).
+    #[serde(skip)]
+    pub patience_from: usize,
 }
 
 impl Default for TrainConfig {
@@ -76,6 +80,7 @@ impl Default for TrainConfig {
             warmup_epochs: 3,
             patience: 15,
             seed: 0,
+            patience_from: 0,
         }
     }
 }
@@ -226,7 +231,7 @@ pub fn train_head<B: AutodiffBackend>(
         if better {
             best = Some((m.mcc, val_loss, epoch, valid));
             since_best = 0;
-        } else {
+        } else if epoch >= cfg.patience_from {
             since_best += 1;
         }
         pb.inc(1);
@@ -239,4 +244,39 @@ pub fn train_head<B: AutodiffBackend>(
     pb.finish_and_clear();
     let (_, _, best_epoch, head) = best.expect("at least one epoch ran");
     Ok(TrainOutcome { head, best_epoch, history })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::{HeadConfig, HeadKind};
+    use crate::{Device, TrainBackend};
+
+    fn set(n: usize, seed: u64) -> FeatureSet {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut s = FeatureSet { d: 4, ..Default::default() };
+        for i in 0..n {
+            let y = (i % 2) as f32;
+            s.ids.push(format!("r{seed}-{i}"));
+            for _ in 0..4 {
+                s.x.push(y + rand::RngExt::random_range(&mut rng, -1.0f32..1.0));
+            }
+            s.y.push(y);
+        }
+        s
+    }
+
+    #[test]
+    fn patience_does_not_count_before_the_full_set_is_in_use() {
+        // A learning rate too small to change anything: validation MCC never improves after
+        // epoch 0, so only patience decides when training stops.
+        let (train, val) = (set(40, 1), set(20, 2));
+        let head = HeadConfig::new(4).with_kind(HeadKind::Linear);
+        let base = TrainConfig { epochs: 12, batch_size: 16, lr: 1e-12, warmup_epochs: 0, patience: 2, ..Default::default() };
+        let dev = Device::default();
+        let run = |cfg: &TrainConfig| train_head::<TrainBackend>(cfg, &head, &train, &val, None, None, &dev).unwrap().history.len();
+        assert_eq!(run(&base), 3, "patience counts from epoch 0 without a curriculum");
+        let curriculum = TrainConfig { patience_from: 6, ..base.clone() };
+        assert_eq!(run(&curriculum), 8, "patience counts from the epoch the full set is in use");
+    }
 }

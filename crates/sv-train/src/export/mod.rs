@@ -32,7 +32,7 @@ use crate::head::HeadConfig;
 use crate::metrics::Metrics;
 use crate::quant::report::{Scales, run_store};
 use crate::quant::{Precision, StoredModel};
-use crate::simulator::{SimulatorConfig, challenge_probs};
+use crate::simulator::{SimulatorConfig, challenge_stream, pick_samples};
 use crate::{Device, InferBackend};
 use card::{CardFacts, ModelCard};
 
@@ -228,10 +228,13 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         if val.is_empty() {
             bail!("the run's store has no validation rows to choose the decision point on");
         }
-        let take = if opts.sim_samples == 0 { val.len() } else { opts.sim_samples.min(val.len()) };
-        let sim_cfg = SimulatorConfig { seed: opts.seed, ..Default::default() };
-        let labels: Vec<bool> = val[..take].iter().map(|s| s.label == sv_data::Label::Roadwork).collect();
-        let probs = challenge_probs(&val[..take], 16, opts.seed, &mut |imgs| model.probs(imgs, &device))?;
+        // A stratified sample of the validation split, four fresh challenges per sample.
+        let mut sim_cfg = SimulatorConfig { seed: opts.seed, max_samples: opts.sim_samples, ..Default::default() };
+        let picked: Vec<sv_data::Sample> = pick_samples(&val, &sim_cfg).into_iter().map(|i| val[i].clone()).collect();
+        sim_cfg.challenges = 4 * picked.len();
+        let scored = challenge_stream(&picked, 16, &sim_cfg, &mut |imgs| model.probs(imgs, &device))?;
+        let probs: Vec<f32> = scored.iter().map(|s| s.prob).collect();
+        let labels: Vec<bool> = scored.iter().map(|s| s.label).collect();
         let decision = best_threshold(&probs, &labels, &sim_cfg, 0.002);
         let mut clean = Vec::with_capacity(val.len());
         for chunk in val.chunks(16) {
