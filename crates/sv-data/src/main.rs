@@ -53,6 +53,10 @@ enum Cmd {
         /// Only parquet files whose path contains this (hf only), e.g. `train`.
         #[arg(long)]
         files: Option<String>,
+        /// Files per commit (folder and csv): an interrupted ingest keeps its commits, and a
+        /// rerun skips the files already stored.
+        #[arg(long, default_value_t = 1000)]
+        commit_every: usize,
     },
     /// Assign stratified train/val/test splits by label and source.
     Split {
@@ -205,9 +209,9 @@ fn run(cli: Cli) -> Result<()> {
                 r.version
             );
         }
-        Cmd::Ingest { kind, input, store, source, revision, files } => {
+        Cmd::Ingest { kind, input, store, source, revision, files, commit_every } => {
             let mut st = Store::open_or_create(&store)?;
-            let opts = IngestOptions { source };
+            let opts = IngestOptions { source, commit_every };
             let report = match kind {
                 IngestKind::Folder => ingest::ingest_folder(&mut st, input.as_ref(), &opts)?,
                 IngestKind::Csv => ingest::ingest_csv(&mut st, input.as_ref(), &opts)?,

@@ -1,10 +1,15 @@
 //! The one preprocessing function shared by training, evaluation, calibration and serving.
 //!
-//! `decode → RGB → resize to size×size (bilinear with antialias: a triangle filter whose support
-//! widens with the downscale factor, as PIL and torchvision's `antialias=True` do) → scale to
-//! [0,1] → normalise with mean/std`, output CHW `f32`. This mirrors `DINOv3ViTImageProcessor`
-//! (rescale, resize to 224×224, ImageNet normalisation); the test against its output on a real
-//! photo lives in sv-train's tests.
+//! `decode → RGB → centre square crop → resize to size×size (bilinear with antialias: a triangle
+//! filter whose support widens with the downscale factor, as PIL and torchvision's
+//! `antialias=True` do) → scale to [0,1] → normalise with mean/std`, output CHW `f32`.
+//!
+//! The centre crop (`crop = "center"`, the default) keeps training consistent with serving: the
+//! validator's challenges are square crops of the photo (level 0 a centre square, levels 1–3
+//! random squares), so a non-square training image is cropped the same way instead of being
+//! squashed. Serving receives 224×224 squares, where the crop changes nothing. With
+//! `crop = "none"` this is exactly `DINOv3ViTImageProcessor` (rescale, resize to 224×224,
+//! ImageNet normalisation); the test against its output on a real photo lives in sv-train.
 
 use std::io::Cursor;
 
@@ -34,6 +39,21 @@ pub struct PreprocessConfig {
     /// Per-channel standard deviation divided by after subtracting the mean.
     #[serde(default = "default_std")]
     pub std: [f32; 3],
+    /// Crop before resizing: `center` (a square on the short side, as the validator's level 0)
+    /// or `none` (squash the whole image to a square).
+    #[serde(default)]
+    pub crop: Crop,
+}
+
+/// The crop [`preprocess_image`] applies before resizing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Crop {
+    /// A centred square on the short side (offset `round((H − h)/2)`, ties to even, like PIL).
+    #[default]
+    Center,
+    /// No crop: the whole image is resized to a square.
+    None,
 }
 
 fn default_size() -> u32 {
@@ -48,7 +68,7 @@ fn default_std() -> [f32; 3] {
 
 impl Default for PreprocessConfig {
     fn default() -> Self {
-        Self { size: default_size(), mean: IMAGENET_MEAN, std: IMAGENET_STD }
+        Self { size: default_size(), mean: IMAGENET_MEAN, std: IMAGENET_STD, crop: Crop::Center }
     }
 }
 
@@ -56,7 +76,11 @@ impl PreprocessConfig {
     /// A stable key naming this preprocessing, used to key cached features.
     pub fn key(&self) -> String {
         let f = |v: &[f32; 3]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(",");
-        format!("resize{}-bilinear-aa|mean={}|std={}", self.size, f(&self.mean), f(&self.std))
+        let base = format!("resize{}-bilinear-aa|mean={}|std={}", self.size, f(&self.mean), f(&self.std));
+        match self.crop {
+            Crop::None => base,
+            Crop::Center => format!("center-square|{base}"),
+        }
     }
 
     /// Number of floats [`preprocess_image`] returns.
@@ -101,9 +125,23 @@ pub fn resize_rgb32f(img: &DynamicImage, size: u32) -> Rgb32FImage {
     image::imageops::resize(&rgb, size, size, FilterType::Triangle)
 }
 
+/// The centred square on the short side of `img` (PIL's `CenterCrop` offsets).
+pub fn center_square(img: &DynamicImage) -> DynamicImage {
+    let (w, h) = (img.width(), img.height());
+    let s = w.min(h);
+    if w == h {
+        return img.clone();
+    }
+    let off = |d: u32| (d as f64 / 2.0).round_ties_even() as u32;
+    img.crop_imm(off(w - s), off(h - s), s, s)
+}
+
 /// Preprocess a decoded image into a normalised CHW tensor of `3·size·size` floats.
 pub fn preprocess_image(img: &DynamicImage, cfg: &PreprocessConfig) -> Vec<f32> {
-    let resized = resize_rgb32f(img, cfg.size);
+    let resized = match cfg.crop {
+        Crop::Center if img.width() != img.height() => resize_rgb32f(&center_square(img), cfg.size),
+        _ => resize_rgb32f(img, cfg.size),
+    };
     let plane = (cfg.size * cfg.size) as usize;
     let mut out = vec![0f32; 3 * plane];
     for (i, px) in resized.pixels().enumerate() {
@@ -162,6 +200,19 @@ mod tests {
         // Red channel, row 10: far left dark, far right bright.
         let row = &out[10 * 20..11 * 20];
         assert!(row[0] < -2.0 && row[19] > 2.0);
+    }
+
+    #[test]
+    fn centre_crop_drops_the_side_bands_and_none_keeps_them() {
+        // 300×200 with red bands 50 px wide left and right: the centre square is all blue.
+        let img = RgbImage::from_fn(300, 200, |x, _| if !(50..250).contains(&x) { Rgb([255, 0, 0]) } else { Rgb([0, 0, 255]) });
+        let cfg = PreprocessConfig { size: 32, ..Default::default() };
+        let out = preprocess_bytes(&png(&img), &cfg).unwrap();
+        let red = (1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0];
+        assert!(out[..32 * 32].iter().all(|v| *v < red - 1.0), "no red left after the centre crop");
+        let squash = preprocess_bytes(&png(&img), &PreprocessConfig { crop: Crop::None, ..cfg.clone() }).unwrap();
+        assert!((squash[0] - red).abs() < 1e-3, "without a crop the left band stays");
+        assert_ne!(cfg.key(), PreprocessConfig { crop: Crop::None, ..cfg.clone() }.key());
     }
 
     #[test]

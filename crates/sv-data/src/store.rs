@@ -31,6 +31,23 @@ use crate::sample::{
 /// Rows per record batch handed to Lance while appending.
 const APPEND_BATCH_ROWS: usize = 64;
 
+/// Name of the scalar index on `id`.
+pub const ID_INDEX: &str = "id_idx";
+
+/// A stream of record batches from [`Store::scan_batches`], read as an iterator.
+pub struct Batches {
+    rt: Arc<Runtime>,
+    stream: lance::dataset::scanner::DatasetRecordBatchStream,
+}
+
+impl Iterator for Batches {
+    type Item = Result<RecordBatch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        use futures::StreamExt;
+        self.rt.block_on(self.stream.next()).map(|r| r.map_err(anyhow::Error::from))
+    }
+}
+
 /// What an append did.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct AppendReport {
@@ -226,6 +243,68 @@ impl Store {
         .with_context(|| format!("scan of {} failed (filter {filter:?})", self.path.display()))
     }
 
+    /// Stream `columns` of the rows matching `filter` in storage order, `batch_rows` rows at a
+    /// time: memory stays bounded by one batch however large the store is.
+    pub fn scan_batches(&self, columns: &[&str], filter: Option<&str>, batch_rows: usize) -> Result<Batches> {
+        let schema = self.schema();
+        for c in columns {
+            if schema.field_with_name(c).is_err() {
+                bail!("column {c:?} does not exist in {} (columns: {})", self.path.display(), self.columns().join(", "));
+            }
+        }
+        let stream = self
+            .rt
+            .block_on(async {
+                let mut scanner = self.dataset.scan();
+                scanner.project(columns)?;
+                if let Some(f) = filter {
+                    scanner.filter(f)?;
+                }
+                scanner.batch_size(batch_rows.max(1));
+                scanner.try_into_stream().await
+            })
+            .with_context(|| format!("scan of {} failed (filter {filter:?})", self.path.display()))?;
+        Ok(Batches { rt: self.rt.clone(), stream })
+    }
+
+    /// Stream full samples matching `filter`, `batch_rows` at a time.
+    pub fn sample_batches(&self, filter: Option<&str>, batch_rows: usize) -> Result<impl Iterator<Item = Result<Vec<Sample>>> + use<>> {
+        Ok(self.scan_batches(&BASE_COLUMNS, filter, batch_rows)?.map(|b| samples_from_batch(&b?)))
+    }
+
+    /// Make sure the scalar (BTree) index on `id` exists and covers every row, so that reads by
+    /// id and per-id column writes find rows through the index instead of scanning the table.
+    /// Called after every append; a no-op on an empty store.
+    pub fn ensure_id_index(&mut self) -> Result<()> {
+        use lance::index::DatasetIndexExt;
+        if self.count(None)? == 0 {
+            return Ok(());
+        }
+        let res = self.rt.block_on(async {
+            let has = !self.dataset.load_indices_by_name(ID_INDEX).await?.is_empty();
+            if has {
+                self.dataset.optimize_indices(&lance_index::optimize::OptimizeOptions::append()).await?;
+            } else {
+                let params = lance_index::scalar::ScalarIndexParams::default();
+                self.dataset
+                    .create_index(&["id"], lance_index::IndexType::BTree, Some(ID_INDEX.to_string()), &params, true)
+                    .await?;
+            }
+            anyhow::Ok(())
+        });
+        if let Err(e) = res {
+            self.reload()?;
+            return Err(e).context(format!("cannot index the ids of {}", self.path.display()));
+        }
+        Ok(())
+    }
+
+    /// Whether the `id` index exists (see [`Store::ensure_id_index`]).
+    pub fn has_id_index(&self) -> Result<bool> {
+        use lance::index::DatasetIndexExt;
+        Ok(!self.rt.block_on(self.dataset.load_indices_by_name(ID_INDEX))?.is_empty())
+    }
+
     /// Metadata (no image bytes) of the rows matching `filter`.
     pub fn metas(&self, filter: Option<&str>) -> Result<Vec<SampleMeta>> {
         metas_from_batch(&self.scan(&META_COLUMNS, filter)?)
@@ -272,6 +351,17 @@ impl Store {
         samples_from_batch(&batch)
     }
 
+    /// The `origin` (source path or `file#row`) of every stored sample that has one.
+    pub fn origins(&self) -> Result<HashSet<String>> {
+        let mut out = HashSet::new();
+        for batch in self.scan_batches(&["origin"], Some("origin IS NOT NULL"), 8192)? {
+            let batch = batch?;
+            let col = batch.column(0).as_any().downcast_ref::<StringArray>().context("origin is not utf8")?;
+            out.extend(col.iter().flatten().map(str::to_string));
+        }
+        Ok(out)
+    }
+
     /// SHA-256 of every stored image.
     pub fn hashes(&self) -> Result<HashSet<String>> {
         let batch = self.scan(&["sha256"], None)?;
@@ -291,11 +381,22 @@ impl Store {
     where
         I: Iterator<Item = Result<Sample>> + Send + 'static,
     {
+        let seen = Arc::new(Mutex::new(self.hashes()?));
+        self.append_stream_dedup(samples, &seen)
+    }
+
+    /// [`Store::append_stream`] with the SHA-256 of the stored images given (see
+    /// [`Store::hashes`]) and kept up to date, so that a caller appending in many chunks reads
+    /// the hashes once instead of once per chunk.
+    pub fn append_stream_dedup<I>(&mut self, samples: I, seen: &Arc<Mutex<HashSet<String>>>) -> Result<AppendReport>
+    where
+        I: Iterator<Item = Result<Sample>> + Send + 'static,
+    {
         let counts = Arc::new(Mutex::new(AppendReport::default()));
         let mut reader = SampleReader {
             inner: samples,
             schema: self.schema(),
-            seen: self.hashes()?,
+            seen: seen.clone(),
             counts: counts.clone(),
             first: None,
         };
@@ -321,18 +422,29 @@ impl Store {
                 self.path.display()
             ));
         }
+        if let Err(e) = self.ensure_id_index() {
+            // The rows are committed; reads by id still work without the index, only slower.
+            tracing::warn!("{e:#}");
+        }
         let mut r = counts.lock().unwrap().clone();
         r.version = self.version();
         Ok(r)
     }
 
-    /// Re-open the latest committed version.
     /// Compact small data files into larger ones (Lance `compact_files`) and delete versions older
     /// than `keep` (`cleanup_old_versions`; the latest version always stays, and files a version
     /// still lists are never deleted), so that repeated runs do not grow the store without bound.
     /// Versions older than `keep` can no longer be checked out afterwards.
     pub fn compact(&mut self, keep: std::time::Duration) -> Result<CompactReport> {
         use lance::dataset::optimize::{CompactionOptions, compact_files};
+        use lance::index::DatasetIndexExt;
+        // Appends add a delta of the id index each; fragments under different deltas are never
+        // merged by compaction, so fold the deltas into one index first.
+        if self.has_id_index()? {
+            self.rt
+                .block_on(self.dataset.optimize_indices(&lance_index::optimize::OptimizeOptions::merge(usize::MAX)))
+                .with_context(|| format!("cannot merge the id index of {}", self.path.display()))?;
+        }
         let metrics = self
             .rt
             .block_on(compact_files(&mut self.dataset, CompactionOptions::default(), None))
@@ -350,6 +462,7 @@ impl Store {
         })
     }
 
+    /// Re-open the latest committed version.
     pub fn reload(&mut self) -> Result<()> {
         self.dataset = self.rt.block_on(Dataset::open(uri(&self.path)?.as_str()))?;
         Ok(())
@@ -545,7 +658,7 @@ impl Store {
 struct SampleReader<I> {
     inner: I,
     schema: SchemaRef,
-    seen: HashSet<String>,
+    seen: Arc<Mutex<HashSet<String>>>,
     counts: Arc<Mutex<AppendReport>>,
     first: Option<RecordBatch>,
 }
@@ -563,7 +676,7 @@ impl<I: Iterator<Item = Result<Sample>>> Iterator for SampleReader<I> {
                 None => break,
                 Some(Err(e)) => return Some(Err(ArrowError::ExternalError(e.into()))),
                 Some(Ok(s)) => {
-                    if self.seen.insert(s.sha256.clone()) {
+                    if self.seen.lock().unwrap().insert(s.sha256.clone()) {
                         buf.push(s);
                     } else {
                         self.counts.lock().unwrap().duplicates += 1;

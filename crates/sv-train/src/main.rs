@@ -116,11 +116,21 @@ fn run(cli: Cli) -> Result<()> {
             sv_train::run::compare(&experiments, &out)?;
         }
         (Some(Cmd::Evaluate { experiment, checkpoint }), _) => {
-            let metrics = sv_train::run::evaluate_checkpoint(&experiment, &checkpoint)?;
-            for (split, m) in &metrics {
+            let e = sv_train::run::evaluate_checkpoint(&experiment, &checkpoint)?;
+            println!("dataset version {}", e.dataset_version);
+            for (split, m) in &e.splits {
                 println!("{split:>5}: {m}");
             }
-            println!("{}", serde_json::to_string_pretty(&metrics)?);
+            for (source, m) in &e.test_by_source {
+                println!("test {source}: {m}");
+            }
+            if let Some(sim) = &e.simulator {
+                println!(
+                    "simulated reward: per window {:.4} ± {:.4}, validator EMA {:.4}",
+                    sim.reward_mean, sim.reward_sd, sim.ema_score
+                );
+            }
+            println!("{}", serde_json::to_string_pretty(&e)?);
         }
         (Some(Cmd::Quantize { run, calibrator, samples, sim_samples, seed }), _) => {
             let opts = sv_train::quant::report::QuantizeOptions {

@@ -402,7 +402,7 @@ pub fn run_experiment(path: &Path) -> Result<RunSummary> {
 
     let simulator = if exp.simulator.enabled {
         let t = Instant::now();
-        let samples = store.samples(Some("split = 'test'"))?;
+        let samples = crate::simulator::load_sample(&store, "test", &exp.simulator.config())?;
         let r = simulate(&backbone, &outcome.head, &exp.preprocess, &samples, exp.backbone.batch_size, &exp.simulator.config(), &device)?;
         seconds.insert("simulator".into(), t.elapsed().as_secs_f64());
         Some(r)
@@ -481,27 +481,51 @@ pub fn load_head(checkpoint: &Path, device: &Device) -> Result<(Head<InferBacken
     Ok((head, meta))
 }
 
-/// Metrics of a saved checkpoint on an experiment's data, per split.
-pub fn evaluate_checkpoint(experiment: &Path, checkpoint: &Path) -> Result<BTreeMap<String, Metrics>> {
+/// What [`evaluate_checkpoint`] measured.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Evaluation {
+    /// The dataset version the checkpoint's run recorded, which the evaluation read.
+    pub dataset_version: u64,
+    pub splits: BTreeMap<String, Metrics>,
+    pub test_by_source: BTreeMap<String, Metrics>,
+    pub simulator: Option<SimReport>,
+}
+
+/// Evaluate a checkpoint on the dataset version its run recorded (a checkout: rows added or
+/// splits reassigned since do not change the result): val and test metrics, test metrics per
+/// source, and the validator simulator when the experiment enables it.
+pub fn evaluate_checkpoint(experiment: &Path, checkpoint: &Path) -> Result<Evaluation> {
     let (exp, _) = Experiment::load(experiment)?;
     let device = Device::default();
     let (head, meta) = load_head(checkpoint, &device)?;
-    let (mut store, writable) = prepare_store(&exp)?;
+    let mut store = Store::open(&meta.dataset.store)
+        .with_context(|| format!("the checkpoint's store {} cannot be opened", meta.dataset.store.display()))?
+        .checkout(meta.dataset.version)?;
     let backbone = Backbone::<InferBackend>::load(&meta.backbone, &device)?;
     if backbone.id != meta.backbone_id {
         bail!("the checkpoint was trained on backbone {} but {} loads as {}", meta.backbone_id, meta.backbone.weights, backbone.id);
     }
-    let (features, _) = ensure_features(&mut store, &backbone, &meta.preprocess, meta.backbone.batch_size, writable, &device)?;
-    let mut out = BTreeMap::new();
+    let (features, _) = ensure_features(&mut store, &backbone, &meta.preprocess, meta.backbone.batch_size, false, &device)?;
+    let mut splits = BTreeMap::new();
+    let mut test_by_source = BTreeMap::new();
     for split in ["val", "test"] {
         let set = feature_set(&store, &features, split, backbone.config.feature_dim())?;
         if set.is_empty() {
             continue;
         }
         let p = predict(&head, &set, &device);
-        out.insert(split.to_string(), Metrics::compute(&p, &set.labels()));
+        splits.insert(split.to_string(), Metrics::compute(&p, &set.labels()));
+        if split == "test" {
+            test_by_source = by_source(&store, &set, &p)?;
+        }
     }
-    Ok(out)
+    let simulator = if exp.simulator.enabled {
+        let samples = crate::simulator::load_sample(&store, "test", &exp.simulator.config())?;
+        Some(simulate(&backbone, &head, &meta.preprocess, &samples, meta.backbone.batch_size, &exp.simulator.config(), &device)?)
+    } else {
+        None
+    };
+    Ok(Evaluation { dataset_version: meta.dataset.version, splits, test_by_source, simulator })
 }
 
 /// Run several experiments and write a side-by-side comparison (`comparison.md`, `.json`,

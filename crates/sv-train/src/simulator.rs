@@ -305,6 +305,15 @@ pub fn pick_samples(samples: &[Sample], cfg: &SimulatorConfig) -> Vec<usize> {
     stratified_subset(&keys, cfg.max_samples, cfg.seed)
 }
 
+/// Read only the simulator's stratified sample of a store's `split` (metadata first, then the
+/// picked rows by id), so that a large split is never loaded whole.
+pub fn load_sample(store: &sv_data::Store, split: &str, cfg: &SimulatorConfig) -> Result<Vec<Sample>> {
+    let metas = store.metas(Some(&format!("split = {}", sv_data::store::sql_str(split))))?;
+    let keys: Vec<(Label, String)> = metas.iter().map(|m| (m.label, m.source.to_string())).collect();
+    let ids: Vec<String> = stratified_subset(&keys, cfg.max_samples, cfg.seed).into_iter().map(|i| metas[i].id.clone()).collect();
+    store.get(&ids)
+}
+
 /// The simulator with any scoring function (a quantised variant, an exported bundle).
 pub fn simulate_with(
     samples: &[Sample],

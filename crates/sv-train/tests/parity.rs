@@ -74,7 +74,9 @@ fn dinov3_swiglu_matches_transformers() {
 #[test]
 fn preprocessing_matches_hf_image_processor_on_a_photo() {
     let bytes = std::fs::read(fixtures().join("photo.jpg")).unwrap();
-    let ours = sv_data::preprocess_bytes(&bytes, &sv_data::PreprocessConfig::default()).unwrap();
+    // transformers' processor squashes the whole photo to 224×224: compare with `crop = "none"`.
+    let pre = sv_data::PreprocessConfig { crop: sv_data::preprocess::Crop::None, ..Default::default() };
+    let ours = sv_data::preprocess_bytes(&bytes, &pre).unwrap();
     let ref_bytes = std::fs::read(fixtures().join("photo_pixel_values.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&ref_bytes).unwrap();
     let (shape, reference) = read_tensor(&st, "pixel_values");

@@ -31,6 +31,9 @@ dropout = 0.3
 [train]
 epochs = 60
 patience = 20
+
+[simulator]
+challenges = 300
 "#,
         out = dir.join("runs").display(),
         store = dir.join("store").display(),
@@ -71,10 +74,19 @@ fn small_run_beats_majority_and_writes_a_complete_run_folder() {
     let png = image::open(s.run_dir.join("plots/roc.png")).unwrap();
     assert!(png.width() > 100 && png.height() > 100);
 
-    // Re-evaluating the checkpoint reproduces the run's test metrics exactly.
+    // Re-evaluating the checkpoint reproduces the run's test metrics exactly, on the dataset
+    // version the run recorded: splits reassigned since do not change what it is evaluated on.
+    let mut store = sv_data::Store::open(dir.path().join("store")).unwrap();
+    let resplit = sv_data::split::SplitConfig { seed: 99, force: true, ..Default::default() };
+    sv_data::split::assign_splits(&mut store, &resplit).unwrap();
     let m = evaluate_checkpoint(&exp, &s.run_dir.join("checkpoint")).unwrap();
-    assert_eq!(m["test"].confusion, s.test.confusion);
-    assert!((m["test"].mcc - s.test.mcc).abs() < 1e-12);
+    assert_eq!(m.dataset_version, s.dataset.version);
+    assert_eq!(m.splits["test"].confusion, s.test.confusion);
+    assert!((m.splits["test"].mcc - s.test.mcc).abs() < 1e-12);
+    assert_eq!(m.test_by_source, s.test_by_source);
+    let sim = m.simulator.as_ref().expect("the experiment enables the simulator");
+    assert_eq!(sim.challenges, 300);
+    assert!(sim.per_source.contains_key("procedural"), "{:?}", sim.per_source.keys());
 
     // A second experiment on the same store and backbone reuses every cached feature.
     let exp2 = experiment(dir.path(), "small-linear", "linear", "");
@@ -110,6 +122,28 @@ fn bad_configs_fail_with_messages_naming_the_problem() {
     std::fs::write(&no_store, text.replace("generate = { count = 500, seed = 3 }", "")).unwrap();
     let m = msg(&no_store);
     assert!(m.contains("does not exist") && m.contains("store"), "{m}");
+
+    // Values that parse but make no sense are refused before any work, naming the field.
+    for (i, (from, to, field)) in [
+        ("dropout = 0.3", "dropout = 1.5", "head.dropout"),
+        ("epochs = 60", "epochs = 60\nwarmup_epochs = 60", "train.warmup_epochs"),
+        ("challenges = 300", "challenges = 300\nwindows = 0", "simulator.windows"),
+        ("[head]", "[curriculum]\nstart_fraction = 0.0\n\n[head]", "curriculum.start_fraction"),
+        ("[head]", "[curriculum]\nfull_at = 99\n\n[head]", "curriculum.full_at"),
+        ("[head]", "[hard_negatives]\nhard_fraction = 1.0\n\n[head]", "hard_negatives.hard_fraction"),
+        ("[head]", "[distill]\nalpha = 2.0\nteacher = { column = \"t\" }\n\n[head]", "distill.alpha"),
+        ("[head]", "[preprocess]\nstd = [0.2, 0.0, 0.2]\n\n[head]", "preprocess.std"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        let edited = text.replacen(from, to, 1);
+        assert_ne!(edited, text, "{from} not found");
+        std::fs::write(&path, edited).unwrap();
+        let m = msg(&path);
+        assert!(m.contains(field), "{field}: {m}");
+    }
 
     let weights = dir.path().join("weights.toml");
     std::fs::write(&weights, text.replace(r#"weights = "random""#, r#"weights = "/no/such/folder""#)).unwrap();

@@ -30,6 +30,7 @@ epochs = 12
 patience = 0
 
 [simulator]
+challenges = 200
 windows = 200
 max_samples = 16
 {extra}

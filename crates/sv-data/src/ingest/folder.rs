@@ -42,8 +42,12 @@ struct Job {
     meta: SceneMeta,
 }
 
-fn read_jobs(jobs: Vec<Job>, opts: IngestOptions, skipped: SkipLog) -> impl Iterator<Item = Result<Sample>> + Send {
-    let pb = crate::progress::bar(jobs.len() as u64, "ingest");
+fn read_jobs(
+    jobs: Vec<Job>,
+    opts: IngestOptions,
+    skipped: SkipLog,
+    pb: indicatif::ProgressBar,
+) -> impl Iterator<Item = Result<Sample>> + Send {
     jobs.into_iter().filter_map(move |job| {
         pb.inc(1);
         let origin = job.path.display().to_string();
@@ -95,11 +99,40 @@ pub fn ingest_folder(store: &mut Store, dir: &Path, opts: &IngestOptions) -> Res
     run(store, jobs, opts)
 }
 
-fn run(store: &mut Store, jobs: Vec<Job>, opts: &IngestOptions) -> Result<IngestReport> {
+/// Ingest `jobs` in chunks of `opts.commit_every` files, one Lance commit per chunk. Files whose
+/// path is already a stored sample's origin were committed by an earlier (maybe interrupted)
+/// ingest and are not read again; duplicates by SHA-256 are skipped across chunks.
+fn run(store: &mut Store, mut jobs: Vec<Job>, opts: &IngestOptions) -> Result<IngestReport> {
     let before = store.version();
     let skipped: SkipLog = Arc::new(Mutex::new(Vec::new()));
-    let append = store.append_stream(read_jobs(jobs, opts.clone(), skipped.clone()))?;
-    Ok(finish(store, before, append, skipped))
+    let done = store.origins()?;
+    let n_jobs = jobs.len();
+    jobs.retain(|j| !done.contains(&j.path.display().to_string()));
+    let resumed = n_jobs - jobs.len();
+    if resumed > 0 {
+        tracing::info!("{resumed} of {n_jobs} files are already in the store (an earlier ingest): not read again");
+    }
+    let seen = Arc::new(Mutex::new(store.hashes()?));
+    let pb = crate::progress::bar(jobs.len() as u64, "ingest");
+    let mut total = crate::store::AppendReport::default();
+    let mut commits = 0;
+    let k = opts.commit_every.max(1);
+    while !jobs.is_empty() {
+        let rest = jobs.split_off(k.min(jobs.len()));
+        let chunk = std::mem::replace(&mut jobs, rest);
+        let r = store
+            .append_stream_dedup(read_jobs(chunk, opts.clone(), skipped.clone(), pb.clone()), &seen)
+            .with_context(|| format!("ingest stopped after {commits} commits ({} samples added)", total.added))?;
+        commits += (r.added > 0) as usize;
+        total.added += r.added;
+        total.duplicates += r.duplicates;
+    }
+    pb.finish_and_clear();
+    total.version = store.version();
+    let mut report = finish(store, before, total, skipped);
+    report.commits = commits;
+    report.resumed = resumed;
+    Ok(report)
 }
 
 /// Ingest a CSV with a header naming at least `path` and `label` (0/1 or None/Roadwork); optional

@@ -1,10 +1,12 @@
 //! Ingest: image folders, label CSVs, NATIX-style parquet files and Hugging Face dataset repos.
 //!
-//! Every ingest is one streaming append (see [`crate::Store::append_stream`]): files are read,
-//! decoded to check them, and written in batches, and the commit happens once at the end. A file
-//! that is not a decodable image is reported (origin and reason) and skipped; an error that makes
-//! the input itself unreadable (a parquet file without a label column, an I/O error mid-file)
-//! aborts the ingest and leaves the store at its previous version.
+//! Files are read, decoded to check them, and written in batches by streaming appends (see
+//! [`crate::Store::append_stream`]). Folder and CSV ingests commit every
+//! [`IngestOptions::commit_every`] files, each commit atomic, so an interrupted ingest keeps what
+//! it committed and a rerun skips those files by origin without reading them; parquet and Hugging
+//! Face ingests commit once per call. A file that is not a decodable image is reported (origin and
+//! reason) and skipped; an error that makes the input itself unreadable (a parquet file without a
+//! label column, an I/O error mid-file) aborts the ingest, leaving the store at its last commit.
 
 mod folder;
 mod hub;
@@ -34,16 +36,22 @@ pub struct IngestReport {
     pub skipped: Vec<Skipped>,
     pub version_before: u64,
     pub version_after: u64,
+    /// Lance commits of new samples.
+    pub commits: usize,
+    /// Files already stored by an earlier ingest (same origin), not read again.
+    pub resumed: usize,
 }
 
 impl std::fmt::Display for IngestReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "added {}, duplicates skipped {}, unreadable skipped {}; version {} -> {}",
+            "added {} in {} commits, duplicates skipped {}, unreadable skipped {}, already stored {}; version {} -> {}",
             self.added,
+            self.commits,
             self.duplicates,
             self.skipped.len(),
+            self.resumed,
             self.version_before,
             self.version_after
         )?;
@@ -62,11 +70,13 @@ pub(crate) type SkipLog = Arc<Mutex<Vec<Skipped>>>;
 pub struct IngestOptions {
     /// Source recorded on the new samples.
     pub source: Source,
+    /// Files per commit (folder and CSV ingests).
+    pub commit_every: usize,
 }
 
 impl Default for IngestOptions {
     fn default() -> Self {
-        Self { source: Source::Real }
+        Self { source: Source::Real, commit_every: 1000 }
     }
 }
 
@@ -86,5 +96,7 @@ pub(crate) fn finish(
         skipped,
         version_before: before,
         version_after: store.version(),
+        commits: (append.added > 0) as usize,
+        resumed: 0,
     }
 }

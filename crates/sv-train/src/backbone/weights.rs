@@ -25,11 +25,12 @@ pub trait TensorSource {
     fn origin(&self) -> String;
 }
 
-/// Tensors read from safetensors files.
+/// Tensors read from safetensors files, memory-mapped: a checkpoint is not copied into memory,
+/// and each tensor's pages are read from its shard only when the tensor is converted.
 pub struct SafetensorsSource {
     dir: PathBuf,
-    /// File name → bytes.
-    files: HashMap<String, Vec<u8>>,
+    /// File name → mapped bytes.
+    files: HashMap<String, memmap2::Mmap>,
     /// Tensor name → file name.
     index: BTreeMap<String, String>,
 }
@@ -46,7 +47,11 @@ impl SafetensorsSource {
 
     fn add(&mut self, f: String) -> Result<()> {
         let path = self.dir.join(&f);
-        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let file = std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        // SAFETY: the mapping is read-only and lives as long as this source; a checkpoint being
+        // rewritten while a model loads from it is outside what this loader supports (bundles
+        // are verified by their manifest before loading).
+        let bytes = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
         let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
         for name in st.names() {
