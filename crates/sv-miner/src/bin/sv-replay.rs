@@ -80,7 +80,8 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(b) = cli.bundle {
         let bundle = sv_infer::Bundle::open(&b)?;
         let stage1 = bundle.stage1(&sv_train::Device::default())?;
-        let sim_cfg = sv_train::simulator::SimulatorConfig { seed: cli.seed, ..Default::default() };
+        // As many simulated challenges as the live replay sent.
+        let sim_cfg = sv_train::simulator::SimulatorConfig { seed: cli.seed, challenges: cli.count.max(1), ..Default::default() };
         let est = sv_train::simulator::simulate_with(&samples, 16, &sim_cfg, &mut |imgs| stage1.scores(imgs))?;
         println!(
             "offline simulator estimate for {}: mean {:.4} (p10 {:.4}, p90 {:.4}); live - offline = {:+.4}",

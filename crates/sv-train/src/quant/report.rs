@@ -143,7 +143,9 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
         amax.insert(m.name(), a.clone());
         variants.push(Precision::Int8 { calibrator: m.name(), amax: a });
     }
-    let sim_cfg = SimulatorConfig { max_samples: opts.sim_samples, seed: opts.seed, ..Default::default() };
+    // Four fresh challenges per sampled image (as export does), the same draws for every variant.
+    let challenges = if opts.sim_samples == 0 { SimulatorConfig::default().challenges } else { 4 * opts.sim_samples };
+    let sim_cfg = SimulatorConfig { max_samples: opts.sim_samples, seed: opts.seed, challenges, ..Default::default() };
     let mut rows = Vec::new();
     for precision in variants {
         let name = precision.name();
