@@ -24,6 +24,11 @@ preset = "vit-tiny"
 init_std = 0.3
 batch_size = 25
 
+# The whole 320×240 frame: the generator puts roadwork anywhere across it, and this test checks
+# that the pipeline learns, not how much a centre crop hides (the default, as the validator's level 0).
+[preprocess]
+crop = "none"
+
 [head]
 kind = "{head_kind}"
 dropout = 0.3
@@ -115,7 +120,7 @@ fn bad_configs_fail_with_messages_naming_the_problem() {
     assert!(msg(&kind).contains("transformer"));
 
     let size = dir.path().join("size.toml");
-    std::fs::write(&size, text.replace("[head]", "[preprocess]\nsize = 100\n\n[head]")).unwrap();
+    std::fs::write(&size, text.replace("crop = \"none\"", "crop = \"none\"\nsize = 100")).unwrap();
     assert!(msg(&size).contains("size 100"));
 
     let no_store = dir.path().join("nostore.toml");
@@ -132,7 +137,7 @@ fn bad_configs_fail_with_messages_naming_the_problem() {
         ("[head]", "[curriculum]\nfull_at = 99\n\n[head]", "curriculum.full_at"),
         ("[head]", "[hard_negatives]\nhard_fraction = 1.0\n\n[head]", "hard_negatives.hard_fraction"),
         ("[head]", "[distill]\nalpha = 2.0\nteacher = { column = \"t\" }\n\n[head]", "distill.alpha"),
-        ("[head]", "[preprocess]\nstd = [0.2, 0.0, 0.2]\n\n[head]", "preprocess.std"),
+        ("crop = \"none\"", "crop = \"none\"\nstd = [0.2, 0.0, 0.2]", "preprocess.std"),
     ]
     .into_iter()
     .enumerate()
