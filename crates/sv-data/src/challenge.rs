@@ -101,9 +101,8 @@ fn trunc_u8(v: f32) -> u8 {
 /// PIL `CenterCrop(min(size))`: a square on the short side at offset `int(round((H-h)/2))`
 /// (Python's round: ties to even).
 pub fn pil_center_square(img: &RgbImage) -> RgbImage {
-    let s = img.width().min(img.height());
-    let off = |d: u32| (d as f64 / 2.0).round_ties_even() as u32;
-    image::imageops::crop_imm(img, off(img.width() - s), off(img.height() - s), s, s).to_image()
+    let (x, y, s) = crate::preprocess::center_square_box(img.width(), img.height());
+    image::imageops::crop_imm(img, x, y, s, s).to_image()
 }
 
 /// PIL's `precompute_coeffs` for the bilinear filter: per output, the first input index and the

@@ -24,4 +24,4 @@ pub mod store;
 
 pub use preprocess::{PreprocessConfig, preprocess_bytes, preprocess_image};
 pub use sample::{Label, Sample, SampleMeta, SceneMeta, Source, Split};
-pub use store::{AppendReport, Store, VersionInfo};
+pub use store::{AppendReport, Store, VectorColumn, VersionInfo};

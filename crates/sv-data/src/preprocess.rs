@@ -125,15 +125,22 @@ pub fn resize_rgb32f(img: &DynamicImage, size: u32) -> Rgb32FImage {
     image::imageops::resize(&rgb, size, size, FilterType::Triangle)
 }
 
-/// The centred square on the short side of `img` (PIL's `CenterCrop` offsets).
-pub fn center_square(img: &DynamicImage) -> DynamicImage {
-    let (w, h) = (img.width(), img.height());
+/// The centred square on the short side of a `w`×`h` image as `(x, y, side)`, with PIL's
+/// `CenterCrop` offsets `int(round((W - side) / 2))` (Python's round: ties to even). The one
+/// definition behind training's centre crop and the validator's level-0 crop.
+pub fn center_square_box(w: u32, h: u32) -> (u32, u32, u32) {
     let s = w.min(h);
-    if w == h {
+    let off = |d: u32| (d as f64 / 2.0).round_ties_even() as u32;
+    (off(w - s), off(h - s), s)
+}
+
+/// The centred square on the short side of `img` ([`center_square_box`]).
+pub fn center_square(img: &DynamicImage) -> DynamicImage {
+    if img.width() == img.height() {
         return img.clone();
     }
-    let off = |d: u32| (d as f64 / 2.0).round_ties_even() as u32;
-    img.crop_imm(off(w - s), off(h - s), s, s)
+    let (x, y, s) = center_square_box(img.width(), img.height());
+    img.crop_imm(x, y, s, s)
 }
 
 /// Preprocess a decoded image into a normalised CHW tensor of `3·size·size` floats.

@@ -48,6 +48,43 @@ impl Iterator for Batches {
     }
 }
 
+/// A vector column (`FixedSizeList<f32>`) of one batch, read in place: row `i`'s vector is a
+/// slice of the batch's buffer, so readers of features or embeddings copy each vector at most
+/// once, into their own layout.
+pub struct VectorColumn<'a> {
+    list: &'a FixedSizeListArray,
+    values: &'a [f32],
+    dim: usize,
+}
+
+impl<'a> VectorColumn<'a> {
+    /// View `column` (named `name` in errors) as vectors; an error if it is not a list of f32.
+    pub fn new(column: &'a dyn Array, name: &str) -> Result<Self> {
+        let list = column
+            .as_any()
+            .downcast_ref::<FixedSizeListArray>()
+            .ok_or_else(|| anyhow!("column {name:?} is not a fixed-size list"))?;
+        let values = list
+            .values()
+            .as_any()
+            .downcast_ref::<Float32Array>()
+            .ok_or_else(|| anyhow!("column {name:?} is not a list of f32"))?
+            .values();
+        Ok(Self { list, values, dim: list.value_length() as usize })
+    }
+
+    /// Length of every vector.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Row `i`'s vector, `None` where null.
+    pub fn get(&self, i: usize) -> Option<&'a [f32]> {
+        let start = self.list.value_offset(i) as usize;
+        self.list.is_valid(i).then(|| &self.values[start..start + self.dim])
+    }
+}
+
 /// What an append did.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct AppendReport {
@@ -215,32 +252,19 @@ impl Store {
             .with_context(|| format!("cannot count rows (filter {filter:?})"))
     }
 
-    /// Scan `columns` of the rows matching `filter`, in storage order, as one batch.
+    /// Scan `columns` of the rows matching `filter`, in storage order, as one batch (the
+    /// batches of [`Self::scan_batches`] concatenated; use that one on large selections).
     pub fn scan(&self, columns: &[&str], filter: Option<&str>) -> Result<RecordBatch> {
+        let batches: Vec<RecordBatch> = self
+            .scan_batches(columns, filter, 8192)?
+            .collect::<Result<_>>()
+            .with_context(|| format!("scan of {} failed (filter {filter:?})", self.path.display()))?;
         let schema = self.schema();
-        for c in columns {
-            if schema.field_with_name(c).is_err() {
-                bail!("column {c:?} does not exist in {} (columns: {})", self.path.display(), self.columns().join(", "));
-            }
-        }
-        self.rt.block_on(async {
-            let mut scanner = self.dataset.scan();
-            scanner.project(columns)?;
-            if let Some(f) = filter {
-                scanner.filter(f)?;
-            }
-            let batches: Vec<RecordBatch> = scanner.try_into_stream().await?.try_collect().await?;
-            let projected = Arc::new(schema.project(
-                &columns.iter().map(|c| schema.index_of(c)).collect::<Result<Vec<_>, _>>()?,
-            )?);
-            let batch = if batches.is_empty() {
-                RecordBatch::new_empty(projected)
-            } else {
-                arrow_select::concat::concat_batches(&batches[0].schema(), &batches)?
-            };
-            anyhow::Ok(batch)
+        let projected = Arc::new(schema.project(&columns.iter().map(|c| schema.index_of(c)).collect::<Result<Vec<_>, _>>()?)?);
+        Ok(match batches.first() {
+            None => RecordBatch::new_empty(projected),
+            Some(first) => arrow_select::concat::concat_batches(&first.schema(), &batches)?,
         })
-        .with_context(|| format!("scan of {} failed (filter {filter:?})", self.path.display()))
     }
 
     /// Stream `columns` of the rows matching `filter` in storage order, `batch_rows` rows at a
@@ -557,28 +581,14 @@ impl Store {
             .collect())
     }
 
-    /// Read a vector column as `(id, vector)` pairs (`None` where null).
+    /// Read a vector column as `(id, vector)` pairs (`None` where null), streaming the scan.
     pub fn read_vector_column(&self, name: &str, filter: Option<&str>) -> Result<Vec<(String, Option<Vec<f32>>)>> {
-        let batch = self.scan(&["id", name], filter)?;
-        let ids = batch.column(0).as_any().downcast_ref::<StringArray>().expect("id is utf8");
-        let list = batch
-            .column(1)
-            .as_any()
-            .downcast_ref::<FixedSizeListArray>()
-            .ok_or_else(|| anyhow!("column {name:?} is not a fixed-size list"))?;
-        let mut out = Vec::with_capacity(batch.num_rows());
-        for i in 0..batch.num_rows() {
-            let v = if list.is_valid(i) {
-                let vals = list.value(i);
-                let f = vals
-                    .as_any()
-                    .downcast_ref::<Float32Array>()
-                    .ok_or_else(|| anyhow!("column {name:?} is not a list of f32"))?;
-                Some(f.values().to_vec())
-            } else {
-                None
-            };
-            out.push((ids.value(i).to_string(), v));
+        let mut out = Vec::new();
+        for batch in self.scan_batches(&["id", name], filter, 8192)? {
+            let batch = batch?;
+            let ids = batch.column(0).as_any().downcast_ref::<StringArray>().context("id is not utf8")?;
+            let vectors = VectorColumn::new(batch.column(1).as_ref(), name)?;
+            out.extend((0..batch.num_rows()).map(|i| (ids.value(i).to_string(), vectors.get(i).map(<[f32]>::to_vec))));
         }
         Ok(out)
     }

@@ -46,11 +46,14 @@ pub struct ReplayReport {
     pub latency_p99_ms: f64,
 }
 
+/// The validator's window for MCC and its window for accuracy (`MinerPerformanceTracker`).
+const WINDOW: usize = 100;
+const RECENT: usize = 10;
+
 /// The validator's reward for the step whose answer is last in `preds` (history oldest first):
-/// sv-train's exact `MinerPerformanceTracker` + `get_rewards`, window 100, accuracy over 10.
-pub fn step_reward(preds: &[f32], labels: &[bool]) -> f64 {
-    let from = preds.len().saturating_sub(100);
-    sv_train::simulator::step_reward(&preds[from..], &labels[from..], 100, 10)
+/// sv-train's exact `MinerPerformanceTracker` + `get_rewards`.
+fn step_reward(preds: &[f32], labels: &[bool]) -> f64 {
+    sv_train::simulator::step_reward(preds, labels, WINDOW, RECENT)
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {

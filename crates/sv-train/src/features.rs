@@ -15,9 +15,9 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, Result, bail};
-use arrow_array::{Array, FixedSizeListArray, Float32Array, Int32Array, StringArray};
+use arrow_array::{Array, Int32Array, StringArray};
 use burn::tensor::backend::Backend;
-use sv_data::{PreprocessConfig, Store};
+use sv_data::{PreprocessConfig, Store, VectorColumn};
 
 use crate::backbone::Backbone;
 use crate::train::FeatureSet;
@@ -173,13 +173,15 @@ pub fn feature_set(store: &Store, features: &Features, split: &str, dim: usize) 
         let batch = batch?;
         let ids = batch.column(0).as_any().downcast_ref::<StringArray>().context("id is not utf8")?;
         let labels = batch.column(1).as_any().downcast_ref::<Int32Array>().context("label is not i32")?;
-        let list = column.map(|_| batch.column(2).as_any().downcast_ref::<FixedSizeListArray>()).flatten();
+        let vectors = match column {
+            Some(c) => Some(VectorColumn::new(batch.column(2).as_ref(), c)?),
+            None => None,
+        };
         for i in 0..batch.num_rows() {
             let id = ids.value(i);
-            if let Some(l) = list.filter(|l| l.is_valid(i)) {
-                let v = l.value(i);
-                let f = v.as_any().downcast_ref::<Float32Array>().context("features are not f32")?;
-                set.x.extend_from_slice(f.values());
+            if let Some(v) = vectors.as_ref().and_then(|v| v.get(i)) {
+                anyhow::ensure!(v.len() == dim, "feature column has {} values per row, expected {dim}", v.len());
+                set.x.extend_from_slice(v);
             } else if let Some(f) = features.in_memory.get(id) {
                 set.x.extend_from_slice(f);
             } else {

@@ -200,7 +200,7 @@ fn concat(mut a: FeatureSet, b: FeatureSet) -> FeatureSet {
 /// rounds keep the best round this way, not the last.
 pub fn better_round(history: &[EpochRecord], candidate: usize, incumbent: usize) -> bool {
     let (c, i) = (&history[candidate], &history[incumbent]);
-    c.val_mcc > i.val_mcc + 1e-9 || ((c.val_mcc - i.val_mcc).abs() <= 1e-9 && c.val_loss < i.val_loss)
+    crate::train::improves((c.val_mcc, c.val_loss), (i.val_mcc, i.val_loss))
 }
 
 /// Train the head with the experiment's techniques: augmentation, curriculum by difficulty,

@@ -122,6 +122,13 @@ pub struct EpochRecord {
     pub val_auc: Option<f64>,
 }
 
+/// Whether a head scored `(validation MCC, validation loss)` beats `incumbent`: a higher MCC, or
+/// an equal one (within 1e-9) with a lower loss. Epochs and mining rounds are both chosen by it.
+pub fn improves(candidate: (f64, f64), incumbent: (f64, f64)) -> bool {
+    let ((mcc, loss), (best_mcc, best_loss)) = (candidate, incumbent);
+    mcc > best_mcc + 1e-9 || ((mcc - best_mcc).abs() <= 1e-9 && loss < best_loss)
+}
+
 /// What training returns: the best head (by validation MCC) and the history.
 pub struct TrainOutcome<B: Backend> {
     pub head: Head<B>,
@@ -226,7 +233,7 @@ pub fn train_head<B: AutodiffBackend>(
         });
         let better = match &best {
             None => true,
-            Some((mcc, loss, _, _)) => m.mcc > *mcc + 1e-9 || ((m.mcc - *mcc).abs() <= 1e-9 && val_loss < *loss),
+            Some((mcc, loss, _, _)) => improves((m.mcc, val_loss), (*mcc, *loss)),
         };
         if better {
             best = Some((m.mcc, val_loss, epoch, valid));
