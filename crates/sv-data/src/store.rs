@@ -34,6 +34,18 @@ const APPEND_BATCH_ROWS: usize = 64;
 /// Name of the scalar index on `id`.
 pub const ID_INDEX: &str = "id_idx";
 
+/// Ids per index query in [`Store::get`].
+pub const GET_LOOKUP_IDS: usize = 4096;
+/// Rows per `take` in [`Store::get`].
+pub const GET_TAKE_ROWS: usize = 1024;
+
+/// Rows per fragment that [`Store::compact`] aims at. Lance's default (1M rows) suits scans,
+/// but a per-id column write rewrites that column for every fragment it touches, whole: with
+/// fragments of 1M rows a write of 8k scores would rewrite 1M values. 32k rows keeps that
+/// amplification bounded (≤ 4× for an 8k-row chunk in storage order) while still folding the
+/// 1k-row fragments of a chunked ingest 32 to one.
+pub const COMPACT_FRAGMENT_ROWS: usize = 1 << 15;
+
 /// A stream of record batches from [`Store::scan_batches`], read as an iterator.
 pub struct Batches {
     rt: Arc<Runtime>,
@@ -299,21 +311,48 @@ impl Store {
     /// Make sure the scalar (BTree) index on `id` exists and covers every row, so that reads by
     /// id and per-id column writes find rows through the index instead of scanning the table.
     /// Called after every append; a no-op on an empty store.
+    ///
+    /// Each append indexes its new rows as a new index segment, and every lookup probes every
+    /// segment, so segments must not pile up (one per ingest chunk made reads by id and column
+    /// writes cost O(rows) per lookup). Segments are merged like a binary counter: the new
+    /// rows and the newest segments are folded into one while the next segment back is no
+    /// larger than what is being folded. Segments then stay at most log2(appends) + 1, and
+    /// each row is re-indexed O(log appends) times, so indexing stays near-linear in the data.
     pub fn ensure_id_index(&mut self) -> Result<()> {
         use lance::index::DatasetIndexExt;
         if self.count(None)? == 0 {
             return Ok(());
         }
         let res = self.rt.block_on(async {
-            let has = !self.dataset.load_indices_by_name(ID_INDEX).await?.is_empty();
-            if has {
-                self.dataset.optimize_indices(&lance_index::optimize::OptimizeOptions::append()).await?;
-            } else {
+            let segments = self.dataset.load_indices_by_name(ID_INDEX).await?;
+            if segments.is_empty() {
                 let params = lance_index::scalar::ScalarIndexParams::default();
                 self.dataset
                     .create_index(&["id"], lance_index::IndexType::BTree, Some(ID_INDEX.to_string()), &params, true)
                     .await?;
+                return anyhow::Ok(());
             }
+            let rows_of: HashMap<u64, usize> = self
+                .dataset
+                .get_fragments()
+                .iter()
+                .map(|f| (f.id() as u64, f.metadata().physical_rows.unwrap_or(0)))
+                .collect();
+            let segment_rows: Vec<usize> = segments
+                .iter()
+                .map(|s| {
+                    s.fragment_bitmap
+                        .as_ref()
+                        .map(|b| b.iter().map(|f| rows_of.get(&(f as u64)).copied().unwrap_or(0)).sum())
+                        .unwrap_or(0)
+                })
+                .collect();
+            let indexed: usize = segment_rows.iter().sum();
+            let total: usize = rows_of.values().sum();
+            let merge = segments_to_merge(&segment_rows, total.saturating_sub(indexed));
+            self.dataset
+                .optimize_indices(&lance_index::optimize::OptimizeOptions::merge(merge).index_names(vec![ID_INDEX.to_string()]))
+                .await?;
             anyhow::Ok(())
         });
         if let Err(e) = res {
@@ -321,6 +360,12 @@ impl Store {
             return Err(e).context(format!("cannot index the ids of {}", self.path.display()));
         }
         Ok(())
+    }
+
+    /// How many index segments [`Store::ensure_id_index`] has (1 after a full merge).
+    pub fn id_index_segments(&self) -> Result<usize> {
+        use lance::index::DatasetIndexExt;
+        Ok(self.rt.block_on(self.dataset.load_indices_by_name(ID_INDEX))?.len())
     }
 
     /// Whether the `id` index exists (see [`Store::ensure_id_index`]).
@@ -340,17 +385,46 @@ impl Store {
     }
 
     /// Samples by id, in the order asked. An id that is not in the store is an error naming it.
+    ///
+    /// Two passes, so that the cost is linear in the ids asked and in the pages they touch, not
+    /// in the chunks times the table: the ids are resolved to row ids through the `id` index
+    /// ([`GET_LOOKUP_IDS`] ids a query, no data read), then the rows are taken in storage order
+    /// ([`GET_TAKE_ROWS`] a take), so every data page is decoded at most once however the ids
+    /// are spread.
     pub fn get(&self, ids: &[String]) -> Result<Vec<Sample>> {
+        use arrow_array::UInt64Array;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut by_id: HashMap<String, Sample> = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(512) {
-            let filter = format!(
-                "id IN ({})",
-                chunk.iter().map(|s| sql_str(s)).collect::<Vec<_>>().join(", ")
-            );
-            for s in self.samples(Some(&filter))? {
+        let mut row_ids: Vec<u64> = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(GET_LOOKUP_IDS) {
+            let filter = format!("id IN ({})", chunk.iter().map(|s| sql_str(s)).collect::<Vec<_>>().join(", "));
+            let batch = self
+                .rt
+                .block_on(async {
+                    let mut scanner = self.dataset.scan();
+                    scanner.project::<&str>(&[])?;
+                    scanner.with_row_id();
+                    scanner.filter(&filter)?;
+                    scanner.try_into_batch().await
+                })
+                .with_context(|| format!("lookup of {} ids in {} failed", chunk.len(), self.path.display()))?;
+            let col = batch
+                .column_by_name("_rowid")
+                .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+                .context("the id lookup returned no _rowid column")?;
+            row_ids.extend(col.values().iter().copied());
+        }
+        row_ids.sort_unstable();
+        row_ids.dedup();
+        let projection = self.dataset.schema().project(&BASE_COLUMNS)?;
+        let mut by_id: HashMap<String, Sample> = HashMap::with_capacity(row_ids.len());
+        for chunk in row_ids.chunks(GET_TAKE_ROWS) {
+            let batch = self
+                .rt
+                .block_on(self.dataset.take_rows(chunk, projection.clone()))
+                .with_context(|| format!("take of {} rows from {} failed", chunk.len(), self.path.display()))?;
+            for s in samples_from_batch(&batch)? {
                 by_id.insert(s.id.clone(), s);
             }
         }
@@ -471,7 +545,11 @@ impl Store {
         }
         let metrics = self
             .rt
-            .block_on(compact_files(&mut self.dataset, CompactionOptions::default(), None))
+            .block_on(compact_files(
+                &mut self.dataset,
+                CompactionOptions { target_rows_per_fragment: COMPACT_FRAGMENT_ROWS, ..Default::default() },
+                None,
+            ))
             .with_context(|| format!("cannot compact {}", self.path.display()))?;
         let older = chrono::TimeDelta::from_std(keep).context("retention period out of range")?;
         let stats = self
@@ -705,5 +783,49 @@ impl<I: Iterator<Item = Result<Sample>>> Iterator for SampleReader<I> {
 impl<I: Iterator<Item = Result<Sample>>> RecordBatchReader for SampleReader<I> {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+}
+
+/// The binary-counter merge policy of [`Store::ensure_id_index`]: given the rows of the index
+/// segments (oldest first) and the rows not yet indexed, how many of the newest segments to fold
+/// together with the new rows.
+fn segments_to_merge(segment_rows: &[usize], unindexed: usize) -> usize {
+    let mut acc = unindexed;
+    let mut n = 0;
+    for &rows in segment_rows.iter().rev() {
+        if rows > acc {
+            break;
+        }
+        acc += rows;
+        n += 1;
+    }
+    n
+}
+
+#[cfg(test)]
+mod merge_policy_tests {
+    use super::segments_to_merge;
+
+    /// Equal appends behave like a binary counter: the segment count after `a` appends is the
+    /// number of ones in `a`'s binary form, never more than log2(a) + 1.
+    #[test]
+    fn segments_stay_logarithmic() {
+        let mut segs: Vec<usize> = Vec::new();
+        for a in 1..=1000usize {
+            let n = segments_to_merge(&segs, 1000);
+            let merged: usize = segs.split_off(segs.len() - n).iter().sum::<usize>() + 1000;
+            segs.push(merged);
+            assert_eq!(segs.len(), a.count_ones() as usize, "after {a} appends: {segs:?}");
+            assert_eq!(segs.iter().sum::<usize>(), a * 1000);
+        }
+    }
+
+    /// A large first ingest followed by small appends folds small segments only.
+    #[test]
+    fn small_appends_do_not_rewrite_a_large_segment() {
+        assert_eq!(segments_to_merge(&[1_000_000], 1000), 0);
+        assert_eq!(segments_to_merge(&[1_000_000, 1000], 1000), 1);
+        assert_eq!(segments_to_merge(&[1_000_000, 2000, 1000], 1000), 2);
+        assert_eq!(segments_to_merge(&[3000, 2000], 6000), 2);
     }
 }

@@ -59,6 +59,41 @@ fn store_round_trip_keeps_bytes_and_fields() {
     assert!(err.to_string().contains("nope"), "{err}");
 }
 
+/// Appends of equal size fold their id-index segments like a binary counter (one segment per
+/// append made every lookup probe O(appends) segments), and reads by id and per-id column
+/// patches still find every row across the segments, in the order asked.
+#[test]
+fn id_index_segments_stay_logarithmic_and_reads_span_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::create(dir.path()).unwrap();
+    let mut all = Vec::new();
+    for a in 1..=7u8 {
+        let chunk: Vec<Sample> =
+            (0..3).map(|j| sample(a * 10 + j, if j % 2 == 0 { Label::Roadwork } else { Label::None })).collect();
+        assert_eq!(store.append(chunk.clone()).unwrap().added, 3);
+        all.extend(chunk);
+        assert_eq!(store.id_index_segments().unwrap(), (a as u32).count_ones() as usize, "after {a} appends of 3 rows");
+    }
+    let mut ids: Vec<String> = all.iter().rev().map(|s| s.id.clone()).collect();
+    ids.push(all[4].id.clone());
+    let got = store.get(&ids).unwrap();
+    assert_eq!(got.len(), ids.len());
+    for (g, id) in got.iter().zip(&ids) {
+        assert_eq!(&g.id, id, "get returns the rows in the order asked");
+    }
+    assert_eq!(got[0], *all.last().unwrap());
+    assert_eq!(got.last().unwrap(), &all[4]);
+
+    let vals: Vec<(String, f32)> = all.iter().enumerate().map(|(i, s)| (s.id.clone(), i as f32 * 0.5)).collect();
+    store.write_f32_column("score", &vals[..10]).unwrap();
+    store.write_f32_column("score", &vals[10..]).unwrap();
+    let read: std::collections::HashMap<String, Option<f32>> =
+        store.read_f32_column("score", None).unwrap().into_iter().collect();
+    for (id, v) in &vals {
+        assert_eq!(read[id], Some(*v), "score of {id}");
+    }
+}
+
 #[test]
 fn duplicates_are_skipped_within_and_across_calls() {
     let dir = tempfile::tempdir().unwrap();
