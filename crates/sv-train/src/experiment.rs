@@ -263,6 +263,7 @@ impl Experiment {
         let unit = |field: &str, v: f64| check(field, (0.0..=1.0).contains(&v), "must be in [0, 1]");
         check("name", !self.name.trim().is_empty() && !self.name.contains(['/', '\\']), "must be non-empty and contain no path separators")?;
         check("backbone.batch_size", self.backbone.batch_size > 0, "must be > 0")?;
+        crate::backbone::parse_dtype(&self.backbone.dtype).context("backbone.dtype")?;
         let size = format!("preprocess.size {}", self.preprocess.size);
         check(&size, self.preprocess.size > 0 && self.preprocess.size % 16 == 0, "must be a positive multiple of the patch size 16")?;
         check(&size, self.preprocess.size <= 4096, "must be at most 4096")?;
@@ -285,6 +286,7 @@ impl Experiment {
             check("distill.temperature", d.temperature.is_finite() && d.temperature > 0.0, "must be finite and > 0")?;
             if let Some(b) = &tch.backbone {
                 check("distill.teacher.backbone.batch_size", b.batch_size > 0, "must be > 0")?;
+                crate::backbone::parse_dtype(&b.dtype).context("distill.teacher.backbone.dtype")?;
             }
             if let Some(h) = &tch.head {
                 check("distill.teacher.head.hidden", h.hidden > 0, "must be > 0")?;

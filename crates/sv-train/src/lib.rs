@@ -24,14 +24,16 @@ pub mod ss58;
 pub mod techniques;
 pub mod train;
 
-/// Backend for the frozen backbone and for inference: CPU (ndarray) by default, CUDA with the
-/// `cuda` feature, LibTorch with `tch`.
+/// Backend for the frozen backbone and for inference: CPU (ndarray, threaded, SIMD) by default,
+/// CUDA with the `cuda` feature, LibTorch with `tch`, Burn's Flex CPU backend with `flex`.
 #[cfg(feature = "cuda")]
 pub type InferBackend = burn::backend::Cuda;
 #[cfg(all(feature = "tch", not(feature = "cuda")))]
 pub type InferBackend = burn::backend::LibTorch;
-#[cfg(not(any(feature = "cuda", feature = "tch")))]
-pub type InferBackend = burn::backend::NdArray<f32>;
+#[cfg(all(feature = "flex", not(any(feature = "cuda", feature = "tch"))))]
+pub type InferBackend = burn::backend::Flex;
+#[cfg(not(any(feature = "cuda", feature = "tch", feature = "flex")))]
+pub type InferBackend = burn_ndarray::NdArray<f32>;
 
 /// Backend for head training (autodiff over [`InferBackend`]).
 pub type TrainBackend = burn::backend::Autodiff<InferBackend>;
@@ -45,6 +47,8 @@ pub fn backend_name() -> &'static str {
         "cuda"
     } else if cfg!(feature = "tch") {
         "tch"
+    } else if cfg!(feature = "flex") {
+        "flex"
     } else {
         "ndarray"
     }

@@ -138,6 +138,7 @@ fn bad_configs_fail_with_messages_naming_the_problem() {
         ("[head]", "[hard_negatives]\nhard_fraction = 1.0\n\n[head]", "hard_negatives.hard_fraction"),
         ("[head]", "[distill]\nalpha = 2.0\nteacher = { column = \"t\" }\n\n[head]", "distill.alpha"),
         ("crop = \"none\"", "crop = \"none\"\nstd = [0.2, 0.0, 0.2]", "preprocess.std"),
+        (r#"weights = "random""#, "weights = \"random\"\ndtype = \"f8\"", "backbone.dtype"),
     ]
     .into_iter()
     .enumerate()
@@ -148,6 +149,13 @@ fn bad_configs_fail_with_messages_naming_the_problem() {
         std::fs::write(&path, edited).unwrap();
         let m = msg(&path);
         assert!(m.contains(field), "{field}: {m}");
+    }
+
+    if sv_train::backend_name() == "ndarray" {
+        let bf16 = dir.path().join("bf16.toml");
+        std::fs::write(&bf16, text.replace(r#"weights = "random""#, "weights = \"random\"\ndtype = \"bf16\"")).unwrap();
+        let m = msg(&bf16);
+        assert!(m.contains("backbone.dtype") && m.contains("cuda"), "{m}");
     }
 
     let weights = dir.path().join("weights.toml");

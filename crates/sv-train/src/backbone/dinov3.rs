@@ -23,7 +23,7 @@ use burn::tensor::activation::{gelu, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
 use super::weights::TensorSource;
 
@@ -217,19 +217,21 @@ pub struct Dinov3Output<B: Backend> {
     pub last_hidden_state: Tensor<B, 3>,
     /// `(B, D)`: the CLS token of `last_hidden_state`.
     pub pooler_output: Tensor<B, 2>,
-    /// `(B, 2D)`: [CLS, mean of patch tokens] (registers excluded).
+    /// `(B, 2D)`: [CLS, mean of patch tokens] (registers excluded), always f32 (the other two
+    /// outputs are in the model's dtype).
     pub features: Tensor<B, 2>,
 }
 
 struct Loader<'a, B: Backend> {
     src: &'a dyn TensorSource,
     device: &'a B::Device,
+    dtype: DType,
 }
 
 impl<B: Backend> Loader<'_, B> {
     fn t<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
         let v = self.src.tensor(name, &shape)?;
-        Ok(Tensor::from_data(TensorData::new(v, shape), self.device))
+        Ok(Tensor::from_data(TensorData::new(v, shape), (self.device, self.dtype)))
     }
     fn linear(&self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
         // Checkpoints store (out, in); Burn's row layout is (in, out).
@@ -266,10 +268,19 @@ fn prefixes(src: &dyn TensorSource) -> (String, String) {
 }
 
 impl<B: Backend> Dinov3<B> {
-    /// Build the network from a config, loading every tensor by its checkpoint name.
+    /// Build the network from a config, loading every tensor by its checkpoint name (f32).
     pub fn load(cfg: &Dinov3Config, src: &dyn TensorSource, device: &B::Device) -> Result<Self> {
+        Self::load_as(cfg, src, device, DType::F32)
+    }
+
+    /// [`Self::load`] with weights and activations in `dtype` (F32, BF16 or F16): the forward
+    /// casts its input to it, and returns `features` in f32.
+    pub fn load_as(cfg: &Dinov3Config, src: &dyn TensorSource, device: &B::Device, dtype: DType) -> Result<Self> {
         cfg.validate()?;
-        let l = Loader::<B> { src, device };
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            bail!("backbone dtype {dtype:?} is not f32, bf16 or f16");
+        }
+        let l = Loader::<B> { src, device, dtype };
         let (d, p, c) = (cfg.hidden_size, cfg.patch_size, cfg.num_channels);
         let (base, layer) = prefixes(src);
         let mut patch = Conv2dConfig::new([c, d], [p, p]).with_stride([p, p]).init(device);
@@ -335,6 +346,8 @@ impl<B: Backend> Dinov3<B> {
     /// (calibration, fake quantisation). `None` is the plain forward.
     pub fn forward_hooked(&self, pixels: Tensor<B, 4>, mut hook: Option<&mut dyn ActivationHook<B>>) -> Dinov3Output<B> {
         let device = pixels.device();
+        let dtype = self.cls_token.val().dtype();
+        let pixels = if pixels.dtype() == dtype { pixels } else { pixels.cast(dtype) };
         let [b, _, h, w] = pixels.dims();
         let (gh, gw) = (h / self.patch_size, w / self.patch_size);
         let patches = self.patch_embeddings.forward(pixels); // (B, D, gh, gw)
@@ -349,6 +362,7 @@ impl<B: Backend> Dinov3<B> {
         let prefix = 1 + self.num_registers();
         let head_dim = d / self.num_heads;
         let (cos, sin) = rope_tables::<B>(gh, gw, head_dim, self.rope_theta, &device);
+        let (cos, sin) = if dtype == DType::F32 { (cos, sin) } else { (cos.cast(dtype), sin.cast(dtype)) };
         for (i, blk) in self.layers.iter().enumerate() {
             x = blk.forward(x, &cos, &sin, prefix, i, &mut hook);
         }
@@ -357,6 +371,7 @@ impl<B: Backend> Dinov3<B> {
         let cls = out.clone().narrow(1, 0, 1).reshape([b, d]);
         let mean = out.clone().narrow(1, prefix, n_tokens - prefix).mean_dim(1).reshape([b, d]);
         let features = Tensor::cat(vec![cls.clone(), mean], 1);
+        let features = if dtype == DType::F32 { features } else { features.cast(DType::F32) };
         Dinov3Output { last_hidden_state: out, pooler_output: cls, features }
     }
 
@@ -470,6 +485,16 @@ fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4
     Tensor::cat(vec![pre, pat], 2)
 }
 
+/// A linear layer on `(B, T, D)` as one `(B·T, D) × (D, O)` GEMM. `Linear::forward` on a 3-D
+/// input broadcasts the weight and runs B GEMMs of M = T rows (201 at 224 px, a poor fit for
+/// matmul tiles and for threading on small batches).
+fn linear_2d<B: Backend>(lin: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, t, d] = x.dims();
+    let y = lin.forward(x.reshape([b * t, d]));
+    let o = y.dims()[1];
+    y.reshape([b, t, o])
+}
+
 impl<B: Backend> Attention<B> {
     fn forward(
         &self,
@@ -484,12 +509,12 @@ impl<B: Backend> Attention<B> {
         let x = tap(hook, || format!("layer.{i}.attention.qkv"), x);
         let hd = d / self.num_heads;
         let split = |y: Tensor<B, 3>| y.reshape([b, t, self.num_heads, hd]).swap_dims(1, 2);
-        let q = apply_rope(split(self.q_proj.forward(x.clone())), cos, sin, prefix);
-        let k = apply_rope(split(self.k_proj.forward(x.clone())), cos, sin, prefix);
-        let v = split(self.v_proj.forward(x));
+        let q = apply_rope(split(linear_2d(&self.q_proj, x.clone())), cos, sin, prefix);
+        let k = apply_rope(split(linear_2d(&self.k_proj, x.clone())), cos, sin, prefix);
+        let v = split(linear_2d(&self.v_proj, x));
         let o = attention(q, k, v, None, None, AttentionModuleOptions::default());
         let o = tap(hook, || format!("layer.{i}.attention.o_proj"), o.swap_dims(1, 2).reshape([b, t, d]));
-        self.o_proj.forward(o)
+        linear_2d(&self.o_proj, o)
     }
 }
 
@@ -498,10 +523,10 @@ impl<B: Backend> Mlp<B> {
         let act = |y: Tensor<B, 3>| if self.silu { silu(y) } else { gelu(y) };
         let x = tap(hook, || format!("layer.{i}.mlp.in"), x);
         let h = match &self.gate_proj {
-            Some(g) => act(g.forward(x.clone())) * self.up_proj.forward(x),
-            None => act(self.up_proj.forward(x)),
+            Some(g) => act(linear_2d(g, x.clone())) * linear_2d(&self.up_proj, x),
+            None => act(linear_2d(&self.up_proj, x)),
         };
-        self.down_proj.forward(tap(hook, || format!("layer.{i}.mlp.down_proj"), h))
+        linear_2d(&self.down_proj, tap(hook, || format!("layer.{i}.mlp.down_proj"), h))
     }
 }
 

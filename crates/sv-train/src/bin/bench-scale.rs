@@ -150,7 +150,7 @@ fn feature_stage(root: &Path, n: usize, out: &mut Vec<Stage>) -> Result<()> {
     let cfg = GenerateConfig { count: n, seed: 12, width: 160, height: 120, ..Default::default() };
     store.append_stream(generate::samples(&cfg))?;
     let device = Device::default();
-    let spec = BackboneSpec { weights: "random".into(), preset: "vit-tiny".into(), seed: 0, batch_size: 32, init_std: 0.3 };
+    let spec = BackboneSpec { weights: "random".into(), preset: "vit-tiny".into(), seed: 0, batch_size: 32, init_std: 0.3, dtype: "f32".into() };
     let bb = Backbone::<InferBackend>::load(&spec, &device)?;
     let pre = sv_data::PreprocessConfig { size: 112, ..Default::default() };
     let dim = bb.config.feature_dim();

@@ -1,0 +1,175 @@
+//! Forward-pass speed of the DINOv3 backbone on the backends this build carries, at 224 px with
+//! random weights: images/s, batch latency (p50/p90) and achieved TFLOP/s, one JSON line per
+//! configuration (and a table on stderr).
+//!
+//! ```text
+//! cargo build --release -p sv-train --bin bench-backbone [--features cuda,flex]
+//! bench-backbone --backend ndarray --presets vits16,vitb16 --batches 1,16 --dtype f32
+//! bench-backbone --backend cuda --presets vitb16 --batches 256 --dtype bf16
+//! ```
+//!
+//! `benchmarks/bench_backbone.py` runs this binary beside PyTorch (transformers' `DINOv3ViTModel`
+//! of the same config, eager and `torch.compile`) on the same machine and prints the ratios. A
+//! batch is timed from the forward call until its features are on the host (the sync a miner
+//! pays); the input tensor is created on the device once, as the PyTorch side does.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use clap::Parser;
+use sv_train::backbone::{Backbone, BackboneSpec, Dinov3Config};
+
+#[derive(Parser, Debug)]
+#[command(about = "Time the DINOv3 backbone's forward pass on one backend")]
+struct Args {
+    /// ndarray (CPU default), flex (with the `flex` feature) or cuda (with the `cuda` feature).
+    #[arg(long, default_value = "ndarray")]
+    backend: String,
+    /// Float type of weights and activations: f32, bf16 or f16 (bf16/f16 on cuda).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Comma-separated presets (vit-tiny, vits16, vitb16, vitl16, ...).
+    #[arg(long, default_value = "vits16")]
+    presets: String,
+    /// Comma-separated batch sizes.
+    #[arg(long, default_value = "1")]
+    batches: String,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 224)]
+    size: usize,
+    /// Untimed batches after the first (which compiles and autotunes on GPU backends).
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed batches (at most; see --max-seconds).
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// Stop timing a configuration after this many seconds (at least 2 timed batches).
+    #[arg(long, default_value_t = 30.0)]
+    max_seconds: f64,
+}
+
+/// One timed configuration.
+#[derive(serde::Serialize)]
+struct Row {
+    impl_: String,
+    backend: String,
+    dtype: String,
+    preset: String,
+    batch: usize,
+    threads: usize,
+    first_s: f64,
+    timed: usize,
+    p50_ms: f64,
+    p90_ms: f64,
+    mean_ms: f64,
+    img_s: f64,
+    gflop_per_img: f64,
+    tflops: f64,
+}
+
+/// Multiply-adds ×2 of one image's forward pass (patch embedding, attention and MLP GEMMs, the
+/// two attention products); norms, softmax and RoPE are left out, as usual.
+fn flops_per_image(cfg: &Dinov3Config, size: usize) -> f64 {
+    let g = size / cfg.patch_size;
+    let n = (g * g) as f64;
+    let t = n + 1.0 + cfg.num_register_tokens as f64;
+    let (d, i) = (cfg.hidden_size as f64, cfg.intermediate_size as f64);
+    let mlp_mats = if cfg.gated() { 3.0 } else { 2.0 };
+    let per_layer = 2.0 * t * d * 3.0 * d + 2.0 * 2.0 * t * t * d + 2.0 * t * d * d + mlp_mats * 2.0 * t * d * i;
+    let patch = 2.0 * n * d * (cfg.num_channels * cfg.patch_size * cfg.patch_size) as f64;
+    patch + cfg.num_hidden_layers as f64 * per_layer
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
+fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize, threads: usize) -> Result<Row> {
+    let spec = BackboneSpec {
+        weights: "random".into(),
+        preset: preset.into(),
+        seed: 0,
+        batch_size: batch,
+        init_std: 0.02,
+        dtype: args.dtype.clone(),
+    };
+    let bb = Backbone::<B>::load(&spec, device).with_context(|| format!("loading preset {preset}"))?;
+    let s = args.size;
+    let x: Vec<f32> = (0..batch * 3 * s * s).map(|i| ((i % 251) as f32 / 125.0) - 1.0).collect();
+    let input = Tensor::<B, 4>::from_data(TensorData::new(x, [batch, 3, s, s]), device);
+    let run = || {
+        let f = bb.model.forward(input.clone()).features;
+        let _ = f.into_data();
+    };
+    let t = Instant::now();
+    run();
+    let first_s = t.elapsed().as_secs_f64();
+    for _ in 0..args.warmup {
+        run();
+    }
+    let mut times = Vec::with_capacity(args.iters);
+    let start = Instant::now();
+    while times.len() < args.iters.max(2) && (times.len() < 2 || start.elapsed().as_secs_f64() < args.max_seconds) {
+        let t = Instant::now();
+        run();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    times.sort_by(f64::total_cmp);
+    let flops = flops_per_image(&bb.config, s);
+    Ok(Row {
+        impl_: format!("burn-{}", args.backend),
+        backend: args.backend.clone(),
+        dtype: args.dtype.clone(),
+        preset: preset.into(),
+        batch,
+        threads,
+        first_s,
+        timed: times.len(),
+        p50_ms: percentile(&times, 0.5) * 1e3,
+        p90_ms: percentile(&times, 0.9) * 1e3,
+        mean_ms: mean * 1e3,
+        img_s: batch as f64 / mean,
+        gflop_per_img: flops / 1e9,
+        tflops: flops * batch as f64 / mean / 1e12,
+    })
+}
+
+fn run_all<B: Backend>(args: &Args, device: B::Device) -> Result<()> {
+    if args.backend != "cuda" && args.dtype != "f32" {
+        bail!("--dtype {} runs on the cuda backend only", args.dtype);
+    }
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    eprintln!("| backend | dtype | preset | batch | first s | p50 ms | p90 ms | img/s | TFLOP/s |");
+    eprintln!("|---|---|---|---|---|---|---|---|---|");
+    for preset in args.presets.split(',').filter(|p| !p.is_empty()) {
+        for batch in args.batches.split(',').filter(|b| !b.is_empty()) {
+            let batch: usize = batch.parse().with_context(|| format!("--batches entry {batch:?} is not a number"))?;
+            if batch == 0 {
+                bail!("--batches entries must be > 0");
+            }
+            let r = bench::<B>(args, &device, preset, batch, threads)?;
+            eprintln!(
+                "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} |",
+                r.backend, r.dtype, r.preset, r.batch, r.first_s, r.p50_ms, r.p90_ms, r.img_s, r.tflops
+            );
+            println!("{}", serde_json::to_string(&r)?);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    match args.backend.as_str() {
+        "ndarray" => run_all::<burn_ndarray::NdArray<f32>>(&args, Default::default()),
+        #[cfg(feature = "flex")]
+        "flex" => run_all::<burn::backend::Flex>(&args, Default::default()),
+        #[cfg(feature = "cuda")]
+        "cuda" => run_all::<burn::backend::Cuda>(&args, Default::default()),
+        other => bail!("--backend {other:?} is not compiled in (ndarray always; flex and cuda with the cargo features of the same names)"),
+    }
+}
