@@ -34,7 +34,7 @@ PRESETS = {
     "vitb16": (768, 12, 12, 3072, False),
     "vitl16": (1024, 24, 16, 4096, False),
 }
-DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}  # torch dtype names
 # Dense peak TFLOP/s (SXM datasheets): f32 without tensor cores, bf16/f16 tensor cores.
 PEAKS = {"H100": {"f32": 67.0, "bf16": 989.0, "f16": 989.0}, "H200": {"f32": 67.0, "bf16": 989.0, "f16": 989.0}}
 
@@ -52,7 +52,7 @@ def model_for(preset, dtype, device):
     cfg = DINOv3ViTConfig(hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=inter,
                           hidden_act="silu" if gated else "gelu", use_gated_mlp=gated, num_register_tokens=4,
                           patch_size=16, image_size=224, key_bias=False, layerscale_value=1.0)
-    return DINOv3ViTModel(cfg).eval().to(device=device, dtype=DTYPES[dtype])
+    return DINOv3ViTModel(cfg).eval().to(device=device, dtype=getattr(torch, DTYPES[dtype]))
 
 
 def sync(device):
@@ -158,7 +158,7 @@ def main():
             if args.compile:
                 impls.append(("torch-compile", torch.compile(features(model))))
             for batch in batches:
-                x = torch.randn(batch, 3, 224, 224, device=args.device, dtype=DTYPES[dtype])
+                x = torch.randn(batch, 3, 224, 224, device=args.device, dtype=getattr(torch, DTYPES[dtype]))
                 for name, fn in impls:
                     with torch.inference_mode():
                         first, times = time_torch(fn, x, args.device, args.warmup, args.iters, args.max_seconds)
