@@ -175,7 +175,28 @@ pub struct Attention<B: Backend> {
     k_proj: Linear<B>,
     v_proj: Linear<B>,
     o_proj: Linear<B>,
+    /// q, k and v as one `(D, 3D)` projection, built from the three at load; dropped by
+    /// [`Dinov3::linears_mut`] (whose caller may change them), and then the three run apart.
+    qkv: Option<Linear<B>>,
     num_heads: usize,
+}
+
+/// One linear layer computing `parts` side by side (weights concatenated along the output; a
+/// part without bias gets zeros).
+fn fuse_linears<B: Backend>(parts: &[&Linear<B>]) -> Linear<B> {
+    let weight = Tensor::cat(parts.iter().map(|l| l.weight.val()).collect(), 1);
+    let bias = parts
+        .iter()
+        .map(|l| match &l.bias {
+            Some(b) => b.val(),
+            None => {
+                let w = l.weight.val();
+                let out = w.dims()[1];
+                Tensor::zeros([out], (&w.device(), w.dtype()))
+            }
+        })
+        .collect();
+    Linear { weight: Param::from_tensor(weight), bias: Some(Param::from_tensor(Tensor::cat(bias, 0))) }
 }
 
 /// GELU MLP (`up → act → down`) or SwiGLU (`down(act(gate(x)) · up(x))`).
@@ -301,12 +322,19 @@ impl<B: Backend> Dinov3<B> {
             let inter = cfg.intermediate_size;
             layers.push(Block {
                 norm1: l.norm(&format!("{pre}.norm1"), d, cfg.layer_norm_eps)?,
-                attention: Attention {
-                    q_proj: l.linear(&a("q_proj"), d, d, cfg.query_bias)?,
-                    k_proj: l.linear(&a("k_proj"), d, d, cfg.key_bias)?,
-                    v_proj: l.linear(&a("v_proj"), d, d, cfg.value_bias)?,
-                    o_proj: l.linear(&a("o_proj"), d, d, cfg.proj_bias)?,
-                    num_heads: cfg.num_attention_heads,
+                attention: {
+                    let q_proj = l.linear(&a("q_proj"), d, d, cfg.query_bias)?;
+                    let k_proj = l.linear(&a("k_proj"), d, d, cfg.key_bias)?;
+                    let v_proj = l.linear(&a("v_proj"), d, d, cfg.value_bias)?;
+                    let qkv = Some(fuse_linears(&[&q_proj, &k_proj, &v_proj]));
+                    Attention {
+                        q_proj,
+                        k_proj,
+                        v_proj,
+                        o_proj: l.linear(&a("o_proj"), d, d, cfg.proj_bias)?,
+                        qkv,
+                        num_heads: cfg.num_attention_heads,
+                    }
                 },
                 layer_scale1: Param::from_tensor(l.t(&format!("{pre}.layer_scale1.lambda1"), [d])?),
                 norm2: l.norm(&format!("{pre}.norm2"), d, cfg.layer_norm_eps)?,
@@ -361,10 +389,10 @@ impl<B: Backend> Dinov3<B> {
         let mut x = Tensor::cat(tokens, 1);
         let prefix = 1 + self.num_registers();
         let head_dim = d / self.num_heads;
-        let (cos, sin) = rope_tables::<B>(gh, gw, head_dim, self.rope_theta, &device);
+        let (cos, sin) = rope_tables::<B>(gh, gw, prefix, head_dim, self.rope_theta, &device);
         let (cos, sin) = if dtype == DType::F32 { (cos, sin) } else { (cos.cast(dtype), sin.cast(dtype)) };
         for (i, blk) in self.layers.iter().enumerate() {
-            x = blk.forward(x, &cos, &sin, prefix, i, &mut hook);
+            x = blk.forward(x, &cos, &sin, i, &mut hook);
         }
         let out = self.norm.forward(x);
         let n_tokens = out.dims()[1];
@@ -381,6 +409,7 @@ impl<B: Backend> Dinov3<B> {
         let mut out = Vec::new();
         for (i, blk) in self.layers.iter_mut().enumerate() {
             let a = &mut blk.attention;
+            a.qkv = None;
             let site_qkv = format!("layer.{i}.attention.qkv");
             out.push((format!("layer.{i}.attention.q_proj"), site_qkv.clone(), &mut a.q_proj));
             out.push((format!("layer.{i}.attention.k_proj"), site_qkv.clone(), &mut a.k_proj));
@@ -435,19 +464,25 @@ impl<B: Backend> Dinov3<B> {
     }
 }
 
-/// cos/sin tables `(1, 1, gh·gw, head_dim)` of DINOv3's 2-D RoPE.
+/// cos and signed-sin tables `(1, 1, prefix + gh·gw, head_dim)` of DINOv3's 2-D RoPE, over the
+/// whole token sequence: the `prefix` tokens (CLS, registers) get cos = 1, sin = 0 and so pass
+/// through unrotated. The sin table carries rotate-half's sign (−sin on the first half), so that
+/// RoPE is `x·cos + swap_halves(x)·sin`.
 pub fn rope_tables<B: Backend>(
     gh: usize,
     gw: usize,
+    prefix: usize,
     head_dim: usize,
     theta: f64,
     device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let q = head_dim / 4;
     let inv: Vec<f32> = (0..q).map(|i| 1.0 / (theta as f32).powf((4 * i) as f32 / head_dim as f32)).collect();
-    let n = gh * gw;
-    let mut cos = Vec::with_capacity(n * head_dim);
-    let mut sin = Vec::with_capacity(n * head_dim);
+    let n = prefix + gh * gw;
+    let mut cos = vec![1.0f32; prefix * head_dim];
+    let mut sin = vec![0.0f32; prefix * head_dim];
+    cos.reserve(n * head_dim);
+    sin.reserve(n * head_dim);
     let two_pi = 2.0 * std::f32::consts::PI;
     for y in 0..gh {
         for x in 0..gw {
@@ -455,10 +490,11 @@ pub fn rope_tables<B: Backend>(
             let cx = 2.0 * ((x as f32 + 0.5) / gw as f32) - 1.0;
             let mut angles: Vec<f32> = inv.iter().map(|f| two_pi * cy * f).collect();
             angles.extend(inv.iter().map(|f| two_pi * cx * f));
-            for _ in 0..2 {
+            for half in 0..2 {
+                let sign = if half == 0 { -1.0 } else { 1.0 };
                 for a in &angles {
                     cos.push(a.cos());
-                    sin.push(a.sin());
+                    sin.push(sign * a.sin());
                 }
             }
         }
@@ -470,19 +506,12 @@ pub fn rope_tables<B: Backend>(
     )
 }
 
-fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+/// `x·cos + swap_halves(x)·sin` on `(B, H, T, head_dim)`, with the tables of [`rope_tables`]
+/// (rotate-half RoPE, prefix tokens untouched).
+fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
     let hd = x.dims()[3];
-    let x1 = x.clone().narrow(3, 0, hd / 2);
-    let x2 = x.narrow(3, hd / 2, hd / 2);
-    Tensor::cat(vec![x2.neg(), x1], 3)
-}
-
-fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, prefix: usize) -> Tensor<B, 4> {
-    let t = x.dims()[2];
-    let pre = x.clone().narrow(2, 0, prefix);
-    let pat = x.narrow(2, prefix, t - prefix);
-    let pat = pat.clone() * cos.clone() + rotate_half(pat) * sin.clone();
-    Tensor::cat(vec![pre, pat], 2)
+    let swapped = Tensor::cat(vec![x.clone().narrow(3, hd / 2, hd / 2), x.clone().narrow(3, 0, hd / 2)], 3);
+    x * cos.clone() + swapped * sin.clone()
 }
 
 /// A linear layer on `(B, T, D)` as one `(B·T, D) × (D, O)` GEMM. `Linear::forward` on a 3-D
@@ -501,17 +530,28 @@ impl<B: Backend> Attention<B> {
         x: Tensor<B, 3>,
         cos: &Tensor<B, 4>,
         sin: &Tensor<B, 4>,
-        prefix: usize,
         i: usize,
         hook: &mut Option<&mut dyn ActivationHook<B>>,
     ) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let x = tap(hook, || format!("layer.{i}.attention.qkv"), x);
-        let hd = d / self.num_heads;
-        let split = |y: Tensor<B, 3>| y.reshape([b, t, self.num_heads, hd]).swap_dims(1, 2);
-        let q = apply_rope(split(linear_2d(&self.q_proj, x.clone())), cos, sin, prefix);
-        let k = apply_rope(split(linear_2d(&self.k_proj, x.clone())), cos, sin, prefix);
-        let v = split(linear_2d(&self.v_proj, x));
+        let h = self.num_heads;
+        let hd = d / h;
+        // (B, T, n·D) → (B, n·H, T, hd): heads of q, then k, then v.
+        let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n * h, hd]).swap_dims(1, 2);
+        let (qk, v) = match &self.qkv {
+            Some(fused) => {
+                let y = heads(linear_2d(fused, x), 3);
+                (y.clone().narrow(1, 0, 2 * h), y.narrow(1, 2 * h, h))
+            }
+            None => {
+                let qk = Tensor::cat(vec![linear_2d(&self.q_proj, x.clone()), linear_2d(&self.k_proj, x.clone())], 2);
+                (heads(qk, 2), heads(linear_2d(&self.v_proj, x), 1))
+            }
+        };
+        // One RoPE pass over q and k together.
+        let qk = apply_rope(qk, cos, sin);
+        let (q, k) = (qk.clone().narrow(1, 0, h), qk.narrow(1, h, h));
         let o = attention(q, k, v, None, None, AttentionModuleOptions::default());
         let o = tap(hook, || format!("layer.{i}.attention.o_proj"), o.swap_dims(1, 2).reshape([b, t, d]));
         linear_2d(&self.o_proj, o)
@@ -536,11 +576,10 @@ impl<B: Backend> Block<B> {
         x: Tensor<B, 3>,
         cos: &Tensor<B, 4>,
         sin: &Tensor<B, 4>,
-        prefix: usize,
         i: usize,
         hook: &mut Option<&mut dyn ActivationHook<B>>,
     ) -> Tensor<B, 3> {
-        let a = self.attention.forward(self.norm1.forward(x.clone()), cos, sin, prefix, i, hook);
+        let a = self.attention.forward(self.norm1.forward(x.clone()), cos, sin, i, hook);
         let x = x + a * self.layer_scale1.val().unsqueeze::<3>();
         let m = self.mlp.forward(self.norm2.forward(x.clone()), i, hook);
         x + m * self.layer_scale2.val().unsqueeze::<3>()
