@@ -83,9 +83,15 @@ impl Endpoint {
         if let Some(k) = &self.cfg.api_key {
             req = req.bearer_auth(k);
         }
-        let resp = req.send().await.with_context(|| format!("request to {url} failed"))?;
+        // The client's timeout and the cascade's deadline are the same; whichever fires first,
+        // the stage is reported late.
+        let deadline = self.cfg.deadline_ms;
+        let late = |e: reqwest::Error, what: String| {
+            if e.is_timeout() { anyhow!("late (deadline {deadline} ms): {what}") } else { anyhow::Error::new(e).context(what) }
+        };
+        let resp = req.send().await.map_err(|e| late(e, format!("request to {url} failed")))?;
         let status = resp.status();
-        let text = resp.text().await.with_context(|| format!("cannot read the answer of {url}"))?;
+        let text = resp.text().await.map_err(|e| late(e, format!("cannot read the answer of {url}")))?;
         if !status.is_success() {
             bail!("{url} answered {status}: {}", text.chars().take(200).collect::<String>());
         }
