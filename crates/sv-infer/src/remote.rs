@@ -55,15 +55,20 @@ impl Endpoint {
         if !(cfg.url.starts_with("http://") || cfg.url.starts_with("https://")) {
             bail!("endpoint url {:?} must start with http:// or https://", cfg.url);
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(cfg.deadline_ms))
-            .build()
-            .context("cannot build the HTTP client")?;
+        let http = reqwest::Client::builder().build().context("cannot build the HTTP client")?;
         Ok(Self { cfg, http })
     }
 
-    /// The assistant's text for `prompt` about a JPEG/PNG image.
+    /// The assistant's text for `prompt` about a JPEG/PNG image, within the endpoint's deadline
+    /// (an answer that takes longer is the error `late (deadline N ms)`).
     pub async fn ask(&self, prompt: &str, image: &[u8], max_tokens: u32) -> Result<String> {
+        let deadline = Duration::from_millis(self.cfg.deadline_ms);
+        tokio::time::timeout(deadline, self.request(prompt, image, max_tokens))
+            .await
+            .map_err(|_| anyhow!("late (deadline {} ms)", self.cfg.deadline_ms))?
+    }
+
+    async fn request(&self, prompt: &str, image: &[u8], max_tokens: u32) -> Result<String> {
         let mime = if image.starts_with(b"\x89PNG") { "image/png" } else { "image/jpeg" };
         let data = base64::engine::general_purpose::STANDARD.encode(image);
         let body = serde_json::json!({
@@ -83,15 +88,9 @@ impl Endpoint {
         if let Some(k) = &self.cfg.api_key {
             req = req.bearer_auth(k);
         }
-        // The client's timeout and the cascade's deadline are the same; whichever fires first,
-        // the stage is reported late.
-        let deadline = self.cfg.deadline_ms;
-        let late = |e: reqwest::Error, what: String| {
-            if e.is_timeout() { anyhow!("late (deadline {deadline} ms): {what}") } else { anyhow::Error::new(e).context(what) }
-        };
-        let resp = req.send().await.map_err(|e| late(e, format!("request to {url} failed")))?;
+        let resp = req.send().await.with_context(|| format!("request to {url} failed"))?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| late(e, format!("cannot read the answer of {url}")))?;
+        let text = resp.text().await.with_context(|| format!("cannot read the answer of {url}"))?;
         if !status.is_success() {
             bail!("{url} answered {status}: {}", text.chars().take(200).collect::<String>());
         }

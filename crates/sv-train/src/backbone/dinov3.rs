@@ -389,8 +389,7 @@ impl<B: Backend> Dinov3<B> {
         let mut x = Tensor::cat(tokens, 1);
         let prefix = 1 + self.num_registers();
         let head_dim = d / self.num_heads;
-        let (cos, sin) = rope_tables::<B>(gh, gw, prefix, head_dim, self.rope_theta, &device);
-        let (cos, sin) = if dtype == DType::F32 { (cos, sin) } else { (cos.cast(dtype), sin.cast(dtype)) };
+        let (cos, sin) = rope_tables::<B>(gh, gw, prefix, head_dim, self.rope_theta, &device, dtype);
         for (i, blk) in self.layers.iter().enumerate() {
             x = blk.forward(x, &cos, &sin, i, &mut hook);
         }
@@ -467,7 +466,7 @@ impl<B: Backend> Dinov3<B> {
 /// cos and signed-sin tables `(1, 1, prefix + gh·gw, head_dim)` of DINOv3's 2-D RoPE, over the
 /// whole token sequence: the `prefix` tokens (CLS, registers) get cos = 1, sin = 0 and so pass
 /// through unrotated. The sin table carries rotate-half's sign (−sin on the first half), so that
-/// RoPE is `x·cos + swap_halves(x)·sin`.
+/// RoPE is `x·cos + swap_halves(x)·sin`. Created in `dtype`, the model's.
 pub fn rope_tables<B: Backend>(
     gh: usize,
     gw: usize,
@@ -475,6 +474,7 @@ pub fn rope_tables<B: Backend>(
     head_dim: usize,
     theta: f64,
     device: &B::Device,
+    dtype: DType,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let q = head_dim / 4;
     let inv: Vec<f32> = (0..q).map(|i| 1.0 / (theta as f32).powf((4 * i) as f32 / head_dim as f32)).collect();
@@ -501,8 +501,8 @@ pub fn rope_tables<B: Backend>(
     }
     let shape = [1, 1, n, head_dim];
     (
-        Tensor::from_data(TensorData::new(cos, shape), device),
-        Tensor::from_data(TensorData::new(sin, shape), device),
+        Tensor::from_data(TensorData::new(cos, shape), (device, dtype)),
+        Tensor::from_data(TensorData::new(sin, shape), (device, dtype)),
     )
 }
 
