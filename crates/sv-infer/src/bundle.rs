@@ -7,7 +7,7 @@ use sv_train::classifier::Classifier;
 use sv_train::decision::ScoreMap;
 use sv_train::export::card::ModelCard;
 use sv_train::export::{BundleConfig, load_model};
-use sv_train::{Device, InferBackend};
+use sv_train::{Device, InferBackend, kernels};
 
 /// An export bundle whose manifest checked out. Loading needs only the folder.
 #[derive(Debug, Clone)]
@@ -32,12 +32,59 @@ impl Bundle {
         &self.config.version
     }
 
+    /// Give CubeCL a kernel cache under `cache_root` before the process's first GPU operation:
+    /// a writable copy of the bundle's `kernels/` (the bundle itself stays as its manifest
+    /// says), used only when the bundle's kernels were made on this GPU model. Kernels compiled
+    /// later land there too, so a restart finds them. On builds that compile no kernels this
+    /// does nothing.
+    pub fn use_kernels(&self, cache_root: &Path) -> Result<KernelSetup> {
+        if !kernels::compiles_kernels() {
+            return Ok(KernelSetup { dir: None, from_bundle: 0, note: format!("the {} build compiles no kernels", sv_train::backend_name()) });
+        }
+        let dir = cache_root.join(sanitize(&self.config.version));
+        let here = kernels::gpu();
+        let (from_bundle, note) = match (&self.config.kernels, &here) {
+            (None, _) => (0, "the bundle carries no kernel caches: compiling on first use".to_string()),
+            (Some(k), Some(gpu)) if k.gpu.as_deref() == Some(gpu.as_str()) => {
+                let n = kernels::install(&self.dir.join(kernels::DIR), &dir)
+                    .with_context(|| format!("cannot copy the kernel caches of bundle {}", self.dir.display()))?;
+                (n, format!("kernel caches of the bundle ({} files, {n} new here) for {gpu}", k.files))
+            }
+            (Some(k), _) => (
+                0,
+                format!(
+                    "the bundle's kernel caches were made on {}, this GPU is {}: compiling on first use",
+                    k.gpu.as_deref().unwrap_or("an unknown GPU"),
+                    here.as_deref().unwrap_or("unknown")
+                ),
+            ),
+        };
+        kernels::use_dir(&dir)?;
+        Ok(KernelSetup { dir: Some(dir), from_bundle, note })
+    }
+
     /// Build stage 1 on `device`.
     pub fn stage1(&self, device: &Device) -> Result<Stage1> {
         let model = load_model::<InferBackend>(&self.dir, &self.config, device)
             .with_context(|| format!("cannot load the model of bundle {}", self.dir.display()))?;
         Ok(Stage1 { model, map: self.config.score_map, device: device.clone() })
     }
+}
+
+/// What [`Bundle::use_kernels`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelSetup {
+    /// CubeCL's cache folder (none on builds without CubeCL).
+    pub dir: Option<PathBuf>,
+    /// Cache files copied from the bundle now.
+    pub from_bundle: usize,
+    /// One line for the log.
+    pub note: String,
+}
+
+/// A bundle version as one path segment.
+fn sanitize(version: &str) -> String {
+    version.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
 }
 
 /// Backbone + head of a bundle, with its score recalibration.
@@ -69,6 +116,16 @@ impl Stage1 {
         let x = Tensor::<InferBackend, 4>::from_data(TensorData::new(data, [pixels.len(), 3, s, s]), &self.device);
         let p = sv_train::backbone::host(burn::tensor::activation::sigmoid(self.model.logits_of_pixels(x)));
         Ok(p.into_iter().map(|p| self.map.apply(p)).collect())
+    }
+
+    /// Run every batch size up to `max_batch` once on builds that compile kernels (so no request
+    /// meets an uncompiled kernel), batch 1 elsewhere (the model runs before the server says it
+    /// is ready). Returns the seconds it took.
+    pub fn warm(&self, max_batch: usize) -> Result<f64> {
+        let t = std::time::Instant::now();
+        let batches = if kernels::compiles_kernels() { kernels::warm_batches(max_batch) } else { vec![1] };
+        kernels::warm(&self.model, &batches, &self.device)?;
+        Ok(t.elapsed().as_secs_f64())
     }
 
     /// Recalibrated scores of encoded images.

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use sv_data::PreprocessConfig;
 use sv_train::export::Exits;
@@ -121,7 +121,16 @@ impl Cascade {
     /// Load the bundle's stage 1 on its own thread and connect the remote stages.
     pub fn start(bundle: &Bundle, cfg: &CascadeConfig) -> Result<Self> {
         let b = bundle.clone();
-        let batcher = Batcher::spawn(move || b.stage1(&sv_train::Device::default()), cfg.batch)?;
+        let max_batch = cfg.batch.max_batch;
+        let batcher = Batcher::spawn(
+            move || {
+                let stage1 = b.stage1(&sv_train::Device::default())?;
+                let secs = stage1.warm(max_batch).context("stage-1 warm-up failed")?;
+                tracing::info!("stage 1 warmed up in {secs:.2} s");
+                Ok(stage1)
+            },
+            cfg.batch,
+        )?;
         let exits = cfg.exits.unwrap_or(bundle.config.exits);
         if !(0.0..=1.0).contains(&exits.low) || !(0.0..=1.0).contains(&exits.high) || exits.low > exits.high {
             anyhow::bail!("cascade exits must satisfy 0 <= low <= high <= 1 (got {} / {})", exits.low, exits.high);

@@ -12,6 +12,6 @@ pub mod cascade;
 pub mod remote;
 
 pub use batcher::{BatchConfig, Batcher};
-pub use bundle::{Bundle, Stage1};
+pub use bundle::{Bundle, KernelSetup, Stage1};
 pub use cache::ScoreCache;
 pub use cascade::{Answer, Cascade, CascadeConfig, Stage};

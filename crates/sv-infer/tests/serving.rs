@@ -61,6 +61,8 @@ enabled = false
             exits: Exits::default(),
             sim_samples: 30,
             force: false,
+            dtype: None,
+            warm_batch: 16,
             seed: 0,
         })
         .unwrap();
@@ -148,6 +150,53 @@ fn a_tampered_bundle_is_refused_naming_the_file() {
     Bundle::open(&f.bundle).unwrap();
 }
 
+/// A copy of the fixture's bundle with `bundle.json` edited by `edit` and the manifest
+/// rewritten (what a re-export with other settings would produce).
+fn rewritten_bundle(to: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    copy_dir(&fixture().bundle, to);
+    let p = to.join("bundle.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    sv_train::export::manifest::write(to).unwrap();
+    to.to_path_buf()
+}
+
+#[test]
+fn the_bundle_dtype_is_honoured_and_older_bundles_read_as_f32() {
+    let f = fixture();
+    let b = Bundle::open(&f.bundle).unwrap();
+    assert_eq!(b.config.dtype, "f32", "the run's dtype");
+    // The CPU build exports no kernel caches, and says so.
+    assert_eq!(b.config.kernels.is_some(), sv_train::kernels::compiles_kernels());
+    assert_eq!(f.bundle.join("kernels").is_dir(), sv_train::kernels::compiles_kernels());
+    let tmp = tempfile::tempdir().unwrap();
+    let device = sv_train::Device::default();
+    let image = &test_images(&f.store, 1)[0].1;
+    let want = b.stage1(&device).unwrap().scores(&[image]).unwrap();
+
+    // A bundle written before `dtype` and `kernels` existed loads as f32 and scores the same.
+    let old = rewritten_bundle(&tmp.path().join("old"), |v| {
+        let m = v.as_object_mut().unwrap();
+        m.remove("dtype");
+        m.remove("kernels");
+    });
+    let ob = Bundle::open(&old).unwrap();
+    assert_eq!((ob.config.dtype.as_str(), ob.config.kernels.is_none()), ("f32", true));
+    assert_eq!(ob.stage1(&device).unwrap().scores(&[image]).unwrap(), want);
+
+    // A dtype this build cannot run is refused when stage 1 loads, naming the bundle and dtype.
+    let bad = rewritten_bundle(&tmp.path().join("bf16"), |v| v["dtype"] = "bf16".into());
+    let opened = Bundle::open(&bad).unwrap();
+    if !matches!(sv_train::backend_name(), "cuda" | "tch") {
+        let err = format!("{:#}", opened.stage1(&device).err().expect("bf16 refused on a CPU build"));
+        assert!(err.contains("dtype") && err.contains("bf16") && err.contains("cuda"), "{err}");
+    }
+    let junk = rewritten_bundle(&tmp.path().join("junk"), |v| v["dtype"] = "f8".into());
+    let err = format!("{:#}", Bundle::open(&junk).unwrap().stage1(&device).err().expect("f8 refused"));
+    assert!(err.contains("\"f8\"") && err.contains("not f32, bf16 or f16"), "{err}");
+}
+
 #[test]
 fn int8_export_is_smaller_and_agrees_with_fp32() {
     let f = fixture();
@@ -168,6 +217,8 @@ fn int8_export_is_smaller_and_agrees_with_fp32() {
         exits: Exits::default(),
         sim_samples: 20,
         force: false,
+        dtype: None,
+        warm_batch: 16,
         seed: 0,
     })
     .unwrap();

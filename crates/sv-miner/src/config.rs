@@ -10,6 +10,7 @@
 //! open_json_api = false            # /v1/challenge answers loopback clients only unless true
 //! prediction_log = "logs/predictions"
 //! log_images = false
+//! kernel_cache = "/var/cache/sv-miner/kernels"   # GPU build: CubeCL's caches, one folder a bundle version
 //! [cascade]
 //! vlm = { url = "http://127.0.0.1:8000", model = "Qwen/Qwen3-VL-8B-Instruct", deadline_ms = 2500 }
 //! ```
@@ -51,6 +52,10 @@ pub struct MinerConfig {
     pub budget_ms: u64,
     /// Synapse fields whose values enter the body hash (bittensor's `required_hash_fields`).
     pub required_hash_fields: Vec<String>,
+    /// Where the GPU build keeps CubeCL's kernel caches (a copy of the bundle's, plus what it
+    /// compiles later), one folder a bundle version. Default: `$XDG_CACHE_HOME/sv-miner/kernels`
+    /// or `~/.cache/sv-miner/kernels`.
+    pub kernel_cache: Option<PathBuf>,
     pub cascade: CascadeConfig,
 }
 
@@ -70,6 +75,7 @@ impl Default for MinerConfig {
             max_side: crate::validate::MAX_SIDE,
             budget_ms: 6000,
             required_hash_fields: Vec::new(),
+            kernel_cache: None,
             cascade: CascadeConfig::default(),
         }
     }
@@ -104,6 +110,18 @@ impl MinerConfig {
             }
         }
         Ok(out)
+    }
+
+    /// The kernel cache root: the configured one, else the user's cache folder.
+    pub fn kernel_cache_root(&self) -> PathBuf {
+        if let Some(p) = &self.kernel_cache {
+            return p.clone();
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir);
+        base.join("sv-miner").join("kernels")
     }
 
     /// Check what can be checked before loading anything.

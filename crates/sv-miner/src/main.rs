@@ -37,6 +37,9 @@ struct Cli {
     /// Keep image bytes in the prediction log (for mining hard cases later).
     #[arg(long)]
     log_images: bool,
+    /// Folder of CubeCL's kernel caches (GPU build), one subfolder a bundle version.
+    #[arg(long)]
+    kernel_cache: Option<PathBuf>,
 }
 
 fn config(cli: Cli) -> Result<MinerConfig> {
@@ -67,6 +70,9 @@ fn config(cli: Cli) -> Result<MinerConfig> {
         c.prediction_log = cli.prediction_log;
     }
     c.log_images |= cli.log_images;
+    if cli.kernel_cache.is_some() {
+        c.kernel_cache = cli.kernel_cache;
+    }
     Ok(c)
 }
 

@@ -60,6 +60,11 @@ impl AppState {
         cfg.validate()?;
         let allow = cfg.allowed()?;
         let bundle = Bundle::open(&cfg.bundle)?;
+        // Kernel caches only save start-up time: without them the miner still serves.
+        match bundle.use_kernels(&cfg.kernel_cache_root()) {
+            Ok(k) => tracing::info!("{}", k.note),
+            Err(e) => tracing::warn!("no kernel cache: {e:#}"),
+        }
         let cascade = Cascade::start(&bundle, &cfg.cascade).context("cannot start the cascade")?;
         let (log, handle) = match &cfg.prediction_log {
             Some(p) => {

@@ -52,6 +52,8 @@ enabled = false
         exits: Default::default(),
         sim_samples: 16,
         force: false,
+        dtype: None,
+        warm_batch: 16,
         seed: 0,
     })
     .unwrap();

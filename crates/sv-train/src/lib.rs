@@ -15,6 +15,7 @@ pub mod experiment;
 pub mod export;
 pub mod features;
 pub mod head;
+pub mod kernels;
 pub mod metrics;
 pub mod plots;
 pub mod quant;

@@ -85,6 +85,13 @@ enum Cmd {
         /// Replace an existing bundle folder.
         #[arg(long)]
         force: bool,
+        /// Backbone float type of the bundle: f32, bf16 or f16 (cuda build). Default: the run's.
+        #[arg(long)]
+        dtype: Option<String>,
+        /// Largest batch to warm up and carry kernel caches for (cuda build; the miner's
+        /// `cascade.batch.max_batch`); 0 carries none.
+        #[arg(long, default_value_t = 16)]
+        warm_batch: usize,
     },
     /// Verify a bundle and print its submission's age and days left of its 90-day life.
     Card { bundle: PathBuf },
@@ -144,7 +151,7 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", std::fs::read_to_string(run.join("int8/report.md"))?);
             println!("scales: {}", r.run.join("int8/scales.json").display());
         }
-        (Some(Cmd::Export { run, out, hotkey, int8, model_name, description, exit_low, exit_high, sim_samples, force }), _) => {
+        (Some(Cmd::Export { run, out, hotkey, int8, model_name, description, exit_low, exit_high, sim_samples, force, dtype, warm_batch }), _) => {
             let r = sv_train::export::export(&sv_train::export::ExportOptions {
                 run,
                 out,
@@ -155,6 +162,8 @@ fn run(cli: Cli) -> Result<()> {
                 exits: sv_train::export::Exits { low: exit_low, high: exit_high },
                 sim_samples,
                 force,
+                dtype,
+                warm_batch,
                 seed: 0,
             })?;
             println!(

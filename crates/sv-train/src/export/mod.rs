@@ -2,11 +2,12 @@
 //!
 //! ```text
 //! <bundle>/
-//!   bundle.json                 what to build: configs, precision, score map, cascade exits, provenance
+//!   bundle.json                 what to build: configs, precision, dtype, score map, cascade exits, provenance
 //!   backbone/config.json        the DINOv3 config
 //!   backbone/model.safetensors  backbone weights by checkpoint name (INT8 linears: I8 + `_scale`)
 //!   head/config.json            the head config
 //!   head/model.safetensors      head weights (INT8 likewise)
+//!   kernels/                    CubeCL's PTX and autotune caches of the export's warm-up (cuda build only)
 //!   model_card.json             model_name, description, version, submitted_by, submission_time
 //!   README.md                   Hugging Face model card with metrics and the simulated reward
 //!   manifest.json               SHA-256 of every other file (written last)
@@ -73,6 +74,26 @@ pub struct DecisionSummary {
     pub candidates: usize,
 }
 
+/// The kernel caches a bundle carries in `kernels/` (see [`crate::kernels`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelsInfo {
+    /// The GPU they were compiled and tuned on ([`crate::kernels::gpu`]); a server on another
+    /// GPU model (or one that cannot tell) compiles its own instead.
+    pub gpu: Option<String>,
+    /// Every batch size from 1 to this was warmed up.
+    pub max_batch: usize,
+    /// Cache files in `kernels/`.
+    pub files: usize,
+    /// Seconds the warm-up took at export (what a server without the caches spends before its
+    /// first answer).
+    pub warm_seconds: f64,
+}
+
+fn f32_name() -> String {
+    "f32".into()
+}
+
 /// `bundle.json`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +107,12 @@ pub struct BundleConfig {
     pub head: HeadConfig,
     pub preprocess: PreprocessConfig,
     pub precision: Precision,
+    /// Float type the backbone runs in: `f32` (every build), `bf16` or `f16` (the cuda build).
+    #[serde(default = "f32_name")]
+    pub dtype: String,
+    /// CubeCL kernel caches in `kernels/` (bundles exported by a cuda build).
+    #[serde(default)]
+    pub kernels: Option<KernelsInfo>,
     pub score_map: ScoreMap,
     pub exits: Exits,
     pub validation: Validation,
@@ -116,6 +143,11 @@ pub struct ExportOptions {
     pub model_name: Option<String>,
     pub description: Option<String>,
     pub exits: Exits,
+    /// Backbone float type (`f32`, `bf16`, `f16`); `None`: the run's own.
+    pub dtype: Option<String>,
+    /// On builds that compile GPU kernels, warm up every batch size 1..=this and carry the
+    /// kernel caches in the bundle (0: no warm-up, no caches).
+    pub warm_batch: usize,
     /// Validation samples challenged at each level for the decision point (0 = all).
     pub sim_samples: usize,
     /// Replace an existing bundle folder.
@@ -142,7 +174,9 @@ pub fn open(dir: &Path) -> Result<BundleConfig> {
 
 /// Build the bundle's classifier (raw probabilities; apply `score_map` on top).
 pub fn load_model<B: Backend>(dir: &Path, cfg: &BundleConfig, device: &B::Device) -> Result<Classifier<B>> {
-    let bb = crate::backbone::Dinov3::load(&cfg.backbone, &SafetensorsSource::open_file(&dir.join("backbone/model.safetensors"))?, device)?;
+    let dtype = crate::backbone::parse_dtype(&cfg.dtype).with_context(|| format!("bundle {}: dtype", dir.display()))?;
+    let src = SafetensorsSource::open_file(&dir.join("backbone/model.safetensors"))?;
+    let bb = crate::backbone::Dinov3::load_as(&cfg.backbone, &src, device, dtype)?;
     let head = cfg.head.load_tensors(&SafetensorsSource::open_file(&dir.join("head/model.safetensors"))?, device)?;
     Ok(Classifier {
         backbone: bb,
@@ -179,11 +213,6 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     if opts.out.exists() && !opts.force {
         bail!("{} already exists; pass --force to replace it", opts.out.display());
     }
-    let device = Device::default();
-    let (fp32, meta) = Classifier::from_run(&opts.run, &device)?;
-    let precision = if opts.int8 { Scales::load(&opts.run)?.precision() } else { Precision::Fp32 };
-    let stored = StoredModel::new(&fp32.backbone, &fp32.head, &precision);
-
     let parent = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
     let name = opts.out.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "bundle".into());
@@ -193,7 +222,29 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     }
     std::fs::create_dir_all(tmp.join("backbone"))?;
     std::fs::create_dir_all(tmp.join("head"))?;
+    // The kernel caches of this process go straight into the bundle when CubeCL has not started
+    // yet (the CLI); otherwise (a process that already ran on the GPU) they are copied after the
+    // warm-up from wherever CubeCL keeps them.
+    let kernel_dir = tmp.join(crate::kernels::DIR);
+    let own_kernels = crate::kernels::compiles_kernels()
+        && opts.warm_batch > 0
+        && match crate::kernels::use_dir(&kernel_dir) {
+            Ok(on) => on,
+            Err(e) => {
+                tracing::warn!("{e:#}; copying CubeCL's current caches instead");
+                false
+            }
+        };
     let result = (|| -> Result<(BundleConfig, DecisionReport)> {
+        let device = Device::default();
+        let (fp32, meta) = Classifier::from_run(&opts.run, &device)?;
+        let dtype = opts.dtype.clone().unwrap_or_else(|| meta.backbone.dtype.clone());
+        crate::backbone::parse_dtype(&dtype).context("export dtype")?;
+        if opts.int8 && dtype != "f32" {
+            bail!("an INT8 export runs its dequantised layers in f32: pass --dtype f32 (the run's backbone is {dtype})");
+        }
+        let precision = if opts.int8 { Scales::load(&opts.run)?.precision() } else { Precision::Fp32 };
+        let stored = StoredModel::new(&fp32.backbone, &fp32.head, &precision);
         write_safetensors(&tmp.join("backbone/model.safetensors"), &stored.backbone, None)?;
         write_safetensors(&tmp.join("head/model.safetensors"), &stored.head, None)?;
         std::fs::write(tmp.join("backbone/config.json"), serde_json::to_string_pretty(&fp32.backbone_config)?)?;
@@ -209,11 +260,13 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
             head: fp32.head_config.clone(),
             preprocess: fp32.preprocess.clone(),
             precision: precision.clone(),
+            dtype: dtype.clone(),
+            kernels: None,
             score_map: ScoreMap::default(),
             exits: opts.exits,
             validation: Validation {
                 backend: crate::backend_name().into(),
-                dtype: "f32".into(),
+                dtype: dtype.clone(),
                 samples: 0,
                 metrics: Metrics::compute(&[], &[]),
                 decision: DecisionSummary { reward_before: 0.0, reward_after: 0.0, candidates: 0 },
@@ -243,6 +296,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         }
         let all_labels: Vec<bool> = val.iter().map(|s| s.label == sv_data::Label::Roadwork).collect();
         let metrics = Metrics::compute(&clean, &all_labels);
+        cfg.kernels = carry_kernels(&model, opts.warm_batch, own_kernels, &kernel_dir, &device)?;
 
         let stamp = chrono::Utc::now();
         let version = format!("{}-{}", meta.experiment, stamp.format("%Y%m%d%H%M%S"));
@@ -320,13 +374,55 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     })
 }
 
+/// Warm every batch size up to `warm_batch` and put the kernel caches into `kernel_dir` (they
+/// are there already when `own` is set). `None` on builds that compile no kernels.
+fn carry_kernels<B: Backend>(
+    model: &Classifier<B>,
+    warm_batch: usize,
+    own: bool,
+    kernel_dir: &Path,
+    device: &B::Device,
+) -> Result<Option<KernelsInfo>> {
+    if !crate::kernels::compiles_kernels() || warm_batch == 0 {
+        return Ok(None);
+    }
+    let t = Instant::now();
+    let times = crate::kernels::warm(model, &crate::kernels::warm_batches(warm_batch), device)?;
+    let warm_seconds = t.elapsed().as_secs_f64();
+    tracing::info!("warm-up of batch sizes 1..={warm_batch}: {warm_seconds:.1} s ({times:?})");
+    if !own {
+        match crate::kernels::current_dir() {
+            Some(d) => {
+                crate::kernels::install(&d, kernel_dir)?;
+            }
+            None => tracing::warn!("CubeCL's PTX cache is off in this process: the bundle carries no kernels"),
+        }
+    }
+    let files = crate::kernels::files(kernel_dir)?.len();
+    if files == 0 {
+        let _ = std::fs::remove_dir_all(kernel_dir);
+        return Ok(None);
+    }
+    Ok(Some(KernelsInfo { gpu: crate::kernels::gpu(), max_batch: warm_batch, files, warm_seconds }))
+}
+
 /// `sv-train card <bundle>`: verify, then describe the submission and its age.
 pub fn describe(dir: &Path, now: i64) -> Result<String> {
     let cfg = open(dir)?;
     let card = ModelCard::read(&dir.join("model_card.json"))?;
     let f = card::freshness(card.submission_time, now)?;
+    let kernels = match &cfg.kernels {
+        Some(k) => format!(
+            "kernel caches for batch 1..={} on {} ({} files; {:.1} s of warm-up saved)",
+            k.max_batch,
+            k.gpu.as_deref().unwrap_or("an unknown GPU"),
+            k.files,
+            k.warm_seconds
+        ),
+        None => "no kernel caches (a GPU server compiles its kernels on start)".into(),
+    };
     Ok(format!(
-        "bundle {} verified ({})\nmodel {} version {}\nsubmitted by {} at {} (Unix)\nage {:.1} days, {:.1} days left of 90; reward factor {:.2}\n{}\nprecision {}, decision threshold {:.4}, exits {}/{}\nsimulated reward {:.4} -> {:.4} after recalibration\n",
+        "bundle {} verified ({})\nmodel {} version {}\nsubmitted by {} at {} (Unix)\nage {:.1} days, {:.1} days left of 90; reward factor {:.2}\n{}\nprecision {}, dtype {}, decision threshold {:.4}, exits {}/{}\n{}\nsimulated reward {:.4} -> {:.4} after recalibration\n",
         dir.display(),
         manifest::FORMAT,
         card.model_name,
@@ -338,9 +434,11 @@ pub fn describe(dir: &Path, now: i64) -> Result<String> {
         f.reward_factor,
         f.advice,
         cfg.precision.name(),
+        cfg.dtype,
         cfg.score_map.threshold,
         cfg.exits.low,
         cfg.exits.high,
+        kernels,
         cfg.validation.decision.reward_before,
         cfg.validation.decision.reward_after,
     ))
