@@ -35,9 +35,10 @@ impl Bundle {
     /// Give CubeCL a kernel cache under `cache_root` before the process's first GPU operation:
     /// a writable copy of the bundle's `kernels/` (the bundle itself stays as its manifest
     /// says), used only when the bundle's kernels were made on this GPU model. Kernels compiled
-    /// later land there too, so a restart finds them. On builds that compile no kernels this
-    /// does nothing.
-    pub fn use_kernels(&self, cache_root: &Path) -> Result<KernelSetup> {
+    /// later land there too, so a restart finds them. `from_bundle = false` leaves the bundle's
+    /// caches out (to measure what they save, or to rule them out). On builds that compile no
+    /// kernels this does nothing.
+    pub fn use_kernels(&self, cache_root: &Path, from_bundle: bool) -> Result<KernelSetup> {
         if !kernels::compiles_kernels() {
             return Ok(KernelSetup { dir: None, from_bundle: 0, note: format!("the {} build compiles no kernels", sv_train::backend_name()) });
         }
@@ -45,6 +46,7 @@ impl Bundle {
         let here = kernels::gpu();
         let (from_bundle, note) = match (&self.config.kernels, &here) {
             (None, _) => (0, "the bundle carries no kernel caches: compiling on first use".to_string()),
+            (Some(_), _) if !from_bundle => (0, "the bundle's kernel caches are turned off: compiling on first use".to_string()),
             (Some(k), Some(gpu)) if k.gpu.as_deref() == Some(gpu.as_str()) => {
                 let n = kernels::install(&self.dir.join(kernels::DIR), &dir)
                     .with_context(|| format!("cannot copy the kernel caches of bundle {}", self.dir.display()))?;

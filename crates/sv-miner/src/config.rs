@@ -56,6 +56,8 @@ pub struct MinerConfig {
     /// compiles later), one folder a bundle version. Default: `$XDG_CACHE_HOME/sv-miner/kernels`
     /// or `~/.cache/sv-miner/kernels`.
     pub kernel_cache: Option<PathBuf>,
+    /// Start from the bundle's kernel caches (GPU build). Off: compile everything on start.
+    pub bundle_kernels: bool,
     pub cascade: CascadeConfig,
 }
 
@@ -76,6 +78,7 @@ impl Default for MinerConfig {
             budget_ms: 6000,
             required_hash_fields: Vec::new(),
             kernel_cache: None,
+            bundle_kernels: true,
             cascade: CascadeConfig::default(),
         }
     }

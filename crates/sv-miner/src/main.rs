@@ -40,6 +40,9 @@ struct Cli {
     /// Folder of CubeCL's kernel caches (GPU build), one subfolder a bundle version.
     #[arg(long)]
     kernel_cache: Option<PathBuf>,
+    /// Leave the bundle's kernel caches out: compile every kernel on start.
+    #[arg(long)]
+    no_bundle_kernels: bool,
 }
 
 fn config(cli: Cli) -> Result<MinerConfig> {
@@ -70,6 +73,7 @@ fn config(cli: Cli) -> Result<MinerConfig> {
         c.prediction_log = cli.prediction_log;
     }
     c.log_images |= cli.log_images;
+    c.bundle_kernels &= !cli.no_bundle_kernels;
     if cli.kernel_cache.is_some() {
         c.kernel_cache = cli.kernel_cache;
     }

@@ -26,6 +26,19 @@ pub fn compiles_kernels() -> bool {
     cfg!(feature = "cuda")
 }
 
+/// The user's kernel cache, shared by the GPU runs of `sv-train` and seeded into every export:
+/// `$SV_KERNEL_CACHE`, else `$XDG_CACHE_HOME/sv-train/kernels` or `~/.cache/sv-train/kernels`.
+pub fn user_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("SV_KERNEL_CACHE") {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("sv-train").join("kernels")
+}
+
 /// Point CubeCL's PTX cache and autotune cache at `dir` for the rest of the process (other
 /// settings come from a `cubecl.toml` and `CUBECL_*` variables as usual). Must run before the
 /// process's first GPU operation: CubeCL reads its configuration once. Returns `false` on builds

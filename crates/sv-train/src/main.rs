@@ -115,6 +115,13 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // GPU builds keep CubeCL's compiled kernels and autotune results across runs (export sets
+    // its own folder: the bundle's).
+    if sv_train::kernels::compiles_kernels() && !matches!(cli.cmd, Some(Cmd::Export { .. })) {
+        let dir = sv_train::kernels::user_dir();
+        sv_train::kernels::use_dir(&dir)?;
+        tracing::info!("kernel caches in {}", dir.display());
+    }
     match (cli.cmd, cli.experiment) {
         (Some(Cmd::Train { experiment }), _) | (None, Some(experiment)) => {
             sv_train::run::run_experiment(&experiment)?;

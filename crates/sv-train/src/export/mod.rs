@@ -226,6 +226,12 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     // yet (the CLI); otherwise (a process that already ran on the GPU) they are copied after the
     // warm-up from wherever CubeCL keeps them.
     let kernel_dir = tmp.join(crate::kernels::DIR);
+    // Seeded with the user's cache (what the run compiled), so the warm-up only adds what the
+    // server's batch sizes need.
+    if crate::kernels::compiles_kernels() && opts.warm_batch > 0 {
+        let n = crate::kernels::install(&crate::kernels::user_dir(), &kernel_dir)?;
+        tracing::info!("{n} kernel cache files from {}", crate::kernels::user_dir().display());
+    }
     let own_kernels = crate::kernels::compiles_kernels()
         && opts.warm_batch > 0
         && match crate::kernels::use_dir(&kernel_dir) {
