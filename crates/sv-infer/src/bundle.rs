@@ -42,15 +42,18 @@ impl Bundle {
         if !kernels::compiles_kernels() {
             return Ok(KernelSetup { dir: None, from_bundle: 0, note: format!("the {} build compiles no kernels", sv_train::backend_name()) });
         }
-        let dir = cache_root.join(sanitize(&self.config.version));
+        // One folder a bundle version and GPU model/driver (CubeCL's caches are not keyed by GPU).
+        let key = if from_bundle { kernels::gpu_key() } else { format!("{}-no-bundle", kernels::gpu_key()) };
+        let dir = cache_root.join(kernels::segment(&self.config.version)).join(key);
         let here = kernels::gpu();
         let (from_bundle, note) = match (&self.config.kernels, &here) {
             (None, _) => (0, "the bundle carries no kernel caches: compiling on first use".to_string()),
             (Some(_), _) if !from_bundle => (0, "the bundle's kernel caches are turned off: compiling on first use".to_string()),
             (Some(k), Some(gpu)) if k.gpu.as_deref() == Some(gpu.as_str()) => {
-                let n = kernels::install(&self.dir.join(kernels::DIR), &dir)
-                    .with_context(|| format!("cannot copy the kernel caches of bundle {}", self.dir.display()))?;
-                (n, format!("kernel caches of the bundle ({} files, {n} new here) for {gpu}", k.files))
+                match kernels::install(&self.dir.join(kernels::DIR), &dir) {
+                    Ok(n) => (n, format!("kernel caches of the bundle ({} files, {n} new here) for {gpu}", k.files)),
+                    Err(e) => (0, format!("cannot copy the kernel caches of bundle {} ({e:#}): compiling on first use", self.dir.display())),
+                }
             }
             (Some(k), _) => (
                 0,
@@ -82,11 +85,6 @@ pub struct KernelSetup {
     pub from_bundle: usize,
     /// One line for the log.
     pub note: String,
-}
-
-/// A bundle version as one path segment.
-fn sanitize(version: &str) -> String {
-    version.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
 }
 
 /// Backbone + head of a bundle, with its score recalibration.

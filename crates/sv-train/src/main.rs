@@ -115,12 +115,13 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    // GPU builds keep CubeCL's compiled kernels and autotune results across runs (export sets
-    // its own folder: the bundle's).
-    if sv_train::kernels::compiles_kernels() && !matches!(cli.cmd, Some(Cmd::Export { .. })) {
-        let dir = sv_train::kernels::user_dir();
-        sv_train::kernels::use_dir(&dir)?;
-        tracing::info!("kernel caches in {}", dir.display());
+    // GPU builds keep CubeCL's compiled kernels and autotune results across runs, one folder a
+    // GPU model and driver; export copies them into the bundle.
+    if sv_train::kernels::compiles_kernels() {
+        match sv_train::kernels::init(&sv_train::kernels::user_dir()) {
+            Some((ptx, tune)) => tracing::info!("kernel caches in {} and {}", ptx.display(), tune.display()),
+            None => tracing::warn!("CubeCL's PTX cache is off: kernels are compiled anew in every process"),
+        }
     }
     match (cli.cmd, cli.experiment) {
         (Some(Cmd::Train { experiment }), _) | (None, Some(experiment)) => {

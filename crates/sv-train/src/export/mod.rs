@@ -7,7 +7,8 @@
 //!   backbone/model.safetensors  backbone weights by checkpoint name (INT8 linears: I8 + `_scale`)
 //!   head/config.json            the head config
 //!   head/model.safetensors      head weights (INT8 likewise)
-//!   kernels/                    CubeCL's PTX and autotune caches of the export's warm-up (cuda build only)
+//!   kernels/                    CubeCL's PTX and autotune caches after a warm-up of every batch size
+//!                               the miner runs (cuda build only; valid on the GPU named in bundle.json)
 //!   model_card.json             model_name, description, version, submitted_by, submission_time
 //!   README.md                   Hugging Face model card with metrics and the simulated reward
 //!   manifest.json               SHA-256 of every other file (written last)
@@ -222,25 +223,12 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     }
     std::fs::create_dir_all(tmp.join("backbone"))?;
     std::fs::create_dir_all(tmp.join("head"))?;
-    // The kernel caches of this process go straight into the bundle when CubeCL has not started
-    // yet (the CLI); otherwise (a process that already ran on the GPU) they are copied after the
-    // warm-up from wherever CubeCL keeps them.
+    // CubeCL's caches: the user's folder for this GPU (what the run compiled, so the warm-up only
+    // adds the server's batch sizes), unless this process set them already; they are copied into
+    // the bundle after the warm-up, so CubeCL never writes into the bundle itself.
     let kernel_dir = tmp.join(crate::kernels::DIR);
-    // Seeded with the user's cache (what the run compiled), so the warm-up only adds what the
-    // server's batch sizes need.
-    if crate::kernels::compiles_kernels() && opts.warm_batch > 0 {
-        let n = crate::kernels::install(&crate::kernels::user_dir(), &kernel_dir)?;
-        tracing::info!("{n} kernel cache files from {}", crate::kernels::user_dir().display());
-    }
-    let own_kernels = crate::kernels::compiles_kernels()
-        && opts.warm_batch > 0
-        && match crate::kernels::use_dir(&kernel_dir) {
-            Ok(on) => on,
-            Err(e) => {
-                tracing::warn!("{e:#}; copying CubeCL's current caches instead");
-                false
-            }
-        };
+    let kernel_roots =
+        if crate::kernels::compiles_kernels() && opts.warm_batch > 0 { crate::kernels::init(&crate::kernels::user_dir()) } else { None };
     let result = (|| -> Result<(BundleConfig, DecisionReport)> {
         let device = Device::default();
         let (fp32, meta) = Classifier::from_run(&opts.run, &device)?;
@@ -302,7 +290,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         }
         let all_labels: Vec<bool> = val.iter().map(|s| s.label == sv_data::Label::Roadwork).collect();
         let metrics = Metrics::compute(&clean, &all_labels);
-        cfg.kernels = carry_kernels(&model, opts.warm_batch, own_kernels, &kernel_dir, &device)?;
+        cfg.kernels = carry_kernels(&model, opts.warm_batch, kernel_roots.as_ref(), &kernel_dir, &device)?;
 
         let stamp = chrono::Utc::now();
         let version = format!("{}-{}", meta.experiment, stamp.format("%Y%m%d%H%M%S"));
@@ -380,12 +368,12 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     })
 }
 
-/// Warm every batch size up to `warm_batch` and put the kernel caches into `kernel_dir` (they
-/// are there already when `own` is set). `None` on builds that compile no kernels.
+/// Warm every batch size up to `warm_batch`, then copy CubeCL's caches (at `roots`) into
+/// `kernel_dir`. `None` on builds that compile no kernels, or when CubeCL's PTX cache is off.
 fn carry_kernels<B: Backend>(
     model: &Classifier<B>,
     warm_batch: usize,
-    own: bool,
+    roots: Option<&(PathBuf, PathBuf)>,
     kernel_dir: &Path,
     device: &B::Device,
 ) -> Result<Option<KernelsInfo>> {
@@ -396,15 +384,11 @@ fn carry_kernels<B: Backend>(
     let times = crate::kernels::warm(model, &crate::kernels::warm_batches(warm_batch), device)?;
     let warm_seconds = t.elapsed().as_secs_f64();
     tracing::info!("warm-up of batch sizes 1..={warm_batch}: {warm_seconds:.1} s ({times:?})");
-    if !own {
-        match crate::kernels::current_dir() {
-            Some(d) => {
-                crate::kernels::install(&d, kernel_dir)?;
-            }
-            None => tracing::warn!("CubeCL's PTX cache is off in this process: the bundle carries no kernels"),
-        }
-    }
-    let files = crate::kernels::files(kernel_dir)?.len();
+    let Some(roots) = roots else {
+        tracing::warn!("CubeCL's PTX cache is off in this process: the bundle carries no kernels");
+        return Ok(None);
+    };
+    let files = crate::kernels::collect(roots, kernel_dir)?;
     if files == 0 {
         let _ = std::fs::remove_dir_all(kernel_dir);
         return Ok(None);
