@@ -120,11 +120,7 @@ impl MinerConfig {
         if let Some(p) = &self.kernel_cache {
             return p.clone();
         }
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(std::env::temp_dir);
-        base.join("sv-miner").join("kernels")
+        sv_train::kernels::cache_home().join("sv-miner").join("kernels")
     }
 
     /// Check what can be checked before loading anything.

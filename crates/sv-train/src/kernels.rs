@@ -34,14 +34,17 @@ pub fn compiles_kernels() -> bool {
 pub fn user_dir() -> PathBuf {
     let base = match std::env::var_os("SV_KERNEL_CACHE") {
         Some(p) => PathBuf::from(p),
-        None => std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(std::env::temp_dir)
-            .join("sv-train")
-            .join("kernels"),
+        None => cache_home().join("sv-train").join("kernels"),
     };
     base.join(gpu_key())
+}
+
+/// The user's cache folder: `$XDG_CACHE_HOME`, else `~/.cache`, else the temp folder.
+pub fn cache_home() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
 }
 
 /// [`gpu`] as one path segment (`unknown-gpu` when it cannot be told).
