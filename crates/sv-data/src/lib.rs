@@ -22,6 +22,6 @@ pub mod split;
 pub mod stats;
 pub mod store;
 
-pub use preprocess::{PreprocessConfig, preprocess_bytes, preprocess_image};
+pub use preprocess::{PreprocessConfig, preprocess_batch, preprocess_bytes, preprocess_image};
 pub use sample::{Label, Sample, SampleMeta, SceneMeta, Source, Split};
 pub use store::{AppendReport, Store, VectorColumn, VersionInfo};

@@ -164,6 +164,28 @@ pub fn preprocess_bytes(bytes: &[u8], cfg: &PreprocessConfig) -> Result<Vec<f32>
     Ok(preprocess_image(&decode(bytes)?, cfg))
 }
 
+/// [`preprocess_bytes`] of a batch, the images in parallel (rayon): the `N·3·size·size` floats of
+/// an `(N, 3, size, size)` tensor, in input order. An image that does not decode is an error
+/// naming its position in the batch.
+pub fn preprocess_batch(images: &[&[u8]], cfg: &PreprocessConfig) -> Result<Vec<f32>> {
+    use rayon::prelude::*;
+    let plane = cfg.len();
+    if plane == 0 {
+        bail!("preprocessing size is 0");
+    }
+    let mut out = vec![0f32; images.len() * plane];
+    out.par_chunks_mut(plane)
+        .zip(images.par_iter())
+        .enumerate()
+        .try_for_each(|(i, (dst, bytes))| {
+            let v =
+                preprocess_bytes(bytes, cfg).with_context(|| format!("image {i} of the batch"))?;
+            dst.copy_from_slice(&v);
+            Ok::<(), anyhow::Error>(())
+        })?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +252,34 @@ mod tests {
         let mut truncated = png(&RgbImage::from_pixel(64, 64, Rgb([1, 2, 3])));
         truncated.truncate(truncated.len() / 2);
         assert!(decode(&truncated).is_err());
+    }
+
+    #[test]
+    fn a_batch_is_its_images_in_order_and_a_bad_one_is_named() {
+        let imgs: Vec<Vec<u8>> = (0..5u8)
+            .map(|k| {
+                png(&RgbImage::from_fn(40 + k as u32 * 7, 30, |x, y| {
+                    Rgb([k * 40, (x * 3) as u8, (y * 5) as u8])
+                }))
+            })
+            .collect();
+        let refs: Vec<&[u8]> = imgs.iter().map(Vec::as_slice).collect();
+        let cfg = PreprocessConfig {
+            size: 16,
+            ..Default::default()
+        };
+        let batch = preprocess_batch(&refs, &cfg).unwrap();
+        let one_by_one: Vec<f32> = refs
+            .iter()
+            .flat_map(|b| preprocess_bytes(b, &cfg).unwrap())
+            .collect();
+        assert_eq!(batch, one_by_one);
+        let mut bad = refs.clone();
+        bad[3] = b"not an image";
+        let err = preprocess_batch(&bad, &cfg).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("image 3 of the batch"),
+            "{err:#}"
+        );
     }
 }

@@ -36,8 +36,23 @@ pub type InferBackend = burn::backend::Flex;
 #[cfg(not(any(feature = "cuda", feature = "tch", feature = "flex")))]
 pub type InferBackend = burn_ndarray::NdArray<f32>;
 
-/// Backend for head training (autodiff over [`InferBackend`]).
-pub type TrainBackend = burn::backend::Autodiff<InferBackend>;
+/// Backend of heads while training and evaluating: the CPU backend (ndarray) in every build.
+/// A head is a few hundred thousand weights trained on cached features; on a GPU each of its
+/// small steps is dozens of kernel launches and a sync, and every new batch shape compiles
+/// kernels, so the CPU is faster (benchmarks/RESULTS.md, "Curriculum on the GPU"). Exported
+/// heads run on [`InferBackend`] beside the backbone; `[train] device = "backbone"` trains
+/// on the backbone's backend instead.
+pub type HeadBackend = burn_ndarray::NdArray<f32>;
+
+/// Device of [`HeadBackend`].
+pub type HeadDevice = burn::tensor::Device<HeadBackend>;
+
+/// Backend for head training: autodiff over [`HeadBackend`].
+pub type TrainBackend = burn::backend::Autodiff<HeadBackend>;
+
+/// Head training on the backbone's backend (`[train] device = "backbone"`): autodiff over
+/// [`InferBackend`].
+pub type BackboneTrainBackend = burn::backend::Autodiff<InferBackend>;
 
 /// Device of [`InferBackend`].
 pub type Device = burn::tensor::Device<InferBackend>;

@@ -22,8 +22,8 @@ use crate::head::{Head, HeadConfig};
 use crate::metrics::{Metrics, roc_curve};
 use crate::plots::{PALETTE, Series, bar_chart, line_chart};
 use crate::simulator::{SimReport, simulate};
-use crate::train::{EpochRecord, FeatureSet, TrainConfig, TrainOutcome, predict, train_head};
-use crate::{Device, InferBackend, TrainBackend};
+use crate::train::{EpochRecord, FeatureSet, HeadPlace, TrainConfig, TrainOutcome, predict, train_head};
+use crate::{BackboneTrainBackend, Device, HeadBackend, HeadDevice, InferBackend, TrainBackend};
 
 /// What a run produced.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -205,8 +205,9 @@ pub fn better_round(history: &[EpochRecord], candidate: usize, incumbent: usize)
 
 /// Train the head with the experiment's techniques: augmentation, curriculum by difficulty,
 /// knowledge distillation, and rounds of hard-negative mining.
+/// The backbone runs on `device`; heads train on `H` (on `head_device`).
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-fn train_with_techniques(
+fn train_with_techniques<H: burn::tensor::backend::AutodiffBackend>(
     exp: &Experiment,
     store: &mut Store,
     writable: bool,
@@ -215,7 +216,8 @@ fn train_with_techniques(
     val: &FeatureSet,
     head_cfg: &HeadConfig,
     device: &Device,
-) -> Result<(TrainOutcome<InferBackend>, serde_json::Value)> {
+    head_device: &H::Device,
+) -> Result<(TrainOutcome<H::InnerBackend>, serde_json::Value)> {
     use crate::curriculum::easy_to_hard;
     use crate::distill::{kd_loss, teacher_logit};
     use crate::techniques::*;
@@ -239,7 +241,7 @@ fn train_with_techniques(
 
     let teacher: Option<Vec<f32>> = match &exp.distill {
         Some(d) => {
-            let (p, source) = teacher_probs(&d.teacher, store, writable, &exp.preprocess, &base_ids, exp.seed, device)?;
+            let (p, source) = teacher_probs::<H>(&d.teacher, store, writable, &exp.preprocess, &base_ids, exp.seed, device, head_device)?;
             info.insert("distill".into(), serde_json::json!({ "teacher": source, "alpha": d.alpha, "temperature": d.temperature }));
             Some(origin.iter().map(|&i| p[i]).collect())
         }
@@ -253,7 +255,7 @@ fn train_with_techniques(
                 y: train.y[..n_base].to_vec(),
                 d: train.d,
             };
-            let refp = reference_probs(&base, exp.seed, device)?;
+            let refp = reference_probs::<H>(&base, exp.seed, head_device)?;
             let diff = difficulties(store, &base_ids, &refp, writable)?;
             let per_row: Vec<f64> = origin.iter().map(|&i| diff[i]).collect();
             let mean = diff.iter().sum::<f64>() / diff.len().max(1) as f64;
@@ -262,7 +264,7 @@ fn train_with_techniques(
         }
         None => None,
     };
-    let kd = |logits: Tensor<TrainBackend, 1>, rows: &[usize]| {
+    let kd = |logits: Tensor<H, 1>, rows: &[usize]| {
         let d = exp.distill.as_ref().expect("kd only with distill");
         let t = teacher.as_ref().expect("teacher probabilities");
         let zt: Vec<f32> = rows.iter().map(|&i| teacher_logit(t[i])).collect();
@@ -270,19 +272,19 @@ fn train_with_techniques(
         let n = rows.len();
         kd_loss(
             logits,
-            Tensor::from_data(TensorData::new(zt, [n]), device),
-            Tensor::from_data(TensorData::new(y, [n]), device),
+            Tensor::from_data(TensorData::new(zt, [n]), head_device),
+            Tensor::from_data(TensorData::new(y, [n]), head_device),
             d.alpha,
             d.temperature,
         )
     };
-    let loss: crate::train::LossFn<'_, TrainBackend> = if teacher.is_some() { Some(&kd) } else { None };
+    let loss: crate::train::LossFn<'_, H> = if teacher.is_some() { Some(&kd) } else { None };
     let curriculum_plan = |e: usize| {
         let c = exp.curriculum.as_ref().expect("curriculum");
         c.rows(order.as_ref().expect("order"), e, tcfg.epochs)
     };
     let plan: crate::train::EpochPlan<'_> = if order.is_some() { Some(&curriculum_plan) } else { None };
-    let mut outcome = train_head::<TrainBackend>(&tcfg, head_cfg, &train, val, plan, loss, device)?;
+    let mut outcome = train_head::<H>(&tcfg, head_cfg, &train, val, plan, loss, head_device)?;
 
     if let Some(hn) = &exp.hard_negatives {
         let log = match &hn.prediction_log {
@@ -294,7 +296,7 @@ fn train_with_techniques(
         // The mining rounds train on balanced views from the start: patience counts at once.
         let round_cfg = TrainConfig { patience_from: 0, ..tcfg.clone() };
         for round in 1..=hn.rounds {
-            let probs = predict(&outcome.head, &train, device);
+            let probs = predict(&outcome.head, &train, head_device);
             let mut preds: Vec<sv_data::mining::Prediction> = train
                 .ids
                 .iter()
@@ -322,7 +324,7 @@ fn train_with_techniques(
             let view = sv_data::mining::balanced_view(train.len(), &hard, &mcfg);
             let view_plan = |_e: usize| view.clone();
             let prev_epochs = outcome.history.len();
-            let mut next = train_head::<TrainBackend>(&round_cfg, head_cfg, &train, val, Some(&view_plan), loss, device)?;
+            let mut next = train_head::<H>(&round_cfg, head_cfg, &train, val, Some(&view_plan), loss, head_device)?;
             for r in next.history.iter_mut() {
                 r.epoch += prev_epochs;
             }
@@ -390,11 +392,22 @@ pub fn run_experiment(path: &Path) -> Result<RunSummary> {
 
     let t = Instant::now();
     let head_cfg = exp.head.config(dim);
-    let (outcome, techniques) = train_with_techniques(&exp, &mut store, writable, &backbone, train, &val, &head_cfg, &device)?;
+    let hdev = HeadDevice::default();
+    let (outcome, techniques) = match exp.train.device {
+        HeadPlace::Cpu => {
+            train_with_techniques::<TrainBackend>(&exp, &mut store, writable, &backbone, train, &val, &head_cfg, &device, &hdev)?
+        }
+        HeadPlace::Backbone => {
+            let (o, t) = train_with_techniques::<BackboneTrainBackend>(
+                &exp, &mut store, writable, &backbone, train, &val, &head_cfg, &device, &device,
+            )?;
+            (TrainOutcome { head: o.head.to_backend::<HeadBackend>(&head_cfg, &hdev)?, best_epoch: o.best_epoch, history: o.history }, t)
+        }
+    };
     seconds.insert("train".into(), t.elapsed().as_secs_f64());
 
-    let val_p = predict(&outcome.head, &val, &device);
-    let test_p = predict(&outcome.head, &test, &device);
+    let val_p = predict(&outcome.head, &val, &hdev);
+    let test_p = predict(&outcome.head, &test, &hdev);
     let (val_y, test_y) = (val.labels(), test.labels());
     let val_m = Metrics::compute(&val_p, &val_y);
     let test_m = Metrics::compute(&test_p, &test_y);
@@ -403,7 +416,7 @@ pub fn run_experiment(path: &Path) -> Result<RunSummary> {
     let simulator = if exp.simulator.enabled {
         let t = Instant::now();
         let samples = crate::simulator::load_sample(&store, "test", &exp.simulator.config())?;
-        let r = simulate(&backbone, &outcome.head, &exp.preprocess, &samples, exp.backbone.batch_size, &exp.simulator.config(), &device)?;
+        let r = simulate(&backbone, &outcome.head, &exp.preprocess, &samples, exp.backbone.batch_size, &exp.simulator.config(), &device, &hdev)?;
         seconds.insert("simulator".into(), t.elapsed().as_secs_f64());
         Some(r)
     } else {
@@ -521,7 +534,7 @@ pub fn evaluate_checkpoint(experiment: &Path, checkpoint: &Path) -> Result<Evalu
     }
     let simulator = if exp.simulator.enabled {
         let samples = crate::simulator::load_sample(&store, "test", &exp.simulator.config())?;
-        Some(simulate(&backbone, &head, &meta.preprocess, &samples, meta.backbone.batch_size, &exp.simulator.config(), &device)?)
+        Some(simulate(&backbone, &head, &meta.preprocess, &samples, meta.backbone.batch_size, &exp.simulator.config(), &device, &device)?)
     } else {
         None
     };

@@ -243,49 +243,59 @@ pub fn challenge_stream(
     let mut out = Vec::with_capacity(cfg.challenges);
     let pb = sv_data::progress::bar(cfg.challenges as u64, "simulate");
     let batch = batch_size.max(1);
-    let mut jpegs: Vec<Vec<u8>> = Vec::with_capacity(batch);
-    let mut pending: Vec<Scored> = Vec::with_capacity(batch);
-    let flush = |jpegs: &mut Vec<Vec<u8>>, pending: &mut Vec<Scored>, out: &mut Vec<Scored>, score: &mut dyn FnMut(&[&[u8]]) -> Result<Vec<f32>>| -> Result<()> {
+    // The draws stay sequential (one RNG stream, so results do not depend on the thread count);
+    // decoding and making the challenge JPEGs, the costly part, run in parallel per batch.
+    let mut pending: Vec<(Scored, ChallengeParams)> = Vec::with_capacity(batch);
+    let flush = |pending: &mut Vec<(Scored, ChallengeParams)>, out: &mut Vec<Scored>, score: &mut dyn FnMut(&[&[u8]]) -> Result<Vec<f32>>| -> Result<()> {
+        use rayon::prelude::*;
+        let jpegs: Vec<Vec<u8>> = pending
+            .par_iter()
+            .map(|(s, params)| {
+                let img = sv_data::augment::decode_rgb(&samples[s.sample].image)?;
+                sv_data::challenge::make(&img, params)
+            })
+            .collect::<Result<_>>()?;
         let refs: Vec<&[u8]> = jpegs.iter().map(Vec::as_slice).collect();
         let probs = score(&refs)?;
         anyhow::ensure!(probs.len() == pending.len(), "scorer returned {} scores for {} challenges", probs.len(), pending.len());
-        for (mut s, p) in pending.drain(..).zip(probs) {
+        for ((mut s, _), p) in pending.drain(..).zip(probs) {
             s.prob = p;
             out.push(s);
         }
-        jpegs.clear();
         Ok(())
     };
     for _ in 0..cfg.challenges {
         let label = if pos.is_empty() { false } else if neg.is_empty() { true } else { rng.random_bool(0.5) };
         let pool = if label { &pos } else { &neg };
         let i = pool[rng.random_range(0..pool.len())];
-        let img = sv_data::augment::decode_rgb(&samples[i].image)?;
         let level = rng.random_range(0..=3u8);
-        let params = ChallengeParams::draw(level, img.width(), img.height(), &mut rng);
-        jpegs.push(sv_data::challenge::make(&img, &params)?);
-        pending.push(Scored { sample: i, level, label, prob: f32::NAN });
-        if jpegs.len() == batch {
-            flush(&mut jpegs, &mut pending, &mut out, score)?;
+        let params = ChallengeParams::draw(level, samples[i].width, samples[i].height, &mut rng);
+        pending.push((Scored { sample: i, level, label, prob: f32::NAN }, params));
+        if pending.len() == batch {
+            flush(&mut pending, &mut out, score)?;
         }
         pb.inc(1);
     }
-    if !jpegs.is_empty() {
-        flush(&mut jpegs, &mut pending, &mut out, score)?;
+    if !pending.is_empty() {
+        flush(&mut pending, &mut out, score)?;
     }
     pb.finish_and_clear();
     Ok(out)
 }
 
 /// Challenge the test samples with a backbone and head, and report.
-pub fn simulate<B: Backend>(
+/// The backbone runs on `device`, the head on its own backend (`head_device`; the same one
+/// when the head sits beside the backbone).
+#[allow(clippy::too_many_arguments)]
+pub fn simulate<B: Backend, H: Backend>(
     backbone: &Backbone<B>,
-    head: &Head<B>,
+    head: &Head<H>,
     pre: &PreprocessConfig,
     samples: &[Sample],
     batch_size: usize,
     cfg: &SimulatorConfig,
     device: &B::Device,
+    head_device: &H::Device,
 ) -> Result<SimReport> {
     let d = backbone.config.feature_dim();
     simulate_with(samples, batch_size, cfg, &mut |images: &[&[u8]]| {
@@ -294,7 +304,7 @@ pub fn simulate<B: Backend>(
             set.x.extend(f);
             set.y.push(0.0);
         }
-        Ok(predict(head, &set, device))
+        Ok(predict(head, &set, head_device))
     })
 }
 

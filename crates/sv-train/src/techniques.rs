@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use arrow_array::{Array, Float32Array, Float64Array, StringArray};
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use sv_data::augment::{Strategy, augment, decode_rgb, encode_png};
@@ -18,7 +18,7 @@ use crate::experiment::{AugmentSection, HeadSection, TeacherSpec};
 use crate::features::{ensure_features, feature_set};
 use crate::head::HeadKind;
 use crate::train::{FeatureSet, TrainConfig, predict, train_head};
-use crate::{Device, InferBackend, TrainBackend};
+use crate::{Device, InferBackend};
 
 /// Column the in-run teacher and imported teacher files are written to.
 pub const TEACHER_COLUMN: &str = "teacher_prob";
@@ -129,7 +129,9 @@ fn write_probs(store: &mut Store, column: &str, probs: &HashMap<String, f32>) ->
 
 /// Teacher P(roadwork) for each training row (by id), from the configured source. Imported and
 /// in-run teachers are written to the `teacher_prob` column when the store is writable.
-pub fn teacher_probs(
+/// An in-run teacher's backbone runs on `device`, its heads train on `H` (`head_device`).
+#[allow(clippy::too_many_arguments)]
+pub fn teacher_probs<H: AutodiffBackend>(
     spec: &TeacherSpec,
     store: &mut Store,
     writable: bool,
@@ -137,6 +139,7 @@ pub fn teacher_probs(
     train_ids: &[String],
     seed: u64,
     device: &Device,
+    head_device: &H::Device,
 ) -> Result<(Vec<f32>, String)> {
     let (probs, source): (HashMap<String, f32>, String) = if let Some(col) = &spec.column {
         let m = store
@@ -160,7 +163,7 @@ pub fn teacher_probs(
         let head = spec.head.clone().unwrap_or_default().config(dim);
         let cfg = TrainConfig { seed, ..Default::default() };
         // Cross-fitted: each training row is scored by a teacher head that did not train on it.
-        let p = cross_fit(&tr, Some(&va), &head, &cfg, device)?;
+        let p = cross_fit::<H>(&tr, Some(&va), &head, &cfg, head_device)?;
         let m: HashMap<String, f32> = tr.ids.iter().cloned().zip(p).collect();
         if writable {
             write_probs(store, TEACHER_COLUMN, &m)?;
@@ -187,12 +190,12 @@ pub fn teacher_probs(
 /// Out-of-fold probabilities by 2-fold cross-fitting: each row of `train` is scored by a head
 /// trained on the other fold only. `val` selects each head's epoch; without it, the scored fold
 /// does.
-pub fn cross_fit(
+pub fn cross_fit<H: AutodiffBackend>(
     train: &FeatureSet,
     val: Option<&FeatureSet>,
     head: &crate::head::HeadConfig,
     cfg: &TrainConfig,
-    device: &Device,
+    device: &H::Device,
 ) -> Result<Vec<f32>> {
     let n = train.len();
     let folds: [Vec<usize>; 2] = [(0..n).filter(|i| i % 2 == 0).collect(), (0..n).filter(|i| i % 2 == 1).collect()];
@@ -208,7 +211,7 @@ pub fn cross_fit(
     let mut probs = vec![0f32; n];
     for k in 0..2 {
         let (fit, score) = (subset(&folds[k]), subset(&folds[1 - k]));
-        let out = train_head::<TrainBackend>(cfg, head, &fit, val.unwrap_or(&score), None, None, device)?;
+        let out = train_head::<H>(cfg, head, &fit, val.unwrap_or(&score), None, None, device)?;
         for (&i, p) in folds[1 - k].iter().zip(predict(&out.head, &score, device)) {
             probs[i] = p;
         }
@@ -218,10 +221,10 @@ pub fn cross_fit(
 
 /// Out-of-fold probabilities of a linear reference model (2-fold cross-fitting), used for the
 /// uncertainty part of difficulty: each row is scored by a model that did not train on it.
-pub fn reference_probs(train: &FeatureSet, seed: u64, device: &Device) -> Result<Vec<f32>> {
+pub fn reference_probs<H: AutodiffBackend>(train: &FeatureSet, seed: u64, device: &H::Device) -> Result<Vec<f32>> {
     let head = HeadSection { kind: HeadKind::Linear, ..Default::default() }.config(train.d);
     let cfg = TrainConfig { epochs: 20, patience: 0, seed, ..Default::default() };
-    cross_fit(train, None, &head, &cfg, device)
+    cross_fit::<H>(train, None, &head, &cfg, device)
 }
 
 /// Difficulty scores of rows `ids` given reference probabilities; written to the `difficulty`
@@ -262,11 +265,11 @@ mod tests {
         }
         let head = HeadSection { kind: HeadKind::Mlp, hidden: 256, dropout: 0.0 }.config(d);
         let cfg = TrainConfig { epochs: 150, batch_size: 32, lr: 1e-2, warmup_epochs: 0, patience: 0, weight_decay: 0.0, ..Default::default() };
-        let dev = Device::default();
+        let dev = crate::HeadDevice::default();
         let acc = |p: &[f32]| p.iter().zip(&s.y).filter(|(p, y)| (**p > 0.5) == (**y > 0.5)).count() as f64 / n as f64;
-        let in_sample = train_head::<TrainBackend>(&cfg, &head, &s, &s, None, None, &dev).unwrap();
+        let in_sample = train_head::<crate::TrainBackend>(&cfg, &head, &s, &s, None, None, &dev).unwrap();
         let memorised = acc(&predict(&in_sample.head, &s, &dev));
-        let oof = acc(&cross_fit(&s, Some(&s), &head, &cfg, &dev).unwrap());
+        let oof = acc(&cross_fit::<crate::TrainBackend>(&s, Some(&s), &head, &cfg, &dev).unwrap());
         assert!(memorised > 0.9, "the head memorises its own rows: {memorised}");
         assert!(oof < 0.65, "out-of-fold scores are near chance: {oof}");
     }

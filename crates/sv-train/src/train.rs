@@ -46,6 +46,17 @@ impl FeatureSet {
     }
 }
 
+/// Where heads train (`[train] device`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadPlace {
+    /// The CPU backend, whatever the backbone runs on.
+    #[default]
+    Cpu,
+    /// The backbone's backend.
+    Backbone,
+}
+
 /// Optimiser and schedule.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -60,6 +71,9 @@ pub struct TrainConfig {
     pub warmup_epochs: usize,
     /// Epochs without a better validation MCC before stopping (0 = never stop early).
     pub patience: usize,
+    /// Where heads train: `cpu` (the default: [`crate::HeadBackend`]) or `backbone` (the
+    /// backbone's backend, the GPU in a cuda build).
+    pub device: HeadPlace,
     /// Set from the experiment's top-level `seed`.
     #[serde(skip)]
     pub seed: u64,
@@ -79,6 +93,7 @@ impl Default for TrainConfig {
             weight_decay: 0.01,
             warmup_epochs: 3,
             patience: 15,
+            device: HeadPlace::Cpu,
             seed: 0,
             patience_from: 0,
         }
@@ -257,7 +272,7 @@ pub fn train_head<B: AutodiffBackend>(
 mod tests {
     use super::*;
     use crate::head::{HeadConfig, HeadKind};
-    use crate::{Device, TrainBackend};
+    use crate::{HeadDevice, TrainBackend};
 
     fn set(n: usize, seed: u64) -> FeatureSet {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -280,7 +295,7 @@ mod tests {
         let (train, val) = (set(40, 1), set(20, 2));
         let head = HeadConfig::new(4).with_kind(HeadKind::Linear);
         let base = TrainConfig { epochs: 12, batch_size: 16, lr: 1e-12, warmup_epochs: 0, patience: 2, ..Default::default() };
-        let dev = Device::default();
+        let dev = HeadDevice::default();
         let run = |cfg: &TrainConfig| train_head::<TrainBackend>(cfg, &head, &train, &val, None, None, &dev).unwrap().history.len();
         assert_eq!(run(&base), 3, "patience counts from epoch 0 without a curriculum");
         let curriculum = TrainConfig { patience_from: 6, ..base.clone() };

@@ -123,6 +123,15 @@ fn bad_configs_fail_with_messages_naming_the_problem() {
     std::fs::write(&size, text.replace("crop = \"none\"", "crop = \"none\"\nsize = 100")).unwrap();
     assert!(msg(&size).contains("size 100"));
 
+    let place = dir.path().join("place.toml");
+    std::fs::write(
+        &place,
+        text.replace("epochs = 60", "epochs = 60\ndevice = \"gpu\""),
+    )
+    .unwrap();
+    let m = msg(&place);
+    assert!(m.contains("gpu") && m.contains("backbone"), "{m}");
+
     let no_store = dir.path().join("nostore.toml");
     std::fs::write(&no_store, text.replace("generate = { count = 500, seed = 3 }", "")).unwrap();
     let m = msg(&no_store);

@@ -50,13 +50,27 @@ fn techniques_run_and_compare() {
     let cur = write(dir.path(), "cur", "[curriculum]\npacing = \"exponential\"\nstart_fraction = 0.4\n");
     let hn = write(dir.path(), "hn", "[hard_negatives]\nrounds = 2\nhard_fraction = 0.3\n");
     let aug = write(dir.path(), "aug", "[augment]\nstrategy = \"validator\"\ncopies = 1\n");
-    let out = sv_train::run::compare(&[base.clone(), cur, hn, aug], &dir.path().join("runs")).unwrap();
+    // The base experiment with its head trained on the backbone's backend instead of the CPU.
+    let on_backbone = dir.path().join("base-bb.toml");
+    let text = std::fs::read_to_string(&base).unwrap().replace("name = \"base\"", "name = \"base-bb\"");
+    std::fs::write(&on_backbone, text.replace("patience = 0\n", "patience = 0\ndevice = \"backbone\"\n")).unwrap();
+    let out = sv_train::run::compare(&[base.clone(), cur, hn, aug, on_backbone], &dir.path().join("runs")).unwrap();
     for f in ["comparison.md", "comparison.json", "comparison.png"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     let rows: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(out.join("comparison.json")).unwrap()).unwrap();
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), 5);
+    if sv_train::backend_name() == "ndarray" {
+        // One backend for both: the same seed trains the same head, moved intact to the CPU.
+        // Threaded reductions may differ in the last bits, so the decisions must match exactly
+        // and the probabilities' calibration error to 1e-6.
+        for k in ["val", "test"] {
+            let (a, b) = (&rows[4][k], &rows[0][k]);
+            assert_eq!((&a["confusion"], &a["mcc"]), (&b["confusion"], &b["mcc"]), "{k} of the head trained on the backbone's backend");
+            assert!((a["ece"].as_f64().unwrap() - b["ece"].as_f64().unwrap()).abs() < 1e-6, "{k}: {a} vs {b}");
+        }
+    }
     let md = std::fs::read_to_string(out.join("comparison.md")).unwrap();
     for name in ["| base |", "| cur |", "| hn |", "| aug |"] {
         assert!(md.contains(name), "{name} missing from the table");

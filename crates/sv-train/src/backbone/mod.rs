@@ -85,6 +85,10 @@ pub struct Backbone<B: Backend> {
     pub id: String,
     /// Whether the weights are random (said in every output that depends on them).
     pub random: bool,
+    /// [`Self::features_of_images`] pads a shorter batch with blank images to this many rows (0:
+    /// never). Set to the spec's `batch_size` in builds that compile kernels per tensor shape
+    /// (CUDA), where a short last batch would otherwise compile and autotune its own kernels.
+    pub pad_to: usize,
 }
 
 fn load_dir<B: Backend>(dir: &Path, device: &B::Device, dtype: DType) -> Result<(Dinov3<B>, Dinov3Config)> {
@@ -124,6 +128,9 @@ impl<B: Backend> Backbone<B> {
         if dtype != DType::F32 {
             bb.id = format!("{}:{}", bb.id, spec.dtype);
         }
+        if crate::kernels::compiles_kernels() {
+            bb.pad_to = spec.batch_size;
+        }
         Ok(bb)
     }
 
@@ -137,6 +144,7 @@ impl<B: Backend> Backbone<B> {
                 config,
                 id: format!("dinov3:random:{}:seed={}:std={}", spec.preset, spec.seed, spec.init_std),
                 random: true,
+                pad_to: 0,
             });
         }
         if let Some(rest) = spec.weights.strip_prefix("hf:") {
@@ -147,7 +155,7 @@ impl<B: Backend> Backbone<B> {
             let dir = fetch_hf(repo, rev)?;
             let (model, config) = load_dir(&dir, device, dtype)?;
             let snapshot = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-            return Ok(Self { model, config, id: format!("dinov3:hf:{repo}@{snapshot}"), random: false });
+            return Ok(Self { model, config, id: format!("dinov3:hf:{repo}@{snapshot}"), random: false, pad_to: 0 });
         }
         let dir = Path::new(&spec.weights);
         if !dir.is_dir() {
@@ -155,26 +163,31 @@ impl<B: Backend> Backbone<B> {
         }
         let (model, config) = load_dir(dir, device, dtype)?;
         let fingerprint = dir_fingerprint(dir)?;
-        Ok(Self { model, config, id: format!("dinov3:dir:{}:{fingerprint}", dir.display()), random: false })
+        Ok(Self { model, config, id: format!("dinov3:dir:{}:{fingerprint}", dir.display()), random: false, pad_to: 0 })
     }
 
     /// Features `[CLS, mean(patches)]` of encoded images, preprocessed with `pre`.
     pub fn features_of_images(&self, images: &[&[u8]], pre: &PreprocessConfig, device: &B::Device) -> Result<Vec<Vec<f32>>> {
-        let x = pixels::<B>(images, pre, device)?;
+        let n = images.len();
+        let mut data = sv_data::preprocess_batch(images, pre)?;
+        // Rows of a batch never see each other (norms and attention are per image), so blank
+        // padding rows change nothing in the real ones.
+        let rows = if n > 0 && n < self.pad_to { self.pad_to } else { n };
+        data.resize(rows * pre.len(), 0.0);
+        let s = pre.size as usize;
+        let x = Tensor::<B, 4>::from_data(TensorData::new(data, [rows, 3, s, s]), device);
         let feats = self.model.forward(x).features;
         let d = feats.dims()[1];
         let v = feats.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        Ok(v.chunks_exact(d).map(<[f32]>::to_vec).collect())
+        Ok(v.chunks_exact(d).take(n).map(<[f32]>::to_vec).collect())
     }
 }
 
 /// Encoded images as one normalised `(N, 3, S, S)` batch through sv-data's shared
-/// preprocessing. An image that does not decode is an error naming its position.
+/// preprocessing (the images in parallel). An image that does not decode is an error naming its
+/// position.
 pub fn pixels<B: Backend>(images: &[&[u8]], pre: &PreprocessConfig, device: &B::Device) -> Result<Tensor<B, 4>> {
-    let mut data = Vec::with_capacity(images.len() * pre.len());
-    for (i, bytes) in images.iter().enumerate() {
-        data.extend(sv_data::preprocess_bytes(bytes, pre).with_context(|| format!("image {i} of the batch"))?);
-    }
+    let data = sv_data::preprocess_batch(images, pre)?;
     let s = pre.size as usize;
     Ok(Tensor::<B, 4>::from_data(TensorData::new(data, [images.len(), 3, s, s]), device))
 }
@@ -193,4 +206,40 @@ fn dir_fingerprint(dir: &Path) -> Result<String> {
         }
     }
     Ok(sv_data::sample::sha256_hex(parts.join("|").as_bytes())[..12].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Device, InferBackend};
+
+    #[test]
+    fn blank_padding_rows_change_nothing_in_the_real_ones() {
+        let spec = BackboneSpec {
+            weights: "random".into(),
+            preset: "vit-tiny".into(),
+            seed: 3,
+            batch_size: 8,
+            init_std: 0.3,
+            dtype: "f32".into(),
+        };
+        let device = Device::default();
+        let mut bb = Backbone::<InferBackend>::load(&spec, &device).unwrap();
+        let cfg = sv_data::generate::GenerateConfig { count: 3, seed: 4, width: 64, height: 48, ..Default::default() };
+        let imgs: Vec<Vec<u8>> = sv_data::generate::samples(&cfg).map(|s| s.unwrap().image).collect();
+        let refs: Vec<&[u8]> = imgs.iter().map(Vec::as_slice).collect();
+        let pre = PreprocessConfig { size: 48, ..Default::default() };
+        bb.pad_to = 0;
+        let plain = bb.features_of_images(&refs, &pre, &device).unwrap();
+        bb.pad_to = 8;
+        let padded = bb.features_of_images(&refs, &pre, &device).unwrap();
+        assert_eq!((plain.len(), padded.len()), (3, 3), "padding rows are dropped");
+        for (a, b) in plain.iter().zip(&padded) {
+            let err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max);
+            assert!(err <= 1e-5 * scale.max(1.0), "max difference {err} (scale {scale})");
+        }
+        // Different images give different features (the comparison above is not vacuous).
+        assert!(plain[0].iter().zip(&plain[1]).any(|(x, y)| (x - y).abs() > 1e-3));
+    }
 }

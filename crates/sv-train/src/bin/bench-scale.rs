@@ -24,7 +24,7 @@ use sv_train::backbone::{Backbone, BackboneSpec};
 use sv_train::features::{Features, extract_features, feature_set};
 use sv_train::head::HeadConfig;
 use sv_train::train::{TrainConfig, train_head};
-use sv_train::{Device, InferBackend, TrainBackend};
+use sv_train::{Device, HeadDevice, InferBackend, TrainBackend};
 
 /// Peak resident memory since the last reset, in MiB.
 fn peak_mib() -> f64 {
@@ -137,7 +137,7 @@ fn data_stages(root: &Path, n: usize, out: &mut Vec<Stage>) -> Result<()> {
         let (train, val) = (feature_set(&store, &features, "train", dim)?, feature_set(&store, &features, "val", dim)?);
         let cfg = TrainConfig { epochs: 3, batch_size: 256, warmup_epochs: 0, patience: 0, ..Default::default() };
         let head = HeadConfig::new(dim);
-        let outcome = train_head::<TrainBackend>(&cfg, &head, &train, &val, None, None, &Device::default())?;
+        let outcome = train_head::<TrainBackend>(&cfg, &head, &train, &val, None, None, &HeadDevice::default())?;
         anyhow::ensure!(outcome.history.len() == 3);
         Ok(())
     })?;
