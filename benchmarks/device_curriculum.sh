@@ -6,21 +6,23 @@
 #
 #   bash benchmarks/device_curriculum.sh
 #
-# One device call, five runs of the same experiment, each a fresh process:
-#   cold      fresh store, empty kernel caches (the first run on a machine)
-#   warm      a second fresh store (data and features made again), kernel caches from `cold`
-#   gpu-head  the `warm` store (features reused), heads trained on the GPU
-#             (`[train] device = "backbone"`): its first run, compiling the training kernels
-#   gpu-head2 the same again, training kernels cached
-#   cpu-head  the same store, heads on the CPU (the default), for the train stage side by side
-# Seconds per stage from each run's metrics.json; results go to $OUT.
+# One device call, seven runs of the same experiment, each a fresh process:
+#   cold       fresh store, empty kernel caches (the first run on a machine)
+#   warm       a second fresh store (data and features made again), kernel caches from `cold`
+#   gpu-head   the `warm` store (features reused), heads trained on the GPU
+#              (`[train] device = "backbone"`): its first run, compiling the training kernels
+#   gpu-head2  the same again, training kernels cached
+#   cpu-head   the same store, heads on the CPU (the default), for the train stage side by side
+#   cold-min   as `cold` with CubeCL's autotune at its `minimal` level (own, empty caches)
+#   warm-min   as `warm` with those caches
+# Seconds per stage from each run's metrics.json (and the curriculum's reference model,
+# difficulty scoring and head training inside `train`); results go to $OUT.
 set -euo pipefail
 OUT="${OUT:-/tmp/out}"
 W="$(pwd)/.device/work"
 B="$W/bin"
 mkdir -p "$W" "$B" "$OUT"
 if [ ! -x "$B/sv-train" ]; then xz -dc .device/bin/sv-train.xz > "$B/sv-train"; chmod +x "$B/sv-train"; fi
-export SV_KERNEL_CACHE="$W/kcache-user"
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total,driver_version --format=csv,noheader
 nproc
 
@@ -30,26 +32,34 @@ experiment() { # store, extra [train] line
       -e "s|^\[train\]|[train]\n$2|" experiments/curriculum.toml
 }
 
-run() { # name, store, extra [train] line
+run() { # name, store, extra [train] line, kernel cache folder, autotune level
   experiment "$2" "$3" > "$W/$1.toml"
   echo "== $1"
-  /usr/bin/time -f "wall %e s, peak %M KiB" "$B/sv-train" --experiment "$W/$1.toml" > "$OUT/$1.log" 2> "$OUT/$1.err" || { tail -20 "$OUT/$1.err"; exit 1; }
+  SV_KERNEL_CACHE="$W/$4" CUBECL_AUTOTUNE_LEVEL="$5" /usr/bin/time -f "wall %e s, peak %M KiB" \
+    "$B/sv-train" --experiment "$W/$1.toml" > "$OUT/$1.log" 2> "$OUT/$1.err" || { tail -20 "$OUT/$1.err"; exit 1; }
   tail -1 "$OUT/$1.err"
-  grep -E "^features|^val|^test" "$OUT/$1.log"
+  grep -E "^val|^test" "$OUT/$1.log"
   local run_dir
   run_dir="$(grep '^run folder' "$OUT/$1.log" | sed 's/^run folder: //')"
-  python3 - "$1" "$run_dir/metrics.json" <<'EOF' | tee -a "$OUT/curriculum.jsonl"
+  python3 - "$1" "$run_dir/metrics.json" <<'PY' | tee -a "$OUT/curriculum.jsonl"
 import json, sys
 m = json.load(open(sys.argv[2]))
+t = m["techniques"]
+c = t.get("curriculum", {})
 print(json.dumps({"run": sys.argv[1], "seconds": {k: round(v, 2) for k, v in m["seconds"].items()},
+                  "train_parts": {"reference": round(c.get("reference_seconds", -1), 2),
+                                  "difficulty": round(c.get("difficulty_seconds", -1), 2),
+                                  "head": round(t.get("head_seconds", -1), 2)},
                   "val_mcc": round(m["val"]["mcc"], 4), "test_mcc": round(m["test"]["mcc"], 4),
                   "epochs_run": m["epochs_run"]}))
-EOF
+PY
 }
 
-run cold "$W/store-a" ""
-run warm "$W/store-b" ""
-run gpu-head "$W/store-b" 'device = "backbone"'
-run gpu-head2 "$W/store-b" 'device = "backbone"'
-run cpu-head "$W/store-b" 'device = "cpu"'
-du -sh "$SV_KERNEL_CACHE"
+run cold      "$W/store-a" ""                     kc-default balanced
+run warm      "$W/store-b" ""                     kc-default balanced
+run gpu-head  "$W/store-b" 'device = "backbone"'  kc-default balanced
+run gpu-head2 "$W/store-b" 'device = "backbone"'  kc-default balanced
+run cpu-head  "$W/store-b" 'device = "cpu"'       kc-default balanced
+run cold-min  "$W/store-c" ""                     kc-minimal minimal
+run warm-min  "$W/store-d" ""                     kc-minimal minimal
+du -sh "$W"/kc-*

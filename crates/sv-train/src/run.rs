@@ -255,11 +255,23 @@ fn train_with_techniques<H: burn::tensor::backend::AutodiffBackend>(
                 y: train.y[..n_base].to_vec(),
                 d: train.d,
             };
+            let t = std::time::Instant::now();
             let refp = reference_probs::<H>(&base, exp.seed, head_device)?;
+            let reference_seconds = t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
             let diff = difficulties(store, &base_ids, &refp, writable)?;
+            let difficulty_seconds = t.elapsed().as_secs_f64();
             let per_row: Vec<f64> = origin.iter().map(|&i| diff[i]).collect();
             let mean = diff.iter().sum::<f64>() / diff.len().max(1) as f64;
-            info.insert("curriculum".into(), serde_json::json!({ "config": c, "mean_difficulty": mean }));
+            info.insert(
+                "curriculum".into(),
+                serde_json::json!({
+                    "config": c,
+                    "mean_difficulty": mean,
+                    "reference_seconds": reference_seconds,
+                    "difficulty_seconds": difficulty_seconds,
+                }),
+            );
             Some(easy_to_hard(&per_row))
         }
         None => None,
@@ -284,7 +296,9 @@ fn train_with_techniques<H: burn::tensor::backend::AutodiffBackend>(
         c.rows(order.as_ref().expect("order"), e, tcfg.epochs)
     };
     let plan: crate::train::EpochPlan<'_> = if order.is_some() { Some(&curriculum_plan) } else { None };
+    let t = std::time::Instant::now();
     let mut outcome = train_head::<H>(&tcfg, head_cfg, &train, val, plan, loss, head_device)?;
+    info.insert("head_seconds".into(), serde_json::json!(t.elapsed().as_secs_f64()));
 
     if let Some(hn) = &exp.hard_negatives {
         let log = match &hn.prediction_log {

@@ -228,14 +228,19 @@ pub fn reference_probs<H: AutodiffBackend>(train: &FeatureSet, seed: u64, device
 }
 
 /// Difficulty scores of rows `ids` given reference probabilities; written to the `difficulty`
-/// column when the store is writable.
+/// column when the store is writable. Images are read 256 at a time and scored in parallel.
 pub fn difficulties(store: &mut Store, ids: &[String], probs: &[f32], writable: bool) -> Result<Vec<f64>> {
+    use rayon::prelude::*;
     let mut out = Vec::with_capacity(ids.len());
     let pb = sv_data::progress::bar(ids.len() as u64, "difficulty");
     for (chunk, pchunk) in ids.chunks(256).zip(probs.chunks(256)) {
-        for (s, p) in store.get(chunk)?.iter().zip(pchunk) {
-            out.push(sv_data::difficulty::difficulty(&decode_rgb(&s.image)?, *p).score);
-        }
+        let samples = store.get(chunk)?;
+        let scores: Vec<f64> = samples
+            .par_iter()
+            .zip(pchunk)
+            .map(|(s, p)| Ok(sv_data::difficulty::difficulty(&decode_rgb(&s.image).with_context(|| format!("sample {}", s.id))?, *p).score))
+            .collect::<Result<_>>()?;
+        out.extend(scores);
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
@@ -250,6 +255,26 @@ pub fn difficulties(store: &mut Store, ids: &[String], probs: &[f32], writable: 
 mod tests {
     use super::*;
     use rand::{RngExt, SeedableRng};
+
+    #[test]
+    fn difficulties_score_each_row_as_the_formula_does_and_are_stored() {
+        // 300 rows: two chunks of reads, each scored in parallel.
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::create(dir.path()).unwrap();
+        let cfg = sv_data::generate::GenerateConfig { count: 300, seed: 6, width: 64, height: 48, ..Default::default() };
+        store.append_stream(sv_data::generate::samples(&cfg)).unwrap();
+        let mut ids: Vec<String> = store.metas(None).unwrap().into_iter().map(|m| m.id).collect();
+        ids.reverse(); // not the store's order
+        let probs: Vec<f32> = (0..ids.len()).map(|i| (i % 11) as f32 / 10.0).collect();
+        let got = difficulties(&mut store, &ids, &probs, true).unwrap();
+        let stored: HashMap<String, Option<f32>> = store.read_f32_column(DIFFICULTY_COLUMN, None).unwrap().into_iter().collect();
+        for ((id, p), d) in ids.iter().zip(&probs).zip(&got) {
+            let img = decode_rgb(&store.get(std::slice::from_ref(id)).unwrap()[0].image).unwrap();
+            let expect = sv_data::difficulty::difficulty(&img, *p).score;
+            assert!((d - expect).abs() < 1e-12, "{id}: {d} vs {expect}");
+            assert!((stored[id].unwrap() as f64 - expect).abs() < 1e-6, "{id} stored");
+        }
+    }
 
     #[test]
     fn cross_fitted_probabilities_do_not_memorise_the_rows_they_score() {
