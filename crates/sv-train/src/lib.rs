@@ -37,11 +37,11 @@ pub type InferBackend = burn::backend::Flex;
 pub type InferBackend = burn_ndarray::NdArray<f32>;
 
 /// Backend of heads while training and evaluating: the CPU backend (ndarray) in every build.
-/// A head is a few hundred thousand weights trained on cached features; on a GPU each of its
-/// small steps is dozens of kernel launches and a sync, and every new batch shape compiles
-/// kernels, so the CPU is faster (benchmarks/RESULTS.md, "Curriculum on the GPU"). Exported
-/// heads run on [`InferBackend`] beside the backbone; `[train] device = "backbone"` trains
-/// on the backbone's backend instead.
+/// A head is a few hundred thousand weights trained on cached features: on an H100 with warm
+/// kernel caches the GPU trains the curriculum's heads no faster than 16 CPU cores, and its
+/// first run compiles the autodiff kernels for about 100 s (benchmarks/RESULTS.md, "Curriculum
+/// on the GPU"). Exported heads run on [`InferBackend`] beside the backbone; `[train] device =
+/// "backbone"` trains on the backbone's backend instead.
 pub type HeadBackend = burn_ndarray::NdArray<f32>;
 
 /// Device of [`HeadBackend`].
