@@ -36,12 +36,13 @@ pub type InferBackend = burn::backend::Flex;
 #[cfg(not(any(feature = "cuda", feature = "tch", feature = "flex")))]
 pub type InferBackend = burn_ndarray::NdArray<f32>;
 
-/// Backend of heads while training and evaluating: the CPU backend (ndarray) in every build.
+/// Backend heads train on: the CPU backend (ndarray) in every build.
 /// A head is a few hundred thousand weights trained on cached features: on an H100 with warm
 /// kernel caches the GPU trains the curriculum's heads no faster than 16 CPU cores, and its
 /// first run compiles the autodiff kernels for about 100 s (benchmarks/RESULTS.md, "Curriculum
-/// on the GPU"). Exported heads run on [`InferBackend`] beside the backbone; `[train] device =
-/// "backbone"` trains on the backbone's backend instead.
+/// on the GPU"). A trained head is then moved beside the backbone: runs score it, and
+/// evaluation, export and serving run it, on [`InferBackend`]. `[train] device = "backbone"`
+/// trains on the backbone's backend instead.
 pub type HeadBackend = burn_ndarray::NdArray<f32>;
 
 /// Device of [`HeadBackend`].

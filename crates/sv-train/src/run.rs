@@ -23,7 +23,7 @@ use crate::metrics::{Metrics, roc_curve};
 use crate::plots::{PALETTE, Series, bar_chart, line_chart};
 use crate::simulator::{SimReport, simulate};
 use crate::train::{EpochRecord, FeatureSet, HeadPlace, TrainConfig, TrainOutcome, predict, train_head};
-use crate::{BackboneTrainBackend, Device, HeadBackend, HeadDevice, InferBackend, TrainBackend};
+use crate::{BackboneTrainBackend, Device, HeadDevice, InferBackend, TrainBackend};
 
 /// What a run produced.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -406,22 +406,23 @@ pub fn run_experiment(path: &Path) -> Result<RunSummary> {
 
     let t = Instant::now();
     let head_cfg = exp.head.config(dim);
-    let hdev = HeadDevice::default();
+    // Wherever the head trained, the run scores it where evaluation, export and serving do:
+    // beside the backbone, on the inference backend.
     let (outcome, techniques) = match exp.train.device {
         HeadPlace::Cpu => {
-            train_with_techniques::<TrainBackend>(&exp, &mut store, writable, &backbone, train, &val, &head_cfg, &device, &hdev)?
+            let (o, t) = train_with_techniques::<TrainBackend>(
+                &exp, &mut store, writable, &backbone, train, &val, &head_cfg, &device, &HeadDevice::default(),
+            )?;
+            (TrainOutcome { head: o.head.to_backend::<InferBackend>(&head_cfg, &device)?, best_epoch: o.best_epoch, history: o.history }, t)
         }
         HeadPlace::Backbone => {
-            let (o, t) = train_with_techniques::<BackboneTrainBackend>(
-                &exp, &mut store, writable, &backbone, train, &val, &head_cfg, &device, &device,
-            )?;
-            (TrainOutcome { head: o.head.to_backend::<HeadBackend>(&head_cfg, &hdev)?, best_epoch: o.best_epoch, history: o.history }, t)
+            train_with_techniques::<BackboneTrainBackend>(&exp, &mut store, writable, &backbone, train, &val, &head_cfg, &device, &device)?
         }
     };
     seconds.insert("train".into(), t.elapsed().as_secs_f64());
 
-    let val_p = predict(&outcome.head, &val, &hdev);
-    let test_p = predict(&outcome.head, &test, &hdev);
+    let val_p = predict(&outcome.head, &val, &device);
+    let test_p = predict(&outcome.head, &test, &device);
     let (val_y, test_y) = (val.labels(), test.labels());
     let val_m = Metrics::compute(&val_p, &val_y);
     let test_m = Metrics::compute(&test_p, &test_y);
@@ -430,7 +431,7 @@ pub fn run_experiment(path: &Path) -> Result<RunSummary> {
     let simulator = if exp.simulator.enabled {
         let t = Instant::now();
         let samples = crate::simulator::load_sample(&store, "test", &exp.simulator.config())?;
-        let r = simulate(&backbone, &outcome.head, &exp.preprocess, &samples, exp.backbone.batch_size, &exp.simulator.config(), &device, &hdev)?;
+        let r = simulate(&backbone, &outcome.head, &exp.preprocess, &samples, exp.backbone.batch_size, &exp.simulator.config(), &device, &device)?;
         seconds.insert("simulator".into(), t.elapsed().as_secs_f64());
         Some(r)
     } else {

@@ -53,7 +53,9 @@ fn techniques_run_and_compare() {
     // The base experiment with its head trained on the backbone's backend instead of the CPU.
     let on_backbone = dir.path().join("base-bb.toml");
     let text = std::fs::read_to_string(&base).unwrap().replace("name = \"base\"", "name = \"base-bb\"");
-    std::fs::write(&on_backbone, text.replace("patience = 0\n", "patience = 0\ndevice = \"backbone\"\n")).unwrap();
+    let edited = text.replace("patience = 0\n", "patience = 0\ndevice = \"backbone\"\n");
+    assert_ne!(edited, text, "the [train] table of the template changed");
+    std::fs::write(&on_backbone, edited).unwrap();
     let out = sv_train::run::compare(&[base.clone(), cur, hn, aug, on_backbone], &dir.path().join("runs")).unwrap();
     for f in ["comparison.md", "comparison.json", "comparison.png"] {
         assert!(out.join(f).is_file(), "{f} missing");
@@ -61,6 +63,8 @@ fn techniques_run_and_compare() {
     let rows: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(out.join("comparison.json")).unwrap()).unwrap();
     assert_eq!(rows.len(), 5);
+    let resolved = std::fs::read_to_string(Path::new(rows[4]["run_dir"].as_str().unwrap()).join("resolved.json")).unwrap();
+    assert!(resolved.contains(r#""device": "backbone""#), "base-bb trains its head on the backbone's backend");
     if sv_train::backend_name() == "ndarray" {
         // One backend for both: the same seed trains the same head, moved intact to the CPU.
         // Threaded reductions may differ in the last bits, so the decisions must match exactly

@@ -85,7 +85,8 @@ pub struct Backbone<B: Backend> {
     pub id: String,
     /// Whether the weights are random (said in every output that depends on them).
     pub random: bool,
-    /// [`Self::features_of_images`] pads a shorter batch with blank images to this many rows (0:
+    /// [`Self::features_of_images`] pads a shorter batch with all-zero inputs (the mean colour
+    /// after normalisation) to this many rows (0:
     /// never). Set to the spec's `batch_size` in builds that compile kernels per tensor shape
     /// (CUDA), where a short last batch would otherwise compile and autotune its own kernels.
     pub pad_to: usize,
@@ -170,8 +171,8 @@ impl<B: Backend> Backbone<B> {
     pub fn features_of_images(&self, images: &[&[u8]], pre: &PreprocessConfig, device: &B::Device) -> Result<Vec<Vec<f32>>> {
         let n = images.len();
         let mut data = sv_data::preprocess_batch(images, pre)?;
-        // Rows of a batch never see each other (norms and attention are per image), so blank
-        // padding rows change nothing in the real ones.
+        // Rows of a batch never see each other (norms and attention are per image), so the
+        // all-zero padding rows change nothing in the real ones.
         let rows = if n > 0 && n < self.pad_to { self.pad_to } else { n };
         data.resize(rows * pre.len(), 0.0);
         let s = pre.size as usize;
@@ -214,7 +215,7 @@ mod tests {
     use crate::{Device, InferBackend};
 
     #[test]
-    fn blank_padding_rows_change_nothing_in_the_real_ones() {
+    fn padding_rows_change_nothing_in_the_real_ones() {
         let spec = BackboneSpec {
             weights: "random".into(),
             preset: "vit-tiny".into(),
