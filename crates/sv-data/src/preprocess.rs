@@ -174,15 +174,10 @@ pub fn preprocess_batch(images: &[&[u8]], cfg: &PreprocessConfig) -> Result<Vec<
         bail!("preprocessing size is 0");
     }
     let mut out = vec![0f32; images.len() * plane];
-    out.par_chunks_mut(plane)
-        .zip(images.par_iter())
-        .enumerate()
-        .try_for_each(|(i, (dst, bytes))| {
-            let v =
-                preprocess_bytes(bytes, cfg).with_context(|| format!("image {i} of the batch"))?;
-            dst.copy_from_slice(&v);
-            Ok::<(), anyhow::Error>(())
-        })?;
+    out.par_chunks_mut(plane).zip(images.par_iter()).enumerate().try_for_each(|(i, (dst, bytes))| {
+        dst.copy_from_slice(&preprocess_bytes(bytes, cfg).with_context(|| format!("image {i} of the batch"))?);
+        Ok::<(), anyhow::Error>(())
+    })?;
     Ok(out)
 }
 
@@ -257,29 +252,16 @@ mod tests {
     #[test]
     fn a_batch_is_its_images_in_order_and_a_bad_one_is_named() {
         let imgs: Vec<Vec<u8>> = (0..5u8)
-            .map(|k| {
-                png(&RgbImage::from_fn(40 + k as u32 * 7, 30, |x, y| {
-                    Rgb([k * 40, (x * 3) as u8, (y * 5) as u8])
-                }))
-            })
+            .map(|k| png(&RgbImage::from_fn(40 + k as u32 * 7, 30, |x, y| Rgb([k * 40, (x * 3) as u8, (y * 5) as u8]))))
             .collect();
         let refs: Vec<&[u8]> = imgs.iter().map(Vec::as_slice).collect();
-        let cfg = PreprocessConfig {
-            size: 16,
-            ..Default::default()
-        };
+        let cfg = PreprocessConfig { size: 16, ..Default::default() };
         let batch = preprocess_batch(&refs, &cfg).unwrap();
-        let one_by_one: Vec<f32> = refs
-            .iter()
-            .flat_map(|b| preprocess_bytes(b, &cfg).unwrap())
-            .collect();
+        let one_by_one: Vec<f32> = refs.iter().flat_map(|b| preprocess_bytes(b, &cfg).unwrap()).collect();
         assert_eq!(batch, one_by_one);
         let mut bad = refs.clone();
         bad[3] = b"not an image";
         let err = preprocess_batch(&bad, &cfg).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("image 3 of the batch"),
-            "{err:#}"
-        );
+        assert!(format!("{err:#}").contains("image 3 of the batch"), "{err:#}");
     }
 }

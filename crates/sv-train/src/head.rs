@@ -72,19 +72,11 @@ impl HeadConfig {
 impl<B: Backend> Head<B> {
     /// The same head on another backend (its weights copied at full precision), e.g. a head
     /// trained on the CPU moved beside a GPU backbone. `cfg` is the config it was made from.
-    pub fn to_backend<B2: Backend>(
-        self,
-        cfg: &HeadConfig,
-        device: &B2::Device,
-    ) -> anyhow::Result<Head<B2>> {
+    pub fn to_backend<B2: Backend>(self, cfg: &HeadConfig, device: &B2::Device) -> anyhow::Result<Head<B2>> {
         use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
         let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
-        let bytes = recorder
-            .record(self.into_record(), ())
-            .map_err(|e| anyhow::anyhow!("cannot serialise the head: {e}"))?;
-        let record = recorder
-            .load(bytes, device)
-            .map_err(|e| anyhow::anyhow!("cannot load the head on the other backend: {e}"))?;
+        let bytes = recorder.record(self.into_record(), ()).map_err(|e| anyhow::anyhow!("cannot serialise the head: {e}"))?;
+        let record = recorder.load(bytes, device).map_err(|e| anyhow::anyhow!("cannot load the head on the other backend: {e}"))?;
         Ok(cfg.init::<B2>(device).load_record(record))
     }
 
@@ -200,38 +192,21 @@ mod tests {
 
     #[test]
     fn a_head_moved_to_the_inference_backend_predicts_the_same() {
-        let mut set = FeatureSet {
-            d: 6,
-            ..Default::default()
-        };
+        let mut set = FeatureSet { d: 6, ..Default::default() };
         for i in 0..64 {
             let y = (i % 2) as f32;
             set.ids.push(format!("r{i}"));
-            set.x.extend(
-                (0..6).map(|j| 3.0 + y * (j as f32 * 0.5) + ((i * 7 + j) % 5) as f32 * 0.3),
-            );
+            set.x.extend((0..6).map(|j| 3.0 + y * (j as f32 * 0.5) + ((i * 7 + j) % 5) as f32 * 0.3));
             set.y.push(y);
         }
         let cfg = HeadConfig::new(6).with_hidden(16);
-        let tcfg = TrainConfig {
-            epochs: 5,
-            batch_size: 16,
-            ..Default::default()
-        };
-        let trained =
-            train_head::<TrainBackend>(&tcfg, &cfg, &set, &set, None, None, &HeadDevice::default())
-                .unwrap()
-                .head;
-        let before = predict(&trained, &set, &HeadDevice::default());
-        let moved = trained
-            .to_backend::<InferBackend>(&cfg, &Device::default())
-            .unwrap();
-        let after = predict(&moved, &set, &Device::default());
-        let fresh = predict(
-            &cfg.init::<InferBackend>(&Device::default()),
-            &set,
-            &Device::default(),
-        );
+        let tcfg = TrainConfig { epochs: 5, batch_size: 16, ..Default::default() };
+        let (hdev, dev) = (HeadDevice::default(), Device::default());
+        let trained = train_head::<TrainBackend>(&tcfg, &cfg, &set, &set, None, None, &hdev).unwrap().head;
+        let before = predict(&trained, &set, &hdev);
+        let moved = trained.to_backend::<InferBackend>(&cfg, &dev).unwrap();
+        let after = predict(&moved, &set, &dev);
+        let fresh = predict(&cfg.init::<InferBackend>(&dev), &set, &dev);
         for (a, b) in before.iter().zip(&after) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }

@@ -431,7 +431,7 @@ pub fn run_experiment(path: &Path) -> Result<RunSummary> {
     let simulator = if exp.simulator.enabled {
         let t = Instant::now();
         let samples = crate::simulator::load_sample(&store, "test", &exp.simulator.config())?;
-        let r = simulate(&backbone, &outcome.head, &exp.preprocess, &samples, exp.backbone.batch_size, &exp.simulator.config(), &device, &device)?;
+        let r = simulate(&backbone, &outcome.head, &exp.preprocess, &samples, exp.backbone.batch_size, &exp.simulator.config(), &device)?;
         seconds.insert("simulator".into(), t.elapsed().as_secs_f64());
         Some(r)
     } else {
@@ -549,7 +549,7 @@ pub fn evaluate_checkpoint(experiment: &Path, checkpoint: &Path) -> Result<Evalu
     }
     let simulator = if exp.simulator.enabled {
         let samples = crate::simulator::load_sample(&store, "test", &exp.simulator.config())?;
-        Some(simulate(&backbone, &head, &meta.preprocess, &samples, meta.backbone.batch_size, &exp.simulator.config(), &device, &device)?)
+        Some(simulate(&backbone, &head, &meta.preprocess, &samples, meta.backbone.batch_size, &exp.simulator.config(), &device)?)
     } else {
         None
     };

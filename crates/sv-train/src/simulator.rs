@@ -284,18 +284,14 @@ pub fn challenge_stream(
 }
 
 /// Challenge the test samples with a backbone and head, and report.
-/// The backbone runs on `device`, the head on its own backend (`head_device`; the same one
-/// when the head sits beside the backbone).
-#[allow(clippy::too_many_arguments)]
-pub fn simulate<B: Backend, H: Backend>(
+pub fn simulate<B: Backend>(
     backbone: &Backbone<B>,
-    head: &Head<H>,
+    head: &Head<B>,
     pre: &PreprocessConfig,
     samples: &[Sample],
     batch_size: usize,
     cfg: &SimulatorConfig,
     device: &B::Device,
-    head_device: &H::Device,
 ) -> Result<SimReport> {
     let d = backbone.config.feature_dim();
     simulate_with(samples, batch_size, cfg, &mut |images: &[&[u8]]| {
@@ -304,7 +300,7 @@ pub fn simulate<B: Backend, H: Backend>(
             set.x.extend(f);
             set.y.push(0.0);
         }
-        Ok(predict(head, &set, head_device))
+        Ok(predict(head, &set, device))
     })
 }
 

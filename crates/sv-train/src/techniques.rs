@@ -268,8 +268,8 @@ mod tests {
         let probs: Vec<f32> = (0..ids.len()).map(|i| (i % 11) as f32 / 10.0).collect();
         let got = difficulties(&mut store, &ids, &probs, true).unwrap();
         let stored: HashMap<String, Option<f32>> = store.read_f32_column(DIFFICULTY_COLUMN, None).unwrap().into_iter().collect();
-        for ((id, p), d) in ids.iter().zip(&probs).zip(&got) {
-            let img = decode_rgb(&store.get(std::slice::from_ref(id)).unwrap()[0].image).unwrap();
+        for (((id, p), d), s) in ids.iter().zip(&probs).zip(&got).zip(store.get(&ids).unwrap()) {
+            let img = decode_rgb(&s.image).unwrap();
             let expect = sv_data::difficulty::difficulty(&img, *p).score;
             assert!((d - expect).abs() < 1e-12, "{id}: {d} vs {expect}");
             assert!((stored[id].unwrap() as f64 - expect).abs() < 1e-6, "{id} stored");

@@ -124,11 +124,7 @@ fn bad_configs_fail_with_messages_naming_the_problem() {
     assert!(msg(&size).contains("size 100"));
 
     let place = dir.path().join("place.toml");
-    std::fs::write(
-        &place,
-        text.replace("epochs = 60", "epochs = 60\ndevice = \"gpu\""),
-    )
-    .unwrap();
+    std::fs::write(&place, text.replace("epochs = 60", "epochs = 60\ndevice = \"gpu\"")).unwrap();
     let m = msg(&place);
     assert!(m.contains("gpu") && m.contains("backbone"), "{m}");
 

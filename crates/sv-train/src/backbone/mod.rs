@@ -86,9 +86,9 @@ pub struct Backbone<B: Backend> {
     /// Whether the weights are random (said in every output that depends on them).
     pub random: bool,
     /// [`Self::features_of_images`] pads a shorter batch with all-zero inputs (the mean colour
-    /// after normalisation) to this many rows (0:
-    /// never). Set to the spec's `batch_size` in builds that compile kernels per tensor shape
-    /// (CUDA), where a short last batch would otherwise compile and autotune its own kernels.
+    /// after normalisation) to this many rows (0: never). Set to the spec's `batch_size` in
+    /// builds that compile kernels per tensor shape (CUDA), where a short last batch would
+    /// otherwise compile and autotune its own kernels.
     pub pad_to: usize,
 }
 
@@ -170,13 +170,10 @@ impl<B: Backend> Backbone<B> {
     /// Features `[CLS, mean(patches)]` of encoded images, preprocessed with `pre`.
     pub fn features_of_images(&self, images: &[&[u8]], pre: &PreprocessConfig, device: &B::Device) -> Result<Vec<Vec<f32>>> {
         let n = images.len();
-        let mut data = sv_data::preprocess_batch(images, pre)?;
         // Rows of a batch never see each other (norms and attention are per image), so the
         // all-zero padding rows change nothing in the real ones.
         let rows = if n > 0 && n < self.pad_to { self.pad_to } else { n };
-        data.resize(rows * pre.len(), 0.0);
-        let s = pre.size as usize;
-        let x = Tensor::<B, 4>::from_data(TensorData::new(data, [rows, 3, s, s]), device);
+        let x = padded_pixels::<B>(images, pre, rows, device)?;
         let feats = self.model.forward(x).features;
         let d = feats.dims()[1];
         let v = feats.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -188,9 +185,15 @@ impl<B: Backend> Backbone<B> {
 /// preprocessing (the images in parallel). An image that does not decode is an error naming its
 /// position.
 pub fn pixels<B: Backend>(images: &[&[u8]], pre: &PreprocessConfig, device: &B::Device) -> Result<Tensor<B, 4>> {
-    let data = sv_data::preprocess_batch(images, pre)?;
+    padded_pixels(images, pre, images.len(), device)
+}
+
+/// [`pixels`] with all-zero rows after the images up to `rows` rows (`rows >= images.len()`).
+fn padded_pixels<B: Backend>(images: &[&[u8]], pre: &PreprocessConfig, rows: usize, device: &B::Device) -> Result<Tensor<B, 4>> {
+    let mut data = sv_data::preprocess_batch(images, pre)?;
+    data.resize(rows * pre.len(), 0.0);
     let s = pre.size as usize;
-    Ok(Tensor::<B, 4>::from_data(TensorData::new(data, [images.len(), 3, s, s]), device))
+    Ok(Tensor::<B, 4>::from_data(TensorData::new(data, [rows, 3, s, s]), device))
 }
 
 /// Size and modification time of the safetensors in a folder: changes when the weights do.
