@@ -8,7 +8,7 @@ device, each batch is timed until its features ([CLS, mean of patches]) are on t
 
     python3 benchmarks/bench_backbone.py --ours target/release/bench-backbone \\
         --device cuda --backend cuda --presets vits16,vitb16 --batches 1,256 --dtypes f32,bf16 --compile
-    taskset -c 0,1 python3 benchmarks/bench_backbone.py --ours ... --device cpu --backend ndarray \\
+    taskset -c 0,1 python3 benchmarks/bench_backbone.py --ours ... --device cpu --backend cpu,ndarray \\
         --presets vits16 --batches 1,16 --dtypes f32
 
 Writes the rows as JSON lines to --json if given. Needs torch and transformers (>= 4.56).
@@ -97,7 +97,7 @@ def row(impl, args, preset, batch, dtype, first, times):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ours", required=True, help="path of the bench-backbone binary")
-    ap.add_argument("--backend", default="ndarray", help="our backend (ndarray, flex, cuda)")
+    ap.add_argument("--backend", default="cpu", help="our backends, comma-separated (cpu, ndarray, flex, cuda)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--presets", default="vits16")
     ap.add_argument("--batches", default="1")
@@ -139,8 +139,8 @@ def main():
     print(f"# {chip}; torch {torch.__version__}; {threads} CPU threads", flush=True)
 
     for dtype in dtypes:
-        if not args.skip_ours:
-            cmd = [args.ours, "--backend", args.backend, "--dtype", dtype, "--presets", ",".join(presets),
+        for backend in ([] if args.skip_ours else [b for b in args.backend.split(",") if b]):
+            cmd = [args.ours, "--backend", backend, "--dtype", dtype, "--presets", ",".join(presets),
                    "--batches", ",".join(map(str, batches)), "--warmup", str(args.warmup), "--iters", str(args.iters),
                    "--max-seconds", str(args.max_seconds)]
             t = time.perf_counter()

@@ -114,7 +114,7 @@ impl Stage1 {
         let s = self.model.preprocess.size as usize;
         let data: Vec<f32> = pixels.iter().flatten().copied().collect();
         let x = Tensor::<InferBackend, 4>::from_data(TensorData::new(data, [pixels.len(), 3, s, s]), &self.device);
-        let p = sv_train::backbone::host(burn::tensor::activation::sigmoid(self.model.logits_of_pixels(x)));
+        let p = sv_train::backbone::host(burn::tensor::activation::sigmoid(self.model.logits_of_pixels(x)?));
         Ok(p.into_iter().map(|p| self.map.apply(p)).collect())
     }
 

@@ -9,7 +9,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use sv_data::PreprocessConfig;
 
-use crate::backbone::{ActivationHook, Dinov3, Dinov3Config, host, pixels};
+use crate::backbone::{ActivationHook, CpuDinov3, Dinov3, Dinov3Config, host, pixels};
 use crate::head::{Head, HeadConfig};
 use crate::quant::{CalibrationHook, Precision, PrecisionHook, StoredModel};
 
@@ -21,6 +21,8 @@ pub struct Classifier<B: Backend> {
     pub head_config: HeadConfig,
     pub preprocess: PreprocessConfig,
     pub precision: Precision,
+    /// The CPU forward of an FP32 model on the CPU build (see [`CpuDinov3::for_backend`]).
+    pub cpu: Option<CpuDinov3>,
 }
 
 impl<B: Backend> Classifier<B> {
@@ -32,7 +34,27 @@ impl<B: Backend> Classifier<B> {
         head_config: HeadConfig,
         preprocess: PreprocessConfig,
     ) -> Self {
-        Self { backbone, backbone_config, head, head_config, preprocess, precision: Precision::Fp32 }
+        Self::new(backbone, backbone_config, head, head_config, preprocess, Precision::Fp32)
+    }
+
+    /// A model at `precision` from its parts; an FP32 model on the CPU build gets the CPU
+    /// forward (the other precisions fake-quantise activations through Burn).
+    pub fn new(
+        backbone: Dinov3<B>,
+        backbone_config: Dinov3Config,
+        head: Head<B>,
+        head_config: HeadConfig,
+        preprocess: PreprocessConfig,
+        precision: Precision,
+    ) -> Self {
+        let cpu = match precision {
+            Precision::Fp32 => CpuDinov3::for_backend(&backbone_config, &backbone).unwrap_or_else(|e| {
+                tracing::warn!("the CPU forward is unavailable ({e:#}); the Burn forward runs instead");
+                None
+            }),
+            _ => None,
+        };
+        Self { backbone, backbone_config, head, head_config, preprocess, precision, cpu }
     }
 
     /// This model at another precision: weights rounded or quantised exactly as an export
@@ -40,24 +62,24 @@ impl<B: Backend> Classifier<B> {
     pub fn at_precision(&self, precision: Precision, device: &B::Device) -> Result<Self> {
         let stored = StoredModel::new(&self.backbone, &self.head, &precision);
         let (backbone, head) = stored.load(&self.backbone_config, &self.head_config, device)?;
-        Ok(Self {
-            backbone,
-            backbone_config: self.backbone_config.clone(),
-            head,
-            head_config: self.head_config.clone(),
-            preprocess: self.preprocess.clone(),
-            precision,
-        })
+        Ok(Self::new(backbone, self.backbone_config.clone(), head, self.head_config.clone(), self.preprocess.clone(), precision))
     }
 
     /// Logits `(N,)` of preprocessed pixels `(N, 3, S, S)`.
-    pub fn logits_of_pixels(&self, x: Tensor<B, 4>) -> Tensor<B, 1> {
+    pub fn logits_of_pixels(&self, x: Tensor<B, 4>) -> Result<Tensor<B, 1>> {
+        if let Some(cpu) = &self.cpu {
+            let [n, _, h, w] = x.dims();
+            let device = x.device();
+            let out = cpu.forward(&host(x), n, h, w)?;
+            let f = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(out.features, [n, self.backbone_config.feature_dim()]), &device);
+            return Ok(self.head.forward(f));
+        }
         if self.precision == Precision::Fp32 {
-            return self.head.forward(self.backbone.forward(x).features);
+            return Ok(self.head.forward(self.backbone.forward(x).features));
         }
         let mut hook = PrecisionHook { precision: &self.precision };
         let f = self.backbone.forward_hooked(x, Some(&mut hook as &mut dyn ActivationHook<B>)).features;
-        self.head.forward_hooked(f, Some(&mut hook as &mut dyn ActivationHook<B>))
+        Ok(self.head.forward_hooked(f, Some(&mut hook as &mut dyn ActivationHook<B>)))
     }
 
     /// P(roadwork) of encoded images (one batch). An image that does not decode is an error
@@ -67,7 +89,7 @@ impl<B: Backend> Classifier<B> {
             return Ok(Vec::new());
         }
         let x = pixels::<B>(images, &self.preprocess, device)?;
-        Ok(host(sigmoid(self.logits_of_pixels(x))))
+        Ok(host(sigmoid(self.logits_of_pixels(x)?)))
     }
 
     /// Run a batch through the FP32 model, collecting activation histograms at every site.

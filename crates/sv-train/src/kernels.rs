@@ -205,7 +205,7 @@ pub fn warm<B: Backend>(model: &Classifier<B>, batches: &[usize], device: &B::De
         let x = Tensor::<B, 4>::from_data(TensorData::new(vec![0.0f32; n * 3 * s * s], [n, 3, s, s]), device);
         // The same ops as serving (`Stage1::scores_of_pixels`): fusion keys kernels by the whole
         // op chain, sigmoid included.
-        let p = crate::backbone::host(burn::tensor::activation::sigmoid(model.logits_of_pixels(x)));
+        let p = crate::backbone::host(burn::tensor::activation::sigmoid(model.logits_of_pixels(x)?));
         if p.len() != n || p.iter().any(|v| !v.is_finite()) {
             anyhow::bail!("warm-up at batch {n} gave {} outputs, not {n} finite probabilities", p.len());
         }

@@ -7,7 +7,7 @@ use burn::backend::NdArray;
 use burn::tensor::{Tensor, TensorData};
 use safetensors::SafeTensors;
 use sv_train::backbone::weights::SafetensorsSource;
-use sv_train::backbone::{Dinov3, Dinov3Config};
+use sv_train::backbone::{CpuDinov3, Dinov3, Dinov3Config};
 
 type B = NdArray<f32>;
 
@@ -41,22 +41,28 @@ fn check(kind: &str) {
     let src = SafetensorsSource::open_dir(&dir).unwrap();
     let device = Default::default();
     let model = Dinov3::<B>::load(&cfg, &src, &device).unwrap();
+    let cpu = CpuDinov3::new(&cfg, &model).unwrap();
     let io_bytes = std::fs::read(fixtures().join("dinov3_io.safetensors")).unwrap();
     let io = SafeTensors::deserialize(&io_bytes).unwrap();
     for case in ["square", "nonsquare"] {
-        let (shape, x) = read_tensor(&io, &format!("{kind}.{case}.pixel_values"));
-        let x = Tensor::<B, 4>::from_data(TensorData::new(x, [shape[0], shape[1], shape[2], shape[3]]), &device);
+        let (shape, pixels) = read_tensor(&io, &format!("{kind}.{case}.pixel_values"));
+        let x = Tensor::<B, 4>::from_data(TensorData::new(pixels.clone(), [shape[0], shape[1], shape[2], shape[3]]), &device);
         let out = model.forward(x);
-        for (name, ours) in [
-            ("last_hidden_state", out.last_hidden_state.into_data()),
-            ("pooler_output", out.pooler_output.into_data()),
+        // The CPU forward (what CPU builds run) on the same pixels.
+        let fast = cpu.forward(&pixels, shape[0], shape[2], shape[3]).unwrap();
+        let d = cfg.hidden_size;
+        let fast_cls: Vec<f32> = fast.last_hidden_state.chunks_exact(fast.tokens * d).flat_map(|img| img[..d].to_vec()).collect();
+        for (name, path, shape, ours) in [
+            ("last_hidden_state", "burn", out.last_hidden_state.dims().to_vec(), out.last_hidden_state.into_data().to_vec::<f32>().unwrap()),
+            ("pooler_output", "burn", out.pooler_output.dims().to_vec(), out.pooler_output.into_data().to_vec::<f32>().unwrap()),
+            ("last_hidden_state", "cpu", vec![shape[0], fast.tokens, d], fast.last_hidden_state.clone()),
+            ("pooler_output", "cpu", vec![shape[0], d], fast_cls),
         ] {
             let (ref_shape, reference) = read_tensor(&io, &format!("{kind}.{case}.{name}"));
-            assert_eq!(ours.shape.to_vec(), ref_shape, "{kind}/{case}/{name} shape");
-            let ours = ours.to_vec::<f32>().unwrap();
+            assert_eq!(shape, ref_shape, "{kind}/{case}/{name} shape ({path})");
             let (rel, max) = rel_err(&ours, &reference);
-            println!("{kind}/{case}/{name}: relative error {rel:.2e}, max abs {max:.2e}");
-            assert!(rel < 1e-4, "{kind}/{case}/{name}: relative error {rel:.3e} (max abs {max:.3e})");
+            println!("{kind}/{case}/{name} ({path}): relative error {rel:.2e}, max abs {max:.2e}");
+            assert!(rel < 1e-4, "{kind}/{case}/{name} ({path}): relative error {rel:.3e} (max abs {max:.3e})");
         }
     }
 }

@@ -360,6 +360,11 @@ impl<B: Backend> Dinov3<B> {
         Ok(model.no_grad())
     }
 
+    /// Float type of the weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.cls_token.val().dtype()
+    }
+
     fn num_registers(&self) -> usize {
         self.register_tokens.as_ref().map(|r| r.dims()[1]).unwrap_or(0)
     }
@@ -476,6 +481,16 @@ pub fn rope_tables<B: Backend>(
     device: &B::Device,
     dtype: DType,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let (cos, sin) = rope_host(gh, gw, prefix, head_dim, theta);
+    let shape = [1, 1, prefix + gh * gw, head_dim];
+    (
+        Tensor::from_data(TensorData::new(cos, shape), (device, dtype)),
+        Tensor::from_data(TensorData::new(sin, shape), (device, dtype)),
+    )
+}
+
+/// The tables of [`rope_tables`] on the host, `(prefix + gh·gw, head_dim)` row-major each.
+pub fn rope_host(gh: usize, gw: usize, prefix: usize, head_dim: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
     let q = head_dim / 4;
     let inv: Vec<f32> = (0..q).map(|i| 1.0 / (theta as f32).powf((4 * i) as f32 / head_dim as f32)).collect();
     let n = prefix + gh * gw;
@@ -499,11 +514,7 @@ pub fn rope_tables<B: Backend>(
             }
         }
     }
-    let shape = [1, 1, n, head_dim];
-    (
-        Tensor::from_data(TensorData::new(cos, shape), (device, dtype)),
-        Tensor::from_data(TensorData::new(sin, shape), (device, dtype)),
-    )
+    (cos, sin)
 }
 
 /// `x·cos + swap_halves(x)·sin` on `(B, H, T, head_dim)`, with the tables of [`rope_tables`]

@@ -5,6 +5,7 @@
 //! fetched through `hf-hub` (gated repos such as `facebook/dinov3-vits16-pretrain-lvd1689m`
 //! need `HF_TOKEN`).
 
+pub mod cpu;
 pub mod dinov3;
 pub mod weights;
 
@@ -16,6 +17,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use hf_hub::RepoType;
 use sv_data::PreprocessConfig;
 
+pub use cpu::CpuDinov3;
 pub use dinov3::{ActivationHook, Dinov3, Dinov3Config, Dinov3Output, NamedTensor, host, linear_tensors, tap};
 use weights::{RandomSource, SafetensorsSource};
 
@@ -90,6 +92,9 @@ pub struct Backbone<B: Backend> {
     /// builds that compile kernels per tensor shape (CUDA), where a short last batch would
     /// otherwise compile and autotune its own kernels.
     pub pad_to: usize,
+    /// The CPU forward ([`CpuDinov3`]) where the build's backend is the CPU one and the model is
+    /// f32; [`Self::features_of_images`] then runs it instead of the Burn forward.
+    pub cpu: Option<CpuDinov3>,
 }
 
 fn load_dir<B: Backend>(dir: &Path, device: &B::Device, dtype: DType) -> Result<(Dinov3<B>, Dinov3Config)> {
@@ -132,6 +137,7 @@ impl<B: Backend> Backbone<B> {
         if crate::kernels::compiles_kernels() {
             bb.pad_to = spec.batch_size;
         }
+        bb.cpu = CpuDinov3::for_backend(&bb.config, &bb.model)?;
         Ok(bb)
     }
 
@@ -146,6 +152,7 @@ impl<B: Backend> Backbone<B> {
                 id: format!("dinov3:random:{}:seed={}:std={}", spec.preset, spec.seed, spec.init_std),
                 random: true,
                 pad_to: 0,
+                cpu: None,
             });
         }
         if let Some(rest) = spec.weights.strip_prefix("hf:") {
@@ -156,7 +163,7 @@ impl<B: Backend> Backbone<B> {
             let dir = fetch_hf(repo, rev)?;
             let (model, config) = load_dir(&dir, device, dtype)?;
             let snapshot = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-            return Ok(Self { model, config, id: format!("dinov3:hf:{repo}@{snapshot}"), random: false, pad_to: 0 });
+            return Ok(Self { model, config, id: format!("dinov3:hf:{repo}@{snapshot}"), random: false, pad_to: 0, cpu: None });
         }
         let dir = Path::new(&spec.weights);
         if !dir.is_dir() {
@@ -164,12 +171,17 @@ impl<B: Backend> Backbone<B> {
         }
         let (model, config) = load_dir(dir, device, dtype)?;
         let fingerprint = dir_fingerprint(dir)?;
-        Ok(Self { model, config, id: format!("dinov3:dir:{}:{fingerprint}", dir.display()), random: false, pad_to: 0 })
+        Ok(Self { model, config, id: format!("dinov3:dir:{}:{fingerprint}", dir.display()), random: false, pad_to: 0, cpu: None })
     }
 
     /// Features `[CLS, mean(patches)]` of encoded images, preprocessed with `pre`.
     pub fn features_of_images(&self, images: &[&[u8]], pre: &PreprocessConfig, device: &B::Device) -> Result<Vec<Vec<f32>>> {
         let n = images.len();
+        if let Some(cpu) = &self.cpu {
+            let s = pre.size as usize;
+            let out = cpu.forward(&sv_data::preprocess_batch(images, pre)?, n, s, s)?;
+            return Ok(out.features.chunks_exact(self.config.feature_dim()).map(<[f32]>::to_vec).collect());
+        }
         // Rows of a batch never see each other (norms and attention are per image), so the
         // all-zero padding rows change nothing in the real ones.
         let rows = if n > 0 && n < self.pad_to { self.pad_to } else { n };
@@ -233,6 +245,7 @@ mod tests {
         let imgs: Vec<Vec<u8>> = sv_data::generate::samples(&cfg).map(|s| s.unwrap().image).collect();
         let refs: Vec<&[u8]> = imgs.iter().map(Vec::as_slice).collect();
         let pre = PreprocessConfig { size: 48, ..Default::default() };
+        bb.cpu = None; // padding is the Burn path's
         bb.pad_to = 0;
         let plain = bb.features_of_images(&refs, &pre, &device).unwrap();
         bb.pad_to = 8;
@@ -245,5 +258,37 @@ mod tests {
         }
         // Different images give different features (the comparison above is not vacuous).
         assert!(plain[0].iter().zip(&plain[1]).any(|(x, y)| (x - y).abs() > 1e-3));
+    }
+
+    #[test]
+    fn cpu_forward_gives_the_burn_forwards_features() {
+        for preset in ["vit-tiny", "vits16plus"] {
+            let spec = BackboneSpec {
+                weights: "random".into(),
+                preset: preset.into(),
+                seed: 5,
+                batch_size: 4,
+                init_std: 0.3,
+                dtype: "f32".into(),
+            };
+            let device = Device::default();
+            let mut bb = Backbone::<InferBackend>::load(&spec, &device).unwrap();
+            assert!(bb.cpu.is_some(), "the CPU build loads the CPU forward");
+            let cfg = sv_data::generate::GenerateConfig { count: 3, seed: 8, width: 80, height: 64, ..Default::default() };
+            let imgs: Vec<Vec<u8>> = sv_data::generate::samples(&cfg).map(|s| s.unwrap().image).collect();
+            let refs: Vec<&[u8]> = imgs.iter().map(Vec::as_slice).collect();
+            // 56 px: a 3×3 patch grid with 8 px cropped off, as the strided convolution does.
+            let pre = PreprocessConfig { size: 56, ..Default::default() };
+            let fast = bb.features_of_images(&refs, &pre, &device).unwrap();
+            bb.cpu = None;
+            let burn = bb.features_of_images(&refs, &pre, &device).unwrap();
+            assert_eq!((fast.len(), fast[0].len()), (3, bb.config.feature_dim()));
+            for (a, b) in fast.iter().zip(&burn) {
+                let err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                let scale = b.iter().map(|x| x.abs()).fold(0f32, f32::max);
+                assert!(err <= 1e-4 * scale.max(1.0), "{preset}: max difference {err} (scale {scale})");
+            }
+            assert!(fast[0].iter().zip(&fast[1]).any(|(x, y)| (x - y).abs() > 1e-3), "{preset}: images differ");
+        }
     }
 }

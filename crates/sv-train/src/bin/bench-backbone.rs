@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo build --release -p sv-train --bin bench-backbone [--features cuda,flex]
-//! bench-backbone --backend ndarray --presets vits16,vitb16 --batches 1,16 --dtype f32
+//! bench-backbone --backend cpu --presets vits16,vitb16 --batches 1,16 --dtype f32
 //! bench-backbone --backend cuda --presets vitb16 --batches 256 --dtype bf16
 //! ```
 //!
@@ -19,12 +19,13 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use clap::Parser;
-use sv_train::backbone::{Backbone, BackboneSpec, Dinov3Config};
+use sv_train::backbone::{Backbone, BackboneSpec, CpuDinov3, Dinov3Config};
 
 #[derive(Parser, Debug)]
 #[command(about = "Time the DINOv3 backbone's forward pass on one backend")]
 struct Args {
-    /// ndarray (CPU default), flex (with the `flex` feature) or cuda (with the `cuda` feature).
+    /// cpu (the CPU forward of `backbone::cpu`, what CPU builds run), ndarray (Burn's ndarray
+    /// backend), flex (with the `flex` feature) or cuda (with the `cuda` feature).
     #[arg(long, default_value = "ndarray")]
     backend: String,
     /// Float type of weights and activations: f32, bf16 or f16 (bf16/f16 on cuda).
@@ -99,10 +100,17 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
     let bb = Backbone::<B>::load(&spec, device).with_context(|| format!("loading preset {preset}"))?;
     let s = args.size;
     let x: Vec<f32> = (0..batch * 3 * s * s).map(|i| ((i % 251) as f32 / 125.0) - 1.0).collect();
-    let input = Tensor::<B, 4>::from_data(TensorData::new(x, [batch, 3, s, s]), device);
-    let run = || {
-        let f = bb.model.forward(input.clone()).features;
-        let _ = f.into_data();
+    // `cpu`: the CPU forward on the host pixels; the others: Burn's forward on a device tensor.
+    let cpu = if args.backend == "cpu" { Some(CpuDinov3::new(&bb.config, &bb.model)?) } else { None };
+    let input = Tensor::<B, 4>::from_data(TensorData::new(x.clone(), [batch, 3, s, s]), device);
+    let run = || match &cpu {
+        Some(cpu) => {
+            let _ = cpu.forward(&x, batch, s, s).expect("pixel batch of the right size");
+        }
+        None => {
+            let f = bb.model.forward(input.clone()).features;
+            let _ = f.into_data();
+        }
     };
     let t = Instant::now();
     run();
@@ -121,7 +129,7 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
     times.sort_by(f64::total_cmp);
     let flops = flops_per_image(&bb.config, s);
     Ok(Row {
-        impl_: format!("burn-{}", args.backend),
+        impl_: if cpu.is_some() { "sv-cpu".into() } else { format!("burn-{}", args.backend) },
         backend: args.backend.clone(),
         dtype: args.dtype.clone(),
         preset: preset.into(),
@@ -165,11 +173,11 @@ fn run_all<B: Backend>(args: &Args, device: B::Device) -> Result<()> {
 fn main() -> Result<()> {
     let args = Args::parse();
     match args.backend.as_str() {
-        "ndarray" => run_all::<burn_ndarray::NdArray<f32>>(&args, Default::default()),
+        "ndarray" | "cpu" => run_all::<burn_ndarray::NdArray<f32>>(&args, Default::default()),
         #[cfg(feature = "flex")]
         "flex" => run_all::<burn::backend::Flex>(&args, Default::default()),
         #[cfg(feature = "cuda")]
         "cuda" => run_all::<burn::backend::Cuda>(&args, Default::default()),
-        other => bail!("--backend {other:?} is not compiled in (ndarray always; flex and cuda with the cargo features of the same names)"),
+        other => bail!("--backend {other:?} is not compiled in (cpu and ndarray always; flex and cuda with the cargo features of the same names)"),
     }
 }

@@ -179,14 +179,7 @@ pub fn load_model<B: Backend>(dir: &Path, cfg: &BundleConfig, device: &B::Device
     let src = SafetensorsSource::open_file(&dir.join("backbone/model.safetensors"))?;
     let bb = crate::backbone::Dinov3::load_as(&cfg.backbone, &src, device, dtype)?;
     let head = cfg.head.load_tensors(&SafetensorsSource::open_file(&dir.join("head/model.safetensors"))?, device)?;
-    Ok(Classifier {
-        backbone: bb,
-        backbone_config: cfg.backbone.clone(),
-        head,
-        head_config: cfg.head.clone(),
-        preprocess: cfg.preprocess.clone(),
-        precision: cfg.precision.clone(),
-    })
+    Ok(Classifier::new(bb, cfg.backbone.clone(), head, cfg.head.clone(), cfg.preprocess.clone(), cfg.precision.clone()))
 }
 
 fn folder_bytes(dir: &Path) -> u64 {
