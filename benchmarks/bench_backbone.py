@@ -96,7 +96,7 @@ def row(impl, args, preset, batch, dtype, first, times):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ours", required=True, help="path of the bench-backbone binary")
+    ap.add_argument("--ours", help="path of the bench-backbone binary (needed unless --from-json or --skip-ours)")
     ap.add_argument("--backend", default="cpu", help="our backends, comma-separated (cpu, ndarray, flex, cuda)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--presets", default="vits16")
@@ -117,6 +117,8 @@ def main():
         chip = next((r["chip"] for r in rows if r.get("chip")), "CPU")
         print_table(rows, chip)
         return
+    if not args.ours and not args.skip_ours:
+        sys.exit("--ours is needed (the bench-backbone binary), unless --skip-ours or --from-json")
     threads = len(os.sched_getaffinity(0))
     if torch is None:
         sys.exit("bench_backbone.py needs torch and transformers (only --from-json works without them)")
