@@ -57,6 +57,13 @@ impl<B: Backend> Classifier<B> {
         Self { backbone, backbone_config, head, head_config, preprocess, precision, cpu }
     }
 
+    /// The FP32 model of a loaded [`crate::backbone::Backbone`], reusing its CPU forward (no
+    /// second copy of the weights).
+    pub fn fp32_of(backbone: crate::backbone::Backbone<B>, head: Head<B>, head_config: HeadConfig, preprocess: PreprocessConfig) -> Self {
+        let crate::backbone::Backbone { model, config, cpu, .. } = backbone;
+        Self { backbone: model, backbone_config: config, head, head_config, preprocess, precision: Precision::Fp32, cpu }
+    }
+
     /// This model at another precision: weights rounded or quantised exactly as an export
     /// stores them, activations rounded or fake-quantised at every linear input.
     pub fn at_precision(&self, precision: Precision, device: &B::Device) -> Result<Self> {
@@ -118,6 +125,6 @@ impl Classifier<crate::InferBackend> {
         }
         let head_config = HeadConfig::load(ck.join("head.json"))
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", ck.join("head.json").display()))?;
-        Ok((Self::fp32(backbone.model, backbone.config, head, head_config, meta.preprocess.clone()), meta))
+        Ok((Self::fp32_of(backbone, head, head_config, meta.preprocess.clone()), meta))
     }
 }

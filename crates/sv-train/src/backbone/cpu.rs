@@ -21,6 +21,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use gemm::Parallelism;
@@ -144,11 +145,12 @@ impl CpuDinov3 {
     }
 
     /// The CPU layout where this build's backend is the CPU one (ndarray) and the model is f32:
-    /// where the Burn forward would run on the same cores, slower. `SV_CPU_KERNELS=0` turns it
-    /// off (everything then runs through Burn).
+    /// where the Burn forward would run on the same cores, slower. Inference only: none on an
+    /// autodiff backend (no gradients flow through it). `SV_CPU_KERNELS=0` turns it off
+    /// (everything then runs through Burn).
     pub fn for_backend<B: Backend>(cfg: &Dinov3Config, model: &Dinov3<B>) -> Result<Option<Self>> {
         let off = std::env::var("SV_CPU_KERNELS").is_ok_and(|v| v == "0");
-        if off || crate::backend_name() != "ndarray" || model.dtype() != DType::F32 {
+        if off || crate::backend_name() != "ndarray" || model.devices().first().is_some_and(B::ad_enabled) || model.dtype() != DType::F32 {
             return Ok(None);
         }
         Self::new(cfg, model).map(Some)
@@ -172,6 +174,9 @@ impl CpuDinov3 {
         let prefix = self.prefix();
         let np = gh * gw;
         let t = prefix + np;
+        if n == 0 {
+            return Ok(CpuOutput { tokens: t, last_hidden_state: Vec::new(), features: Vec::new() });
+        }
         let m = n * t;
         let hd = d / self.heads;
         let (cos, sin) = rope_host(gh, gw, prefix, hd, self.rope_theta);
@@ -237,7 +242,7 @@ impl CpuDinov3 {
                     matmul_wt(m, d, i, &y, gw_, &mut gate);
                     hid.par_chunks_mut(rows * i).zip(gate.par_chunks(rows * i)).for_each(|(hc, gc)| {
                         for (hr, gr) in hc.chunks_exact_mut(i).zip(gc.chunks_exact(i)) {
-                            gated_silu(hr, &blk.up.1, gr, gb);
+                            gated(hr, &blk.up.1, gr, gb, self.silu);
                         }
                     });
                 }
@@ -312,25 +317,34 @@ thread_local! {
 }
 
 /// Softmax attention of every (image, head) on the fused `qkv (n·t, 3D)` buffer into
-/// `out (n·t, D)`, head `h` in columns `h·hd..(h+1)·hd`.
+/// `out (n·t, D)`, head `h` in columns `h·hd..(h+1)·hd`. A task is a block of query rows of one
+/// (image, head): one per (image, head) when those fill the threads (large batches), else the
+/// queries are cut into blocks of at least 16 rows (batch 1 on many cores).
 fn attention(qkv: &[f32], out: &mut [f32], n: usize, t: usize, d: usize, heads: usize) {
     let hd = d / heads;
     let scale = 1.0 / (hd as f32).sqrt();
+    let blocks = (4 * rayon::current_num_threads()).div_ceil(n * heads).clamp(1, t.div_ceil(16));
+    let rows = t.div_ceil(blocks);
     let dst = SharedMut(out.as_mut_ptr());
-    (0..n * heads).into_par_iter().for_each(|task| {
-        let (b, h) = (task / heads, task % heads);
+    (0..n * heads * blocks).into_par_iter().for_each(|task| {
+        let (b, h, blk) = (task / (heads * blocks), task / blocks % heads, task % blocks);
+        let r0 = blk * rows;
+        if r0 >= t {
+            return;
+        }
+        let qr = rows.min(t - r0);
         let base = b * t * 3 * d + h * hd;
-        let (q, k, v) = (&qkv[base..], &qkv[base + d..], &qkv[base + 2 * d..]);
+        let (q, k, v) = (&qkv[base + r0 * 3 * d..], &qkv[base + d..], &qkv[base + 2 * d..]);
         SCORES.with(|s| {
             let mut s = s.borrow_mut();
-            s.resize(t * t, 0.0);
+            s.resize(qr * t, 0.0);
             let dst = dst;
-            // SAFETY: q, k, v are strided (t, hd) views inside `qkv` (row stride 3D); the scores
-            // are t×t; the output block (t rows of stride D from column h·hd) belongs to this
-            // task alone.
+            // SAFETY: q (qr, hd), k and v (t, hd) are strided views inside `qkv` (row stride 3D,
+            // the last row ending within the buffer); the scores are qr×t; the output block (qr
+            // rows of stride D from row b·t + r0, column h·hd) belongs to this task alone.
             unsafe {
                 gemm::gemm(
-                    t,
+                    qr,
                     t,
                     hd,
                     s.as_mut_ptr(),
@@ -354,10 +368,10 @@ fn attention(qkv: &[f32], out: &mut [f32], n: usize, t: usize, d: usize, heads: 
                     softmax(row);
                 }
                 gemm::gemm(
-                    t,
+                    qr,
                     hd,
                     t,
-                    dst.0.add(b * t * d + h * hd),
+                    dst.0.add((b * t + r0) * d + h * hd),
                     1,
                     d as isize,
                     false,
@@ -374,6 +388,11 @@ fn attention(qkv: &[f32], out: &mut [f32], n: usize, t: usize, d: usize, heads: 
                     false,
                     Parallelism::None,
                 );
+            }
+            // Keep at most 16 MiB of scores a thread after a large image.
+            if s.capacity() > 1 << 22 {
+                s.clear();
+                s.shrink_to(1 << 22);
             }
         });
     });
@@ -413,7 +432,10 @@ macro_rules! simd_kernel {
                 unsafe fn v4($($arg: $ty),*) { body($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn v3($($arg: $ty),*) { body($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
                     // SAFETY: the CPU has the features the function is compiled for.
                     return unsafe { v4($($arg),*) };
                 }
@@ -538,11 +560,12 @@ simd_kernel! {
 }
 
 simd_kernel! {
-    /// SwiGLU: `up = silu(gate + gate_bias) · (up + up_bias)`.
-    fn gated_silu(up: &mut [f32], up_bias: &[f32], gate: &[f32], gate_bias: &[f32]) {
+    /// Gated MLP: `up = act(gate + gate_bias) · (up + up_bias)`, act SiLU (SwiGLU) or exact GELU.
+    fn gated(up: &mut [f32], up_bias: &[f32], gate: &[f32], gate_bias: &[f32], silu: bool) {
         for (((u, ub), g), gb) in up.iter_mut().zip(up_bias).zip(gate).zip(gate_bias) {
             let x = g + gb;
-            *u = x / (1.0 + exp(-x)) * (*u + ub);
+            let a = if silu { x / (1.0 + exp(-x)) } else { 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)) };
+            *u = a * (*u + ub);
         }
     }
 }
@@ -562,7 +585,8 @@ fn sum8(x: &[f32]) -> f32 {
 }
 
 /// `eˣ` to about 2 ulp: `2ⁿ·eʳ` with n = round(x/ln 2) (Cody–Waite reduction) and a degree-6
-/// polynomial for eʳ on |r| ≤ ln2/2; x is clamped to [−87.3, 88.7] (0 and f32::MAX ends).
+/// polynomial for eʳ on |r| ≤ ln2/2; x is clamped to [−87.3, 88.7], so the low end gives the
+/// smallest normal float (no denormals) and x above ~88.4 gives +inf.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
@@ -604,6 +628,29 @@ mod tests {
         assert!(worst_erf < 1e-6, "erf absolute error {worst_erf:e}"); // 1.5e-7 of the formula + f32 rounding
         assert_eq!(exp(-1e30), exp(-87.3));
         assert!(exp(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    #[test]
+    fn gated_gelu_and_empty_batches_follow_the_burn_forward() {
+        use burn::tensor::{Tensor, TensorData};
+        let mut cfg = Dinov3Config::preset("vit-tiny").unwrap();
+        cfg.use_gated_mlp = Some(true); // a gated MLP whose hidden_act stays "gelu"
+        let src = super::super::weights::RandomSource { seed: 2, std: 0.3, layer_scale: 1.0 };
+        let device = Default::default();
+        let model = Dinov3::<burn_ndarray::NdArray<f32>>::load(&cfg, &src, &device).unwrap();
+        let cpu = CpuDinov3::new(&cfg, &model).unwrap();
+        let (n, s) = (2, 48);
+        let x: Vec<f32> = (0..n * 3 * s * s).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+        let fast = cpu.forward(&x, n, s, s).unwrap().features;
+        let burn = super::super::host(model.forward(Tensor::from_data(TensorData::new(x, [n, 3, s, s]), &device)).features);
+        let err = fast.iter().zip(&burn).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let scale = burn.iter().map(|v| v.abs()).fold(0f32, f32::max);
+        assert_eq!(fast.len(), burn.len());
+        assert!(err <= 1e-4 * scale.max(1.0), "max difference {err} (scale {scale})");
+        let empty = cpu.forward(&[], 0, s, s).unwrap();
+        assert!(empty.features.is_empty() && empty.last_hidden_state.is_empty());
+        let err = cpu.forward(&[0.0; 10], 1, s, s).err().unwrap().to_string();
+        assert!(err.contains("10 values") && err.contains("1×3×48×48"), "{err}");
     }
 
     #[test]

@@ -177,6 +177,9 @@ impl<B: Backend> Backbone<B> {
     /// Features `[CLS, mean(patches)]` of encoded images, preprocessed with `pre`.
     pub fn features_of_images(&self, images: &[&[u8]], pre: &PreprocessConfig, device: &B::Device) -> Result<Vec<Vec<f32>>> {
         let n = images.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         if let Some(cpu) = &self.cpu {
             let s = pre.size as usize;
             let out = cpu.forward(&sv_data::preprocess_batch(images, pre)?, n, s, s)?;
@@ -229,20 +232,26 @@ mod tests {
     use super::*;
     use crate::{Device, InferBackend};
 
-    #[test]
-    fn padding_rows_change_nothing_in_the_real_ones() {
+    /// A random f32 backbone of `preset` and the JPEGs of `count` procedural `width`×`height`
+    /// scenes.
+    fn random_backbone(preset: &str, seed: u64, batch_size: usize, count: usize, width: u32, height: u32) -> (Backbone<InferBackend>, Vec<Vec<u8>>) {
         let spec = BackboneSpec {
             weights: "random".into(),
-            preset: "vit-tiny".into(),
-            seed: 3,
-            batch_size: 8,
+            preset: preset.into(),
+            seed,
+            batch_size,
             init_std: 0.3,
             dtype: "f32".into(),
         };
+        let bb = Backbone::<InferBackend>::load(&spec, &Device::default()).unwrap();
+        let cfg = sv_data::generate::GenerateConfig { count, seed: seed + 1, width, height, ..Default::default() };
+        (bb, sv_data::generate::samples(&cfg).map(|s| s.unwrap().image).collect())
+    }
+
+    #[test]
+    fn padding_rows_change_nothing_in_the_real_ones() {
+        let (mut bb, imgs) = random_backbone("vit-tiny", 3, 8, 3, 64, 48);
         let device = Device::default();
-        let mut bb = Backbone::<InferBackend>::load(&spec, &device).unwrap();
-        let cfg = sv_data::generate::GenerateConfig { count: 3, seed: 4, width: 64, height: 48, ..Default::default() };
-        let imgs: Vec<Vec<u8>> = sv_data::generate::samples(&cfg).map(|s| s.unwrap().image).collect();
         let refs: Vec<&[u8]> = imgs.iter().map(Vec::as_slice).collect();
         let pre = PreprocessConfig { size: 48, ..Default::default() };
         bb.cpu = None; // padding is the Burn path's
@@ -263,32 +272,30 @@ mod tests {
     #[test]
     fn cpu_forward_gives_the_burn_forwards_features() {
         for preset in ["vit-tiny", "vits16plus"] {
-            let spec = BackboneSpec {
-                weights: "random".into(),
-                preset: preset.into(),
-                seed: 5,
-                batch_size: 4,
-                init_std: 0.3,
-                dtype: "f32".into(),
-            };
+            let (mut bb, imgs) = random_backbone(preset, 5, 4, 3, 80, 64);
             let device = Device::default();
-            let mut bb = Backbone::<InferBackend>::load(&spec, &device).unwrap();
             assert!(bb.cpu.is_some(), "the CPU build loads the CPU forward");
-            let cfg = sv_data::generate::GenerateConfig { count: 3, seed: 8, width: 80, height: 64, ..Default::default() };
-            let imgs: Vec<Vec<u8>> = sv_data::generate::samples(&cfg).map(|s| s.unwrap().image).collect();
             let refs: Vec<&[u8]> = imgs.iter().map(Vec::as_slice).collect();
-            // 56 px: a 3×3 patch grid with 8 px cropped off, as the strided convolution does.
-            let pre = PreprocessConfig { size: 56, ..Default::default() };
-            let fast = bb.features_of_images(&refs, &pre, &device).unwrap();
-            bb.cpu = None;
-            let burn = bb.features_of_images(&refs, &pre, &device).unwrap();
-            assert_eq!((fast.len(), fast[0].len()), (3, bb.config.feature_dim()));
-            for (a, b) in fast.iter().zip(&burn) {
-                let err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-                let scale = b.iter().map(|x| x.abs()).fold(0f32, f32::max);
-                assert!(err <= 1e-4 * scale.max(1.0), "{preset}: max difference {err} (scale {scale})");
+            // 56 px: a 3×3 patch grid with 8 px cropped off, as the strided convolution does
+            // (one attention task per image and head); one image at 112 px: 54 tokens, whose
+            // queries attention cuts into row blocks (fewer (image, head) pairs than threads).
+            for (size, count) in [(56, 3), (112, 1)] {
+                let pre = PreprocessConfig { size, ..Default::default() };
+                let batch = &refs[..count];
+                let cpu = bb.cpu.take();
+                let burn = bb.features_of_images(batch, &pre, &device).unwrap();
+                bb.cpu = cpu;
+                let fast = bb.features_of_images(batch, &pre, &device).unwrap();
+                assert_eq!((fast.len(), fast[0].len()), (count, bb.config.feature_dim()));
+                for (a, b) in fast.iter().zip(&burn) {
+                    let err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                    let scale = b.iter().map(|x| x.abs()).fold(0f32, f32::max);
+                    assert!(err <= 1e-4 * scale.max(1.0), "{preset} {size} px: max difference {err} (scale {scale})");
+                }
+                if count > 1 {
+                    assert!(fast[0].iter().zip(&fast[1]).any(|(x, y)| (x - y).abs() > 1e-3), "{preset}: images differ");
+                }
             }
-            assert!(fast[0].iter().zip(&fast[1]).any(|(x, y)| (x - y).abs() > 1e-3), "{preset}: images differ");
         }
     }
 }
