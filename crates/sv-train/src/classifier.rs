@@ -26,17 +26,6 @@ pub struct Classifier<B: Backend> {
 }
 
 impl<B: Backend> Classifier<B> {
-    /// The FP32 model as given.
-    pub fn fp32(
-        backbone: Dinov3<B>,
-        backbone_config: Dinov3Config,
-        head: Head<B>,
-        head_config: HeadConfig,
-        preprocess: PreprocessConfig,
-    ) -> Self {
-        Self::new(backbone, backbone_config, head, head_config, preprocess, Precision::Fp32)
-    }
-
     /// A model at `precision` from its parts; an FP32 model on the CPU build gets the CPU
     /// forward (the other precisions fake-quantise activations through Burn).
     pub fn new(

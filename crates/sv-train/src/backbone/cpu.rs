@@ -212,50 +212,47 @@ impl CpuDinov3 {
         let mut a = vec![0f32; m * d];
         let mut hid = vec![0f32; m * self.inter];
         let mut gate = if self.layers.iter().any(|l| l.gate.is_some()) { vec![0f32; m * self.inter] } else { Vec::new() };
-        let rows = row_chunk(m);
+        let eps = self.eps;
+        let layer_norm_rows = |x: &[f32], y: &mut [f32], (g, b): &(Vec<f32>, Vec<f32>)| {
+            par_rows(y, d, |r, yr| layer_norm(&x[r * d..][..d], yr, g, b, eps));
+        };
+        // `x += ls ⊙ (a + bias)`.
+        let residual = |x: &mut [f32], a: &[f32], bias: &[f32], ls: &[f32]| {
+            par_rows(x, d, |r, xr| scaled_residual(xr, &a[r * d..][..d], bias, ls));
+        };
         for blk in &self.layers {
             // Attention: LN₁, fused qkv GEMM, bias + RoPE, attention per (image, head), o_proj.
-            layer_norm_rows(&x, &mut y, d, &blk.norm1, self.eps);
+            layer_norm_rows(&x, &mut y, &blk.norm1);
             matmul_wt(m, d, 3 * d, &y, &blk.qkv.0, &mut qkv);
-            qkv.par_chunks_mut(rows * 3 * d).enumerate().for_each(|(ci, chunk)| {
-                for (j, row) in chunk.chunks_exact_mut(3 * d).enumerate() {
-                    add_bias(row, &blk.qkv.1);
-                    let tok = (ci * rows + j) % t;
-                    if tok >= prefix {
-                        let (cs, sn) = (&cos[tok * hd..][..hd], &sin[tok * hd..][..hd]);
-                        for head in row[..2 * d].chunks_exact_mut(hd) {
-                            rope(head, cs, sn);
-                        }
+            par_rows(&mut qkv, 3 * d, |r, row| {
+                add_bias(row, &blk.qkv.1);
+                let tok = r % t;
+                if tok >= prefix {
+                    let (cs, sn) = (&cos[tok * hd..][..hd], &sin[tok * hd..][..hd]);
+                    for head in row[..2 * d].chunks_exact_mut(hd) {
+                        rope(head, cs, sn);
                     }
                 }
             });
             attention(&qkv, &mut attn, n, t, d, self.heads);
             matmul_wt(m, d, d, &attn, &blk.o.0, &mut a);
-            residual(&mut x, &a, &blk.o.1, &blk.ls1, rows, d);
+            residual(&mut x, &a, &blk.o.1, &blk.ls1);
 
             // MLP: LN₂, up (and gate) GEMM, activation, down GEMM.
-            layer_norm_rows(&x, &mut y, d, &blk.norm2, self.eps);
+            layer_norm_rows(&x, &mut y, &blk.norm2);
             let i = self.inter;
             matmul_wt(m, d, i, &y, &blk.up.0, &mut hid);
             match &blk.gate {
                 Some((gw_, gb)) => {
                     matmul_wt(m, d, i, &y, gw_, &mut gate);
-                    hid.par_chunks_mut(rows * i).zip(gate.par_chunks(rows * i)).for_each(|(hc, gc)| {
-                        for (hr, gr) in hc.chunks_exact_mut(i).zip(gc.chunks_exact(i)) {
-                            gated(hr, &blk.up.1, gr, gb, self.silu);
-                        }
-                    });
+                    par_rows(&mut hid, i, |r, hr| gated(hr, &blk.up.1, &gate[r * i..][..i], gb, self.silu));
                 }
-                None => hid.par_chunks_mut(rows * i).for_each(|hc| {
-                    for hr in hc.chunks_exact_mut(i) {
-                        activation(hr, &blk.up.1, self.silu);
-                    }
-                }),
+                None => par_rows(&mut hid, i, |_, hr| activation(hr, &blk.up.1, self.silu)),
             }
             matmul_wt(m, i, d, &hid, &blk.down.0, &mut a);
-            residual(&mut x, &a, &blk.down.1, &blk.ls2, rows, d);
+            residual(&mut x, &a, &blk.down.1, &blk.ls2);
         }
-        layer_norm_rows(&x, &mut y, d, &self.norm, self.eps);
+        layer_norm_rows(&x, &mut y, &self.norm);
         let mut features = vec![0f32; n * 2 * d];
         for (img, f) in y.chunks_exact(t * d).zip(features.chunks_exact_mut(2 * d)) {
             f[..d].copy_from_slice(&img[..d]);
@@ -272,9 +269,15 @@ impl CpuDinov3 {
     }
 }
 
-/// Rows per parallel chunk of an `m`-row pass: about four chunks a thread.
-fn row_chunk(m: usize) -> usize {
-    m.div_ceil(4 * rayon::current_num_threads()).max(1)
+/// `f(r, row)` for every `width`-wide row `r` of `buf`, in parallel chunks of rows (about four
+/// chunks a thread).
+fn par_rows(buf: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let rows = (buf.len() / width).div_ceil(4 * rayon::current_num_threads()).max(1);
+    buf.par_chunks_mut(rows * width).enumerate().for_each(|(ci, chunk)| {
+        for (j, row) in chunk.chunks_exact_mut(width).enumerate() {
+            f(ci * rows + j, row);
+        }
+    });
 }
 
 /// `out (m, n) = a (m, k) · wᵀ`, `w` being `(n, k)` row-major (a checkpoint's `(out, in)`).
@@ -395,25 +398,6 @@ fn attention(qkv: &[f32], out: &mut [f32], n: usize, t: usize, d: usize, heads: 
                 s.shrink_to(1 << 22);
             }
         });
-    });
-}
-
-/// `x += ls ⊙ (a + bias)` over `(m, d)` rows.
-fn residual(x: &mut [f32], a: &[f32], bias: &[f32], ls: &[f32], rows: usize, d: usize) {
-    x.par_chunks_mut(rows * d).zip(a.par_chunks(rows * d)).for_each(|(xc, ac)| {
-        for (xr, ar) in xc.chunks_exact_mut(d).zip(ac.chunks_exact(d)) {
-            scaled_residual(xr, ar, bias, ls);
-        }
-    });
-}
-
-/// LayerNorm of every `d`-wide row of `x` into `y`.
-fn layer_norm_rows(x: &[f32], y: &mut [f32], d: usize, (g, b): &(Vec<f32>, Vec<f32>), eps: f32) {
-    let rows = row_chunk(x.len() / d);
-    y.par_chunks_mut(rows * d).zip(x.par_chunks(rows * d)).for_each(|(yc, xc)| {
-        for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
-            layer_norm(xr, yr, g, b, eps);
-        }
     });
 }
 

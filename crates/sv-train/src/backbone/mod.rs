@@ -187,7 +187,7 @@ impl<B: Backend> Backbone<B> {
         }
         // Rows of a batch never see each other (norms and attention are per image), so the
         // all-zero padding rows change nothing in the real ones.
-        let rows = if n > 0 && n < self.pad_to { self.pad_to } else { n };
+        let rows = if n < self.pad_to { self.pad_to } else { n };
         let x = padded_pixels::<B>(images, pre, rows, device)?;
         let feats = self.model.forward(x).features;
         let d = feats.dims()[1];

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use clap::Parser;
-use sv_train::backbone::{Backbone, BackboneSpec, CpuDinov3, Dinov3Config};
+use sv_train::backbone::{Backbone, BackboneSpec, Dinov3Config};
 
 #[derive(Parser, Debug)]
 #[command(about = "Time the DINOv3 backbone's forward pass on one backend")]
@@ -97,11 +97,14 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
         init_std: 0.02,
         dtype: args.dtype.clone(),
     };
-    let bb = Backbone::<B>::load(&spec, device).with_context(|| format!("loading preset {preset}"))?;
+    let mut bb = Backbone::<B>::load(&spec, device).with_context(|| format!("loading preset {preset}"))?;
     let s = args.size;
     let x: Vec<f32> = (0..batch * 3 * s * s).map(|i| ((i % 251) as f32 / 125.0) - 1.0).collect();
     // `cpu`: the CPU forward on the host pixels; the others: Burn's forward on a device tensor.
-    let cpu = if args.backend == "cpu" { Some(CpuDinov3::new(&bb.config, &bb.model)?) } else { None };
+    let cpu = match args.backend.as_str() {
+        "cpu" => Some(bb.cpu.take().context("this build loads no CPU forward (it needs the CPU build and f32)")?),
+        _ => None,
+    };
     let input = Tensor::<B, 4>::from_data(TensorData::new(x.clone(), [batch, 3, s, s]), device);
     let run = || match &cpu {
         Some(cpu) => {
