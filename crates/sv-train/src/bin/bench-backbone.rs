@@ -130,9 +130,17 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
     }
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     times.sort_by(f64::total_cmp);
+    if let Some(table) = sv_train::backbone::cpu::profile_report() {
+        eprintln!("stages of {preset} batch {batch} (SV_CPU_PROFILE=1, every forward of the row):\n{table}");
+    }
     let flops = flops_per_image(&bb.config, s);
     Ok(Row {
-        impl_: if cpu.is_some() { "sv-cpu".into() } else { format!("burn-{}", args.backend) },
+        // `SV_CPU_GEMM=library` (the gemm crate's threading, for comparison) gets its own rows.
+        impl_: match (&cpu, std::env::var("SV_CPU_GEMM").as_deref()) {
+            (Some(_), Ok("library")) => "sv-cpu-libgemm".into(),
+            (Some(_), _) => "sv-cpu".into(),
+            (None, _) => format!("burn-{}", args.backend),
+        },
         backend: args.backend.clone(),
         dtype: args.dtype.clone(),
         preset: preset.into(),

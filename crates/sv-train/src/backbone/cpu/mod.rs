@@ -1,0 +1,342 @@
+//! The DINOv3 forward pass written for the CPU: the same network as [`Dinov3`], in f32, with
+//! the work laid out for a CPU instead of as one tensor op at a time.
+//!
+//! Burn's ndarray backend runs the forward as ~40 tensor ops a block, each allocating its output
+//! and passing over memory again; a profile of ViT-S/16 spent a quarter of its time in GEMMs and
+//! the rest in element-wise passes, page faults of fresh buffers, a scalar `erf`, strided copies
+//! and two thread pools yielding to each other. Here:
+//! - every linear layer is one `(B·T, K) × (K, N)` GEMM of the `gemm` crate (runtime-dispatched
+//!   SIMD kernels) cut into tiles that run as rayon tasks ([`linear`]), each tile followed by its
+//!   epilogue (bias, RoPE, activation, LayerScale + residual + the next LayerNorm) while in cache:
+//!   a block is five parallel regions (qkv, attention, o, up, down);
+//! - attention runs per (image, head) on rayon ([`attention`]): `q·kᵀ` GEMM, softmax in place,
+//!   `·v` GEMM into the output's columns, reading q, k and v as strided views of the fused qkv
+//!   buffer;
+//! - LayerNorm, softmax, GELU (`erf`) and SiLU use polynomial `exp`/`erf` that vectorise, built
+//!   for AVX2+FMA and AVX-512 with a portable fallback, chosen at run time ([`kernels`]);
+//! - the activation buffers are allocated once a forward pass and reused by every block.
+//!
+//! Weights come from a loaded [`Dinov3`] by checkpoint name ([`Dinov3::named_tensors`]), so both
+//! paths always hold the same numbers; `tests/parity.rs` holds both to transformers' output.
+
+mod attention;
+mod kernels;
+mod linear;
+mod profile;
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::tensor::DType;
+use burn::tensor::backend::Backend;
+use rayon::prelude::*;
+
+use super::dinov3::{Dinov3, Dinov3Config, rope_host};
+use attention::attention;
+use kernels::{activation, add_bias, add_into, gated, layer_norm, rope, scaled_residual};
+use linear::{Linear, SharedRows, Threading, Tiles, linear, matmul_wt, par_rows};
+pub use profile::report as profile_report;
+
+/// A model's tensors by checkpoint name, taken out one by one.
+struct Named(HashMap<String, Vec<f32>>);
+
+impl Named {
+    fn take(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let v = self.0.remove(name).with_context(|| format!("backbone tensor {name} is missing"))?;
+        if v.len() != len {
+            bail!("backbone tensor {name} has {} values, expected {len}", v.len());
+        }
+        Ok(v)
+    }
+
+    /// A linear layer's weight `(out, in)` and its bias (zeros where the layer has none).
+    fn weight_bias(&mut self, name: &str, d_in: usize, d_out: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let w = self.take(&format!("{name}.weight"), d_in * d_out)?;
+        let bias = format!("{name}.bias");
+        let b = if self.0.contains_key(&bias) { self.take(&bias, d_out)? } else { vec![0.0; d_out] };
+        Ok((w, b))
+    }
+
+    fn linear(&mut self, name: &str, d_in: usize, d_out: usize) -> Result<Linear> {
+        let (w, b) = self.weight_bias(name, d_in, d_out)?;
+        Ok(Linear::from_out_in(&w, b, d_in, d_out))
+    }
+}
+
+/// One transformer block's weights.
+struct CpuBlock {
+    norm1: (Vec<f32>, Vec<f32>),
+    /// q, k and v stacked: `D → 3D`.
+    qkv: Linear,
+    o: Linear,
+    ls1: Vec<f32>,
+    norm2: (Vec<f32>, Vec<f32>),
+    gate: Option<Linear>,
+    up: Linear,
+    down: Linear,
+    ls2: Vec<f32>,
+}
+
+/// The backbone's weights laid out for [`CpuDinov3::forward`].
+pub struct CpuDinov3 {
+    d: usize,
+    heads: usize,
+    inter: usize,
+    patch: usize,
+    channels: usize,
+    eps: f32,
+    silu: bool,
+    rope_theta: f64,
+    /// `(D, C·p·p)`: the convolution's weight as a linear layer.
+    patch_w: Vec<f32>,
+    patch_b: Vec<f32>,
+    /// CLS then the registers, `(1 + R, D)`.
+    prefix_tokens: Vec<f32>,
+    layers: Vec<CpuBlock>,
+    norm: (Vec<f32>, Vec<f32>),
+}
+
+/// Outputs of [`CpuDinov3::forward`] (those of [`super::Dinov3Output`], on the host).
+pub struct CpuOutput {
+    /// Tokens per image, `1 + R + N`.
+    pub tokens: usize,
+    /// `(B, tokens, D)` after the final norm.
+    pub last_hidden_state: Vec<f32>,
+    /// `(B, 2D)`: [CLS, mean of patch tokens].
+    pub features: Vec<f32>,
+}
+
+impl CpuDinov3 {
+    /// The CPU layout of a loaded f32 backbone.
+    pub fn new<B: Backend>(cfg: &Dinov3Config, model: &Dinov3<B>) -> Result<Self> {
+        cfg.validate()?;
+        let mut w = Named(model.named_tensors().into_iter().map(|t| (t.name, t.values)).collect());
+        let d = cfg.hidden_size;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let inter = cfg.intermediate_size;
+        for i in 0..cfg.num_hidden_layers {
+            let pre = format!("layer.{i}");
+            let (qw, qb) = w.weight_bias(&format!("{pre}.attention.q_proj"), d, d)?;
+            let (kw, kb) = w.weight_bias(&format!("{pre}.attention.k_proj"), d, d)?;
+            let (vw, vb) = w.weight_bias(&format!("{pre}.attention.v_proj"), d, d)?;
+            let o = w.linear(&format!("{pre}.attention.o_proj"), d, d)?;
+            let gate = if cfg.gated() { Some(w.linear(&format!("{pre}.mlp.gate_proj"), d, inter)?) } else { None };
+            let up = w.linear(&format!("{pre}.mlp.up_proj"), d, inter)?;
+            let down = w.linear(&format!("{pre}.mlp.down_proj"), inter, d)?;
+            layers.push(CpuBlock {
+                norm1: (w.take(&format!("{pre}.norm1.weight"), d)?, w.take(&format!("{pre}.norm1.bias"), d)?),
+                qkv: Linear::from_out_in(&[qw, kw, vw].concat(), [qb, kb, vb].concat(), d, 3 * d),
+                o,
+                ls1: w.take(&format!("{pre}.layer_scale1.lambda1"), d)?,
+                norm2: (w.take(&format!("{pre}.norm2.weight"), d)?, w.take(&format!("{pre}.norm2.bias"), d)?),
+                gate,
+                up,
+                down,
+                ls2: w.take(&format!("{pre}.layer_scale2.lambda1"), d)?,
+            });
+        }
+        let (c, p) = (cfg.num_channels, cfg.patch_size);
+        let mut prefix_tokens = w.take("embeddings.cls_token", d)?;
+        if cfg.num_register_tokens > 0 {
+            prefix_tokens.extend(w.take("embeddings.register_tokens", cfg.num_register_tokens * d)?);
+        }
+        Ok(Self {
+            d,
+            heads: cfg.num_attention_heads,
+            inter,
+            patch: p,
+            channels: c,
+            eps: cfg.layer_norm_eps as f32,
+            silu: cfg.hidden_act != "gelu",
+            rope_theta: cfg.rope_theta,
+            patch_w: w.take("embeddings.patch_embeddings.weight", d * c * p * p)?,
+            patch_b: w.take("embeddings.patch_embeddings.bias", d)?,
+            prefix_tokens,
+            layers,
+            norm: (w.take("norm.weight", d)?, w.take("norm.bias", d)?),
+        })
+    }
+
+    /// The CPU layout where this build's backend is the CPU one (ndarray) and the model is f32:
+    /// where the Burn forward would run on the same cores, slower. Inference only: none on an
+    /// autodiff backend (no gradients flow through it). `SV_CPU_KERNELS=0` turns it off
+    /// (everything then runs through Burn).
+    pub fn for_backend<B: Backend>(cfg: &Dinov3Config, model: &Dinov3<B>) -> Result<Option<Self>> {
+        let off = std::env::var("SV_CPU_KERNELS").is_ok_and(|v| v == "0");
+        if off || crate::backend_name() != "ndarray" || model.devices().first().is_some_and(B::ad_enabled) || model.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        Self::new(cfg, model).map(Some)
+    }
+
+    fn prefix(&self) -> usize {
+        self.prefix_tokens.len() / self.d
+    }
+
+    /// Forward pass on normalised pixels `(n, C, h, w)`, row-major; h and w are cropped down to
+    /// multiples of the patch size, as the strided convolution does.
+    pub fn forward(&self, pixels: &[f32], n: usize, h: usize, w: usize) -> Result<CpuOutput> {
+        let (c, p, d) = (self.channels, self.patch, self.d);
+        if pixels.len() != n * c * h * w {
+            bail!("pixel batch has {} values, expected {n}×{c}×{h}×{w} = {}", pixels.len(), n * c * h * w);
+        }
+        let (gh, gw) = (h / p, w / p);
+        if gh == 0 || gw == 0 {
+            bail!("images of {h}×{w} px are smaller than one {p}×{p} patch");
+        }
+        let mut profile = profile::Laps::start();
+        let prefix = self.prefix();
+        let np = gh * gw;
+        let t = prefix + np;
+        if n == 0 {
+            return Ok(CpuOutput { tokens: t, last_hidden_state: Vec::new(), features: Vec::new() });
+        }
+        let m = n * t;
+        let hd = d / self.heads;
+        let (cos, sin) = rope_host(gh, gw, prefix, hd, self.rope_theta);
+
+        // Patch embedding: im2col, one GEMM, then [CLS; registers; patches] per image.
+        let kp = c * p * p;
+        let mut cols = vec![0f32; n * np * kp];
+        cols.par_chunks_mut(kp).enumerate().for_each(|(row, out)| {
+            let (b, q) = (row / np, row % np);
+            let (py, px) = (q / gw, q % gw);
+            for ch in 0..c {
+                for ky in 0..p {
+                    let src = ((b * c + ch) * h + py * p + ky) * w + px * p;
+                    out[(ch * p + ky) * p..][..p].copy_from_slice(&pixels[src..src + p]);
+                }
+            }
+        });
+        let mut emb = vec![0f32; n * np * d];
+        matmul_wt(n * np, kp, d, &cols, &self.patch_w, &mut emb);
+        drop(cols);
+        let mut x = vec![0f32; m * d];
+        x.par_chunks_mut(t * d).zip(emb.par_chunks(np * d)).for_each(|(img, e)| {
+            img[..prefix * d].copy_from_slice(&self.prefix_tokens);
+            for (row, er) in img[prefix * d..].chunks_exact_mut(d).zip(e.chunks_exact(d)) {
+                add_into(row, er, &self.patch_b);
+            }
+        });
+        drop(emb);
+
+        let mut y = vec![0f32; m * d];
+        let mut qkv = vec![0f32; m * 3 * d];
+        let mut attn = vec![0f32; m * d];
+        let mut a = vec![0f32; m * d];
+        let mut hid = vec![0f32; m * self.inter];
+        let mut gate = if self.layers.iter().any(|l| l.gate.is_some()) { vec![0f32; m * self.inter] } else { Vec::new() };
+        let (eps, i) = (self.eps, self.inter);
+        let threading = Threading::from_env();
+        let threads = rayon::current_num_threads();
+        // Tiles of the qkv output hold whole heads (RoPE rotates within a head); o and down take
+        // whole rows (their epilogue ends with the next LayerNorm).
+        let head_align = hd * 16 / gcd(hd, 16);
+        let (p_qkv, p_o) = (Tiles::plan(m, d, 3 * d, head_align, false, threads), Tiles::plan(m, d, d, 16, true, threads));
+        let (p_up, p_down) = (Tiles::plan(m, d, i, 64, false, threads), Tiles::plan(m, i, d, 16, true, threads));
+        profile.lap("embed");
+
+        let first_norm = self.layers.first().map_or(&self.norm, |l| &l.norm1);
+        par_rows(&mut y, d, |r, yr| layer_norm(&x[r * d..][..d], yr, &first_norm.0, &first_norm.1, eps));
+        profile.lap("norm");
+        for (li, blk) in self.layers.iter().enumerate() {
+            let next_norm = self.layers.get(li + 1).map_or(&self.norm, |l| &l.norm1);
+            // Attention: qkv GEMM + bias + RoPE, attention per (image, head), o GEMM + LayerScale +
+            // residual + LN₂ (y = norm2(x)).
+            linear(threading, p_qkv, m, &y, &blk.qkv, &mut qkv, None, |r, cols, seg, _| {
+                add_bias(seg, &blk.qkv.b[cols.clone()]);
+                let tok = r % t;
+                if tok >= prefix {
+                    let (cs, sn) = (&cos[tok * hd..][..hd], &sin[tok * hd..][..hd]);
+                    // Tiles start on a head; q and k are the first 2D columns.
+                    for c in (cols.start..cols.end.min(2 * d)).step_by(hd) {
+                        rope(&mut seg[c - cols.start..][..hd], cs, sn);
+                    }
+                }
+            });
+            profile.lap("qkv");
+            attention(&qkv, &mut attn, n, t, d, self.heads);
+            profile.lap("attention");
+            {
+                let (xs, ys) = (SharedRows::new(&mut x, d), SharedRows::new(&mut y, d));
+                linear(threading, p_o, m, &attn, &blk.o, &mut a, None, |r, _, seg, _| {
+                    // SAFETY: row r belongs to this tile (o's tiles are whole rows).
+                    let (xr, yr) = unsafe { (xs.seg(r, 0..d), ys.seg(r, 0..d)) };
+                    scaled_residual(xr, seg, &blk.o.b, &blk.ls1);
+                    layer_norm(xr, yr, &blk.norm2.0, &blk.norm2.1, eps);
+                });
+            }
+            profile.lap("o");
+
+            // MLP: up (and gate) GEMM + activation, down GEMM + LayerScale + residual + the next
+            // block's LN₁ (or the final norm).
+            match &blk.gate {
+                Some(g) => linear(threading, p_up, m, &y, &blk.up, &mut hid, Some((g, &mut gate)), |_, cols, up, gt| {
+                    gated(up, &blk.up.b[cols.clone()], gt, &g.b[cols], self.silu)
+                }),
+                None => linear(threading, p_up, m, &y, &blk.up, &mut hid, None, |_, cols, seg, _| {
+                    activation(seg, &blk.up.b[cols], self.silu)
+                }),
+            }
+            profile.lap("up");
+            {
+                let (xs, ys) = (SharedRows::new(&mut x, d), SharedRows::new(&mut y, d));
+                linear(threading, p_down, m, &hid, &blk.down, &mut a, None, |r, _, seg, _| {
+                    // SAFETY: row r belongs to this tile (down's tiles are whole rows).
+                    let (xr, yr) = unsafe { (xs.seg(r, 0..d), ys.seg(r, 0..d)) };
+                    scaled_residual(xr, seg, &blk.down.b, &blk.ls2);
+                    layer_norm(xr, yr, &next_norm.0, &next_norm.1, eps);
+                });
+            }
+            profile.lap("down");
+        }
+        // y = norm(x) now (the last block's epilogue, or the LayerNorm above without blocks).
+        let mut features = vec![0f32; n * 2 * d];
+        for (img, f) in y.chunks_exact(t * d).zip(features.chunks_exact_mut(2 * d)) {
+            f[..d].copy_from_slice(&img[..d]);
+            let mean = &mut f[d..];
+            for row in img[prefix * d..].chunks_exact(d) {
+                for (s, v) in mean.iter_mut().zip(row) {
+                    *s += v;
+                }
+            }
+            let inv = 1.0 / np as f32;
+            mean.iter_mut().for_each(|s| *s *= inv);
+        }
+        profile.lap("features");
+        Ok(CpuOutput { tokens: t, last_hidden_state: y, features })
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gated_gelu_and_empty_batches_follow_the_burn_forward() {
+        use burn::tensor::{Tensor, TensorData};
+        let mut cfg = Dinov3Config::preset("vit-tiny").unwrap();
+        cfg.use_gated_mlp = Some(true); // a gated MLP whose hidden_act stays "gelu"
+        let src = super::super::weights::RandomSource { seed: 2, std: 0.3, layer_scale: 1.0 };
+        let device = Default::default();
+        let model = Dinov3::<burn_ndarray::NdArray<f32>>::load(&cfg, &src, &device).unwrap();
+        let cpu = CpuDinov3::new(&cfg, &model).unwrap();
+        let (n, s) = (2, 48);
+        let x: Vec<f32> = (0..n * 3 * s * s).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+        let fast = cpu.forward(&x, n, s, s).unwrap().features;
+        let burn = super::super::host(model.forward(Tensor::from_data(TensorData::new(x, [n, 3, s, s]), &device)).features);
+        let err = fast.iter().zip(&burn).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let scale = burn.iter().map(|v| v.abs()).fold(0f32, f32::max);
+        assert_eq!(fast.len(), burn.len());
+        assert!(err <= 1e-4 * scale.max(1.0), "max difference {err} (scale {scale})");
+        let empty = cpu.forward(&[], 0, s, s).unwrap();
+        assert!(empty.features.is_empty() && empty.last_hidden_state.is_empty());
+        let err = cpu.forward(&[0.0; 10], 1, s, s).err().unwrap().to_string();
+        assert!(err.contains("10 values") && err.contains("1×3×48×48"), "{err}");
+    }
+}

@@ -1,0 +1,53 @@
+//! Where the CPU forward spends its time, by stage, when `SV_CPU_PROFILE=1`: wall time summed
+//! over every forward of the process ([`report`] prints it). Off, a lap is one branch.
+
+use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+static TOTALS: Mutex<Vec<(&'static str, f64, u64)>> = Mutex::new(Vec::new());
+
+fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SV_CPU_PROFILE").is_ok_and(|v| v == "1"))
+}
+
+/// The clock of one forward pass.
+pub(super) struct Laps(Option<Instant>);
+
+impl Laps {
+    pub fn start() -> Self {
+        Self(enabled().then(Instant::now))
+    }
+
+    /// Adds the time since the last lap to `stage`.
+    pub fn lap(&mut self, stage: &'static str) {
+        let Some(last) = self.0 else { return };
+        let now = Instant::now();
+        let secs = (now - last).as_secs_f64();
+        let mut totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+        match totals.iter_mut().find(|(s, ..)| *s == stage) {
+            Some(t) => {
+                t.1 += secs;
+                t.2 += 1;
+            }
+            None => totals.push((stage, secs, 1)),
+        }
+        self.0 = Some(Instant::now());
+    }
+}
+
+/// The stage table (seconds, share of the total, laps) since the last report, when profiling is
+/// on and something ran.
+pub fn report() -> Option<String> {
+    let totals = std::mem::take(&mut *TOTALS.lock().unwrap_or_else(|e| e.into_inner()));
+    if totals.is_empty() {
+        return None;
+    }
+    let all: f64 = totals.iter().map(|t| t.1).sum();
+    let mut out = String::from("| stage | seconds | share | laps |\n|---|---|---|---|\n");
+    for (stage, secs, laps) in totals.iter() {
+        out += &format!("| {stage} | {secs:.4} | {:.1}% | {laps} |\n", 100.0 * secs / all);
+    }
+    Some(out)
+}
