@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The CPU forward beside PyTorch on the GPU machine's CPU (no GPU used): ours (bench-backbone, a
 # CPU build carried as .device/bin/bench-backbone) with `--backend cpu` (backbone/cpu, tiled GEMMs)
-# and the same with `SV_CPU_GEMM=library` (the gemm crate's threading; rows `sv-cpu-libgemm`),
+# and the same with `SV_CPU_GEMM=library` (the gemm crate's threading; rows `sv-cpu-libgemm`) and
+# with `SV_CPU_TILES=compute` (the tiling's compute-only cost model; rows `sv-cpu-compute`),
 # and transformers' DINOv3ViTModel eager, fp32, random weights, 224 px; first on 2 cores pinned
-# with taskset, then on 16. Then the stage profile (SV_CPU_PROFILE=1) of ViT-S/16 batch 1 and 16
-# on 16 cores, both threadings.
+# with taskset, then on 16. Then the stage profiles (SV_CPU_PROFILE=1) and tilings of both cost
+# models on 2 and 16 cores.
 #   bash benchmarks/device_cpu.sh          (rows in $OUT/cpu2.jsonl and $OUT/cpu16.jsonl)
 #   NDARRAY=1 bash benchmarks/device_cpu.sh   (also Burn's ndarray backend)
 #   PREV=1 ...   (also .device/bin/bench-backbone-prev, an earlier build, ViT-S/16 only; rows sv-cpu-prev)
@@ -23,18 +24,22 @@ for cores in 2 16; do
   cpus=0-$((cores - 1))
   taskset -c "$cpus" python3 benchmarks/bench_backbone.py "${common[@]}" --backend "$backends" --presets vits16,vitb16 \
     --json "$OUT/cpu$cores.jsonl" > "$OUT/cpu$cores.log" 2>&1
-  SV_CPU_GEMM=library taskset -c "$cpus" python3 benchmarks/bench_backbone.py "${common[@]}" --skip-torch --backend cpu \
-    --presets vits16,vitb16 --json "$OUT/cpu$cores.jsonl" > "$OUT/cpu$cores-libgemm.log" 2>&1
+  for var in SV_CPU_GEMM=library SV_CPU_TILES=compute; do
+    env "$var" taskset -c "$cpus" python3 benchmarks/bench_backbone.py "${common[@]}" --skip-torch --backend cpu \
+      --presets vits16,vitb16 --json "$OUT/cpu$cores.jsonl" > "$OUT/cpu$cores-$var.log" 2>&1
+  done
   if [ "${PREV:-0}" = 1 ]; then
     taskset -c "$cpus" python3 benchmarks/bench_backbone.py "${common[@]}" --ours "$BIN-prev" --skip-torch --backend cpu \
       --presets vits16 --json "$OUT/prev$cores.jsonl" > "$OUT/cpu$cores-prev.log" 2>&1
     sed 's/"impl_": "sv-cpu"/"impl_": "sv-cpu-prev"/' "$OUT/prev$cores.jsonl" >> "$OUT/cpu$cores.jsonl"
   fi
 done
-for gemm in tiles library; do
-  echo "== stages, ViT-S/16, 16 cores, SV_CPU_GEMM=$gemm"
-  SV_CPU_GEMM=$gemm SV_CPU_PROFILE=1 taskset -c 0-15 "$BIN" --backend cpu --presets vits16 --batches 1,16 \
-    --iters 10 --max-seconds 5 2>&1 | grep -v '^{'
+for cores in 2 16; do
+  for var in SV_CPU_TILES=traffic SV_CPU_TILES=compute; do
+    echo "== stages, $cores cores, $var"
+    env "$var" SV_CPU_PROFILE=1 taskset -c 0-$((cores - 1)) "$BIN" --backend cpu --presets vits16 --batches 1,16 \
+      --iters 3 --max-seconds 5 2>&1 | grep -v '^{'
+  done
 done
 python3 benchmarks/bench_backbone.py --from-json "$OUT/cpu2.jsonl"
 python3 benchmarks/bench_backbone.py --from-json "$OUT/cpu16.jsonl"

@@ -135,11 +135,13 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
     }
     let flops = flops_per_image(&bb.config, s);
     Ok(Row {
-        // `SV_CPU_GEMM=library` (the gemm crate's threading, for comparison) gets its own rows.
-        impl_: match (&cpu, std::env::var("SV_CPU_GEMM").as_deref()) {
-            (Some(_), Ok("library")) => "sv-cpu-libgemm".into(),
-            (Some(_), _) => "sv-cpu".into(),
-            (None, _) => format!("burn-{}", args.backend),
+        // The CPU forward's comparison settings (`SV_CPU_GEMM=library`: the gemm crate's
+        // threading; `SV_CPU_TILES=compute`: the tiling's compute-only cost model) get their own rows.
+        impl_: match (&cpu, std::env::var("SV_CPU_GEMM").as_deref(), std::env::var("SV_CPU_TILES").as_deref()) {
+            (Some(_), Ok("library"), _) => "sv-cpu-libgemm".into(),
+            (Some(_), _, Ok("compute")) => "sv-cpu-compute".into(),
+            (Some(_), _, _) => "sv-cpu".into(),
+            (None, ..) => format!("burn-{}", args.backend),
         },
         backend: args.backend.clone(),
         dtype: args.dtype.clone(),

@@ -70,14 +70,58 @@ const UNPACKED_ROWS: usize = 8 * NR;
 const PACK_COST: usize = 32;
 /// Fixed cost of one task (a rayon job and a `gemm` call's setup), in multiply-adds.
 const TASK_COST: usize = 100_000;
+/// Cost of a task's first read of one weight value (from memory or L3), in multiply-adds.
+const STREAM_COST: usize = 64;
+/// Cost of reading an unpacked weight value again (every `NR` rows of a tile read its weight).
+const REREAD_COST: usize = 2;
+/// Cost of a task's first read of one input value (mostly in L3: the previous layer wrote it).
+const INPUT_COST: usize = 8;
+
+/// Which cost the tiling minimises. `SV_CPU_TILES=compute` counts multiply-adds, packing and
+/// tasks only; the default also counts the weight and input traffic of every tile (few, tall
+/// tiles on few threads, so that each weight is read once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CostModel {
+    Compute,
+    Traffic,
+}
+
+impl CostModel {
+    fn from_env() -> Self {
+        match std::env::var("SV_CPU_TILES").as_deref() {
+            Ok("compute") => Self::Compute,
+            _ => Self::Traffic,
+        }
+    }
+
+    /// Modelled time of one `rows × cols` task of depth `k`, in multiply-adds.
+    fn task(self, rows: usize, cols: usize, k: usize) -> usize {
+        let fma = rows.next_multiple_of(NR) * cols.next_multiple_of(16) * k;
+        let packed = rows > UNPACKED_ROWS;
+        match self {
+            Self::Compute => fma + if packed { PACK_COST * cols * k } else { 0 } + TASK_COST,
+            Self::Traffic => {
+                let weight = STREAM_COST + if packed { PACK_COST } else { REREAD_COST * (rows.div_ceil(NR) - 1) };
+                fma + weight * cols * k + INPUT_COST * rows * k + TASK_COST
+            }
+        }
+    }
+}
 
 impl Tiles {
+    /// Tasks of an `(m, n)` output.
+    pub fn tasks(&self, m: usize, n: usize) -> usize {
+        m.div_ceil(self.rows.max(1)) * n.div_ceil(self.cols.max(1))
+    }
+
     /// Tiles for `(m, k) · (k, n)` on `threads` threads. Widths are multiples of `align` (whole
     /// heads for RoPE; 16, the kernels' row block, otherwise), or all of `n` where `full_rows` (an
     /// epilogue that needs whole rows, such as a LayerNorm). Picks the tiling with the least
     /// modelled time: rounds of `threads` tasks, each its multiply-adds (rounded up to the kernels'
-    /// blocks), weight packing when taller than [`UNPACKED_ROWS`], and a fixed cost.
+    /// blocks), its weight and input traffic (packing when taller than [`UNPACKED_ROWS`]) and a
+    /// fixed cost.
     pub fn plan(m: usize, k: usize, n: usize, align: usize, full_rows: bool, threads: usize) -> Self {
+        let model = CostModel::from_env();
         let threads = threads.max(1);
         let (m, n, align) = (m.max(1), n.max(1), align.max(1));
         let widths: Vec<usize> =
@@ -93,9 +137,7 @@ impl Tiles {
                 }
                 last = rows;
                 let tasks = m.div_ceil(rows) * col_tiles;
-                let fma = rows.next_multiple_of(NR) * cols.next_multiple_of(16) * k;
-                let pack = if rows > UNPACKED_ROWS { PACK_COST * cols * k } else { 0 };
-                let cost = tasks.div_ceil(threads) * (fma + pack + TASK_COST);
+                let cost = tasks.div_ceil(threads) * model.task(rows, cols, k);
                 if cost < best.0 {
                     best = (cost, Tiles { rows, cols });
                 }

@@ -235,6 +235,9 @@ impl CpuDinov3 {
         let head_align = hd * 16 / gcd(hd, 16);
         let (p_qkv, p_o) = (Tiles::plan(m, d, 3 * d, head_align, false, threads), Tiles::plan(m, d, d, 16, true, threads));
         let (p_up, p_down) = (Tiles::plan(m, d, i, 64, false, threads), Tiles::plan(m, i, d, 16, true, threads));
+        for (layer, k, n, tiles) in [("qkv", d, 3 * d, p_qkv), ("o", d, d, p_o), ("up", d, i, p_up), ("down", i, d, p_down)] {
+            profile.plan(layer, || format!("({m}, {k}) × ({k}, {n}) on {threads} threads: {tiles:?}, {} tasks", tiles.tasks(m, n)));
+        }
         profile.lap("embed");
 
         let first_norm = self.layers.first().map_or(&self.norm, |l| &l.norm1);

@@ -6,6 +6,8 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 static TOTALS: Mutex<Vec<(&'static str, f64, u64)>> = Mutex::new(Vec::new());
+/// The last tiling of each layer, as text.
+static PLANS: Mutex<Vec<(&'static str, String)>> = Mutex::new(Vec::new());
 
 fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
@@ -18,6 +20,19 @@ pub(super) struct Laps(Option<Instant>);
 impl Laps {
     pub fn start() -> Self {
         Self(enabled().then(Instant::now))
+    }
+
+    /// Notes how a layer's GEMM was tiled (shown by [`report`]).
+    pub fn plan(&self, layer: &'static str, plan: impl FnOnce() -> String) {
+        if self.0.is_none() {
+            return;
+        }
+        let mut plans = PLANS.lock().unwrap_or_else(|e| e.into_inner());
+        let text = plan();
+        match plans.iter_mut().find(|(l, _)| *l == layer) {
+            Some(p) => p.1 = text,
+            None => plans.push((layer, text)),
+        }
     }
 
     /// Adds the time since the last lap to `stage`.
@@ -48,6 +63,9 @@ pub fn report() -> Option<String> {
     let mut out = String::from("| stage | seconds | share | laps |\n|---|---|---|---|\n");
     for (stage, secs, laps) in totals.iter() {
         out += &format!("| {stage} | {secs:.4} | {:.1}% | {laps} |\n", 100.0 * secs / all);
+    }
+    for (layer, plan) in std::mem::take(&mut *PLANS.lock().unwrap_or_else(|e| e.into_inner())) {
+        out += &format!("{layer}: {plan}\n");
     }
     Some(out)
 }
