@@ -2,10 +2,11 @@
 # The CPU forward beside PyTorch on the GPU machine's CPU (no GPU used): ours (bench-backbone, a
 # CPU build carried as .device/bin/bench-backbone) with `--backend cpu` (backbone/cpu, tiled GEMMs)
 # and the same with `SV_CPU_GEMM=library` (the gemm crate's threading; rows `sv-cpu-libgemm`) and
-# with `SV_CPU_TILES=compute` (the tiling's compute-only cost model; rows `sv-cpu-compute`),
+# with `SV_CPU_LN=fused` (o and down always in whole-row tiles, LayerNorm in their epilogue; rows
+# `sv-cpu-fusedln`),
 # and transformers' DINOv3ViTModel eager, fp32, random weights, 224 px; first on 2 cores pinned
-# with taskset, then on 16. Then the stage profiles (SV_CPU_PROFILE=1) and tilings of both cost
-# models on 2 and 16 cores.
+# with taskset, then on 16. Then the stage profiles (SV_CPU_PROFILE=1) and tilings of both
+# LayerNorm placements on 2 and 16 cores.
 #   bash benchmarks/device_cpu.sh          (rows in $OUT/cpu2.jsonl and $OUT/cpu16.jsonl)
 #   NDARRAY=1 bash benchmarks/device_cpu.sh   (also Burn's ndarray backend)
 #   PREV=1 ...   (also .device/bin/bench-backbone-prev, an earlier build, ViT-S/16 only; rows sv-cpu-prev)
@@ -24,7 +25,7 @@ for cores in 2 16; do
   cpus=0-$((cores - 1))
   taskset -c "$cpus" python3 benchmarks/bench_backbone.py "${common[@]}" --backend "$backends" --presets vits16,vitb16 \
     --json "$OUT/cpu$cores.jsonl" > "$OUT/cpu$cores.log" 2>&1
-  for var in SV_CPU_GEMM=library SV_CPU_TILES=compute; do
+  for var in SV_CPU_GEMM=library SV_CPU_LN=fused; do
     env "$var" taskset -c "$cpus" python3 benchmarks/bench_backbone.py "${common[@]}" --skip-torch --backend cpu \
       --presets vits16,vitb16 --json "$OUT/cpu$cores.jsonl" > "$OUT/cpu$cores-$var.log" 2>&1
   done
@@ -35,7 +36,7 @@ for cores in 2 16; do
   fi
 done
 for cores in 2 16; do
-  for var in SV_CPU_TILES=traffic SV_CPU_TILES=compute; do
+  for var in SV_CPU_LN=model SV_CPU_LN=fused; do
     echo "== stages, $cores cores, $var"
     env "$var" SV_CPU_PROFILE=1 taskset -c 0-$((cores - 1)) "$BIN" --backend cpu --presets vits16 --batches 1,16 \
       --iters 3 --max-seconds 5 2>&1 | grep -v '^{'

@@ -76,36 +76,17 @@ const STREAM_COST: usize = 64;
 const REREAD_COST: usize = 2;
 /// Cost of a task's first read of one input value (mostly in L3: the previous layer wrote it).
 const INPUT_COST: usize = 8;
+/// Cost of a separate row-wise pass (LayerNorm: two reads and a write) per value.
+const ROW_PASS_COST: usize = 16;
 
-/// Which cost the tiling minimises. `SV_CPU_TILES=compute` counts multiply-adds, packing and
-/// tasks only; the default also counts the weight and input traffic of every tile (few, tall
-/// tiles on few threads, so that each weight is read once).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum CostModel {
-    Compute,
-    Traffic,
-}
-
-impl CostModel {
-    fn from_env() -> Self {
-        match std::env::var("SV_CPU_TILES").as_deref() {
-            Ok("compute") => Self::Compute,
-            _ => Self::Traffic,
-        }
-    }
-
-    /// Modelled time of one `rows × cols` task of depth `k`, in multiply-adds.
-    fn task(self, rows: usize, cols: usize, k: usize) -> usize {
-        let fma = rows.next_multiple_of(NR) * cols.next_multiple_of(16) * k;
-        let packed = rows > UNPACKED_ROWS;
-        match self {
-            Self::Compute => fma + if packed { PACK_COST * cols * k } else { 0 } + TASK_COST,
-            Self::Traffic => {
-                let weight = STREAM_COST + if packed { PACK_COST } else { REREAD_COST * (rows.div_ceil(NR) - 1) };
-                fma + weight * cols * k + INPUT_COST * rows * k + TASK_COST
-            }
-        }
-    }
+/// Modelled time of one `rows × cols` task of depth `k`, in multiply-adds: the multiply-adds
+/// (rounded up to the kernels' blocks), the weight's traffic (first read, then packing or
+/// re-reads), the input's first read, and a fixed cost. (Counting multiply-adds and packing only
+/// chose many short tiles that each read the weight again: 2× slower on the Xeon at batch 1.)
+fn task_cost(rows: usize, cols: usize, k: usize) -> usize {
+    let fma = rows.next_multiple_of(NR) * cols.next_multiple_of(16) * k;
+    let weight = STREAM_COST + if rows > UNPACKED_ROWS { PACK_COST } else { REREAD_COST * (rows.div_ceil(NR) - 1) };
+    fma + weight * cols * k + INPUT_COST * rows * k + TASK_COST
 }
 
 impl Tiles {
@@ -117,11 +98,26 @@ impl Tiles {
     /// Tiles for `(m, k) · (k, n)` on `threads` threads. Widths are multiples of `align` (whole
     /// heads for RoPE; 16, the kernels' row block, otherwise), or all of `n` where `full_rows` (an
     /// epilogue that needs whole rows, such as a LayerNorm). Picks the tiling with the least
-    /// modelled time: rounds of `threads` tasks, each its multiply-adds (rounded up to the kernels'
-    /// blocks), its weight and input traffic (packing when taller than [`UNPACKED_ROWS`]) and a
-    /// fixed cost.
+    /// modelled time: rounds of `threads` tasks of [`task_cost`] each.
     pub fn plan(m: usize, k: usize, n: usize, align: usize, full_rows: bool, threads: usize) -> Self {
-        let model = CostModel::from_env();
+        Self::plan_cost(m, k, n, align, full_rows, threads).0
+    }
+
+    /// Tiles for a layer whose epilogue ends with a row-wise pass (residual + LayerNorm): whole
+    /// rows, the pass then fused into the epilogue, unless narrower tiles plus a pass of its own
+    /// cost less (wide layers on many threads, where every whole-row task reads all the weight).
+    /// `SV_CPU_LN=fused` always takes whole rows.
+    pub fn plan_residual(m: usize, k: usize, n: usize, threads: usize) -> Self {
+        let (rows, fused) = Self::plan_cost(m, k, n, 16, true, threads);
+        if std::env::var("SV_CPU_LN").is_ok_and(|v| v == "fused") {
+            return rows;
+        }
+        let (tiles, cost) = Self::plan_cost(m, k, n, 16, false, threads);
+        let pass = (m * n).div_ceil(threads.max(1)) * ROW_PASS_COST + TASK_COST;
+        if tiles.cols < n && cost + pass < fused { tiles } else { rows }
+    }
+
+    fn plan_cost(m: usize, k: usize, n: usize, align: usize, full_rows: bool, threads: usize) -> (Self, usize) {
         let threads = threads.max(1);
         let (m, n, align) = (m.max(1), n.max(1), align.max(1));
         let widths: Vec<usize> =
@@ -137,13 +133,13 @@ impl Tiles {
                 }
                 last = rows;
                 let tasks = m.div_ceil(rows) * col_tiles;
-                let cost = tasks.div_ceil(threads) * model.task(rows, cols, k);
+                let cost = tasks.div_ceil(threads) * task_cost(rows, cols, k);
                 if cost < best.0 {
                     best = (cost, Tiles { rows, cols });
                 }
             }
         }
-        best.1
+        (best.1, best.0)
     }
 }
 

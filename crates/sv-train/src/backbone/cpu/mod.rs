@@ -230,11 +230,13 @@ impl CpuDinov3 {
         let (eps, i) = (self.eps, self.inter);
         let threading = Threading::from_env();
         let threads = rayon::current_num_threads();
-        // Tiles of the qkv output hold whole heads (RoPE rotates within a head); o and down take
-        // whole rows (their epilogue ends with the next LayerNorm).
+        // Tiles of the qkv output hold whole heads (RoPE rotates within a head). o and down end
+        // with the residual and the next LayerNorm: inside the epilogue when their tiles are whole
+        // rows, else (wide layers, where whole-row tiles would each read all of the weight) in a
+        // pass of its own; the cost model picks.
         let head_align = hd * 16 / gcd(hd, 16);
-        let (p_qkv, p_o) = (Tiles::plan(m, d, 3 * d, head_align, false, threads), Tiles::plan(m, d, d, 16, true, threads));
-        let (p_up, p_down) = (Tiles::plan(m, d, i, 64, false, threads), Tiles::plan(m, i, d, 16, true, threads));
+        let (p_qkv, p_up) = (Tiles::plan(m, d, 3 * d, head_align, false, threads), Tiles::plan(m, d, i, 64, false, threads));
+        let (p_o, p_down) = (Tiles::plan_residual(m, d, d, threads), Tiles::plan_residual(m, i, d, threads));
         for (layer, k, n, tiles) in [("qkv", d, 3 * d, p_qkv), ("o", d, d, p_o), ("up", d, i, p_up), ("down", i, d, p_down)] {
             profile.plan(layer, || format!("({m}, {k}) × ({k}, {n}) on {threads} threads: {tiles:?}, {} tasks", tiles.tasks(m, n)));
         }
@@ -246,7 +248,7 @@ impl CpuDinov3 {
         for (li, blk) in self.layers.iter().enumerate() {
             let next_norm = self.layers.get(li + 1).map_or(&self.norm, |l| &l.norm1);
             // Attention: qkv GEMM + bias + RoPE, attention per (image, head), o GEMM + LayerScale +
-            // residual + LN₂ (y = norm2(x)).
+            // residual, LN₂ (y = norm2(x)).
             linear(threading, p_qkv, m, &y, &blk.qkv, &mut qkv, None, |r, cols, seg, _| {
                 add_bias(seg, &blk.qkv.b[cols.clone()]);
                 let tok = r % t;
@@ -261,18 +263,10 @@ impl CpuDinov3 {
             profile.lap("qkv");
             attention(&qkv, &mut attn, n, t, d, self.heads);
             profile.lap("attention");
-            {
-                let (xs, ys) = (SharedRows::new(&mut x, d), SharedRows::new(&mut y, d));
-                linear(threading, p_o, m, &attn, &blk.o, &mut a, None, |r, _, seg, _| {
-                    // SAFETY: row r belongs to this tile (o's tiles are whole rows).
-                    let (xr, yr) = unsafe { (xs.seg(r, 0..d), ys.seg(r, 0..d)) };
-                    scaled_residual(xr, seg, &blk.o.b, &blk.ls1);
-                    layer_norm(xr, yr, &blk.norm2.0, &blk.norm2.1, eps);
-                });
-            }
+            self.residual_norm(threading, p_o, m, &attn, (&blk.o, &blk.ls1[..]), &blk.norm2, &mut a, &mut x, &mut y);
             profile.lap("o");
 
-            // MLP: up (and gate) GEMM + activation, down GEMM + LayerScale + residual + the next
+            // MLP: up (and gate) GEMM + activation, down GEMM + LayerScale + residual, the next
             // block's LN₁ (or the final norm).
             match &blk.gate {
                 Some(g) => linear(threading, p_up, m, &y, &blk.up, &mut hid, Some((g, &mut gate)), |_, cols, up, gt| {
@@ -283,15 +277,7 @@ impl CpuDinov3 {
                 }),
             }
             profile.lap("up");
-            {
-                let (xs, ys) = (SharedRows::new(&mut x, d), SharedRows::new(&mut y, d));
-                linear(threading, p_down, m, &hid, &blk.down, &mut a, None, |r, _, seg, _| {
-                    // SAFETY: row r belongs to this tile (down's tiles are whole rows).
-                    let (xr, yr) = unsafe { (xs.seg(r, 0..d), ys.seg(r, 0..d)) };
-                    scaled_residual(xr, seg, &blk.down.b, &blk.ls2);
-                    layer_norm(xr, yr, &next_norm.0, &next_norm.1, eps);
-                });
-            }
+            self.residual_norm(threading, p_down, m, &hid, (&blk.down, &blk.ls2[..]), next_norm, &mut a, &mut x, &mut y);
             profile.lap("down");
         }
         // y = norm(x) now (the last block's epilogue, or the LayerNorm above without blocks).
@@ -309,6 +295,42 @@ impl CpuDinov3 {
         }
         profile.lap("features");
         Ok(CpuOutput { tokens: t, last_hidden_state: y, features })
+    }
+}
+
+impl CpuDinov3 {
+    /// `x += ls ⊙ (input · W + b)`, then `y = LayerNorm(x)`: in the GEMM's epilogue when its
+    /// tiles are whole rows, else in a pass of its own. `a` is the GEMM's scratch output.
+    #[allow(clippy::too_many_arguments)]
+    fn residual_norm(
+        &self,
+        threading: Threading,
+        tiles: Tiles,
+        m: usize,
+        input: &[f32],
+        (layer, ls): (&Linear, &[f32]),
+        (g, b): &(Vec<f32>, Vec<f32>),
+        a: &mut [f32],
+        x: &mut [f32],
+        y: &mut [f32],
+    ) {
+        let (d, eps) = (self.d, self.eps);
+        let whole_rows = tiles.cols >= d || threading == Threading::Library;
+        {
+            let (xs, ys) = (SharedRows::new(x, d), SharedRows::new(y, d));
+            linear(threading, tiles, m, input, layer, a, None, |r, cols, seg, _| {
+                // SAFETY: row r, columns `cols` belong to this task's tile.
+                let xr = unsafe { xs.seg(r, cols.clone()) };
+                scaled_residual(xr, seg, &layer.b[cols.clone()], &ls[cols.clone()]);
+                if whole_rows {
+                    // SAFETY: as above (the tile is the whole row); y is not the GEMM's input.
+                    layer_norm(xr, unsafe { ys.seg(r, 0..d) }, g, b, eps);
+                }
+            });
+        }
+        if !whole_rows {
+            par_rows(y, d, |r, yr| layer_norm(&x[r * d..][..d], yr, g, b, eps));
+        }
     }
 }
 
