@@ -5,8 +5,8 @@
 # with `SV_CPU_LN=fused` (o and down always in whole-row tiles, LayerNorm in their epilogue; rows
 # `sv-cpu-fusedln`),
 # and transformers' DINOv3ViTModel eager, fp32, random weights, 224 px; first on 2 cores pinned
-# with taskset, then on 16. Then the stage profiles (SV_CPU_PROFILE=1) and tilings of both
-# LayerNorm placements on 2 and 16 cores.
+# with taskset, then on 16. Then the stage profiles (SV_CPU_PROFILE=1) and tilings of ViT-S/16
+# on 2 and 16 cores. benchmarks/cpu_ab.py compares settings interleaved (for noisy hosts).
 #   bash benchmarks/device_cpu.sh          (rows in $OUT/cpu2.jsonl and $OUT/cpu16.jsonl)
 #   NDARRAY=1 bash benchmarks/device_cpu.sh   (also Burn's ndarray backend)
 #   PREV=1 ...   (also .device/bin/bench-backbone-prev, an earlier build, ViT-S/16 only; rows sv-cpu-prev)
@@ -36,11 +36,9 @@ for cores in 2 16; do
   fi
 done
 for cores in 2 16; do
-  for var in SV_CPU_LN=model SV_CPU_LN=fused; do
-    echo "== stages, $cores cores, $var"
-    env "$var" SV_CPU_PROFILE=1 taskset -c 0-$((cores - 1)) "$BIN" --backend cpu --presets vits16 --batches 1,16 \
-      --iters 3 --max-seconds 5 2>&1 | grep -v '^{'
-  done
+  echo "== stages, $cores cores"
+  SV_CPU_PROFILE=1 taskset -c 0-$((cores - 1)) "$BIN" --backend cpu --presets vits16 --batches 1,16 --iters 3 \
+    --max-seconds 5 2>&1 | grep -v '^{'
 done
 python3 benchmarks/bench_backbone.py --from-json "$OUT/cpu2.jsonl"
 python3 benchmarks/bench_backbone.py --from-json "$OUT/cpu16.jsonl"

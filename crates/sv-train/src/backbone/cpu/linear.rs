@@ -78,6 +78,11 @@ const REREAD_COST: usize = 2;
 const INPUT_COST: usize = 8;
 /// Cost of a separate row-wise pass (LayerNorm: two reads and a write) per value.
 const ROW_PASS_COST: usize = 16;
+/// How many times cheaper the model must find narrow tiles plus a LayerNorm pass before it gives
+/// up whole-row tiles. Interleaved A/B on the Xeon (benchmarks/RESULTS.md): whole rows won by
+/// 10–14% where the model saw 1.3× (2 threads) and tied at 3× (ViT-S, 16 threads); narrow tiles
+/// won by 9% at 4× (ViT-B batch 1, 16 threads).
+const SPLIT_MARGIN: usize = 4;
 
 /// Modelled time of one `rows × cols` task of depth `k`, in multiply-adds: the multiply-adds
 /// (rounded up to the kernels' blocks), the weight's traffic (first read, then packing or
@@ -104,8 +109,9 @@ impl Tiles {
     }
 
     /// Tiles for a layer whose epilogue ends with a row-wise pass (residual + LayerNorm): whole
-    /// rows, the pass then fused into the epilogue, unless narrower tiles plus a pass of its own
-    /// cost less (wide layers on many threads, where every whole-row task reads all the weight).
+    /// rows, the pass then fused into the epilogue, unless narrower tiles plus a pass of their own
+    /// cost [`SPLIT_MARGIN`] times less (wide layers on many threads, where every whole-row task
+    /// reads all of the weight).
     /// `SV_CPU_LN=fused` always takes whole rows.
     pub fn plan_residual(m: usize, k: usize, n: usize, threads: usize) -> Self {
         let (rows, fused) = Self::plan_cost(m, k, n, 16, true, threads);
@@ -114,7 +120,7 @@ impl Tiles {
         }
         let (tiles, cost) = Self::plan_cost(m, k, n, 16, false, threads);
         let pass = (m * n).div_ceil(threads.max(1)) * ROW_PASS_COST + TASK_COST;
-        if tiles.cols < n && cost + pass < fused { tiles } else { rows }
+        if tiles.cols < n && SPLIT_MARGIN * (cost + pass) < fused { tiles } else { rows }
     }
 
     fn plan_cost(m: usize, k: usize, n: usize, align: usize, full_rows: bool, threads: usize) -> (Self, usize) {

@@ -364,4 +364,42 @@ mod tests {
         let err = cpu.forward(&[0.0; 10], 1, s, s).err().unwrap().to_string();
         assert!(err.contains("10 values") && err.contains("1×3×48×48"), "{err}");
     }
+
+    #[test]
+    fn residual_and_layer_norm_agree_in_the_epilogue_and_in_a_pass_of_their_own() {
+        let cfg = Dinov3Config::preset("vit-tiny").unwrap();
+        let src = super::super::weights::RandomSource { seed: 5, std: 0.3, layer_scale: 0.5 };
+        let model = Dinov3::<burn_ndarray::NdArray<f32>>::load(&cfg, &src, &Default::default()).unwrap();
+        let cpu = CpuDinov3::new(&cfg, &model).unwrap();
+        let (m, d, blk) = (13, cpu.d, &cpu.layers[0]);
+        let input: Vec<f32> = (0..m * d).map(|i| ((i * 7919) % 97) as f32 / 48.0 - 1.0).collect();
+        let x0: Vec<f32> = (0..m * d).map(|i| ((i * 104_729) % 89) as f32 / 44.0 - 1.0).collect();
+        // Reference in f64: x += ls ⊙ (input · Wᵀ + b); y = LayerNorm₂(x).
+        let (mut want_x, mut want_y) = (vec![0f64; m * d], vec![0f64; m * d]);
+        for r in 0..m {
+            for c in 0..d {
+                let dot: f64 = (0..d).map(|k| input[r * d + k] as f64 * blk.o.wt[k * d + c] as f64).sum();
+                want_x[r * d + c] = x0[r * d + c] as f64 + blk.ls1[c] as f64 * (dot + blk.o.b[c] as f64);
+            }
+            let row = &want_x[r * d..][..d];
+            let mean = row.iter().sum::<f64>() / d as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+            for c in 0..d {
+                want_y[r * d + c] = (row[c] - mean) / (var + cpu.eps as f64).sqrt() * blk.norm2.0[c] as f64 + blk.norm2.1[c] as f64;
+            }
+        }
+        // Whole-row tiles (LayerNorm in the epilogue), narrow tiles (a pass of its own), the library.
+        for (threading, tiles) in [
+            (Threading::Tiles, Tiles { rows: 6, cols: d }),
+            (Threading::Tiles, Tiles { rows: 5, cols: 64 }),
+            (Threading::Library, Tiles { rows: m, cols: d }),
+        ] {
+            let (mut a, mut x, mut y) = (vec![0f32; m * d], x0.clone(), vec![f32::NAN; m * d]);
+            cpu.residual_norm(threading, tiles, m, &input, (&blk.o, &blk.ls1[..]), &blk.norm2, &mut a, &mut x, &mut y);
+            for i in 0..m * d {
+                assert!((x[i] as f64 - want_x[i]).abs() < 1e-4, "{threading:?} {tiles:?} x[{i}]: {} vs {}", x[i], want_x[i]);
+                assert!((y[i] as f64 - want_y[i]).abs() < 1e-3, "{threading:?} {tiles:?} y[{i}]: {} vs {}", y[i], want_y[i]);
+            }
+        }
+    }
 }
