@@ -177,6 +177,10 @@ impl CpuDinov3 {
     /// Forward pass on normalised pixels `(n, C, h, w)`, row-major; h and w are cropped down to
     /// multiples of the patch size, as the strided convolution does.
     pub fn forward(&self, pixels: &[f32], n: usize, h: usize, w: usize) -> Result<CpuOutput> {
+        self.forward_with(pixels, n, h, w, Threading::from_env())
+    }
+
+    fn forward_with(&self, pixels: &[f32], n: usize, h: usize, w: usize, threading: Threading) -> Result<CpuOutput> {
         let (c, p, d) = (self.channels, self.patch, self.d);
         if pixels.len() != n * c * h * w {
             bail!("pixel batch has {} values, expected {n}×{c}×{h}×{w} = {}", pixels.len(), n * c * h * w);
@@ -228,7 +232,6 @@ impl CpuDinov3 {
         let mut hid = vec![0f32; m * self.inter];
         let mut gate = if self.layers.iter().any(|l| l.gate.is_some()) { vec![0f32; m * self.inter] } else { Vec::new() };
         let (eps, i) = (self.eps, self.inter);
-        let threading = Threading::from_env();
         let threads = rayon::current_num_threads();
         // Tiles of the qkv output hold whole heads (RoPE rotates within a head). o and down end
         // with the residual and the next LayerNorm: inside the epilogue when their tiles are whole
@@ -255,6 +258,7 @@ impl CpuDinov3 {
                 if tok >= prefix {
                     let (cs, sn) = (&cos[tok * hd..][..hd], &sin[tok * hd..][..hd]);
                     // Tiles start on a head; q and k are the first 2D columns.
+                    debug_assert!(cols.start % hd == 0, "qkv tile starts inside a head");
                     for c in (cols.start..cols.end.min(2 * d)).step_by(hd) {
                         rope(&mut seg[c - cols.start..][..hd], cs, sn);
                     }
@@ -399,6 +403,37 @@ mod tests {
             for i in 0..m * d {
                 assert!((x[i] as f64 - want_x[i]).abs() < 1e-4, "{threading:?} {tiles:?} x[{i}]: {} vs {}", x[i], want_x[i]);
                 assert!((y[i] as f64 - want_y[i]).abs() < 1e-3, "{threading:?} {tiles:?} y[{i}]: {} vs {}", y[i], want_y[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn every_tiling_and_threading_gives_the_burn_forward() {
+        use burn::tensor::{Tensor, TensorData};
+        let cfg = Dinov3Config::preset("vit-tiny").unwrap();
+        let src = super::super::weights::RandomSource { seed: 3, std: 0.3, layer_scale: 1.0 };
+        let device = Default::default();
+        let model = Dinov3::<burn_ndarray::NdArray<f32>>::load(&cfg, &src, &device).unwrap();
+        let cpu = CpuDinov3::new(&cfg, &model).unwrap();
+        let (n, s) = (2, 64);
+        let x: Vec<f32> = (0..n * 3 * s * s).map(|i| ((i * 53) % 127) as f32 / 63.0 - 1.0).collect();
+        let out = model.forward(Tensor::from_data(TensorData::new(x.clone(), [n, 3, s, s]), &device));
+        let (want_f, want_h) = (super::super::host(out.features), super::super::host(out.last_hidden_state));
+        // On 16 threads the qkv tiles are narrower than a row, so RoPE runs on tiles that start
+        // mid-row (at a head); on 1 thread every layer is one tile; 3 is in between.
+        let (d, m) = (cpu.d, n * (cpu.prefix() + (s / cpu.patch).pow(2)));
+        let hd = d / cpu.heads;
+        assert!(Tiles::plan(m, d, 3 * d, hd * 16 / gcd(hd, 16), false, 16).cols < 3 * d);
+        for threads in [1, 3, 16] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            for threading in [Threading::Tiles, Threading::Library] {
+                let got = pool.install(|| cpu.forward_with(&x, n, s, s, threading)).unwrap();
+                for (name, got, want) in [("features", &got.features, &want_f), ("last_hidden_state", &got.last_hidden_state, &want_h)] {
+                    assert_eq!(got.len(), want.len(), "{name}");
+                    let err = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
+                    assert!(err <= 1e-4 * scale.max(1.0), "{threads} threads, {threading:?}: {name} differs by {err} (scale {scale})");
+                }
             }
         }
     }
