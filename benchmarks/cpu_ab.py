@@ -5,6 +5,7 @@ median img/s of each over the rounds and its ratio to the first variant.
 
     python3 benchmarks/cpu_ab.py --ours .device/bin/bench-backbone --rounds 3 \\
         --variants SV_CPU_LN=model,SV_CPU_LN=fused --cores 2,16 --cases vits16:1,vits16:16,vitb16:1
+    python3 benchmarks/cpu_ab.py --ours .device/bin/bench-backbone --variants bin=.device/bin/bench-backbone-prev,SV_CPU_KERNELS=1
 """
 import argparse
 import json
@@ -16,7 +17,8 @@ import subprocess
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ours", required=True, help="the bench-backbone binary")
-    ap.add_argument("--variants", required=True, help="comma-separated NAME=VALUE environment settings")
+    ap.add_argument("--variants", required=True,
+                    help="comma-separated NAME=VALUE environment settings; bin=PATH runs another binary instead")
     ap.add_argument("--cores", default="2,16")
     ap.add_argument("--cases", default="vits16:1,vits16:16", help="preset:batch, comma-separated")
     ap.add_argument("--rounds", type=int, default=3)
@@ -31,8 +33,8 @@ def main():
             for preset, batch in cases:
                 for var in variants:
                     name, value = var.split("=", 1)
-                    env = dict(os.environ, **{name: value})
-                    cmd = ["taskset", "-c", f"0-{cores - 1}", args.ours, "--backend", "cpu", "--presets", preset,
+                    binary, env = (value, dict(os.environ)) if name == "bin" else (args.ours, dict(os.environ, **{name: value}))
+                    cmd = ["taskset", "-c", f"0-{cores - 1}", binary, "--backend", "cpu", "--presets", preset,
                            "--batches", str(batch), "--warmup", "1", "--iters", str(args.iters), "--max-seconds", "10"]
                     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
                     rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]

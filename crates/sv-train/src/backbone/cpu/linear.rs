@@ -305,36 +305,6 @@ fn gemm_rows(m: usize, k: usize, n: usize, x: &[f32], wt: &[f32], out: &mut [f32
     }
 }
 
-/// `out (m, n) = a (m, k) · wᵀ`, `w` being `(n, k)` row-major (a checkpoint's `(out, in)`), on
-/// the `gemm` crate's threads (the patch embedding, run once a forward).
-pub(super) fn matmul_wt(m: usize, k: usize, n: usize, a: &[f32], w: &[f32], out: &mut [f32]) {
-    assert!(a.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
-    // SAFETY: the three buffers hold the extents given (checked above); `out` is borrowed mutably.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::Rayon(0),
-        )
-    }
-}
-
 /// `f(r, row)` for every `width`-wide row `r` of `buf`, in parallel chunks of rows (about four
 /// chunks a thread).
 pub(super) fn par_rows(buf: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {

@@ -35,7 +35,7 @@ use rayon::prelude::*;
 use super::dinov3::{Dinov3, Dinov3Config, rope_host};
 use attention::attention;
 use kernels::{activation, add_bias, add_into, gated, layer_norm, rope, scaled_residual};
-use linear::{Linear, SharedRows, Threading, Tiles, linear, matmul_wt, par_rows};
+use linear::{Linear, SharedRows, Threading, Tiles, linear, par_rows};
 pub use profile::report as profile_report;
 
 /// A model's tensors by checkpoint name, taken out one by one.
@@ -88,9 +88,8 @@ pub struct CpuDinov3 {
     eps: f32,
     silu: bool,
     rope_theta: f64,
-    /// `(D, C·p·p)`: the convolution's weight as a linear layer.
-    patch_w: Vec<f32>,
-    patch_b: Vec<f32>,
+    /// The convolution as a linear layer `C·p·p → D` on im2col rows.
+    patch_embed: Linear,
     /// CLS then the registers, `(1 + R, D)`.
     prefix_tokens: Vec<f32>,
     layers: Vec<CpuBlock>,
@@ -150,8 +149,12 @@ impl CpuDinov3 {
             eps: cfg.layer_norm_eps as f32,
             silu: cfg.hidden_act != "gelu",
             rope_theta: cfg.rope_theta,
-            patch_w: w.take("embeddings.patch_embeddings.weight", d * c * p * p)?,
-            patch_b: w.take("embeddings.patch_embeddings.bias", d)?,
+            patch_embed: Linear::from_out_in(
+                &w.take("embeddings.patch_embeddings.weight", d * c * p * p)?,
+                w.take("embeddings.patch_embeddings.bias", d)?,
+                c * p * p,
+                d,
+            ),
             prefix_tokens,
             layers,
             norm: (w.take("norm.weight", d)?, w.take("norm.bias", d)?),
@@ -213,17 +216,21 @@ impl CpuDinov3 {
                 }
             }
         });
-        let mut emb = vec![0f32; n * np * d];
-        matmul_wt(n * np, kp, d, &cols, &self.patch_w, &mut emb);
-        drop(cols);
+        let threads = rayon::current_num_threads();
         let mut x = vec![0f32; m * d];
-        x.par_chunks_mut(t * d).zip(emb.par_chunks(np * d)).for_each(|(img, e)| {
-            img[..prefix * d].copy_from_slice(&self.prefix_tokens);
-            for (row, er) in img[prefix * d..].chunks_exact_mut(d).zip(e.chunks_exact(d)) {
-                add_into(row, er, &self.patch_b);
-            }
-        });
-        drop(emb);
+        x.par_chunks_mut(t * d).for_each(|img| img[..prefix * d].copy_from_slice(&self.prefix_tokens));
+        let mut emb = vec![0f32; n * np * d];
+        let p_embed = Tiles::plan(n * np, kp, d, 16, false, threads);
+        {
+            let xs = SharedRows::new(&mut x, d);
+            linear(threading, p_embed, n * np, &cols, &self.patch_embed, &mut emb, None, |r, cs, seg, _| {
+                // Patch r/np, r%np goes to its image's token prefix + r%np.
+                let row = (r / np) * t + prefix + r % np;
+                // SAFETY: rows map one to one, so this task alone writes these columns of `row`.
+                add_into(unsafe { xs.seg(row, cs.clone()) }, seg, &self.patch_embed.b[cs]);
+            });
+        }
+        drop((cols, emb));
 
         let mut y = vec![0f32; m * d];
         let mut qkv = vec![0f32; m * 3 * d];
@@ -232,7 +239,6 @@ impl CpuDinov3 {
         let mut hid = vec![0f32; m * self.inter];
         let mut gate = if self.layers.iter().any(|l| l.gate.is_some()) { vec![0f32; m * self.inter] } else { Vec::new() };
         let (eps, i) = (self.eps, self.inter);
-        let threads = rayon::current_num_threads();
         // Tiles of the qkv output hold whole heads (RoPE rotates within a head). o and down end
         // with the residual and the next LayerNorm: inside the epilogue when their tiles are whole
         // rows, else (wide layers, where whole-row tiles would each read all of the weight) in a
@@ -240,8 +246,9 @@ impl CpuDinov3 {
         let head_align = hd * 16 / gcd(hd, 16);
         let (p_qkv, p_up) = (Tiles::plan(m, d, 3 * d, head_align, false, threads), Tiles::plan(m, d, i, 64, false, threads));
         let (p_o, p_down) = (Tiles::plan_residual(m, d, d, threads), Tiles::plan_residual(m, i, d, threads));
-        for (layer, k, n, tiles) in [("qkv", d, 3 * d, p_qkv), ("o", d, d, p_o), ("up", d, i, p_up), ("down", i, d, p_down)] {
-            profile.plan(layer, || format!("({m}, {k}) × ({k}, {n}) on {threads} threads: {tiles:?}, {} tasks", tiles.tasks(m, n)));
+        let layers = [("embed", n * np, kp, d, p_embed), ("qkv", m, d, 3 * d, p_qkv), ("o", m, d, d, p_o)];
+        for (layer, rows, k, n, tiles) in layers.into_iter().chain([("up", m, d, i, p_up), ("down", m, i, d, p_down)]) {
+            profile.plan(layer, || format!("({rows}, {k}) × ({k}, {n}) on {threads} threads: {tiles:?}, {} tasks", tiles.tasks(rows, n)));
         }
         profile.lap("embed");
 
