@@ -204,9 +204,9 @@ pub(super) fn linear(
         None => (None, &mut [][..]),
     };
     if threading == Threading::Library {
-        gemm_rows(m, k, n, x, &layer.wt, out, 0..n, Parallelism::Rayon(0));
+        gemm_rows(m, k, n, x, &layer.wt, out, Parallelism::Rayon(0));
         if let Some(w2) = w2 {
-            gemm_rows(m, k, n, x, w2, out2, 0..n, Parallelism::Rayon(0));
+            gemm_rows(m, k, n, x, w2, out2, Parallelism::Rayon(0));
         }
         let out2 = SharedRows::new(out2, n);
         let chunk = m.div_ceil(4 * rayon::current_num_threads()).max(1);
@@ -247,49 +247,37 @@ pub(super) fn linear(
 /// # Safety
 /// The tile's part of `dst` must be this caller's alone.
 unsafe fn tile_gemm(dst: &SharedRows, rows: Range<usize>, cols: Range<usize>, k: usize, x: &[f32], wt: &[f32]) {
-    let n = dst.width;
-    assert!(rows.end * k <= x.len() && k * n <= wt.len() && rows.end * n <= dst.len && cols.end <= n);
-    // SAFETY: bounds checked above; the output tile is exclusive by the caller's contract.
+    assert!(rows.end * dst.width <= dst.len);
+    // SAFETY: `dst` holds the tile's rows (checked); the tile is exclusive by the caller's contract.
+    unsafe { gemm_tile(dst.ptr, dst.width, rows, cols, k, x, wt, Parallelism::None) }
+}
+
+/// `out = x · wt` for all `m` rows, on `par`.
+fn gemm_rows(m: usize, k: usize, n: usize, x: &[f32], wt: &[f32], out: &mut [f32], par: Parallelism) {
+    assert!(out.len() >= m * n);
+    // SAFETY: `out` holds the m × n output (checked) and is borrowed mutably.
+    unsafe { gemm_tile(out.as_mut_ptr(), n, 0..m, 0..n, k, x, wt, par) }
+}
+
+/// `dst[rows, cols] = x[rows] · wt[.., cols]`: `dst` row-major of width `n`, `x` `(.., k)` and
+/// `wt` `(k, n)` row-major.
+///
+/// # Safety
+/// `dst` must hold `rows.end × n` values, and nothing else may touch the tile meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_tile(dst: *mut f32, n: usize, rows: Range<usize>, cols: Range<usize>, k: usize, x: &[f32], wt: &[f32], par: Parallelism) {
+    assert!(rows.end * k <= x.len() && k * n <= wt.len() && cols.end <= n && cols.start <= cols.end);
+    // SAFETY: x and wt hold what is read (checked above); dst by the caller's contract.
     unsafe {
         gemm::gemm(
             rows.len(),
             cols.len(),
             k,
-            dst.ptr.add(rows.start * n + cols.start),
+            dst.add(rows.start * n + cols.start),
             1,
             n as isize,
             false,
             x.as_ptr().add(rows.start * k),
-            1,
-            k as isize,
-            wt.as_ptr().add(cols.start),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    }
-}
-
-/// `out[.., cols] = x · wt[.., cols]` for all `m` rows, `wt` being `(k, n)` row-major.
-#[allow(clippy::too_many_arguments)]
-fn gemm_rows(m: usize, k: usize, n: usize, x: &[f32], wt: &[f32], out: &mut [f32], cols: Range<usize>, par: Parallelism) {
-    assert!(x.len() >= m * k && wt.len() >= k * n && out.len() >= m * n && cols.end <= n);
-    // SAFETY: the three buffers hold the extents given (checked above); `out` is borrowed mutably.
-    unsafe {
-        gemm::gemm(
-            m,
-            cols.len(),
-            k,
-            out.as_mut_ptr().add(cols.start),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
             1,
             k as isize,
             wt.as_ptr().add(cols.start),

@@ -353,15 +353,23 @@ fn gcd(a: usize, b: usize) -> usize {
 mod tests {
     use super::*;
 
+    /// A vit-tiny of random weights (a gated MLP with GELU where `gated`) and its CPU layout.
+    fn tiny(seed: u64, layer_scale: f32, gated: bool) -> (Dinov3<burn_ndarray::NdArray<f32>>, CpuDinov3) {
+        let mut cfg = Dinov3Config::preset("vit-tiny").unwrap();
+        if gated {
+            cfg.use_gated_mlp = Some(true);
+        }
+        let src = super::super::weights::RandomSource { seed, std: 0.3, layer_scale };
+        let model = Dinov3::load(&cfg, &src, &Default::default()).unwrap();
+        let cpu = CpuDinov3::new(&cfg, &model).unwrap();
+        (model, cpu)
+    }
+
     #[test]
     fn gated_gelu_and_empty_batches_follow_the_burn_forward() {
         use burn::tensor::{Tensor, TensorData};
-        let mut cfg = Dinov3Config::preset("vit-tiny").unwrap();
-        cfg.use_gated_mlp = Some(true); // a gated MLP whose hidden_act stays "gelu"
-        let src = super::super::weights::RandomSource { seed: 2, std: 0.3, layer_scale: 1.0 };
+        let (model, cpu) = tiny(2, 1.0, true); // a gated MLP whose hidden_act stays "gelu"
         let device = Default::default();
-        let model = Dinov3::<burn_ndarray::NdArray<f32>>::load(&cfg, &src, &device).unwrap();
-        let cpu = CpuDinov3::new(&cfg, &model).unwrap();
         let (n, s) = (2, 48);
         let x: Vec<f32> = (0..n * 3 * s * s).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
         let fast = cpu.forward(&x, n, s, s).unwrap().features;
@@ -378,10 +386,7 @@ mod tests {
 
     #[test]
     fn residual_and_layer_norm_agree_in_the_epilogue_and_in_a_pass_of_their_own() {
-        let cfg = Dinov3Config::preset("vit-tiny").unwrap();
-        let src = super::super::weights::RandomSource { seed: 5, std: 0.3, layer_scale: 0.5 };
-        let model = Dinov3::<burn_ndarray::NdArray<f32>>::load(&cfg, &src, &Default::default()).unwrap();
-        let cpu = CpuDinov3::new(&cfg, &model).unwrap();
+        let (_, cpu) = tiny(5, 0.5, false);
         let (m, d, blk) = (13, cpu.d, &cpu.layers[0]);
         let input: Vec<f32> = (0..m * d).map(|i| ((i * 7919) % 97) as f32 / 48.0 - 1.0).collect();
         let x0: Vec<f32> = (0..m * d).map(|i| ((i * 104_729) % 89) as f32 / 44.0 - 1.0).collect();
@@ -417,11 +422,8 @@ mod tests {
     #[test]
     fn every_tiling_and_threading_gives_the_burn_forward() {
         use burn::tensor::{Tensor, TensorData};
-        let cfg = Dinov3Config::preset("vit-tiny").unwrap();
-        let src = super::super::weights::RandomSource { seed: 3, std: 0.3, layer_scale: 1.0 };
+        let (model, cpu) = tiny(3, 1.0, false);
         let device = Default::default();
-        let model = Dinov3::<burn_ndarray::NdArray<f32>>::load(&cfg, &src, &device).unwrap();
-        let cpu = CpuDinov3::new(&cfg, &model).unwrap();
         let (n, s) = (2, 64);
         let x: Vec<f32> = (0..n * 3 * s * s).map(|i| ((i * 53) % 127) as f32 / 63.0 - 1.0).collect();
         let out = model.forward(Tensor::from_data(TensorData::new(x.clone(), [n, 3, s, s]), &device));
