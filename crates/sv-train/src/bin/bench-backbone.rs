@@ -135,14 +135,8 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
     }
     let flops = flops_per_image(&bb.config, s);
     Ok(Row {
-        // The CPU forward's comparison settings (`SV_CPU_GEMM=library`: the gemm crate's
-        // threading; `SV_CPU_LN=fused`: o/down always in whole-row tiles) get their own rows.
-        impl_: match (&cpu, std::env::var("SV_CPU_GEMM").as_deref(), std::env::var("SV_CPU_LN").as_deref()) {
-            (Some(_), Ok("library"), _) => "sv-cpu-libgemm".into(),
-            (Some(_), _, Ok("fused")) => "sv-cpu-fusedln".into(),
-            (Some(_), _, _) => "sv-cpu".into(),
-            (None, ..) => format!("burn-{}", args.backend),
-        },
+        // The CPU forward's comparison settings get their own rows.
+        impl_: if cpu.is_some() { sv_train::backbone::cpu::variant().into() } else { format!("burn-{}", args.backend) },
         backend: args.backend.clone(),
         dtype: args.dtype.clone(),
         preset: preset.into(),

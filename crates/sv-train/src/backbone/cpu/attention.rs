@@ -6,12 +6,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::kernels::softmax;
-
-/// A pointer handed to rayon tasks that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
+use super::linear::SharedRows;
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -26,7 +21,7 @@ pub(super) fn attention(qkv: &[f32], out: &mut [f32], n: usize, t: usize, d: usi
     let scale = 1.0 / (hd as f32).sqrt();
     let blocks = (4 * rayon::current_num_threads()).div_ceil(n * heads).clamp(1, t.div_ceil(16));
     let rows = t.div_ceil(blocks);
-    let dst = SharedMut(out.as_mut_ptr());
+    let dst = SharedRows::new(out, d);
     (0..n * heads * blocks).into_par_iter().for_each(|task| {
         let (b, h, blk) = (task / (heads * blocks), task / blocks % heads, task % blocks);
         let r0 = blk * rows;
@@ -39,7 +34,6 @@ pub(super) fn attention(qkv: &[f32], out: &mut [f32], n: usize, t: usize, d: usi
         SCORES.with(|s| {
             let mut s = s.borrow_mut();
             s.resize(qr * t, 0.0);
-            let dst = dst;
             // SAFETY: q (qr, hd), k and v (t, hd) are strided views inside `qkv` (row stride 3D,
             // the last row ending within the buffer); the scores are qr×t; the output block (qr
             // rows of stride D from row b·t + r0, column h·hd) belongs to this task alone.
@@ -72,7 +66,7 @@ pub(super) fn attention(qkv: &[f32], out: &mut [f32], n: usize, t: usize, d: usi
                     qr,
                     hd,
                     t,
-                    dst.0.add((b * t + r0) * d + h * hd),
+                    dst.tile_ptr(b * t + r0..b * t + r0 + qr, h * hd..(h + 1) * hd),
                     1,
                     d as isize,
                     false,

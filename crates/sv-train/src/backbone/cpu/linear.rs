@@ -53,6 +53,11 @@ impl Threading {
     }
 }
 
+/// `SV_CPU_LN=fused`: o and down always take whole-row tiles (for comparison).
+pub(super) fn whole_rows_forced() -> bool {
+    std::env::var("SV_CPU_LN").is_ok_and(|v| v == "fused")
+}
+
 /// The tile size of a tiled GEMM's output `(m, n)`: `rows × cols`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Tiles {
@@ -115,7 +120,7 @@ impl Tiles {
     /// `SV_CPU_LN=fused` always takes whole rows.
     pub fn plan_residual(m: usize, k: usize, n: usize, threads: usize) -> Self {
         let (rows, fused) = Self::plan_cost(m, k, n, 16, true, threads);
-        if std::env::var("SV_CPU_LN").is_ok_and(|v| v == "fused") {
+        if whole_rows_forced() {
             return rows;
         }
         let (tiles, cost) = Self::plan_cost(m, k, n, 16, false, threads);
@@ -173,9 +178,19 @@ impl<'a> SharedRows<'a> {
     /// No other live slice of this buffer may overlap it: a task takes segments of the rows and
     /// columns of its own tile only.
     pub unsafe fn seg(&self, r: usize, cols: Range<usize>) -> &mut [f32] {
-        assert!(cols.start <= cols.end && cols.end <= self.width && (r + 1) * self.width <= self.len);
-        // SAFETY: in bounds (checked); exclusive by the caller's contract.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r * self.width + cols.start), cols.len()) }
+        // SAFETY: `tile_ptr` checks the bounds; exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.tile_ptr(r..r + 1, cols.clone()), cols.len()) }
+    }
+
+    /// Where the tile of rows `rows` and columns `cols` starts (row stride `width`), checked to lie
+    /// inside the buffer, for a `gemm` call to write.
+    ///
+    /// # Safety
+    /// Nothing else may touch the tile while it is written through the pointer.
+    pub unsafe fn tile_ptr(&self, rows: Range<usize>, cols: Range<usize>) -> *mut f32 {
+        assert!(cols.start <= cols.end && cols.end <= self.width && rows.start <= rows.end && rows.end * self.width <= self.len);
+        // SAFETY: in bounds (checked).
+        unsafe { self.ptr.add(rows.start * self.width + cols.start) }
     }
 }
 
@@ -209,14 +224,10 @@ pub(super) fn linear(
             gemm_rows(m, k, n, x, w2, out2, Parallelism::Rayon(0));
         }
         let out2 = SharedRows::new(out2, n);
-        let chunk = m.div_ceil(4 * rayon::current_num_threads()).max(1);
-        out[..m * n].par_chunks_mut(chunk * n).enumerate().for_each(|(ci, rows)| {
-            for (j, row) in rows.chunks_exact_mut(n).enumerate() {
-                let r = ci * chunk + j;
-                // SAFETY: each task takes its own rows of out2.
-                let row2 = if w2.is_some() { unsafe { out2.seg(r, 0..n) } } else { &mut [][..] };
-                epi(r, 0..n, row, row2);
-            }
+        par_rows(&mut out[..m * n], n, |r, row| {
+            // SAFETY: each task takes its own rows of out2.
+            let row2 = if w2.is_some() { unsafe { out2.seg(r, 0..n) } } else { &mut [][..] };
+            epi(r, 0..n, row, row2);
         });
         return;
     }

@@ -38,6 +38,17 @@ use kernels::{activation, add_bias, add_into, gated, layer_norm, rope, scaled_re
 use linear::{Linear, SharedRows, Threading, Tiles, linear, par_rows};
 pub use profile::report as profile_report;
 
+/// The name of the CPU forward as this process's environment sets it up: `sv-cpu`, or
+/// `sv-cpu-libgemm` (`SV_CPU_GEMM=library`) / `sv-cpu-fusedln` (`SV_CPU_LN=fused`), the settings
+/// kept for comparison (bench rows carry it).
+pub fn variant() -> &'static str {
+    match (Threading::from_env(), linear::whole_rows_forced()) {
+        (Threading::Library, _) => "sv-cpu-libgemm",
+        (_, true) => "sv-cpu-fusedln",
+        _ => "sv-cpu",
+    }
+}
+
 /// A model's tensors by checkpoint name, taken out one by one.
 struct Named(HashMap<String, Vec<f32>>);
 
@@ -243,8 +254,7 @@ impl CpuDinov3 {
         // with the residual and the next LayerNorm: inside the epilogue when their tiles are whole
         // rows, else (wide layers, where whole-row tiles would each read all of the weight) in a
         // pass of its own; the cost model picks.
-        let head_align = hd * 16 / gcd(hd, 16);
-        let (p_qkv, p_up) = (Tiles::plan(m, d, 3 * d, head_align, false, threads), Tiles::plan(m, d, i, 64, false, threads));
+        let (p_qkv, p_up) = (Tiles::plan(m, d, 3 * d, head_align(hd), false, threads), Tiles::plan(m, d, i, 64, false, threads));
         let (p_o, p_down) = (Tiles::plan_residual(m, d, d, threads), Tiles::plan_residual(m, i, d, threads));
         let layers = [("embed", n * np, kp, d, p_embed), ("qkv", m, d, 3 * d, p_qkv), ("o", m, d, d, p_o)];
         for (layer, rows, k, n, tiles) in layers.into_iter().chain([("up", m, d, i, p_up), ("down", m, i, d, p_down)]) {
@@ -345,8 +355,13 @@ impl CpuDinov3 {
     }
 }
 
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 { a } else { gcd(b, a % b) }
+/// Width multiple of the qkv tiles: whole heads (RoPE rotates within a head) and whole 16-float
+/// blocks of the GEMM kernels, `lcm(hd, 16)`.
+fn head_align(hd: usize) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    hd * 16 / gcd(hd, 16)
 }
 
 #[cfg(test)]
@@ -432,7 +447,7 @@ mod tests {
         // mid-row (at a head); on 1 thread every layer is one tile; 3 is in between.
         let (d, m) = (cpu.d, n * (cpu.prefix() + (s / cpu.patch).pow(2)));
         let hd = d / cpu.heads;
-        assert!(Tiles::plan(m, d, 3 * d, hd * 16 / gcd(hd, 16), false, 16).cols < 3 * d);
+        assert!(Tiles::plan(m, d, 3 * d, head_align(hd), false, 16).cols < 3 * d);
         for threads in [1, 3, 16] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             for threading in [Threading::Tiles, Threading::Library] {
