@@ -97,7 +97,8 @@ def row(impl, args, preset, batch, dtype, first, times):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ours", help="path of the bench-backbone binary (needed unless --from-json or --skip-ours)")
-    ap.add_argument("--backend", default="cpu", help="our backends, comma-separated (cpu, ndarray, flex, cuda)")
+    ap.add_argument("--backend", default="cpu", help="our backends, comma-separated (cpu, ndarray, flex, cuda, tch)")
+    ap.add_argument("--head", action="store_true", help="also time our stage-1 path (backbone + head, bench-backbone --head)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--presets", default="vits16")
     ap.add_argument("--batches", default="1")
@@ -145,13 +146,14 @@ def main():
             cmd = [args.ours, "--backend", backend, "--dtype", dtype, "--presets", ",".join(presets),
                    "--batches", ",".join(map(str, batches)), "--warmup", str(args.warmup), "--iters", str(args.iters),
                    "--max-seconds", str(args.max_seconds)]
-            t = time.perf_counter()
-            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)  # stderr (its table) passes through
-            for l in p.stdout:
-                if l.startswith("{"):
-                    add(json.loads(l))
-            if p.wait() != 0:
-                print(f"ours failed ({p.returncode}) after {time.perf_counter() - t:.1f}s: {' '.join(cmd)}", flush=True)
+            for extra in ([], ["--head"]) if args.head else ([],):
+                t = time.perf_counter()
+                p = subprocess.Popen(cmd + extra, stdout=subprocess.PIPE, text=True)  # stderr (its table) passes through
+                for l in p.stdout:
+                    if l.startswith("{"):
+                        add(json.loads(l))
+                if p.wait() != 0:
+                    print(f"ours failed ({p.returncode}) after {time.perf_counter() - t:.1f}s: {' '.join(cmd + extra)}", flush=True)
         if args.skip_torch:
             continue
         for preset in presets:

@@ -107,14 +107,12 @@ impl Stage1 {
 
     /// Recalibrated scores of preprocessed images (one forward pass).
     pub fn scores_of_pixels(&self, pixels: &[Vec<f32>]) -> Result<Vec<f32>> {
-        use burn::tensor::{Tensor, TensorData};
         if pixels.is_empty() {
             return Ok(Vec::new());
         }
-        let s = self.model.preprocess.size as usize;
         let data: Vec<f32> = pixels.iter().flatten().copied().collect();
-        let x = Tensor::<InferBackend, 4>::from_data(TensorData::new(data, [pixels.len(), 3, s, s]), &self.device);
-        let p = sv_train::backbone::host(burn::tensor::activation::sigmoid(self.model.logits_of_pixels(x)?));
+        let logits = self.model.logits_of_host_pixels(data, pixels.len(), &self.device)?;
+        let p = sv_train::backbone::host(burn::tensor::activation::sigmoid(logits));
         Ok(p.into_iter().map(|p| self.map.apply(p)).collect())
     }
 

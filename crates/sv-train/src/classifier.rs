@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use burn::config::Config;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use sv_data::PreprocessConfig;
@@ -12,6 +12,24 @@ use sv_data::PreprocessConfig;
 use crate::backbone::{ActivationHook, CpuDinov3, Dinov3, Dinov3Config, host, pixels};
 use crate::head::{Head, HeadConfig};
 use crate::quant::{CalibrationHook, Precision, PrecisionHook, StoredModel};
+
+/// A backbone forward that runs outside Burn on host pixels.
+enum Fast<'a> {
+    Cpu(&'a CpuDinov3),
+    #[cfg(feature = "tch")]
+    Tch(&'a crate::backbone::TchDinov3),
+}
+
+impl Fast<'_> {
+    /// Features `(n, 2D)` of normalised host pixels `(n, C, h, w)`.
+    fn features(&self, pixels: &[f32], n: usize, h: usize, w: usize) -> Result<Vec<f32>> {
+        match self {
+            Fast::Cpu(cpu) => Ok(cpu.forward(pixels, n, h, w)?.features),
+            #[cfg(feature = "tch")]
+            Fast::Tch(tch) => tch.features_of_pixels(pixels, n, h, w),
+        }
+    }
+}
 
 /// A frozen backbone and a trained head at one precision.
 pub struct Classifier<B: Backend> {
@@ -23,6 +41,9 @@ pub struct Classifier<B: Backend> {
     pub precision: Precision,
     /// The CPU forward of an FP32 model on the CPU build (see [`CpuDinov3::for_backend`]).
     pub cpu: Option<CpuDinov3>,
+    /// The LibTorch forward of the `tch` build at full precision (see [`TchDinov3::for_backend`]).
+    #[cfg(feature = "tch")]
+    pub tch: Option<crate::backbone::TchDinov3>,
 }
 
 impl<B: Backend> Classifier<B> {
@@ -36,21 +57,45 @@ impl<B: Backend> Classifier<B> {
         preprocess: PreprocessConfig,
         precision: Precision,
     ) -> Self {
-        let cpu = match precision {
-            Precision::Fp32 => CpuDinov3::for_backend(&backbone_config, &backbone).unwrap_or_else(|e| {
-                tracing::warn!("the CPU forward is unavailable ({e:#}); the Burn forward runs instead");
-                None
-            }),
-            _ => None,
+        let fallback = |what: &str, e: anyhow::Error| {
+            tracing::warn!("the {what} forward is unavailable ({e:#}); the Burn forward runs instead");
         };
-        Self { backbone, backbone_config, head, head_config, preprocess, precision, cpu }
+        let full = precision == Precision::Fp32;
+        let cpu = if full { CpuDinov3::for_backend(&backbone_config, &backbone).unwrap_or_else(|e| { fallback("CPU", e); None }) } else { None };
+        #[cfg(feature = "tch")]
+        let tch = if full {
+            crate::backbone::TchDinov3::for_backend(&backbone_config, &backbone).unwrap_or_else(|e| { fallback("LibTorch", e); None })
+        } else {
+            None
+        };
+        Self {
+            backbone,
+            backbone_config,
+            head,
+            head_config,
+            preprocess,
+            precision,
+            cpu,
+            #[cfg(feature = "tch")]
+            tch,
+        }
     }
 
     /// The FP32 model of a loaded [`crate::backbone::Backbone`], reusing its CPU forward (no
     /// second copy of the weights).
     pub fn fp32_of(backbone: crate::backbone::Backbone<B>, head: Head<B>, head_config: HeadConfig, preprocess: PreprocessConfig) -> Self {
-        let crate::backbone::Backbone { model, config, cpu, .. } = backbone;
-        Self { backbone: model, backbone_config: config, head, head_config, preprocess, precision: Precision::Fp32, cpu }
+        let crate::backbone::Backbone { model, config, cpu, #[cfg(feature = "tch")] tch, .. } = backbone;
+        Self {
+            backbone: model,
+            backbone_config: config,
+            head,
+            head_config,
+            preprocess,
+            precision: Precision::Fp32,
+            cpu,
+            #[cfg(feature = "tch")]
+            tch,
+        }
     }
 
     /// This model at another precision: weights rounded or quantised exactly as an export
@@ -61,14 +106,30 @@ impl<B: Backend> Classifier<B> {
         Ok(Self::new(backbone, self.backbone_config.clone(), head, self.head_config.clone(), self.preprocess.clone(), precision))
     }
 
+    /// The backbone's own CPU or LibTorch forward, where this model runs one.
+    fn fast(&self) -> Option<Fast<'_>> {
+        if let Some(cpu) = &self.cpu {
+            return Some(Fast::Cpu(cpu));
+        }
+        #[cfg(feature = "tch")]
+        if let Some(tch) = &self.tch {
+            return Some(Fast::Tch(tch));
+        }
+        None
+    }
+
+    /// The head's logits of features `(n, 2D)` computed on the host.
+    fn head_of(&self, features: Vec<f32>, n: usize, device: &B::Device) -> Tensor<B, 1> {
+        let f = Tensor::<B, 2>::from_data(TensorData::new(features, [n, self.backbone_config.feature_dim()]), device);
+        self.head.forward(f)
+    }
+
     /// Logits `(N,)` of preprocessed pixels `(N, 3, S, S)`.
     pub fn logits_of_pixels(&self, x: Tensor<B, 4>) -> Result<Tensor<B, 1>> {
-        if let Some(cpu) = &self.cpu {
+        if let Some(fast) = self.fast() {
             let [n, _, h, w] = x.dims();
             let device = x.device();
-            let out = cpu.forward(&host(x), n, h, w)?;
-            let f = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(out.features, [n, self.backbone_config.feature_dim()]), &device);
-            return Ok(self.head.forward(f));
+            return Ok(self.head_of(fast.features(&host(x), n, h, w)?, n, &device));
         }
         if self.precision == Precision::Fp32 {
             return Ok(self.head.forward(self.backbone.forward(x).features));
@@ -78,14 +139,28 @@ impl<B: Backend> Classifier<B> {
         Ok(self.head.forward_hooked(f, Some(&mut hook as &mut dyn ActivationHook<B>)))
     }
 
+    /// Logits `(n,)` of `n` preprocessed images on the host, `(n, 3, S, S)` row-major at the
+    /// preprocessing size: the CPU and LibTorch forwards read them where they are, the Burn
+    /// forward gets them as one tensor on `device`.
+    pub fn logits_of_host_pixels(&self, pixels: Vec<f32>, n: usize, device: &B::Device) -> Result<Tensor<B, 1>> {
+        let s = self.preprocess.size as usize;
+        if pixels.len() != n * 3 * s * s {
+            anyhow::bail!("pixel batch has {} values, expected {n}×3×{s}×{s}", pixels.len());
+        }
+        match self.fast() {
+            Some(fast) => Ok(self.head_of(fast.features(&pixels, n, s, s)?, n, device)),
+            None => self.logits_of_pixels(Tensor::from_data(TensorData::new(pixels, [n, 3, s, s]), device)),
+        }
+    }
+
     /// P(roadwork) of encoded images (one batch). An image that does not decode is an error
     /// naming its position in the batch.
     pub fn probs(&self, images: &[&[u8]], device: &B::Device) -> Result<Vec<f32>> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let x = pixels::<B>(images, &self.preprocess, device)?;
-        Ok(host(sigmoid(self.logits_of_pixels(x)?)))
+        let x = sv_data::preprocess_batch(images, &self.preprocess)?;
+        Ok(host(sigmoid(self.logits_of_host_pixels(x, images.len(), device)?)))
     }
 
     /// Run a batch through the FP32 model, collecting activation histograms at every site.

@@ -34,13 +34,19 @@ fn rel_err(a: &[f32], b: &[f32]) -> (f64, f64) {
     ((num / den).sqrt(), max)
 }
 
-fn check(kind: &str) {
+/// The tiny fixture model of `kind` (`mlp` or `swiglu`), loaded by Burn on the CPU.
+fn fixture_model(kind: &str) -> (Dinov3Config, Dinov3<B>) {
     let dir = fixtures().join(format!("dinov3_tiny_{kind}"));
     let cfg = Dinov3Config::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg.gated(), kind == "swiglu");
     let src = SafetensorsSource::open_dir(&dir).unwrap();
+    let model = Dinov3::<B>::load(&cfg, &src, &Default::default()).unwrap();
+    (cfg, model)
+}
+
+fn check(kind: &str) {
+    let (cfg, model) = fixture_model(kind);
     let device = Default::default();
-    let model = Dinov3::<B>::load(&cfg, &src, &device).unwrap();
     let cpu = CpuDinov3::new(&cfg, &model).unwrap();
     let io_bytes = std::fs::read(fixtures().join("dinov3_io.safetensors")).unwrap();
     let io = SafeTensors::deserialize(&io_bytes).unwrap();
@@ -107,4 +113,61 @@ fn wrong_shapes_in_weights_name_the_tensor() {
     assert!(err.contains("layer.2") && err.contains("missing"), "{err}");
     let err = SafetensorsSource::open_dir(&fixtures()).err().unwrap().to_string();
     assert!(err.contains("model.safetensors"), "{err}");
+}
+
+/// The LibTorch forward of the `tch` build against transformers' output on the same fixtures:
+/// `last_hidden_state`, and the features `[CLS, mean of patch tokens]` computed from transformers'
+/// `last_hidden_state`; f32 to the tolerance of the other paths, bf16 and f16 to theirs. It runs
+/// on LibTorch's CUDA device where there is one (`SV_TCH_DEVICE` chooses), else on its CPU.
+#[cfg(feature = "tch")]
+#[test]
+fn libtorch_forward_matches_transformers() {
+    use burn::tensor::DType;
+    use sv_train::backbone::TchDinov3;
+    use sv_train::backbone::libtorch::device_from_env;
+    let device = device_from_env().unwrap();
+    println!("LibTorch device {device:?}");
+    let to_host = |t: &tch::Tensor| -> Vec<f32> {
+        let t = t.to_kind(tch::Kind::Float).to_device(tch::Device::Cpu).contiguous().view([-1i64]);
+        Vec::<f32>::try_from(t).unwrap()
+    };
+    let io_bytes = std::fs::read(fixtures().join("dinov3_io.safetensors")).unwrap();
+    let io = SafeTensors::deserialize(&io_bytes).unwrap();
+    for kind in ["mlp", "swiglu"] {
+        let (cfg, model) = fixture_model(kind);
+        let d = cfg.hidden_size;
+        let prefix = 1 + cfg.num_register_tokens;
+        // bf16 keeps 8 bits of mantissa, f16 11: relative errors near 2^-8 and 2^-11 per op.
+        for (dtype, tol) in [(DType::F32, 1e-4), (DType::F16, 5e-3), (DType::BF16, 3e-2)] {
+            if dtype != DType::F32 && !device.is_cuda() {
+                continue; // half precision is the GPU's
+            }
+            // Half precision also with GELU in the GEMM epilogue (tanh GELU, `SV_TCH_GELU=epilogue`).
+            let epilogue: &[bool] = if dtype == DType::F32 { &[false] } else { &[false, true] };
+            for (&epi, case) in epilogue.iter().flat_map(|e| ["square", "nonsquare"].map(|c| (e, c))) {
+                let fast = TchDinov3::new(&cfg, &model, device, dtype).unwrap().with_gelu_epilogue(epi);
+                let (shape, pixels) = read_tensor(&io, &format!("{kind}.{case}.pixel_values"));
+                let out = fast.forward(&fast.input(&pixels, shape[0], shape[2], shape[3]).unwrap()).unwrap();
+                let (ref_shape, reference) = read_tensor(&io, &format!("{kind}.{case}.last_hidden_state"));
+                let lhs_shape: Vec<usize> = out.last_hidden_state.size().iter().map(|&s| s as usize).collect();
+                assert_eq!(lhs_shape, ref_shape, "{kind}/{case} last_hidden_state shape");
+                let tokens = ref_shape[1];
+                let ref_features: Vec<f32> = reference
+                    .chunks_exact(tokens * d)
+                    .flat_map(|img| {
+                        let mean = (0..d).map(|j| img[prefix * d..].chunks_exact(d).map(|r| r[j]).sum::<f32>() / (tokens - prefix) as f32);
+                        img[..d].iter().copied().chain(mean).collect::<Vec<_>>()
+                    })
+                    .collect();
+                for (name, ours, theirs) in [
+                    ("last_hidden_state", to_host(&out.last_hidden_state), &reference),
+                    ("features", to_host(&out.features), &ref_features),
+                ] {
+                    let (rel, max) = rel_err(&ours, theirs);
+                    println!("{kind}/{case}/{name} (LibTorch {dtype:?}, GELU epilogue {epi}): relative error {rel:.2e}, max abs {max:.2e}");
+                    assert!(rel < tol, "{kind}/{case}/{name} (LibTorch {dtype:?}, epilogue {epi}): relative error {rel:.3e} (max abs {max:.3e})");
+                }
+            }
+        }
+    }
 }

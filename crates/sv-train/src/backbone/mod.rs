@@ -7,6 +7,9 @@
 
 pub mod cpu;
 pub mod dinov3;
+#[cfg(feature = "tch")]
+pub mod libtorch;
+mod profile;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +21,9 @@ use hf_hub::RepoType;
 use sv_data::PreprocessConfig;
 
 pub use cpu::CpuDinov3;
+pub use profile::report as profile_report;
+#[cfg(feature = "tch")]
+pub use libtorch::TchDinov3;
 pub use dinov3::{ActivationHook, Dinov3, Dinov3Config, Dinov3Output, NamedTensor, host, linear_tensors, tap};
 use weights::{RandomSource, SafetensorsSource};
 
@@ -95,7 +101,15 @@ pub struct Backbone<B: Backend> {
     /// The CPU forward ([`CpuDinov3`]) where the build's backend is the CPU one and the model is
     /// f32; [`Self::features_of_images`] then runs it instead of the Burn forward.
     pub cpu: Option<CpuDinov3>,
+    /// The LibTorch forward ([`TchDinov3`]) of the `tch` build; [`Self::features_of_images`]
+    /// then runs it instead of the Burn forward.
+    #[cfg(feature = "tch")]
+    pub tch: Option<TchDinov3>,
 }
+
+/// What [`Backbone::load_weights`] finds: the network, its config, its id and whether its
+/// weights are random.
+type Loaded<B> = (Dinov3<B>, Dinov3Config, String, bool);
 
 fn load_dir<B: Backend>(dir: &Path, device: &B::Device, dtype: DType) -> Result<(Dinov3<B>, Dinov3Config)> {
     let cfg_path = dir.join("config.json");
@@ -130,30 +144,28 @@ impl<B: Backend> Backbone<B> {
     /// Load the backbone a spec names.
     pub fn load(spec: &BackboneSpec, device: &B::Device) -> Result<Self> {
         let dtype = parse_dtype(&spec.dtype)?;
-        let mut bb = Self::load_weights(spec, device, dtype)?;
+        let (model, config, mut id, random) = Self::load_weights(spec, device, dtype)?;
         if dtype != DType::F32 {
-            bb.id = format!("{}:{}", bb.id, spec.dtype);
+            id = format!("{id}:{}", spec.dtype);
         }
-        if crate::kernels::compiles_kernels() {
-            bb.pad_to = spec.batch_size;
-        }
-        bb.cpu = CpuDinov3::for_backend(&bb.config, &bb.model)?;
-        Ok(bb)
+        Ok(Self {
+            pad_to: if crate::kernels::compiles_kernels() { spec.batch_size } else { 0 },
+            cpu: CpuDinov3::for_backend(&config, &model)?,
+            #[cfg(feature = "tch")]
+            tch: TchDinov3::for_backend(&config, &model)?,
+            model,
+            config,
+            id,
+            random,
+        })
     }
 
-    fn load_weights(spec: &BackboneSpec, device: &B::Device, dtype: DType) -> Result<Self> {
+    fn load_weights(spec: &BackboneSpec, device: &B::Device, dtype: DType) -> Result<Loaded<B>> {
         if spec.weights == "random" {
             let config = Dinov3Config::preset(&spec.preset)?;
             let src = RandomSource { seed: spec.seed, std: spec.init_std, layer_scale: config.layerscale_value as f32 };
             let model = Dinov3::load_as(&config, &src, device, dtype)?;
-            return Ok(Self {
-                model,
-                config,
-                id: format!("dinov3:random:{}:seed={}:std={}", spec.preset, spec.seed, spec.init_std),
-                random: true,
-                pad_to: 0,
-                cpu: None,
-            });
+            return Ok((model, config, format!("dinov3:random:{}:seed={}:std={}", spec.preset, spec.seed, spec.init_std), true));
         }
         if let Some(rest) = spec.weights.strip_prefix("hf:") {
             let (repo, rev) = match rest.split_once('@') {
@@ -163,7 +175,7 @@ impl<B: Backend> Backbone<B> {
             let dir = fetch_hf(repo, rev)?;
             let (model, config) = load_dir(&dir, device, dtype)?;
             let snapshot = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-            return Ok(Self { model, config, id: format!("dinov3:hf:{repo}@{snapshot}"), random: false, pad_to: 0, cpu: None });
+            return Ok((model, config, format!("dinov3:hf:{repo}@{snapshot}"), false));
         }
         let dir = Path::new(&spec.weights);
         if !dir.is_dir() {
@@ -171,7 +183,7 @@ impl<B: Backend> Backbone<B> {
         }
         let (model, config) = load_dir(dir, device, dtype)?;
         let fingerprint = dir_fingerprint(dir)?;
-        Ok(Self { model, config, id: format!("dinov3:dir:{}:{fingerprint}", dir.display()), random: false, pad_to: 0, cpu: None })
+        Ok((model, config, format!("dinov3:dir:{}:{fingerprint}", dir.display()), false))
     }
 
     /// Features `[CLS, mean(patches)]` of encoded images, preprocessed with `pre`.
@@ -184,6 +196,12 @@ impl<B: Backend> Backbone<B> {
             let s = pre.size as usize;
             let out = cpu.forward(&sv_data::preprocess_batch(images, pre)?, n, s, s)?;
             return Ok(out.features.chunks_exact(self.config.feature_dim()).map(<[f32]>::to_vec).collect());
+        }
+        #[cfg(feature = "tch")]
+        if let Some(tch) = &self.tch {
+            let s = pre.size as usize;
+            let f = tch.features_of_pixels(&sv_data::preprocess_batch(images, pre)?, n, s, s)?;
+            return Ok(f.chunks_exact(self.config.feature_dim()).map(<[f32]>::to_vec).collect());
         }
         // Rows of a batch never see each other (norms and attention are per image), so the
         // all-zero padding rows change nothing in the real ones.

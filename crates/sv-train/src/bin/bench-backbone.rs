@@ -6,6 +6,7 @@
 //! cargo build --release -p sv-train --bin bench-backbone [--features cuda,flex]
 //! bench-backbone --backend cpu --presets vits16,vitb16 --batches 1,16 --dtype f32
 //! bench-backbone --backend cuda --presets vitb16 --batches 256 --dtype bf16
+//! bench-backbone --backend tch --presets vits16 --batches 1 --dtype bf16 --head   # --features tch
 //! ```
 //!
 //! `benchmarks/bench_backbone.py` runs this binary beside PyTorch (transformers' `DINOv3ViTModel`
@@ -19,16 +20,20 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use clap::Parser;
-use sv_train::backbone::{Backbone, BackboneSpec, Dinov3Config};
+use sv_train::backbone::{Backbone, BackboneSpec, Dinov3Config, host};
+use sv_train::classifier::Classifier;
+use sv_train::head::HeadConfig;
 
 #[derive(Parser, Debug)]
 #[command(about = "Time the DINOv3 backbone's forward pass on one backend")]
 struct Args {
     /// cpu (the CPU forward of `backbone::cpu`, what CPU builds run), ndarray (Burn's ndarray
-    /// backend), flex (with the `flex` feature) or cuda (with the `cuda` feature).
+    /// backend), flex (with the `flex` feature), cuda (with the `cuda` feature), tch (the
+    /// LibTorch forward of `backbone::libtorch`, with the `tch` feature; `SV_TCH_DEVICE` picks
+    /// its device) or burn-tch (Burn's own forward on LibTorch's CPU device).
     #[arg(long, default_value = "ndarray")]
     backend: String,
-    /// Float type of weights and activations: f32, bf16 or f16 (bf16/f16 on cuda).
+    /// Float type of weights and activations: f32, bf16 or f16 (bf16/f16 on cuda and tch).
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// Comma-separated presets (vit-tiny, vits16, vitb16, vitl16, ...).
@@ -49,6 +54,11 @@ struct Args {
     /// Stop timing a configuration after this many seconds (at least 2 timed batches).
     #[arg(long, default_value_t = 30.0)]
     max_seconds: f64,
+    /// Time the whole stage-1 path instead of the backbone alone: pixels on Burn's device →
+    /// backbone → an MLP head (random weights) → logits on the host, through
+    /// `Classifier::logits_of_pixels` as the miner runs it.
+    #[arg(long)]
+    head: bool,
 }
 
 /// One timed configuration.
@@ -97,46 +107,86 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
         init_std: 0.02,
         dtype: args.dtype.clone(),
     };
-    let mut bb = Backbone::<B>::load(&spec, device).with_context(|| format!("loading preset {preset}"))?;
+    let bb = Backbone::<B>::load(&spec, device).with_context(|| format!("loading preset {preset}"))?;
     let s = args.size;
     let x: Vec<f32> = (0..batch * 3 * s * s).map(|i| ((i % 251) as f32 / 125.0) - 1.0).collect();
-    // `cpu`: the CPU forward on the host pixels; the others: Burn's forward on a device tensor.
-    let cpu = match args.backend.as_str() {
-        "cpu" => Some(bb.cpu.take().context("this build loads no CPU forward (it needs the CPU build and f32)")?),
+    let input = Tensor::<B, 4>::from_data(TensorData::new(x.clone(), [batch, 3, s, s]), device);
+    let config = bb.config.clone();
+    // `--head`: the miner's stage-1 path, through the classifier (which keeps the backbone's CPU
+    // or LibTorch forward).
+    let (classifier, mut bb) = if args.head {
+        let head_cfg = HeadConfig::new(config.feature_dim());
+        let head = head_cfg.init::<B>(device);
+        let pre = sv_data::PreprocessConfig { size: s as u32, ..Default::default() };
+        (Some(Classifier::fp32_of(bb, head, head_cfg, pre)), None)
+    } else {
+        (None, Some(bb))
+    };
+    // `cpu`: the CPU forward on the host pixels; `tch`: the LibTorch forward on a tensor on its
+    // device; the others: Burn's forward on a device tensor.
+    let cpu = match (args.backend.as_str(), bb.as_mut()) {
+        ("cpu", Some(bb)) => Some(bb.cpu.take().context("this build loads no CPU forward (it needs the CPU build and f32)")?),
         _ => None,
     };
-    let input = Tensor::<B, 4>::from_data(TensorData::new(x.clone(), [batch, 3, s, s]), device);
-    let run = || match &cpu {
-        Some(cpu) => {
-            let _ = cpu.forward(&x, batch, s, s).expect("pixel batch of the right size");
+    #[cfg(feature = "tch")]
+    let tch = match (args.backend.as_str(), bb.as_mut()) {
+        ("tch", Some(bb)) => {
+            let t = bb.tch.take().context("this build loads no LibTorch forward")?;
+            let input = t.input(&x, batch, s, s)?;
+            Some((t, input))
         }
-        None => {
-            let f = bb.model.forward(input.clone()).features;
-            let _ = f.into_data();
+        _ => None,
+    };
+    match (&classifier, args.backend.as_str()) {
+        (Some(c), "cpu") if c.cpu.is_none() => bail!("this build loads no CPU forward (it needs the CPU build and f32)"),
+        #[cfg(feature = "tch")]
+        (Some(c), "tch") if c.tch.is_none() => bail!("this build loads no LibTorch forward"),
+        _ => {}
+    }
+    let run = || -> Result<()> {
+        if let Some(c) = &classifier {
+            let _ = host(c.logits_of_pixels(input.clone())?);
+            return Ok(());
         }
+        #[cfg(feature = "tch")]
+        if let Some((t, input)) = &tch {
+            let _ = t.forward(input)?.features.f_to_device(tch::Device::Cpu)?;
+            return Ok(());
+        }
+        if let Some(cpu) = &cpu {
+            let _ = cpu.forward(&x, batch, s, s)?;
+        } else if let Some(bb) = &bb {
+            let _ = bb.model.forward(input.clone()).features.into_data();
+        }
+        Ok(())
     };
     let t = Instant::now();
-    run();
+    run()?;
     let first_s = t.elapsed().as_secs_f64();
     for _ in 0..args.warmup {
-        run();
+        run()?;
     }
     let mut times = Vec::with_capacity(args.iters);
     let start = Instant::now();
     while times.len() < args.iters.max(2) && (times.len() < 2 || start.elapsed().as_secs_f64() < args.max_seconds) {
         let t = Instant::now();
-        run();
+        run()?;
         times.push(t.elapsed().as_secs_f64());
     }
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     times.sort_by(f64::total_cmp);
-    if let Some(table) = sv_train::backbone::cpu::profile_report() {
-        eprintln!("stages of {preset} batch {batch} (SV_CPU_PROFILE=1, every forward of the row):\n{table}");
+    if let Some(table) = sv_train::backbone::profile_report() {
+        eprintln!("stages of {preset} batch {batch} (SV_PROFILE=1, every forward of the row):\n{table}");
     }
-    let flops = flops_per_image(&bb.config, s);
+    let flops = flops_per_image(&config, s);
+    // The CPU forward's comparison settings get their own rows; `+head` marks the stage-1 path.
+    let impl_ = match args.backend.as_str() {
+        "cpu" => sv_train::backbone::cpu::variant().to_string(),
+        "tch" => "sv-tch".into(),
+        other => format!("burn-{}", other.trim_start_matches("burn-")),
+    };
     Ok(Row {
-        // The CPU forward's comparison settings get their own rows.
-        impl_: if cpu.is_some() { sv_train::backbone::cpu::variant().into() } else { format!("burn-{}", args.backend) },
+        impl_: if args.head { format!("{impl_}+head") } else { impl_ },
         backend: args.backend.clone(),
         dtype: args.dtype.clone(),
         preset: preset.into(),
@@ -154,8 +204,8 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
 }
 
 fn run_all<B: Backend>(args: &Args, device: B::Device) -> Result<()> {
-    if args.backend != "cuda" && args.dtype != "f32" {
-        bail!("--dtype {} runs on the cuda backend only", args.dtype);
+    if !matches!(args.backend.as_str(), "cuda" | "tch") && args.dtype != "f32" {
+        bail!("--dtype {} runs on the cuda and tch backends only", args.dtype);
     }
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     eprintln!("| backend | dtype | preset | batch | first s | p50 ms | p90 ms | img/s | TFLOP/s |");
@@ -185,6 +235,10 @@ fn main() -> Result<()> {
         "flex" => run_all::<burn::backend::Flex>(&args, Default::default()),
         #[cfg(feature = "cuda")]
         "cuda" => run_all::<burn::backend::Cuda>(&args, Default::default()),
-        other => bail!("--backend {other:?} is not compiled in (cpu and ndarray always; flex and cuda with the cargo features of the same names)"),
+        // Burn's LibTorch backend loads the weights on its CPU device; `tch` then runs the
+        // LibTorch forward on its own device (CUDA when there is one).
+        #[cfg(feature = "tch")]
+        "tch" | "burn-tch" => run_all::<burn::backend::LibTorch>(&args, Default::default()),
+        other => bail!("--backend {other:?} is not compiled in (cpu and ndarray always; flex, cuda and tch/burn-tch with the cargo features of the same names)"),
     }
 }

@@ -22,7 +22,6 @@
 mod attention;
 mod kernels;
 mod linear;
-mod profile;
 
 use std::collections::HashMap;
 
@@ -36,7 +35,6 @@ use super::dinov3::{Dinov3, Dinov3Config, rope_host};
 use attention::attention;
 use kernels::{activation, add_bias, add_into, gated, layer_norm, rope, scaled_residual};
 use linear::{Linear, SharedRows, Threading, Tiles, linear, par_rows};
-pub use profile::report as profile_report;
 
 /// The name of the CPU forward as this process's environment sets it up: `sv-cpu`, or
 /// `sv-cpu-libgemm` (`SV_CPU_GEMM=library`) / `sv-cpu-fusedln` (`SV_CPU_LN=fused`), the settings
@@ -203,7 +201,7 @@ impl CpuDinov3 {
         if gh == 0 || gw == 0 {
             bail!("images of {h}×{w} px are smaller than one {p}×{p} patch");
         }
-        let mut profile = profile::Laps::start();
+        let mut profile = super::profile::Laps::start();
         let prefix = self.prefix();
         let np = gh * gw;
         let t = prefix + np;

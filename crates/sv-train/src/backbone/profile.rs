@@ -1,5 +1,7 @@
-//! Where the CPU forward spends its time, by stage, when `SV_CPU_PROFILE=1`: wall time summed
-//! over every forward of the process ([`report`] prints it). Off, a lap is one branch.
+//! Where the CPU and LibTorch forwards spend their time, by stage, when `SV_PROFILE=1` (or
+//! `SV_CPU_PROFILE=1`): wall time summed over every forward of the process ([`report`] prints
+//! it). Off, a lap is one branch. The LibTorch forward waits for its device before each lap, so
+//! its stages are device time too (and the forward is slower while profiling).
 
 use std::sync::Mutex;
 use std::sync::OnceLock;
@@ -11,15 +13,20 @@ static PLANS: Mutex<Vec<(&'static str, String)>> = Mutex::new(Vec::new());
 
 fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SV_CPU_PROFILE").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| ["SV_PROFILE", "SV_CPU_PROFILE"].iter().any(|k| std::env::var(k).is_ok_and(|v| v == "1")))
 }
 
 /// The clock of one forward pass.
-pub(super) struct Laps(Option<Instant>);
+pub(crate) struct Laps(Option<Instant>);
 
 impl Laps {
     pub fn start() -> Self {
         Self(enabled().then(Instant::now))
+    }
+
+    /// Whether profiling is on.
+    pub fn on(&self) -> bool {
+        self.0.is_some()
     }
 
     /// Notes how a layer's GEMM was tiled (shown by [`report`]).

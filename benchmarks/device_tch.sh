@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One device run of the LibTorch (`tch`) build, built here against a PyTorch 2.11 wheel and
+# carried in .device/ (see RESULTS.md, "LibTorch"):
+#   1. parity: the LibTorch forward against transformers' committed output on the GPU (f32, f16,
+#      bf16; the `parity` test binary of `cargo test --features tch`);
+#   2. the backbone beside transformers' DINOv3ViTModel, eager and torch.compile, on the same
+#      GPU (bench_backbone.py), and our stage-1 path (backbone + head, `--head`).
+# It links the GPU machine's own PyTorch libraries (LD_LIBRARY_PATH).
+# Usage: bash benchmarks/device_tch.sh [PRESETS] [BATCHES] [DTYPES]
+set -uo pipefail
+PRESETS="${1:-vits16,vitb16}"
+BATCHES="${2:-1,256}"
+DTYPES="${3:-bf16,f32}"
+export PYTHONUNBUFFERED=1
+OUT="${OUT:-/tmp/out}"
+mkdir -p "$OUT"
+here=$(pwd)
+for f in .device/*.xz; do [ -e "$f" ] && xz -dkf "$f"; done
+chmod +x .device/bench-backbone .device/parity 2>/dev/null
+TORCH_LIB=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+nvidia-smi --query-gpu=name,clocks.max.sm,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+# The test binary finds its fixtures under the path it was built in.
+src_dir=/work/main
+if [ ! -e "$src_dir/crates/sv-train/tests/fixtures" ]; then mkdir -p /work && ln -sfn "$here" "$src_dir"; fi
+echo "== parity (LibTorch forward vs transformers)"
+.device/parity libtorch_forward --nocapture --test-threads 1 2>&1 | tee "$OUT/parity.log"
+echo "== backbone and stage 1 beside PyTorch"
+taskset -c 0-7 python3 benchmarks/bench_backbone.py --ours .device/bench-backbone --device cuda --backend tch --head \
+  --presets "$PRESETS" --batches "$BATCHES" --dtypes "$DTYPES" --compile --iters 30 --max-seconds 10 \
+  --json "$OUT/gpu.jsonl" 2>&1 | tee "$OUT/gpu.log" | grep -v "^|"
+echo "== table"
+python3 benchmarks/bench_backbone.py --device cuda --from-json "$OUT/gpu.jsonl"
+echo "== variants (ours alone, same call): GELU in the GEMM epilogue; stage profile (syncs per stage)"
+for p in ${PRESETS//,/ }; do
+  for b in ${BATCHES//,/ }; do
+    for v in exact epilogue; do
+      SV_TCH_GELU=$v taskset -c 0-7 .device/bench-backbone --backend tch --dtype bf16 --presets $p --batches $b \
+        --iters 30 --max-seconds 10 2>/dev/null | sed "s/\"impl_\":\"sv-tch\"/\"impl_\":\"sv-tch-gelu-$v\"/" >> "$OUT/variants.jsonl"
+    done
+    SV_PROFILE=1 taskset -c 0-7 .device/bench-backbone --backend tch --dtype bf16 --presets $p --batches $b --iters 10 2>&1 >/dev/null | grep -v "^| tch"
+  done
+done
+python3 benchmarks/bench_backbone.py --device cuda --from-json "$OUT/variants.jsonl"

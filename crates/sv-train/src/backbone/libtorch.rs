@@ -1,0 +1,371 @@
+//! The DINOv3 forward pass on LibTorch (the `tch` build): the same network as [`Dinov3`], run as
+//! LibTorch's own fused operators on its CUDA device when there is one.
+//!
+//! Burn's tch backend runs the model one Burn op at a time: LayerNorm as mean/variance passes,
+//! GELU and RoPE as several element-wise kernels, attention through its own composition. Here a
+//! block is one `layer_norm`, one fused `(D, 3D)` `linear` for q/k/v, RoPE as `x·cos +
+//! roll(x)·sin` on q and k together, `scaled_dot_product_attention` (PyTorch's flash /
+//! memory-efficient kernels), `linear`s with the LayerScale folded into the weights
+//! (`γ ⊙ (W·h + b) = (γ ⊙ W)·h + γ ⊙ b`, folded in f32 before any cast), and the residual adds:
+//! the same cuBLAS/cuDNN kernels PyTorch's eager mode runs, without the Python in between.
+//!
+//! Weights come from a loaded [`Dinov3`] by checkpoint name ([`Dinov3::named_tensors`]), so both
+//! paths hold the same numbers; `tests/parity.rs` holds this one to transformers' output too.
+//! The device is LibTorch's first CUDA device when it sees one, else its CPU; `SV_TCH_DEVICE`
+//! (`cpu`, `cuda`, `cuda:N`) chooses.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::tensor::DType;
+use burn::tensor::backend::Backend;
+use tch::{Device, Kind, Tensor};
+
+use super::dinov3::{Dinov3, Dinov3Config, rope_host};
+
+/// LibTorch's errors as anyhow errors, naming the step.
+trait Step<T> {
+    fn step(self, what: &str) -> Result<T>;
+
+    /// [`Self::step`] of an in-place op (whose returned handle is the tensor it changed).
+    fn in_place(self, what: &str) -> Result<()>
+    where
+        Self: Sized,
+    {
+        self.step(what).map(drop)
+    }
+}
+
+impl<T> Step<T> for std::result::Result<T, tch::TchError> {
+    fn step(self, what: &str) -> Result<T> {
+        self.map_err(|e| anyhow::anyhow!("LibTorch {what}: {e}"))
+    }
+}
+
+/// The device `SV_TCH_DEVICE` names, else CUDA 0 when LibTorch sees a GPU, else the CPU.
+pub fn device_from_env() -> Result<Device> {
+    match std::env::var("SV_TCH_DEVICE").ok().as_deref() {
+        None | Some("") => Ok(Device::cuda_if_available()),
+        Some("cpu") => Ok(Device::Cpu),
+        Some("cuda") => Ok(Device::Cuda(0)),
+        Some(other) => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => Ok(Device::Cuda(n)),
+            None => bail!("SV_TCH_DEVICE={other:?} is not cpu, cuda or cuda:N"),
+        },
+    }
+}
+
+/// The LibTorch kind of a backbone dtype.
+pub fn kind_of(dtype: DType) -> Result<Kind> {
+    Ok(match dtype {
+        DType::F32 => Kind::Float,
+        DType::BF16 => Kind::BFloat16,
+        DType::F16 => Kind::Half,
+        other => bail!("backbone dtype {other:?} has no LibTorch forward (f32, bf16, f16)"),
+    })
+}
+
+/// One transformer block's weights on the device.
+struct TchBlock {
+    norm1: (Tensor, Tensor),
+    /// q, k and v stacked: `(3D, D)`, bias `(3D,)` (zeros where the checkpoint has none).
+    qkv: (Tensor, Tensor),
+    /// o with LayerScale 1 folded in.
+    o: (Tensor, Tensor),
+    norm2: (Tensor, Tensor),
+    gate: Option<(Tensor, Tensor)>,
+    up: (Tensor, Tensor),
+    /// down with LayerScale 2 folded in.
+    down: (Tensor, Tensor),
+}
+
+/// The backbone's weights on a LibTorch device, for [`TchDinov3::forward`].
+pub struct TchDinov3 {
+    device: Device,
+    kind: Kind,
+    d: usize,
+    heads: usize,
+    patch: usize,
+    eps: f64,
+    silu: bool,
+    rope_theta: f64,
+    /// `(D, C·p·p)` and `(D,)`.
+    patch_embed: (Tensor, Tensor),
+    /// CLS then the registers, `(1, 1 + R, D)`.
+    prefix_tokens: Tensor,
+    layers: Vec<TchBlock>,
+    norm: (Tensor, Tensor),
+    /// The up projection's bias and GELU in cuBLASLt's GEMM epilogue, which computes GELU's tanh
+    /// approximation (transformers' DINOv3 computes the exact one): `SV_TCH_GELU=epilogue`, GELU
+    /// MLPs only.
+    gelu_epilogue: bool,
+    /// RoPE tables `(T, head_dim)` per patch grid, made on first use.
+    rope: Mutex<HashMap<(usize, usize), (Tensor, Tensor)>>,
+}
+
+// SAFETY: `tch::Tensor` is `Send` but not `Sync` because a tensor handle may be mutated in place.
+// After `new`, nothing here mutates a weight: the forward only reads them (new tensors come out
+// of every op), and LibTorch's operators are safe to call concurrently on shared read-only
+// inputs (PyTorch serves one module from many threads). The RoPE cache sits behind a mutex.
+// Burn's `TchTensor` makes the same promise.
+unsafe impl Sync for TchDinov3 {}
+
+/// Outputs of [`TchDinov3::forward`], on the model's device.
+pub struct TchOutput {
+    /// `(B, T, D)` after the final norm, in the model's kind.
+    pub last_hidden_state: Tensor,
+    /// `(B, 2D)`: [CLS, mean of patch tokens], f32.
+    pub features: Tensor,
+}
+
+/// A model's tensors by checkpoint name, taken out one by one (f32 on the host).
+struct Named(HashMap<String, (Vec<usize>, Vec<f32>)>);
+
+impl Named {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (s, v) = self.0.remove(name).with_context(|| format!("backbone tensor {name} is missing"))?;
+        if s.iter().product::<usize>() != shape.iter().product::<usize>() {
+            bail!("backbone tensor {name} has shape {s:?}, expected {shape:?}");
+        }
+        Ok(v)
+    }
+
+    /// A linear layer's `(out, in)` weight and bias (zeros where the layer has none).
+    fn weight_bias(&mut self, name: &str, d_in: usize, d_out: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let w = self.take(&format!("{name}.weight"), &[d_out, d_in])?;
+        let bias = format!("{name}.bias");
+        let b = if self.0.contains_key(&bias) { self.take(&bias, &[d_out])? } else { vec![0.0; d_out] };
+        Ok((w, b))
+    }
+}
+
+/// `(out, in)` weight and bias scaled per output row by `gamma` (LayerScale folded in).
+fn fold_scale((mut w, mut b): (Vec<f32>, Vec<f32>), gamma: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let d_in = w.len() / gamma.len();
+    for (o, g) in gamma.iter().enumerate() {
+        w[o * d_in..(o + 1) * d_in].iter_mut().for_each(|x| *x *= g);
+        b[o] *= g;
+    }
+    (w, b)
+}
+
+impl TchDinov3 {
+    /// The LibTorch layout of a loaded backbone on `device`, its weights and activations in
+    /// `dtype` (f32, bf16 or f16; the backbone's own dtype is what [`Self::for_backend`] uses).
+    pub fn new<B: Backend>(cfg: &Dinov3Config, model: &Dinov3<B>, device: Device, dtype: DType) -> Result<Self> {
+        cfg.validate()?;
+        let kind = kind_of(dtype)?;
+        if device.is_cuda() && !tch::Cuda::is_available() {
+            bail!("LibTorch sees no CUDA device (is libtorch_cuda on the library path?)");
+        }
+        let put = |v: &[f32], shape: &[usize]| -> Result<Tensor> {
+            let shape: Vec<i64> = shape.iter().map(|&s| s as i64).collect();
+            Tensor::f_from_slice(v).and_then(|t| t.f_view(shape.as_slice())).and_then(|t| t.f_to_kind(kind)).and_then(|t| t.f_to_device(device)).step("copying a weight to the device")
+        };
+        let pair = |(w, b): (Vec<f32>, Vec<f32>), d_in: usize, d_out: usize| -> Result<(Tensor, Tensor)> {
+            Ok((put(&w, &[d_out, d_in])?, put(&b, &[d_out])?))
+        };
+        let mut w = Named(model.named_tensors().into_iter().map(|t| (t.name, (t.shape, t.values))).collect());
+        let (d, inter) = (cfg.hidden_size, cfg.intermediate_size);
+        let norm = |w: &mut Named, name: &str| -> Result<(Tensor, Tensor)> {
+            Ok((put(&w.take(&format!("{name}.weight"), &[d])?, &[d])?, put(&w.take(&format!("{name}.bias"), &[d])?, &[d])?))
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let pre = format!("layer.{i}");
+            let (qw, qb) = w.weight_bias(&format!("{pre}.attention.q_proj"), d, d)?;
+            let (kw, kb) = w.weight_bias(&format!("{pre}.attention.k_proj"), d, d)?;
+            let (vw, vb) = w.weight_bias(&format!("{pre}.attention.v_proj"), d, d)?;
+            let ls1 = w.take(&format!("{pre}.layer_scale1.lambda1"), &[d])?;
+            let ls2 = w.take(&format!("{pre}.layer_scale2.lambda1"), &[d])?;
+            let o = fold_scale(w.weight_bias(&format!("{pre}.attention.o_proj"), d, d)?, &ls1);
+            let down = fold_scale(w.weight_bias(&format!("{pre}.mlp.down_proj"), inter, d)?, &ls2);
+            let gate = match cfg.gated() {
+                true => Some(pair(w.weight_bias(&format!("{pre}.mlp.gate_proj"), d, inter)?, d, inter)?),
+                false => None,
+            };
+            layers.push(TchBlock {
+                norm1: norm(&mut w, &format!("{pre}.norm1"))?,
+                qkv: pair(([qw, kw, vw].concat(), [qb, kb, vb].concat()), d, 3 * d)?,
+                o: pair(o, d, d)?,
+                norm2: norm(&mut w, &format!("{pre}.norm2"))?,
+                gate,
+                up: pair(w.weight_bias(&format!("{pre}.mlp.up_proj"), d, inter)?, d, inter)?,
+                down: pair(down, inter, d)?,
+            });
+        }
+        let (c, p) = (cfg.num_channels, cfg.patch_size);
+        let mut prefix = w.take("embeddings.cls_token", &[1, 1, d])?;
+        if cfg.num_register_tokens > 0 {
+            prefix.extend(w.take("embeddings.register_tokens", &[1, cfg.num_register_tokens, d])?);
+        }
+        // The strided convolution as a linear layer on patches (`(D, C·p·p)`): a cuBLAS GEMM, at
+        // full f32 precision in f32 (cuDNN convolutions would take TF32 by LibTorch's default).
+        let patch_embed = (
+            put(&w.take("embeddings.patch_embeddings.weight", &[d, c, p, p])?, &[d, c * p * p])?,
+            put(&w.take("embeddings.patch_embeddings.bias", &[d])?, &[d])?,
+        );
+        Ok(Self {
+            device,
+            kind,
+            d,
+            heads: cfg.num_attention_heads,
+            patch: p,
+            eps: cfg.layer_norm_eps,
+            silu: cfg.hidden_act != "gelu",
+            rope_theta: cfg.rope_theta,
+            patch_embed,
+            prefix_tokens: put(&prefix, &[1, 1 + cfg.num_register_tokens, d])?,
+            layers,
+            norm: norm(&mut w, "norm")?,
+            gelu_epilogue: cfg.hidden_act == "gelu" && std::env::var("SV_TCH_GELU").is_ok_and(|v| v == "epilogue"),
+            rope: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The LibTorch forward for the `tch` build (not on autodiff backends: no gradients flow
+    /// through it), on the device of [`device_from_env`]; `None` in other builds.
+    /// `SV_TCH_KERNELS=0` turns it off (everything then runs through Burn).
+    pub fn for_backend<B: Backend>(cfg: &Dinov3Config, model: &Dinov3<B>) -> Result<Option<Self>> {
+        let off = std::env::var("SV_TCH_KERNELS").is_ok_and(|v| v == "0");
+        if off || crate::backend_name() != "tch" || model.devices().first().is_some_and(B::ad_enabled) {
+            return Ok(None);
+        }
+        Self::new(cfg, model, device_from_env()?, model.dtype()).map(Some)
+    }
+
+    /// This model with the up projection's bias and GELU in cuBLASLt's GEMM epilogue (tanh GELU)
+    /// or not; GELU MLPs only (a SwiGLU model ignores it).
+    pub fn with_gelu_epilogue(mut self, on: bool) -> Self {
+        self.gelu_epilogue = on && !self.silu;
+        self
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Normalised host pixels `(n, C, h, w)` as a tensor on the model's device.
+    pub fn input(&self, pixels: &[f32], n: usize, h: usize, w: usize) -> Result<Tensor> {
+        let c = pixels.len() / (n * h * w).max(1);
+        if n == 0 || pixels.len() != n * c * h * w {
+            bail!("pixel batch has {} values, which is not {n} images of {h}×{w} px", pixels.len());
+        }
+        Tensor::f_from_slice(pixels)
+            .and_then(|t| t.f_view([n as i64, c as i64, h as i64, w as i64]))
+            .and_then(|t| t.f_to_device(self.device))
+            .step("copying pixels to the device")
+    }
+
+    /// Features `(n, 2D)` of normalised host pixels `(n, C, h, w)`, back on the host.
+    pub fn features_of_pixels(&self, pixels: &[f32], n: usize, h: usize, w: usize) -> Result<Vec<f32>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let out = self.forward(&self.input(pixels, n, h, w)?)?;
+        let f = out.features.f_to_device(Device::Cpu).step("copying features to the host")?;
+        Vec::<f32>::try_from(f.f_contiguous().step("features")?.f_view([-1i64]).step("features")?).step("reading features")
+    }
+
+    fn rope_tables(&self, gh: usize, gw: usize, prefix: usize, hd: usize) -> Result<(Tensor, Tensor)> {
+        let mut cache = self.rope.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((c, s)) = cache.get(&(gh, gw)) {
+            return Ok((c.shallow_clone(), s.shallow_clone()));
+        }
+        let (cos, sin) = rope_host(gh, gw, prefix, hd, self.rope_theta);
+        let t = (prefix + gh * gw) as i64;
+        let put = |v: &[f32]| Tensor::f_from_slice(v).and_then(|x| x.f_view([t, hd as i64])).and_then(|x| x.f_to_kind(self.kind)).and_then(|x| x.f_to_device(self.device));
+        let tables = (put(&cos).step("RoPE table")?, put(&sin).step("RoPE table")?);
+        cache.insert((gh, gw), (tables.0.shallow_clone(), tables.1.shallow_clone()));
+        Ok(tables)
+    }
+
+    /// Forward pass on normalised pixels `(B, C, H, W)` on the model's device (any float
+    /// kind; cast to the model's); H and W are cropped down to multiples of the patch size, as
+    /// the strided convolution does.
+    pub fn forward(&self, pixels: &Tensor) -> Result<TchOutput> {
+        tch::no_grad(|| self.forward_inner(pixels))
+    }
+
+    fn forward_inner(&self, pixels: &Tensor) -> Result<TchOutput> {
+        let size = pixels.size();
+        let &[b, _, h, w] = size.as_slice() else { bail!("pixels have shape {size:?}, expected (B, C, H, W)") };
+        let p = self.patch as i64;
+        let (gh, gw) = (h / p, w / p);
+        if gh == 0 || gw == 0 {
+            bail!("images of {h}×{w} px are smaller than one {p}×{p} patch");
+        }
+        let (d, heads) = (self.d as i64, self.heads as i64);
+        let hd = d / heads;
+        let prefix = self.prefix_tokens.size()[1];
+        let t = prefix + gh * gw;
+        let (cos, sin) = self.rope_tables(gh as usize, gw as usize, prefix as usize, hd as usize)?;
+        let c = size[1];
+        // (B, C, gh·p, gw·p) → (B, gh, gw, C, p, p) → (B, N, C·p·p): one row per patch, in the
+        // convolution weight's (C, p, p) order.
+        let x = pixels.f_to_kind(self.kind).step("input")?.narrow(2, 0, gh * p).narrow(3, 0, gw * p);
+        let cols = x.reshape([b, c, gh, p, gw, p]).permute([0i64, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * p * p]);
+        let mut laps = super::profile::Laps::start();
+        let mut lap = |stage: &'static str| {
+            if laps.on() {
+                if let Device::Cuda(i) = self.device {
+                    tch::Cuda::synchronize(i as i64);
+                }
+                laps.lap(stage);
+            }
+        };
+        let patches = cols.f_linear(&self.patch_embed.0, Some(&self.patch_embed.1)).step("patch embedding")?; // (B, N, D)
+        let mut x = Tensor::f_cat(&[self.prefix_tokens.expand([b, prefix, d], false), patches], 1).step("tokens")?;
+        lap("embed");
+        let m = b * t;
+        for (i, blk) in self.layers.iter().enumerate() {
+            let step = |what: &str| format!("layer {i} {what}");
+            let h1 = x.f_layer_norm([d], Some(&blk.norm1.0), Some(&blk.norm1.1), self.eps, true).step(&step("norm1"))?;
+            lap("norm1");
+            // (B, T, 3D) → (3, B, H, T, hd): q, k, v.
+            let qkv = h1.f_linear(&blk.qkv.0, Some(&blk.qkv.1)).step(&step("qkv"))?.view([b, t, 3, heads, hd]).permute([2i64, 0, 3, 1, 4]);
+            lap("qkv");
+            let qk = qkv.narrow(0, 0, 2);
+            // RoPE on q and k together: x·cos + swap_halves(x)·sin (the sign is in the table).
+            let qk = (&qk * &cos).f_addcmul_(&qk.roll([hd / 2], [-1i64]), &sin).step(&step("RoPE"))?;
+            lap("rope");
+            let a = Tensor::f_scaled_dot_product_attention(&qk.get(0), &qk.get(1), &qkv.get(2), None::<Tensor>, 0.0, false, None::<f64>, false)
+                .step(&step("attention"))?;
+            let a = a.transpose(1, 2).reshape([m, d]);
+            lap("attention");
+            x.f_add_(&a.f_linear(&blk.o.0, Some(&blk.o.1)).step(&step("o_proj"))?.view([b, t, d])).in_place(&step("residual"))?;
+            lap("o + residual");
+            let h2 = x.f_layer_norm([d], Some(&blk.norm2.0), Some(&blk.norm2.1), self.eps, true).step(&step("norm2"))?.view([m, d]);
+            lap("norm2");
+            let mut hid = match (&blk.gate, self.gelu_epilogue) {
+                // bias + GELU in cuBLASLt's epilogue (tanh GELU): `SV_TCH_GELU=epilogue`.
+                (None, true) => blk.up.1.f_internal_addmm_activation(&h2, &blk.up.0.tr(), true).step(&step("up_proj"))?,
+                _ => h2.f_linear(&blk.up.0, Some(&blk.up.1)).step(&step("up_proj"))?,
+            };
+            let act = |y: &mut Tensor| if self.silu { y.f_silu_() } else { y.f_gelu_("none") };
+            match &blk.gate {
+                Some(g) => {
+                    let mut gate = h2.f_linear(&g.0, Some(&g.1)).step(&step("gate_proj"))?;
+                    act(&mut gate).in_place(&step("activation"))?;
+                    hid.f_mul_(&gate).in_place(&step("gated product"))?;
+                }
+                None if !self.gelu_epilogue => {
+                    act(&mut hid).in_place(&step("activation"))?;
+                }
+                None => {}
+            }
+            lap("up + activation");
+            x.f_add_(&hid.f_linear(&blk.down.0, Some(&blk.down.1)).step(&step("down_proj"))?.view([b, t, d])).in_place(&step("residual"))?;
+            lap("down + residual");
+        }
+        let out = x.f_layer_norm([d], Some(&self.norm.0), Some(&self.norm.1), self.eps, true).step("final norm")?;
+        let cls = out.select(1, 0);
+        let mean = out.narrow(1, prefix, t - prefix).f_mean_dim(1i64, false, self.kind).step("patch mean")?;
+        let features = Tensor::f_cat(&[cls, mean], 1).and_then(|f| f.f_to_kind(Kind::Float)).step("features")?;
+        lap("final norm + features");
+        Ok(TchOutput { last_hidden_state: out, features })
+    }
+}
