@@ -142,14 +142,14 @@ impl<B: Backend> Classifier<B> {
     /// Logits `(n,)` of `n` preprocessed images on the host, `(n, 3, S, S)` row-major at the
     /// preprocessing size: the CPU and LibTorch forwards read them where they are, the Burn
     /// forward gets them as one tensor on `device`.
-    pub fn logits_of_host_pixels(&self, pixels: Vec<f32>, n: usize, device: &B::Device) -> Result<Tensor<B, 1>> {
+    pub fn logits_of_host_pixels(&self, pixels: &[f32], n: usize, device: &B::Device) -> Result<Tensor<B, 1>> {
         let s = self.preprocess.size as usize;
         if pixels.len() != n * 3 * s * s {
             anyhow::bail!("pixel batch has {} values, expected {n}×3×{s}×{s}", pixels.len());
         }
         match self.fast() {
-            Some(fast) => Ok(self.head_of(fast.features(&pixels, n, s, s)?, n, device)),
-            None => self.logits_of_pixels(Tensor::from_data(TensorData::new(pixels, [n, 3, s, s]), device)),
+            Some(fast) => Ok(self.head_of(fast.features(pixels, n, s, s)?, n, device)),
+            None => self.logits_of_pixels(Tensor::from_data(TensorData::new(pixels.to_vec(), [n, 3, s, s]), device)),
         }
     }
 
@@ -160,7 +160,7 @@ impl<B: Backend> Classifier<B> {
             return Ok(Vec::new());
         }
         let x = sv_data::preprocess_batch(images, &self.preprocess)?;
-        Ok(host(sigmoid(self.logits_of_host_pixels(x, images.len(), device)?)))
+        Ok(host(sigmoid(self.logits_of_host_pixels(&x, images.len(), device)?)))
     }
 
     /// Run a batch through the FP32 model, collecting activation histograms at every site.

@@ -97,10 +97,11 @@ pub struct TchDinov3 {
     prefix_tokens: Tensor,
     layers: Vec<TchBlock>,
     norm: (Tensor, Tensor),
-    /// The up projection's bias and GELU in cuBLASLt's GEMM epilogue, which computes GELU's tanh
-    /// approximation (transformers' DINOv3 computes the exact one): `SV_TCH_GELU=epilogue`, GELU
-    /// MLPs only.
-    gelu_epilogue: bool,
+    /// The patch embedding as cuDNN's strided convolution (half dtypes, `SV_TCH_PATCH=conv`)
+    /// instead of a GEMM on patch rows.
+    patch_conv: bool,
+    /// RoPE through `roll` (`SV_TCH_ROPE=roll`) instead of on the two halves of each head.
+    rope_roll: bool,
     /// RoPE tables `(T, head_dim)` per patch grid, made on first use.
     rope: Mutex<HashMap<(usize, usize), (Tensor, Tensor)>>,
 }
@@ -220,7 +221,8 @@ impl TchDinov3 {
             prefix_tokens: put(&prefix, &[1, 1 + cfg.num_register_tokens, d])?,
             layers,
             norm: norm(&mut w, "norm")?,
-            gelu_epilogue: cfg.hidden_act == "gelu" && std::env::var("SV_TCH_GELU").is_ok_and(|v| v == "epilogue"),
+            patch_conv: kind != Kind::Float && std::env::var("SV_TCH_PATCH").is_ok_and(|v| v == "conv"),
+            rope_roll: std::env::var("SV_TCH_ROPE").is_ok_and(|v| v == "roll"),
             rope: Mutex::new(HashMap::new()),
         })
     }
@@ -234,13 +236,6 @@ impl TchDinov3 {
             return Ok(None);
         }
         Self::new(cfg, model, device_from_env()?, model.dtype()).map(Some)
-    }
-
-    /// This model with the up projection's bias and GELU in cuBLASLt's GEMM epilogue (tanh GELU)
-    /// or not; GELU MLPs only (a SwiGLU model ignores it).
-    pub fn with_gelu_epilogue(mut self, on: bool) -> Self {
-        self.gelu_epilogue = on && !self.silu;
-        self
     }
 
     /// The device the weights live on.
@@ -307,7 +302,6 @@ impl TchDinov3 {
         // (B, C, gh·p, gw·p) → (B, gh, gw, C, p, p) → (B, N, C·p·p): one row per patch, in the
         // convolution weight's (C, p, p) order.
         let x = pixels.f_to_kind(self.kind).step("input")?.narrow(2, 0, gh * p).narrow(3, 0, gw * p);
-        let cols = x.reshape([b, c, gh, p, gw, p]).permute([0i64, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * p * p]);
         let mut laps = super::profile::Laps::start();
         let mut lap = |stage: &'static str| {
             if laps.on() {
@@ -317,7 +311,13 @@ impl TchDinov3 {
                 laps.lap(stage);
             }
         };
-        let patches = cols.f_linear(&self.patch_embed.0, Some(&self.patch_embed.1)).step("patch embedding")?; // (B, N, D)
+        let patches = if self.patch_conv {
+            let w = self.patch_embed.0.view([d, c, p, p]);
+            x.f_conv2d(&w, Some(&self.patch_embed.1), [p, p], [0i64, 0], [1i64, 1], 1).step("patch embedding")?.flatten(2, 3).transpose(1, 2)
+        } else {
+            let cols = x.reshape([b, c, gh, p, gw, p]).permute([0i64, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * p * p]);
+            cols.f_linear(&self.patch_embed.0, Some(&self.patch_embed.1)).step("patch embedding")?
+        }; // (B, N, D)
         let mut x = Tensor::f_cat(&[self.prefix_tokens.expand([b, prefix, d], false), patches], 1).step("tokens")?;
         lap("embed");
         let m = b * t;
@@ -330,7 +330,17 @@ impl TchDinov3 {
             lap("qkv");
             let qk = qkv.narrow(0, 0, 2);
             // RoPE on q and k together: x·cos + swap_halves(x)·sin (the sign is in the table).
-            let qk = (&qk * &cos).f_addcmul_(&qk.roll([hd / 2], [-1i64]), &sin).step(&step("RoPE"))?;
+            let qk = if self.rope_roll {
+                (&qk * &cos).f_addcmul_(&qk.roll([hd / 2], [-1i64]), &sin).step(&step("RoPE"))?
+            } else {
+                // x·cos, then each half gets the other half times its part of the sin table.
+                let half = hd / 2;
+                let out = (&qk * &cos).f_contiguous().step(&step("RoPE"))?;
+                for (dst, src) in [(0, half), (half, 0)] {
+                    out.narrow(-1, dst, half).f_addcmul_(&qk.narrow(-1, src, half), &sin.narrow(-1, dst, half)).in_place(&step("RoPE"))?;
+                }
+                out
+            };
             lap("rope");
             let a = Tensor::f_scaled_dot_product_attention(&qk.get(0), &qk.get(1), &qkv.get(2), None::<Tensor>, 0.0, false, None::<f64>, false)
                 .step(&step("attention"))?;
@@ -340,11 +350,7 @@ impl TchDinov3 {
             lap("o + residual");
             let h2 = x.f_layer_norm([d], Some(&blk.norm2.0), Some(&blk.norm2.1), self.eps, true).step(&step("norm2"))?.view([m, d]);
             lap("norm2");
-            let mut hid = match (&blk.gate, self.gelu_epilogue) {
-                // bias + GELU in cuBLASLt's epilogue (tanh GELU): `SV_TCH_GELU=epilogue`.
-                (None, true) => blk.up.1.f_internal_addmm_activation(&h2, &blk.up.0.tr(), true).step(&step("up_proj"))?,
-                _ => h2.f_linear(&blk.up.0, Some(&blk.up.1)).step(&step("up_proj"))?,
-            };
+            let mut hid = h2.f_linear(&blk.up.0, Some(&blk.up.1)).step(&step("up_proj"))?;
             let act = |y: &mut Tensor| if self.silu { y.f_silu_() } else { y.f_gelu_("none") };
             match &blk.gate {
                 Some(g) => {
@@ -352,10 +358,7 @@ impl TchDinov3 {
                     act(&mut gate).in_place(&step("activation"))?;
                     hid.f_mul_(&gate).in_place(&step("gated product"))?;
                 }
-                None if !self.gelu_epilogue => {
-                    act(&mut hid).in_place(&step("activation"))?;
-                }
-                None => {}
+                None => act(&mut hid).in_place(&step("activation"))?,
             }
             lap("up + activation");
             x.f_add_(&hid.f_linear(&blk.down.0, Some(&blk.down.1)).step(&step("down_proj"))?.view([b, t, d])).in_place(&step("residual"))?;

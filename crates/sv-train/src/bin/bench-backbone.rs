@@ -54,9 +54,9 @@ struct Args {
     /// Stop timing a configuration after this many seconds (at least 2 timed batches).
     #[arg(long, default_value_t = 30.0)]
     max_seconds: f64,
-    /// Time the whole stage-1 path instead of the backbone alone: pixels on Burn's device →
-    /// backbone → an MLP head (random weights) → logits on the host, through
-    /// `Classifier::logits_of_pixels` as the miner runs it.
+    /// Time the whole stage-1 path instead of the backbone alone: preprocessed pixels on the
+    /// host → backbone → an MLP head (random weights) → logits on the host, through
+    /// `Classifier::logits_of_host_pixels` as the miner's stage 1 runs it.
     #[arg(long)]
     head: bool,
 }
@@ -145,7 +145,7 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
     }
     let run = || -> Result<()> {
         if let Some(c) = &classifier {
-            let _ = host(c.logits_of_pixels(input.clone())?);
+            let _ = host(c.logits_of_host_pixels(&x, batch, device)?);
             return Ok(());
         }
         #[cfg(feature = "tch")]
