@@ -67,6 +67,23 @@ pub fn kind_of(dtype: DType) -> Result<Kind> {
     })
 }
 
+/// The two ways [`TchDinov3::forward`] applies RoPE to q and k (the same numbers either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RopeForm {
+    /// `x·cos + roll(x, hd/2)·sin`: three ops, but `roll` copies and indexes slowly. Faster where
+    /// the forward is bound by launching ops (small batches): ViT-S/16 batch 1 bf16 on an H200,
+    /// 2.0 ms against 3.3 ms (benchmarks/RESULTS.md, "LibTorch").
+    Roll,
+    /// `x·cos`, then each half of a head adds the other half times its part of the sin table:
+    /// more ops, fewer bytes. 7–11% more images/s at batch 256.
+    Halves,
+}
+
+/// q and k elements (2·B·T·D) from which [`RopeForm::Halves`] is the default: between the
+/// measured points, 0.15 M (ViT-S/16 batch 1, roll faster) and 79 M (ViT-B/16 batch 256, halves
+/// faster); batch 16 falls on either side by width (RESULTS.md has that row).
+const ROPE_HALVES_MIN: i64 = 1 << 22;
+
 /// One transformer block's weights on the device.
 struct TchBlock {
     norm1: (Tensor, Tensor),
@@ -97,11 +114,8 @@ pub struct TchDinov3 {
     prefix_tokens: Tensor,
     layers: Vec<TchBlock>,
     norm: (Tensor, Tensor),
-    /// The patch embedding as cuDNN's strided convolution (half dtypes, `SV_TCH_PATCH=conv`)
-    /// instead of a GEMM on patch rows.
-    patch_conv: bool,
-    /// RoPE through `roll` (`SV_TCH_ROPE=roll`) instead of on the two halves of each head.
-    rope_roll: bool,
+    /// How RoPE runs: `SV_TCH_ROPE=roll` or `halves` forces one (see [`RopeForm`]).
+    rope_form: Option<RopeForm>,
     /// RoPE tables `(T, head_dim)` per patch grid, made on first use.
     rope: Mutex<HashMap<(usize, usize), (Tensor, Tensor)>>,
 }
@@ -221,8 +235,12 @@ impl TchDinov3 {
             prefix_tokens: put(&prefix, &[1, 1 + cfg.num_register_tokens, d])?,
             layers,
             norm: norm(&mut w, "norm")?,
-            patch_conv: kind != Kind::Float && std::env::var("SV_TCH_PATCH").is_ok_and(|v| v == "conv"),
-            rope_roll: std::env::var("SV_TCH_ROPE").is_ok_and(|v| v == "roll"),
+            rope_form: match std::env::var("SV_TCH_ROPE").ok().as_deref() {
+                None | Some("") => None,
+                Some("roll") => Some(RopeForm::Roll),
+                Some("halves") => Some(RopeForm::Halves),
+                Some(other) => bail!("SV_TCH_ROPE={other:?} is not roll or halves"),
+            },
             rope: Mutex::new(HashMap::new()),
         })
     }
@@ -311,16 +329,12 @@ impl TchDinov3 {
                 laps.lap(stage);
             }
         };
-        let patches = if self.patch_conv {
-            let w = self.patch_embed.0.view([d, c, p, p]);
-            x.f_conv2d(&w, Some(&self.patch_embed.1), [p, p], [0i64, 0], [1i64, 1], 1).step("patch embedding")?.flatten(2, 3).transpose(1, 2)
-        } else {
-            let cols = x.reshape([b, c, gh, p, gw, p]).permute([0i64, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * p * p]);
-            cols.f_linear(&self.patch_embed.0, Some(&self.patch_embed.1)).step("patch embedding")?
-        }; // (B, N, D)
+        let cols = x.reshape([b, c, gh, p, gw, p]).permute([0i64, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * p * p]);
+        let patches = cols.f_linear(&self.patch_embed.0, Some(&self.patch_embed.1)).step("patch embedding")?; // (B, N, D)
         let mut x = Tensor::f_cat(&[self.prefix_tokens.expand([b, prefix, d], false), patches], 1).step("tokens")?;
         lap("embed");
         let m = b * t;
+        let rope = self.rope_form.unwrap_or(if 2 * m * d >= ROPE_HALVES_MIN { RopeForm::Halves } else { RopeForm::Roll });
         for (i, blk) in self.layers.iter().enumerate() {
             let step = |what: &str| format!("layer {i} {what}");
             let h1 = x.f_layer_norm([d], Some(&blk.norm1.0), Some(&blk.norm1.1), self.eps, true).step(&step("norm1"))?;
@@ -330,7 +344,7 @@ impl TchDinov3 {
             lap("qkv");
             let qk = qkv.narrow(0, 0, 2);
             // RoPE on q and k together: x·cos + swap_halves(x)·sin (the sign is in the table).
-            let qk = if self.rope_roll {
+            let qk = if rope == RopeForm::Roll {
                 (&qk * &cos).f_addcmul_(&qk.roll([hd / 2], [-1i64]), &sin).step(&step("RoPE"))?
             } else {
                 // x·cos, then each half gets the other half times its part of the sin table.
