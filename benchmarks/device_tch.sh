@@ -6,7 +6,7 @@
 #   2. the backbone beside transformers' DINOv3ViTModel, eager and torch.compile, on the same
 #      GPU (bench_backbone.py), and our stage-1 path (backbone + head, `--head`).
 # It links the GPU machine's own PyTorch libraries (LD_LIBRARY_PATH).
-# Usage: bash benchmarks/device_tch.sh [PRESETS] [BATCHES] [DTYPES]
+# Usage: bash benchmarks/device_tch.sh [PRESETS] [BATCHES] [DTYPES]   (PROFILE=0 skips the stage profiles)
 set -uo pipefail
 PRESETS="${1:-vits16,vitb16}"
 BATCHES="${2:-1,256}"
@@ -41,7 +41,7 @@ for p in ${PRESETS//,/ }; do
       env $([ $v = default ] || echo $v) taskset -c 0-7 .device/bench-backbone --backend tch --dtype bf16 --presets $p --batches $b \
         --iters 200 --max-seconds 8 2>/dev/null | sed "s/\"impl_\":\"sv-tch\"/\"impl_\":\"sv-tch $v\"/" >> "$OUT/variants.jsonl"
     done
-    SV_PROFILE=1 taskset -c 0-7 .device/bench-backbone --backend tch --dtype bf16 --presets $p --batches $b --iters 10 2>&1 >/dev/null | grep -v "^| tch"
+    [ "${PROFILE:-1}" = 1 ] && SV_PROFILE=1 taskset -c 0-7 .device/bench-backbone --backend tch --dtype bf16 --presets $p --batches $b --iters 10 2>&1 >/dev/null | grep -v "^| tch"
   done
 done
 python3 benchmarks/bench_backbone.py --device cuda --from-json "$OUT/variants.jsonl"
