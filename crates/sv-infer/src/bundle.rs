@@ -111,7 +111,7 @@ impl Stage1 {
             return Ok(Vec::new());
         }
         let data: Vec<f32> = pixels.iter().flatten().copied().collect();
-        let logits = self.model.logits_of_host_pixels(&data, pixels.len(), &self.device)?;
+        let logits = self.model.logits_of_host_pixels(std::borrow::Cow::Owned(data), pixels.len(), &self.device)?;
         let p = sv_train::backbone::host(burn::tensor::activation::sigmoid(logits));
         Ok(p.into_iter().map(|p| self.map.apply(p)).collect())
     }

@@ -2,6 +2,8 @@
 //! P(roadwork). Evaluation of quantised variants, export checks and sv-infer's stage 1 all call
 //! it, through the one preprocessing function of sv-data.
 
+use std::borrow::Cow;
+
 use anyhow::Result;
 use burn::config::Config;
 use burn::tensor::{Tensor, TensorData};
@@ -141,15 +143,15 @@ impl<B: Backend> Classifier<B> {
 
     /// Logits `(n,)` of `n` preprocessed images on the host, `(n, 3, S, S)` row-major at the
     /// preprocessing size: the CPU and LibTorch forwards read them where they are, the Burn
-    /// forward gets them as one tensor on `device`.
-    pub fn logits_of_host_pixels(&self, pixels: &[f32], n: usize, device: &B::Device) -> Result<Tensor<B, 1>> {
+    /// forward gets them as one tensor on `device` (owned pixels move there without a copy).
+    pub fn logits_of_host_pixels(&self, pixels: Cow<'_, [f32]>, n: usize, device: &B::Device) -> Result<Tensor<B, 1>> {
         let s = self.preprocess.size as usize;
         if pixels.len() != n * 3 * s * s {
             anyhow::bail!("pixel batch has {} values, expected {n}×3×{s}×{s}", pixels.len());
         }
         match self.fast() {
-            Some(fast) => Ok(self.head_of(fast.features(pixels, n, s, s)?, n, device)),
-            None => self.logits_of_pixels(Tensor::from_data(TensorData::new(pixels.to_vec(), [n, 3, s, s]), device)),
+            Some(fast) => Ok(self.head_of(fast.features(&pixels, n, s, s)?, n, device)),
+            None => self.logits_of_pixels(Tensor::from_data(TensorData::new(pixels.into_owned(), [n, 3, s, s]), device)),
         }
     }
 
@@ -160,7 +162,7 @@ impl<B: Backend> Classifier<B> {
             return Ok(Vec::new());
         }
         let x = sv_data::preprocess_batch(images, &self.preprocess)?;
-        Ok(host(sigmoid(self.logits_of_host_pixels(&x, images.len(), device)?)))
+        Ok(host(sigmoid(self.logits_of_host_pixels(Cow::Owned(x), images.len(), device)?)))
     }
 
     /// Run a batch through the FP32 model, collecting activation histograms at every site.

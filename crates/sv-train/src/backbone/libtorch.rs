@@ -4,10 +4,10 @@
 //! Burn's tch backend runs the model one Burn op at a time: LayerNorm as mean/variance passes,
 //! GELU and RoPE as several element-wise kernels, attention through its own composition. Here a
 //! block is one `layer_norm`, one fused `(D, 3D)` `linear` for q/k/v, RoPE as `x·cos +
-//! roll(x)·sin` on q and k together, `scaled_dot_product_attention` (PyTorch's flash /
-//! memory-efficient kernels), `linear`s with the LayerScale folded into the weights
-//! (`γ ⊙ (W·h + b) = (γ ⊙ W)·h + γ ⊙ b`, folded in f32 before any cast), and the residual adds:
-//! the same cuBLAS/cuDNN kernels PyTorch's eager mode runs, without the Python in between.
+//! roll(x)·sin` on q and k together (or on the halves of each head at large batches),
+//! `scaled_dot_product_attention` (PyTorch's flash / memory-efficient kernels), and LayerScale
+//! with the residual as one in-place `x += γ ⊙ y` (`addcmul_`): the same cuBLAS and attention
+//! kernels PyTorch's eager mode runs, without the Python in between.
 //!
 //! Weights come from a loaded [`Dinov3`] by checkpoint name ([`Dinov3::named_tensors`]), so both
 //! paths hold the same numbers; `tests/parity.rs` holds this one to transformers' output too.
@@ -89,13 +89,15 @@ struct TchBlock {
     norm1: (Tensor, Tensor),
     /// q, k and v stacked: `(3D, D)`, bias `(3D,)` (zeros where the checkpoint has none).
     qkv: (Tensor, Tensor),
-    /// o with LayerScale 1 folded in.
     o: (Tensor, Tensor),
+    /// LayerScale 1, `(D,)`.
+    ls1: Tensor,
     norm2: (Tensor, Tensor),
     gate: Option<(Tensor, Tensor)>,
     up: (Tensor, Tensor),
-    /// down with LayerScale 2 folded in.
     down: (Tensor, Tensor),
+    /// LayerScale 2, `(D,)`.
+    ls2: Tensor,
 }
 
 /// The backbone's weights on a LibTorch device, for [`TchDinov3::forward`].
@@ -120,11 +122,13 @@ pub struct TchDinov3 {
     rope: Mutex<HashMap<(usize, usize), (Tensor, Tensor)>>,
 }
 
-// SAFETY: `tch::Tensor` is `Send` but not `Sync` because a tensor handle may be mutated in place.
-// After `new`, nothing here mutates a weight: the forward only reads them (new tensors come out
-// of every op), and LibTorch's operators are safe to call concurrently on shared read-only
-// inputs (PyTorch serves one module from many threads). The RoPE cache sits behind a mutex.
-// Burn's `TchTensor` makes the same promise.
+// SAFETY: `tch::Tensor` is `Send` but not `Sync` because a tensor handle may be mutated through
+// `&self` (in-place ops, `*_out` ops, `set_requires_grad`). The invariant this module keeps:
+// after `new`, no method passes a weight or a cached RoPE table to an in-place or `*_out` op or to
+// any `&self`-mutating call; they are only inputs of ops that return new tensors (in-place ops
+// run on tensors made during the forward). LibTorch's operators are safe to call concurrently on
+// shared read-only inputs (PyTorch serves one module from many threads). The RoPE cache itself
+// sits behind a mutex. Burn's `TchTensor` makes the same promise.
 unsafe impl Sync for TchDinov3 {}
 
 /// Outputs of [`TchDinov3::forward`], on the model's device.
@@ -156,16 +160,6 @@ impl Named {
     }
 }
 
-/// `(out, in)` weight and bias scaled per output row by `gamma` (LayerScale folded in).
-fn fold_scale((mut w, mut b): (Vec<f32>, Vec<f32>), gamma: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let d_in = w.len() / gamma.len();
-    for (o, g) in gamma.iter().enumerate() {
-        w[o * d_in..(o + 1) * d_in].iter_mut().for_each(|x| *x *= g);
-        b[o] *= g;
-    }
-    (w, b)
-}
-
 impl TchDinov3 {
     /// The LibTorch layout of a loaded backbone on `device`, its weights and activations in
     /// `dtype` (f32, bf16 or f16; the backbone's own dtype is what [`Self::for_backend`] uses).
@@ -195,8 +189,8 @@ impl TchDinov3 {
             let (vw, vb) = w.weight_bias(&format!("{pre}.attention.v_proj"), d, d)?;
             let ls1 = w.take(&format!("{pre}.layer_scale1.lambda1"), &[d])?;
             let ls2 = w.take(&format!("{pre}.layer_scale2.lambda1"), &[d])?;
-            let o = fold_scale(w.weight_bias(&format!("{pre}.attention.o_proj"), d, d)?, &ls1);
-            let down = fold_scale(w.weight_bias(&format!("{pre}.mlp.down_proj"), inter, d)?, &ls2);
+            let o = w.weight_bias(&format!("{pre}.attention.o_proj"), d, d)?;
+            let down = w.weight_bias(&format!("{pre}.mlp.down_proj"), inter, d)?;
             let gate = match cfg.gated() {
                 true => Some(pair(w.weight_bias(&format!("{pre}.mlp.gate_proj"), d, inter)?, d, inter)?),
                 false => None,
@@ -205,10 +199,12 @@ impl TchDinov3 {
                 norm1: norm(&mut w, &format!("{pre}.norm1"))?,
                 qkv: pair(([qw, kw, vw].concat(), [qb, kb, vb].concat()), d, 3 * d)?,
                 o: pair(o, d, d)?,
+                ls1: put(&ls1, &[d])?,
                 norm2: norm(&mut w, &format!("{pre}.norm2"))?,
                 gate,
                 up: pair(w.weight_bias(&format!("{pre}.mlp.up_proj"), d, inter)?, d, inter)?,
                 down: pair(down, inter, d)?,
+                ls2: put(&ls2, &[d])?,
             });
         }
         let (c, p) = (cfg.num_channels, cfg.patch_size);
@@ -245,12 +241,14 @@ impl TchDinov3 {
         })
     }
 
-    /// The LibTorch forward for the `tch` build (not on autodiff backends: no gradients flow
-    /// through it), on the device of [`device_from_env`]; `None` in other builds.
+    /// The LibTorch forward for a model on Burn's LibTorch backend in the `tch` build (not on
+    /// autodiff backends: no gradients flow through it), on the device of [`device_from_env`]
+    /// whatever LibTorch device Burn loaded the weights on; `None` elsewhere.
     /// `SV_TCH_KERNELS=0` turns it off (everything then runs through Burn).
     pub fn for_backend<B: Backend>(cfg: &Dinov3Config, model: &Dinov3<B>) -> Result<Option<Self>> {
         let off = std::env::var("SV_TCH_KERNELS").is_ok_and(|v| v == "0");
-        if off || crate::backend_name() != "tch" || model.devices().first().is_some_and(B::ad_enabled) {
+        let libtorch = model.devices().first().is_some_and(|d| B::name(d).starts_with("libtorch") && !B::ad_enabled(d));
+        if off || crate::backend_name() != "tch" || !libtorch {
             return Ok(None);
         }
         Self::new(cfg, model, device_from_env()?, model.dtype()).map(Some)
@@ -360,7 +358,7 @@ impl TchDinov3 {
                 .step(&step("attention"))?;
             let a = a.transpose(1, 2).reshape([m, d]);
             lap("attention");
-            x.f_add_(&a.f_linear(&blk.o.0, Some(&blk.o.1)).step(&step("o_proj"))?.view([b, t, d])).in_place(&step("residual"))?;
+            x.f_addcmul_(&a.f_linear(&blk.o.0, Some(&blk.o.1)).step(&step("o_proj"))?.view([b, t, d]), &blk.ls1).in_place(&step("residual"))?;
             lap("o + residual");
             let h2 = x.f_layer_norm([d], Some(&blk.norm2.0), Some(&blk.norm2.1), self.eps, true).step(&step("norm2"))?.view([m, d]);
             lap("norm2");
@@ -375,7 +373,7 @@ impl TchDinov3 {
                 None => act(&mut hid).in_place(&step("activation"))?,
             }
             lap("up + activation");
-            x.f_add_(&hid.f_linear(&blk.down.0, Some(&blk.down.1)).step(&step("down_proj"))?.view([b, t, d])).in_place(&step("residual"))?;
+            x.f_addcmul_(&hid.f_linear(&blk.down.0, Some(&blk.down.1)).step(&step("down_proj"))?.view([b, t, d]), &blk.ls2).in_place(&step("residual"))?;
             lap("down + residual");
         }
         let out = x.f_layer_norm([d], Some(&self.norm.0), Some(&self.norm.1), self.eps, true).step("final norm")?;

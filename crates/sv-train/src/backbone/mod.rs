@@ -273,6 +273,10 @@ mod tests {
         let refs: Vec<&[u8]> = imgs.iter().map(Vec::as_slice).collect();
         let pre = PreprocessConfig { size: 48, ..Default::default() };
         bb.cpu = None; // padding is the Burn path's
+        #[cfg(feature = "tch")]
+        {
+            bb.tch = None;
+        }
         bb.pad_to = 0;
         let plain = bb.features_of_images(&refs, &pre, &device).unwrap();
         bb.pad_to = 8;

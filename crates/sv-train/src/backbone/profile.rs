@@ -25,6 +25,7 @@ impl Laps {
     }
 
     /// Whether profiling is on.
+    #[cfg(feature = "tch")]
     pub fn on(&self) -> bool {
         self.0.is_some()
     }

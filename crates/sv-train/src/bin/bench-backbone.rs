@@ -118,7 +118,16 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
         let head_cfg = HeadConfig::new(config.feature_dim());
         let head = head_cfg.init::<B>(device);
         let pre = sv_data::PreprocessConfig { size: s as u32, ..Default::default() };
-        (Some(Classifier::fp32_of(bb, head, head_cfg, pre)), None)
+        let mut c = Classifier::fp32_of(bb, head, head_cfg, pre);
+        // The Burn backends' rows time Burn's forward, not the build's own.
+        if args.backend != "cpu" {
+            c.cpu = None;
+        }
+        #[cfg(feature = "tch")]
+        if args.backend != "tch" {
+            c.tch = None;
+        }
+        (Some(c), None)
     } else {
         (None, Some(bb))
     };
@@ -145,7 +154,7 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
     }
     let run = || -> Result<()> {
         if let Some(c) = &classifier {
-            let _ = host(c.logits_of_host_pixels(&x, batch, device)?);
+            let _ = host(c.logits_of_host_pixels(std::borrow::Cow::Borrowed(&x), batch, device)?);
             return Ok(());
         }
         #[cfg(feature = "tch")]
