@@ -11,27 +11,9 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use sv_data::PreprocessConfig;
 
-use crate::backbone::{ActivationHook, CpuDinov3, Dinov3, Dinov3Config, host, pixels};
+use crate::backbone::{ActivationHook, CpuDinov3, Dinov3, Dinov3Config, FastForward, host, pixels};
 use crate::head::{Head, HeadConfig};
 use crate::quant::{CalibrationHook, Precision, PrecisionHook, StoredModel};
-
-/// A backbone forward that runs outside Burn on host pixels.
-enum Fast<'a> {
-    Cpu(&'a CpuDinov3),
-    #[cfg(feature = "tch")]
-    Tch(&'a crate::backbone::TchDinov3),
-}
-
-impl Fast<'_> {
-    /// Features `(n, 2D)` of normalised host pixels `(n, C, h, w)`.
-    fn features(&self, pixels: &[f32], n: usize, h: usize, w: usize) -> Result<Vec<f32>> {
-        match self {
-            Fast::Cpu(cpu) => Ok(cpu.forward(pixels, n, h, w)?.features),
-            #[cfg(feature = "tch")]
-            Fast::Tch(tch) => tch.features_of_pixels(pixels, n, h, w),
-        }
-    }
-}
 
 /// A frozen backbone and a trained head at one precision.
 pub struct Classifier<B: Backend> {
@@ -109,15 +91,11 @@ impl<B: Backend> Classifier<B> {
     }
 
     /// The backbone's own CPU or LibTorch forward, where this model runs one.
-    fn fast(&self) -> Option<Fast<'_>> {
-        if let Some(cpu) = &self.cpu {
-            return Some(Fast::Cpu(cpu));
-        }
+    fn fast(&self) -> Option<FastForward<'_>> {
+        let fast = self.cpu.as_ref().map(FastForward::Cpu);
         #[cfg(feature = "tch")]
-        if let Some(tch) = &self.tch {
-            return Some(Fast::Tch(tch));
-        }
-        None
+        let fast = fast.or(self.tch.as_ref().map(FastForward::Tch));
+        fast
     }
 
     /// The head's logits of features `(n, 2D)` computed on the host.

@@ -107,6 +107,25 @@ pub struct Backbone<B: Backend> {
     pub tch: Option<TchDinov3>,
 }
 
+/// A backbone forward that runs outside Burn on host pixels: the CPU forward of the CPU build or
+/// the LibTorch forward of the `tch` build, whichever a model holds.
+pub(crate) enum FastForward<'a> {
+    Cpu(&'a CpuDinov3),
+    #[cfg(feature = "tch")]
+    Tch(&'a TchDinov3),
+}
+
+impl FastForward<'_> {
+    /// Features `(n, 2D)` of normalised host pixels `(n, C, h, w)`.
+    pub(crate) fn features(&self, pixels: &[f32], n: usize, h: usize, w: usize) -> Result<Vec<f32>> {
+        match self {
+            Self::Cpu(cpu) => Ok(cpu.forward(pixels, n, h, w)?.features),
+            #[cfg(feature = "tch")]
+            Self::Tch(tch) => tch.features_of_pixels(pixels, n, h, w),
+        }
+    }
+}
+
 /// What [`Backbone::load_weights`] finds: the network, its config, its id and whether its
 /// weights are random.
 type Loaded<B> = (Dinov3<B>, Dinov3Config, String, bool);
@@ -192,15 +211,12 @@ impl<B: Backend> Backbone<B> {
         if n == 0 {
             return Ok(Vec::new());
         }
-        if let Some(cpu) = &self.cpu {
-            let s = pre.size as usize;
-            let out = cpu.forward(&sv_data::preprocess_batch(images, pre)?, n, s, s)?;
-            return Ok(out.features.chunks_exact(self.config.feature_dim()).map(<[f32]>::to_vec).collect());
-        }
+        let fast = self.cpu.as_ref().map(FastForward::Cpu);
         #[cfg(feature = "tch")]
-        if let Some(tch) = &self.tch {
+        let fast = fast.or(self.tch.as_ref().map(FastForward::Tch));
+        if let Some(fast) = fast {
             let s = pre.size as usize;
-            let f = tch.features_of_pixels(&sv_data::preprocess_batch(images, pre)?, n, s, s)?;
+            let f = fast.features(&sv_data::preprocess_batch(images, pre)?, n, s, s)?;
             return Ok(f.chunks_exact(self.config.feature_dim()).map(<[f32]>::to_vec).collect());
         }
         // Rows of a batch never see each other (norms and attention are per image), so the
