@@ -4,7 +4,8 @@
 #   1. parity: the LibTorch forward against transformers' committed output on the GPU (f32, f16,
 #      bf16; the `parity` test binary of `cargo test --features tch`);
 #   2. the backbone beside transformers' DINOv3ViTModel, eager and torch.compile, on the same
-#      GPU (bench_backbone.py), and our stage-1 path (backbone + head, `--head`).
+#      GPU (bench_backbone.py), and our stage-1 path (backbone + head, `--head`);
+#   3. ours alone in each variant (SV_TCH_FUSED, SV_TCH_GELU, SV_TCH_ATTN), and a stage profile.
 # It links the GPU machine's own PyTorch libraries (LD_LIBRARY_PATH).
 # Usage: bash benchmarks/device_tch.sh [PRESETS] [BATCHES] [DTYPES]   (PROFILE=0 skips the stage profiles)
 set -uo pipefail
@@ -18,7 +19,9 @@ here=$(pwd)
 for f in .device/*.xz; do [ -e "$f" ] && xz -dkf "$f"; done
 chmod +x .device/bench-backbone .device/parity 2>/dev/null
 TORCH_LIB=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# NVIDIA's wheels (NVRTC for our fused kernels, cuDNN, cuBLAS) sit beside torch in site-packages.
+NV_LIBS=$(python3 -c 'import glob, os, torch; sp = os.path.dirname(os.path.dirname(torch.__file__)); print(":".join(sorted(glob.glob(sp + "/nvidia/*/lib"))))')
+export LD_LIBRARY_PATH="$TORCH_LIB${NV_LIBS:+:$NV_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 # The test binary finds its fixtures under the path it was built in.
@@ -26,20 +29,25 @@ src_dir=/work/main
 if [ ! -e "$src_dir/crates/sv-train/tests/fixtures" ]; then mkdir -p /work && ln -sfn "$here" "$src_dir"; fi
 echo "== parity (LibTorch forward vs transformers)"
 .device/parity libtorch_forward --nocapture --test-threads 1 2>&1 | tee "$OUT/parity.log"
-echo "== parity of the other RoPE form (the fixtures are small: roll is their default)"
-SV_TCH_ROPE=halves .device/parity libtorch_forward --nocapture --test-threads 1 2>&1 | tee "$OUT/parity-variants.log" | grep "BF16\|test result"
+echo "== parity of the variants (unfused forward, each attention kernel, exact GELU, the other RoPE form)"
+for v in SV_TCH_FUSED=0 SV_TCH_FUSED=0,SV_TCH_ROPE=halves SV_TCH_ATTN=cudnn SV_TCH_ATTN=flash SV_TCH_ATTN=efficient SV_TCH_GELU=exact; do
+  echo "-- $v"
+  env ${v//,/ } .device/parity libtorch_forward --nocapture --test-threads 1 2>&1 | tee -a "$OUT/parity-variants.log" | grep "BF16\|F16\|test result\|panicked\|Error"
+done
 echo "== backbone and stage 1 beside PyTorch"
 taskset -c 0-7 python3 benchmarks/bench_backbone.py --ours .device/bench-backbone --device cuda --backend tch --head \
   --presets "$PRESETS" --batches "$BATCHES" --dtypes "$DTYPES" --compile --iters 200 --max-seconds 8 \
   --json "$OUT/gpu.jsonl" 2>&1 | tee "$OUT/gpu.log" | grep -v "^|"
 echo "== table"
 python3 benchmarks/bench_backbone.py --device cuda --from-json "$OUT/gpu.jsonl"
-echo "== variants (ours alone, same call): each RoPE form forced"
+echo "== variants (ours alone, same call): the fused kernels, the GELU epilogue, each attention kernel"
+# SV_TCH_FUSED=0,SV_TCH_GELU=exact is the forward of the previous session (c. 649c3b9).
+VARIANTS="${VARIANTS:-default SV_TCH_FUSED=0 SV_TCH_FUSED=0,SV_TCH_GELU=exact SV_TCH_GELU=exact SV_TCH_ATTN=cudnn SV_TCH_ATTN=flash SV_TCH_ATTN=efficient}"
 for p in ${PRESETS//,/ }; do
   for b in ${BATCHES//,/ }; do
-    for v in default SV_TCH_ROPE=roll SV_TCH_ROPE=halves; do
-      env $([ $v = default ] || echo $v) taskset -c 0-7 .device/bench-backbone --backend tch --dtype bf16 --presets $p --batches $b \
-        --iters 200 --max-seconds 8 2>/dev/null | sed "s/\"impl_\":\"sv-tch\"/\"impl_\":\"sv-tch $v\"/" >> "$OUT/variants.jsonl"
+    for v in $VARIANTS; do
+      env $([ $v = default ] || echo ${v//,/ }) taskset -c 0-7 .device/bench-backbone --backend tch --dtype bf16 --presets $p --batches $b \
+        --iters 200 --max-seconds 4 2>>"$OUT/variants.err" | sed "s/\"impl_\":\"sv-tch\"/\"impl_\":\"sv-tch $v\"/" >> "$OUT/variants.jsonl"
     done
     [ "${PROFILE:-1}" = 1 ] && SV_PROFILE=1 taskset -c 0-7 .device/bench-backbone --backend tch --dtype bf16 --presets $p --batches $b --iters 10 2>&1 >/dev/null | grep -v "^| tch"
   done

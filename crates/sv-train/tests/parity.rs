@@ -143,6 +143,11 @@ fn libtorch_forward_matches_transformers() {
                 continue; // half precision is the GPU's
             }
             let fast = TchDinov3::new(&cfg, &model, device, dtype).unwrap();
+            println!("{kind} {dtype:?}: {}", fast.describe());
+            // On CUDA this checks our fused kernels unless they are turned off by hand: a missing
+            // NVRTC fails here instead of quietly testing the unfused forward.
+            let fused_off = std::env::var("SV_TCH_FUSED").is_ok_and(|v| v == "0");
+            assert_eq!(fast.fused(), device.is_cuda() && !fused_off, "fused kernels on CUDA ({})", fast.describe());
             for case in ["square", "nonsquare"] {
                 let (shape, pixels) = read_tensor(&io, &format!("{kind}.{case}.pixel_values"));
                 let out = fast.forward(&fast.input(&pixels, shape[0], shape[2], shape[3]).unwrap()).unwrap();

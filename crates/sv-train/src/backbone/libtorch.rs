@@ -24,6 +24,8 @@ use burn::tensor::backend::Backend;
 use tch::{Device, Kind, Tensor};
 
 use super::dinov3::{Dinov3, Dinov3Config, rope_host};
+use super::tch_kernels::FusedKernels;
+use super::tch_shim::{self, Attention};
 
 /// LibTorch's errors as anyhow errors, naming the step.
 trait Step<T> {
@@ -118,8 +120,17 @@ pub struct TchDinov3 {
     norm: (Tensor, Tensor),
     /// How RoPE runs: `SV_TCH_ROPE=roll` or `halves` forces one (see [`RopeForm`]).
     rope_form: Option<RopeForm>,
-    /// RoPE tables `(T, head_dim)` per patch grid, made on first use.
-    rope: Mutex<HashMap<(usize, usize), (Tensor, Tensor)>>,
+    /// RoPE tables `(T, head_dim)` per patch grid and kind, made on first use.
+    rope: Mutex<HashMap<(usize, usize, bool), (Tensor, Tensor)>>,
+    /// Our own fused kernels on CUDA ([`FusedKernels`]); `None` on the CPU, with
+    /// `SV_TCH_FUSED=0`, or where NVRTC is missing (then the unfused forward runs, with a warning).
+    fused: Option<FusedKernels>,
+    /// The attention kernel (`SV_TCH_ATTN`; LibTorch's choice by default).
+    attention: Attention,
+    /// The MLP's bias+GELU as cuBLASLt's GEMM epilogue, which computes the tanh approximation of
+    /// GELU (`SV_TCH_GELU=tanh|exact`; by default on for bf16 on CUDA, where the approximation's
+    /// error, under 5e-4 absolute, is below bf16's rounding of the activations).
+    gelu_tanh: bool,
 }
 
 // SAFETY: `tch::Tensor` is `Send` but not `Sync` because a tensor handle may be mutated through
@@ -238,6 +249,29 @@ impl TchDinov3 {
                 Some(other) => bail!("SV_TCH_ROPE={other:?} is not roll or halves"),
             },
             rope: Mutex::new(HashMap::new()),
+            fused: match (device, std::env::var("SV_TCH_FUSED").ok().as_deref()) {
+                (_, Some("0")) => None,
+                (Device::Cuda(i), _) => {
+                    match FusedKernels::new(i, kind, d, d / cfg.num_attention_heads, c, p) {
+                        Ok(k) => Some(k),
+                        Err(e) => {
+                            tracing::warn!("LibTorch forward without its fused kernels: {e:#}");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            },
+            attention: match std::env::var("SV_TCH_ATTN").ok().as_deref() {
+                None | Some("") => Attention::Auto,
+                Some(a) => Attention::parse(a)?,
+            },
+            gelu_tanh: match std::env::var("SV_TCH_GELU").ok().as_deref() {
+                None | Some("") => kind == Kind::BFloat16 && device.is_cuda(),
+                Some("tanh") => true,
+                Some("exact") => false,
+                Some(other) => bail!("SV_TCH_GELU={other:?} is not tanh or exact"),
+            },
         })
     }
 
@@ -252,6 +286,24 @@ impl TchDinov3 {
             return Ok(None);
         }
         Self::new(cfg, model, device_from_env()?, model.dtype()).map(Some)
+    }
+
+    /// What this forward runs, for logs and benchmark rows: device, kind, whether our fused
+    /// kernels are on, the attention kernel and the GELU.
+    pub fn describe(&self) -> String {
+        format!(
+            "{:?} {:?}, fused kernels {}, attention {:?}, GELU {}",
+            self.device,
+            self.kind,
+            if self.fused.is_some() { "on" } else { "off" },
+            self.attention,
+            if self.gelu_tanh { "tanh (GEMM epilogue)" } else { "exact" }
+        )
+    }
+
+    /// Whether the forward runs our fused kernels ([`FusedKernels`]).
+    pub fn fused(&self) -> bool {
+        self.fused.is_some()
     }
 
     /// The device the weights live on.
@@ -281,17 +333,40 @@ impl TchDinov3 {
         Vec::<f32>::try_from(f.f_contiguous().step("features")?.f_view([-1i64]).step("features")?).step("reading features")
     }
 
-    fn rope_tables(&self, gh: usize, gw: usize, prefix: usize, hd: usize) -> Result<(Tensor, Tensor)> {
+    /// The RoPE tables `(T, hd)` of a patch grid, in f32 (the fused kernel's) or the model's kind.
+    fn rope_tables(&self, gh: usize, gw: usize, prefix: usize, hd: usize, f32_tables: bool) -> Result<(Tensor, Tensor)> {
         let mut cache = self.rope.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((c, s)) = cache.get(&(gh, gw)) {
+        if let Some((c, s)) = cache.get(&(gh, gw, f32_tables)) {
             return Ok((c.shallow_clone(), s.shallow_clone()));
         }
         let (cos, sin) = rope_host(gh, gw, prefix, hd, self.rope_theta);
         let t = (prefix + gh * gw) as i64;
-        let put = |v: &[f32]| Tensor::f_from_slice(v).and_then(|x| x.f_view([t, hd as i64])).and_then(|x| x.f_to_kind(self.kind)).and_then(|x| x.f_to_device(self.device));
+        let kind = if f32_tables { Kind::Float } else { self.kind };
+        let put = |v: &[f32]| Tensor::f_from_slice(v).and_then(|x| x.f_view([t, hd as i64])).and_then(|x| x.f_to_kind(kind)).and_then(|x| x.f_to_device(self.device));
         let tables = (put(&cos).step("RoPE table")?, put(&sin).step("RoPE table")?);
-        cache.insert((gh, gw), (tables.0.shallow_clone(), tables.1.shallow_clone()));
+        cache.insert((gh, gw, f32_tables), (tables.0.shallow_clone(), tables.1.shallow_clone()));
         Ok(tables)
+    }
+
+    /// The MLP of a block on normalised rows `(M, D)`: `(M, D)` before LayerScale.
+    fn mlp(&self, blk: &TchBlock, h2: &Tensor, step: &dyn Fn(&str) -> String) -> Result<Tensor> {
+        let hid = match &blk.gate {
+            None if self.gelu_tanh && !self.silu => tch_shim::addmm_gelu_tanh(&blk.up.1, h2, &blk.up.0).with_context(|| step("up_proj + GELU"))?,
+            gate => {
+                let mut hid = h2.f_linear(&blk.up.0, Some(&blk.up.1)).step(&step("up_proj"))?;
+                let act = |y: &mut Tensor| if self.silu { y.f_silu_() } else { y.f_gelu_("none") };
+                match gate {
+                    Some(g) => {
+                        let mut gate = h2.f_linear(&g.0, Some(&g.1)).step(&step("gate_proj"))?;
+                        act(&mut gate).in_place(&step("activation"))?;
+                        hid.f_mul_(&gate).in_place(&step("gated product"))?;
+                    }
+                    None => act(&mut hid).in_place(&step("activation"))?,
+                }
+                hid
+            }
+        };
+        hid.f_linear(&blk.down.0, Some(&blk.down.1)).step(&step("down_proj"))
     }
 
     /// Forward pass on normalised pixels `(B, C, H, W)` on the model's device (any float
@@ -309,15 +384,10 @@ impl TchDinov3 {
         if gh == 0 || gw == 0 {
             bail!("images of {h}×{w} px are smaller than one {p}×{p} patch");
         }
-        let (d, heads) = (self.d as i64, self.heads as i64);
-        let hd = d / heads;
+        let d = self.d as i64;
         let prefix = self.prefix_tokens.size()[1];
         let t = prefix + gh * gw;
-        let (cos, sin) = self.rope_tables(gh as usize, gw as usize, prefix as usize, hd as usize)?;
         let c = size[1];
-        // (B, C, gh·p, gw·p) → (B, gh, gw, C, p, p) → (B, N, C·p·p): one row per patch, in the
-        // convolution weight's (C, p, p) order.
-        let x = pixels.f_to_kind(self.kind).step("input")?.narrow(2, 0, gh * p).narrow(3, 0, gw * p);
         let mut laps = super::profile::Laps::start();
         let mut lap = |stage: &'static str| {
             if laps.on() {
@@ -327,11 +397,39 @@ impl TchDinov3 {
                 laps.lap(stage);
             }
         };
-        let cols = x.reshape([b, c, gh, p, gw, p]).permute([0i64, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * p * p]);
-        let patches = cols.f_linear(&self.patch_embed.0, Some(&self.patch_embed.1)).step("patch embedding")?; // (B, N, D)
-        let mut x = Tensor::f_cat(&[self.prefix_tokens.expand([b, prefix, d], false), patches], 1).step("tokens")?;
+        let patches = match &self.fused {
+            // One pass from f32 pixels to patch rows in the model's kind.
+            Some(k) => {
+                let px = pixels.f_to_kind(Kind::Float).and_then(|x| x.f_contiguous()).step("input")?;
+                k.patches(&px, gh, gw)?
+            }
+            None => {
+                // (B, C, gh·p, gw·p) → (B, gh, gw, C, p, p) → (B·N, C·p·p): one row per patch,
+                // in the convolution weight's (C, p, p) order.
+                let x = pixels.f_to_kind(self.kind).step("input")?.narrow(2, 0, gh * p).narrow(3, 0, gw * p);
+                x.reshape([b, c, gh, p, gw, p]).permute([0i64, 2, 4, 1, 3, 5]).reshape([b * gh * gw, c * p * p])
+            }
+        };
+        let patches = patches.f_linear(&self.patch_embed.0, Some(&self.patch_embed.1)).step("patch embedding")?.view([b, gh * gw, d]);
+        let x = Tensor::f_cat(&[self.prefix_tokens.expand([b, prefix, d], false), patches], 1).step("tokens")?;
         lap("embed");
+        let out = match &self.fused {
+            Some(k) => self.blocks_fused(k, x, (b, t, prefix), (gh, gw), &mut lap)?,
+            None => self.blocks(x, (b, t, prefix), (gh, gw), &mut lap)?,
+        };
+        let cls = out.select(1, 0);
+        let mean = out.narrow(1, prefix, t - prefix).f_mean_dim(1i64, false, self.kind).step("patch mean")?;
+        let features = Tensor::f_cat(&[cls, mean], 1).and_then(|f| f.f_to_kind(Kind::Float)).step("features")?;
+        lap("final norm + features");
+        Ok(TchOutput { last_hidden_state: out, features })
+    }
+
+    /// The blocks and the final norm as LibTorch operators: tokens `(B, T, D)` → `(B, T, D)`.
+    fn blocks(&self, mut x: Tensor, (b, t, prefix): (i64, i64, i64), (gh, gw): (i64, i64), lap: &mut dyn FnMut(&'static str)) -> Result<Tensor> {
+        let (d, heads) = (self.d as i64, self.heads as i64);
+        let hd = d / heads;
         let m = b * t;
+        let (cos, sin) = self.rope_tables(gh as usize, gw as usize, prefix as usize, hd as usize, false)?;
         let rope = self.rope_form.unwrap_or(if 2 * m * d >= ROPE_HALVES_MIN { RopeForm::Halves } else { RopeForm::Roll });
         for (i, blk) in self.layers.iter().enumerate() {
             let step = |what: &str| format!("layer {i} {what}");
@@ -354,33 +452,62 @@ impl TchDinov3 {
                 out
             };
             lap("rope");
-            let a = Tensor::f_scaled_dot_product_attention(&qk.get(0), &qk.get(1), &qkv.get(2), None::<Tensor>, 0.0, false, None::<f64>, false)
-                .step(&step("attention"))?;
+            let a = tch_shim::attention(&qk.get(0), &qk.get(1), &qkv.get(2), self.attention).with_context(|| step("attention"))?;
             let a = a.transpose(1, 2).reshape([m, d]);
             lap("attention");
             x.f_addcmul_(&a.f_linear(&blk.o.0, Some(&blk.o.1)).step(&step("o_proj"))?.view([b, t, d]), &blk.ls1).in_place(&step("residual"))?;
             lap("o + residual");
             let h2 = x.f_layer_norm([d], Some(&blk.norm2.0), Some(&blk.norm2.1), self.eps, true).step(&step("norm2"))?.view([m, d]);
             lap("norm2");
-            let mut hid = h2.f_linear(&blk.up.0, Some(&blk.up.1)).step(&step("up_proj"))?;
-            let act = |y: &mut Tensor| if self.silu { y.f_silu_() } else { y.f_gelu_("none") };
-            match &blk.gate {
-                Some(g) => {
-                    let mut gate = h2.f_linear(&g.0, Some(&g.1)).step(&step("gate_proj"))?;
-                    act(&mut gate).in_place(&step("activation"))?;
-                    hid.f_mul_(&gate).in_place(&step("gated product"))?;
-                }
-                None => act(&mut hid).in_place(&step("activation"))?,
-            }
-            lap("up + activation");
-            x.f_addcmul_(&hid.f_linear(&blk.down.0, Some(&blk.down.1)).step(&step("down_proj"))?.view([b, t, d]), &blk.ls2).in_place(&step("residual"))?;
-            lap("down + residual");
+            let y = self.mlp(blk, &h2, &step)?;
+            lap("MLP");
+            x.f_addcmul_(&y.view([b, t, d]), &blk.ls2).in_place(&step("residual"))?;
+            lap("residual");
         }
-        let out = x.f_layer_norm([d], Some(&self.norm.0), Some(&self.norm.1), self.eps, true).step("final norm")?;
-        let cls = out.select(1, 0);
-        let mean = out.narrow(1, prefix, t - prefix).f_mean_dim(1i64, false, self.kind).step("patch mean")?;
-        let features = Tensor::f_cat(&[cls, mean], 1).and_then(|f| f.f_to_kind(Kind::Float)).step("features")?;
-        lap("final norm + features");
-        Ok(TchOutput { last_hidden_state: out, features })
+        x.f_layer_norm([d], Some(&self.norm.0), Some(&self.norm.1), self.eps, true).step("final norm")
+    }
+
+    /// [`Self::blocks`] with our fused kernels: RoPE in place in the q/k/v GEMM's output, which
+    /// attention reads as strided views; each residual add with the LayerNorm after it.
+    fn blocks_fused(
+        &self,
+        k: &FusedKernels,
+        x: Tensor,
+        (b, t, prefix): (i64, i64, i64),
+        (gh, gw): (i64, i64),
+        lap: &mut dyn FnMut(&'static str),
+    ) -> Result<Tensor> {
+        let (d, heads) = (self.d as i64, self.heads as i64);
+        let hd = d / heads;
+        let m = b * t;
+        let (cos, sin) = self.rope_tables(gh as usize, gw as usize, prefix as usize, hd as usize, true)?;
+        let mut x = x.f_contiguous().step("tokens")?.view([m, d]);
+        let Some(first) = self.layers.first() else {
+            return x.f_layer_norm([d], Some(&self.norm.0), Some(&self.norm.1), self.eps, true).step("final norm").map(|o| o.view([b, t, d]));
+        };
+        let mut h = x.f_layer_norm([d], Some(&first.norm1.0), Some(&first.norm1.1), self.eps, true).step("layer 0 norm1")?;
+        lap("norm1");
+        for (i, blk) in self.layers.iter().enumerate() {
+            let step = |what: &str| format!("layer {i} {what}");
+            let mut qkv = h.f_linear(&blk.qkv.0, Some(&blk.qkv.1)).step(&step("qkv"))?;
+            lap("qkv");
+            k.rope(&mut qkv, &cos, &sin, t, prefix).with_context(|| step("RoPE"))?;
+            lap("rope");
+            // (B·T, 3D) → (B, T, 3, H, hd); q, k, v as (B, H, T, hd) views.
+            let qkv = qkv.view([b, t, 3, heads, hd]);
+            let part = |j: i64| qkv.select(2, j).transpose(1, 2);
+            let a = tch_shim::attention(&part(0), &part(1), &part(2), self.attention).with_context(|| step("attention"))?;
+            let a = a.transpose(1, 2).reshape([m, d]);
+            lap("attention");
+            let o = a.f_linear(&blk.o.0, Some(&blk.o.1)).step(&step("o_proj"))?;
+            let h2 = k.residual_norm(&mut x, &o, &blk.ls1, &blk.norm2, self.eps).with_context(|| step("residual + norm2"))?;
+            lap("o + residual + norm2");
+            let y = self.mlp(blk, &h2, &step)?;
+            lap("MLP");
+            let next = self.layers.get(i + 1).map_or(&self.norm, |n| &n.norm1);
+            h = k.residual_norm(&mut x, &y, &blk.ls2, next, self.eps).with_context(|| step("residual + next norm"))?;
+            lap("residual + next norm");
+        }
+        Ok(h.view([b, t, d]))
     }
 }

@@ -10,6 +10,10 @@ pub mod dinov3;
 #[cfg(feature = "tch")]
 pub mod libtorch;
 mod profile;
+#[cfg(feature = "tch")]
+pub mod tch_kernels;
+#[cfg(feature = "tch")]
+pub mod tch_shim;
 pub mod weights;
 
 use std::path::{Path, PathBuf};

@@ -152,6 +152,10 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
         (Some(c), "tch") if c.tch.is_none() => bail!("this build loads no LibTorch forward"),
         _ => {}
     }
+    #[cfg(feature = "tch")]
+    if let Some(t) = tch.as_ref().map(|(t, _)| t).or(classifier.as_ref().and_then(|c| c.tch.as_ref())) {
+        eprintln!("LibTorch forward of {preset} batch {batch}: {}", t.describe());
+    }
     let run = || -> Result<()> {
         if let Some(c) = &classifier {
             let _ = host(c.logits_of_host_pixels(std::borrow::Cow::Borrowed(&x), batch, device)?);
