@@ -34,14 +34,12 @@ Handle *sv_addmm_gelu(const Handle *bias, const Handle *x, const Handle *w, char
 }
 
 // Attention without a mask, q/k/v `(B, H, T, hd)`, by backend: 0 LibTorch's choice
-// (`scaled_dot_product_attention`), 1 cuDNN, 2 flash, 3 memory-efficient.
+// (`scaled_dot_product_attention`), 2 flash, 3 memory-efficient.
 Handle *sv_attention(const Handle *q, const Handle *k, const Handle *v, int backend, char *err, size_t err_len) {
   try {
     switch (backend) {
       case 0:
         return new Handle(at::scaled_dot_product_attention(*q, *k, *v));
-      case 1:
-        return new Handle(std::get<0>(at::_scaled_dot_product_cudnn_attention(*q, *k, *v, std::nullopt, false)));
       case 2:
         return new Handle(std::get<0>(at::_scaled_dot_product_flash_attention(*q, *k, *v, 0.0, false, false, std::nullopt)));
       case 3:

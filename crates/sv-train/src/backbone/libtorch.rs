@@ -86,6 +86,12 @@ enum RopeForm {
 /// faster); batch 16 falls on either side by width (RESULTS.md has that row).
 const ROPE_HALVES_MIN: i64 = 1 << 22;
 
+/// q and k elements (2·B·T·D) from which the forward runs unfused by default. Measured on an H200
+/// (bf16, RESULTS.md "fused kernels"): at ViT-S/16 batch 1 (0.15 M) the fused forward takes 1.21
+/// ms against 1.91 unfused; at ViT-B/16 batch 256 (79 M) it is slower, 4,629 against 7,805 img/s,
+/// for reasons not yet profiled (the residual+norm kernel's stage took 1.6 ms a call there).
+const FUSED_MAX: i64 = 1 << 22;
+
 /// One transformer block's weights on the device.
 struct TchBlock {
     norm1: (Tensor, Tensor),
@@ -124,7 +130,11 @@ pub struct TchDinov3 {
     rope: Mutex<HashMap<(usize, usize, bool), (Tensor, Tensor)>>,
     /// Our own fused kernels on CUDA ([`FusedKernels`]); `None` on the CPU, with
     /// `SV_TCH_FUSED=0`, or where NVRTC is missing (then the unfused forward runs, with a warning).
+    /// Used for batches below [`FUSED_MAX`] unless `SV_TCH_FUSED=1`.
     fused: Option<FusedKernels>,
+    /// `SV_TCH_FUSED=1`: the fused kernels at every size; by default only below
+    /// [`FUSED_MAX`] (see there).
+    fused_always: bool,
     /// The attention kernel (`SV_TCH_ATTN`; LibTorch's choice by default).
     attention: Attention,
     /// The MLP's bias+GELU as cuBLASLt's GEMM epilogue, which computes the tanh approximation of
@@ -139,7 +149,8 @@ pub struct TchDinov3 {
 // any `&self`-mutating call; they are only inputs of ops that return new tensors (in-place ops
 // run on tensors made during the forward). LibTorch's operators are safe to call concurrently on
 // shared read-only inputs (PyTorch serves one module from many threads). The RoPE cache itself
-// sits behind a mutex. Burn's `TchTensor` makes the same promise.
+// sits behind a mutex. Burn's `TchTensor` makes the same promise. The fused kernels (cudarc's
+// function handles, `Send + Sync` themselves) write only tensors made during the forward.
 unsafe impl Sync for TchDinov3 {}
 
 /// Outputs of [`TchDinov3::forward`], on the model's device.
@@ -249,6 +260,11 @@ impl TchDinov3 {
                 Some(other) => bail!("SV_TCH_ROPE={other:?} is not roll or halves"),
             },
             rope: Mutex::new(HashMap::new()),
+            fused_always: match std::env::var("SV_TCH_FUSED").ok().as_deref() {
+                None | Some("") | Some("0") => false,
+                Some("1") => true,
+                Some(other) => bail!("SV_TCH_FUSED={other:?} is not 0 or 1"),
+            },
             fused: match (device, std::env::var("SV_TCH_FUSED").ok().as_deref()) {
                 (_, Some("0")) => None,
                 (Device::Cuda(i), _) => {
@@ -295,13 +311,18 @@ impl TchDinov3 {
             "{:?} {:?}, fused kernels {}, attention {:?}, GELU {}",
             self.device,
             self.kind,
-            if self.fused.is_some() { "on" } else { "off" },
+            match (&self.fused, self.fused_always) {
+                (None, _) => "off",
+                (Some(_), true) => "on",
+                (Some(_), false) => "on below 4M q/k elements",
+            },
             self.attention,
             if self.gelu_tanh { "tanh (GEMM epilogue)" } else { "exact" }
         )
     }
 
-    /// Whether the forward runs our fused kernels ([`FusedKernels`]).
+    /// Whether our fused kernels ([`FusedKernels`]) are loaded (run below [`FUSED_MAX`], or
+    /// always with `SV_TCH_FUSED=1`).
     pub fn fused(&self) -> bool {
         self.fused.is_some()
     }
@@ -384,7 +405,6 @@ impl TchDinov3 {
         if gh == 0 || gw == 0 {
             bail!("images of {h}×{w} px are smaller than one {p}×{p} patch");
         }
-        let d = self.d as i64;
         let prefix = self.prefix_tokens.size()[1];
         let t = prefix + gh * gw;
         let c = size[1];
@@ -397,7 +417,9 @@ impl TchDinov3 {
                 laps.lap(stage);
             }
         };
-        let patches = match &self.fused {
+        let (d, m) = (self.d as i64, b * t);
+        let fused = self.fused.as_ref().filter(|_| self.fused_always || 2 * m * d < FUSED_MAX);
+        let patches = match fused {
             // One pass from f32 pixels to patch rows in the model's kind.
             Some(k) => {
                 let px = pixels.f_to_kind(Kind::Float).and_then(|x| x.f_contiguous()).step("input")?;
@@ -413,7 +435,7 @@ impl TchDinov3 {
         let patches = patches.f_linear(&self.patch_embed.0, Some(&self.patch_embed.1)).step("patch embedding")?.view([b, gh * gw, d]);
         let x = Tensor::f_cat(&[self.prefix_tokens.expand([b, prefix, d], false), patches], 1).step("tokens")?;
         lap("embed");
-        let out = match &self.fused {
+        let out = match fused {
             Some(k) => self.blocks_fused(k, x, (b, t, prefix), (gh, gw), &mut lap)?,
             None => self.blocks(x, (b, t, prefix), (gh, gw), &mut lap)?,
         };
