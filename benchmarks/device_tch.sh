@@ -46,12 +46,10 @@ VARIANTS="${VARIANTS:-default SV_TCH_FUSED=1 SV_TCH_FUSED=0 SV_TCH_FUSED=0,SV_TC
 # Rows (preset:batch) of the variants and profiles: by default the issue's two targets.
 for row in ${VARIANT_ROWS:-vitb16:256 vits16:1}; do
   p=${row%:*}; b=${row#*:}
-  {
-    for v in $VARIANTS; do
-      env $([ $v = default ] || echo ${v//,/ }) taskset -c 0-7 .device/bench-backbone --backend tch --dtype bf16 --presets $p --batches $b \
-        --iters 200 --max-seconds 4 2>>"$OUT/variants.err" | sed "s/\"impl_\":\"sv-tch\"/\"impl_\":\"sv-tch $v\"/" >> "$OUT/variants.jsonl"
-    done
-    [ "${PROFILE:-1}" = 1 ] && SV_PROFILE=1 taskset -c 0-7 .device/bench-backbone --backend tch --dtype bf16 --presets $p --batches $b --iters 10 2>&1 >/dev/null | grep -v "^| tch"
-  }
+  for v in $VARIANTS; do
+    env $([ $v = default ] || echo ${v//,/ }) taskset -c 0-7 .device/bench-backbone --backend tch --dtype bf16 --presets $p --batches $b \
+      --iters 200 --max-seconds 4 2>>"$OUT/variants.err" | sed "s/\"impl_\":\"sv-tch\"/\"impl_\":\"sv-tch $v\"/" >> "$OUT/variants.jsonl"
+  done
+  [ "${PROFILE:-1}" = 1 ] && SV_PROFILE=1 taskset -c 0-7 .device/bench-backbone --backend tch --dtype bf16 --presets $p --batches $b --iters 10 2>&1 >/dev/null | grep -v "^| tch"
 done
 python3 benchmarks/bench_backbone.py --device cuda --from-json "$OUT/variants.jsonl"
