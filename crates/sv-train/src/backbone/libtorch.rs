@@ -3,11 +3,12 @@
 //!
 //! Burn's tch backend runs the model one Burn op at a time: LayerNorm as mean/variance passes,
 //! GELU and RoPE as several element-wise kernels, attention through its own composition. Here a
-//! block is one `layer_norm`, one fused `(D, 3D)` `linear` for q/k/v, RoPE as `x·cos +
-//! roll(x)·sin` on q and k together (or on the halves of each head at large batches),
-//! `scaled_dot_product_attention` (PyTorch's flash / memory-efficient kernels), and LayerScale
-//! with the residual as one in-place `x += γ ⊙ y` (`addcmul_`): the same cuBLAS and attention
-//! kernels PyTorch's eager mode runs, without the Python in between.
+//! block is one `layer_norm`, one fused `(D, 3D)` `linear` for q/k/v, RoPE, PyTorch's flash /
+//! memory-efficient attention, the o/up/down `linear`s (bias+GELU as cuBLASLt's epilogue in bf16),
+//! and LayerScale with the residual as one in-place `x += γ ⊙ y`: the same cuBLAS and attention
+//! kernels PyTorch's eager mode runs, without the Python in between. On CUDA our own kernels
+//! ([`FusedKernels`], chosen by [`Fusion`]) replace the element-wise passes between them: RoPE in
+//! place in the q/k/v GEMM's output, each residual with the next LayerNorm, pixels to patch rows.
 //!
 //! Weights come from a loaded [`Dinov3`] by checkpoint name ([`Dinov3::named_tensors`]), so both
 //! paths hold the same numbers; `tests/parity.rs` holds this one to transformers' output too.
@@ -28,7 +29,7 @@ use super::tch_kernels::FusedKernels;
 use super::tch_shim::{self, Attention};
 
 /// LibTorch's errors as anyhow errors, naming the step.
-trait Step<T> {
+pub(super) trait Step<T> {
     fn step(self, what: &str) -> Result<T>;
 
     /// [`Self::step`] of an in-place op (whose returned handle is the tensor it changed).
@@ -86,11 +87,56 @@ enum RopeForm {
 /// faster); batch 16 falls on either side by width (RESULTS.md has that row).
 const ROPE_HALVES_MIN: i64 = 1 << 22;
 
-/// q and k elements (2·B·T·D) from which the forward runs unfused by default. Measured on an H200
-/// (bf16, RESULTS.md "fused kernels"): at ViT-S/16 batch 1 (0.15 M) the fused forward takes 1.21
-/// ms against 1.91 unfused; at ViT-B/16 batch 256 (79 M) it is slower, 4,629 against 7,805 img/s,
-/// for reasons not yet profiled (the residual+norm kernel's stage took 1.6 ms a call there).
-const FUSED_MAX: i64 = 1 << 22;
+/// Which of our fused kernels ([`FusedKernels`]) the forward runs. `SV_TCH_FUSED` sets it: `0`
+/// (none: LibTorch's operators only), `1` (all three) or a comma-separated list of `rope`,
+/// `norm` and `patches`; unset, [`Fusion::DEFAULT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fusion {
+    /// RoPE in place in the q/k/v GEMM's output, which attention reads as strided views.
+    pub rope: bool,
+    /// Each residual add with the LayerNorm after it.
+    pub norm: bool,
+    /// f32 pixels to patch rows in one pass.
+    pub patches: bool,
+}
+
+impl Fusion {
+    pub const NONE: Self = Self { rope: false, norm: false, patches: false };
+    pub const ALL: Self = Self { rope: true, norm: true, patches: true };
+    /// What runs when `SV_TCH_FUSED` is unset: all three, at every batch size.
+    pub const DEFAULT: Self = Self::ALL;
+
+    /// The set `SV_TCH_FUSED` names (see [`Fusion`]).
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "0" | "none" => return Ok(Self::NONE),
+            "1" | "all" => return Ok(Self::ALL),
+            _ => {}
+        }
+        let mut f = Self::NONE;
+        for part in text.split(',').map(str::trim) {
+            match part {
+                "rope" => f.rope = true,
+                "norm" => f.norm = true,
+                "patches" => f.patches = true,
+                other => bail!("SV_TCH_FUSED={text:?}: {other:?} is not rope, norm or patches (or 0, 1, none, all)"),
+            }
+        }
+        Ok(f)
+    }
+
+    /// Whether any kernel runs.
+    pub fn any(self) -> bool {
+        self.rope || self.norm || self.patches
+    }
+}
+
+impl std::fmt::Display for Fusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on: Vec<&str> = [(self.rope, "rope"), (self.norm, "norm"), (self.patches, "patches")].iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect();
+        if on.is_empty() { f.write_str("none") } else { f.write_str(&on.join(",")) }
+    }
+}
 
 /// One transformer block's weights on the device.
 struct TchBlock {
@@ -128,13 +174,12 @@ pub struct TchDinov3 {
     rope_form: Option<RopeForm>,
     /// RoPE tables `(T, head_dim)` per patch grid and kind, made on first use.
     rope: Mutex<HashMap<(usize, usize, bool), (Tensor, Tensor)>>,
-    /// Our own fused kernels on CUDA ([`FusedKernels`]); `None` on the CPU, with
-    /// `SV_TCH_FUSED=0`, or where NVRTC is missing (then the unfused forward runs, with a warning).
-    /// Used for batches below [`FUSED_MAX`] unless `SV_TCH_FUSED=1`.
+    /// Our own fused kernels on CUDA ([`FusedKernels`]); `None` on the CPU, where [`Self::fusion`]
+    /// names none, or where NVRTC is missing (then the unfused forward runs, with a warning).
     fused: Option<FusedKernels>,
-    /// `SV_TCH_FUSED=1`: the fused kernels at every size; by default only below
-    /// [`FUSED_MAX`] (see there).
-    fused_always: bool,
+    /// The fused kernels the forward runs (`SV_TCH_FUSED`, see [`Fusion`]); none without
+    /// [`Self::fused`].
+    fusion: Fusion,
     /// The attention kernel (`SV_TCH_ATTN`; LibTorch's choice by default).
     attention: Attention,
     /// The MLP's bias+GELU as cuBLASLt's GEMM epilogue, which computes the tanh approximation of
@@ -230,6 +275,10 @@ impl TchDinov3 {
             });
         }
         let (c, p) = (cfg.num_channels, cfg.patch_size);
+        let fusion = match std::env::var("SV_TCH_FUSED").ok().as_deref() {
+            None | Some("") => Fusion::DEFAULT,
+            Some(text) => Fusion::parse(text)?,
+        };
         let mut prefix = w.take("embeddings.cls_token", &[1, 1, d])?;
         if cfg.num_register_tokens > 0 {
             prefix.extend(w.take("embeddings.register_tokens", &[1, cfg.num_register_tokens, d])?);
@@ -260,24 +309,17 @@ impl TchDinov3 {
                 Some(other) => bail!("SV_TCH_ROPE={other:?} is not roll or halves"),
             },
             rope: Mutex::new(HashMap::new()),
-            fused_always: match std::env::var("SV_TCH_FUSED").ok().as_deref() {
-                None | Some("") | Some("0") => false,
-                Some("1") => true,
-                Some(other) => bail!("SV_TCH_FUSED={other:?} is not 0 or 1"),
-            },
-            fused: match (device, std::env::var("SV_TCH_FUSED").ok().as_deref()) {
-                (_, Some("0")) => None,
-                (Device::Cuda(i), _) => {
-                    match FusedKernels::new(i, kind, d, d / cfg.num_attention_heads, c, p) {
-                        Ok(k) => Some(k),
-                        Err(e) => {
-                            tracing::warn!("LibTorch forward without its fused kernels: {e:#}");
-                            None
-                        }
+            fused: match device {
+                Device::Cuda(i) if fusion.any() => match FusedKernels::new(i, kind, d, d / cfg.num_attention_heads, c, p) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        tracing::warn!("LibTorch forward without its fused kernels: {e:#}");
+                        None
                     }
-                }
+                },
                 _ => None,
             },
+            fusion,
             attention: match std::env::var("SV_TCH_ATTN").ok().as_deref() {
                 None | Some("") => Attention::Auto,
                 Some(a) => Attention::parse(a)?,
@@ -311,20 +353,20 @@ impl TchDinov3 {
             "{:?} {:?}, fused kernels {}, attention {:?}, GELU {}",
             self.device,
             self.kind,
-            match (&self.fused, self.fused_always) {
-                (None, _) => "off",
-                (Some(_), true) => "on",
-                (Some(_), false) => "on below 4M q/k elements",
-            },
+            self.fusion(),
             self.attention,
             if self.gelu_tanh { "tanh (GEMM epilogue)" } else { "exact" }
         )
     }
 
-    /// Whether our fused kernels ([`FusedKernels`]) are loaded (run below [`FUSED_MAX`], or
-    /// always with `SV_TCH_FUSED=1`).
+    /// Whether our fused kernels ([`FusedKernels`]) are loaded.
     pub fn fused(&self) -> bool {
         self.fused.is_some()
+    }
+
+    /// The fused kernels the forward runs: [`Fusion::NONE`] where they are not loaded.
+    pub fn fusion(&self) -> Fusion {
+        if self.fused.is_some() { self.fusion } else { Fusion::NONE }
     }
 
     /// The device the weights live on.
@@ -417,9 +459,9 @@ impl TchDinov3 {
                 laps.lap(stage);
             }
         };
-        let (d, m) = (self.d as i64, b * t);
-        let fused = self.fused.as_ref().filter(|_| self.fused_always || 2 * m * d < FUSED_MAX);
-        let patches = match fused {
+        let d = self.d as i64;
+        let f = self.fusion();
+        let patches = match self.fused.as_ref().filter(|_| f.patches) {
             // One pass from f32 pixels to patch rows in the model's kind.
             Some(k) => {
                 let px = pixels.f_to_kind(Kind::Float).and_then(|x| x.f_contiguous()).step("input")?;
@@ -435,10 +477,7 @@ impl TchDinov3 {
         let patches = patches.f_linear(&self.patch_embed.0, Some(&self.patch_embed.1)).step("patch embedding")?.view([b, gh * gw, d]);
         let x = Tensor::f_cat(&[self.prefix_tokens.expand([b, prefix, d], false), patches], 1).step("tokens")?;
         lap("embed");
-        let out = match fused {
-            Some(k) => self.blocks_fused(k, x, (b, t, prefix), (gh, gw), &mut lap)?,
-            None => self.blocks(x, (b, t, prefix), (gh, gw), &mut lap)?,
-        };
+        let out = self.blocks(f, self.fused.as_ref(), x, (b, t, prefix), (gh, gw), &mut lap)?;
         let cls = out.select(1, 0);
         let mean = out.narrow(1, prefix, t - prefix).f_mean_dim(1i64, false, self.kind).step("patch mean")?;
         let features = Tensor::f_cat(&[cls, mean], 1).and_then(|f| f.f_to_kind(Kind::Float)).step("features")?;
@@ -446,54 +485,12 @@ impl TchDinov3 {
         Ok(TchOutput { last_hidden_state: out, features })
     }
 
-    /// The blocks and the final norm as LibTorch operators: tokens `(B, T, D)` → `(B, T, D)`.
-    fn blocks(&self, mut x: Tensor, (b, t, prefix): (i64, i64, i64), (gh, gw): (i64, i64), lap: &mut dyn FnMut(&'static str)) -> Result<Tensor> {
-        let (d, heads) = (self.d as i64, self.heads as i64);
-        let hd = d / heads;
-        let m = b * t;
-        let (cos, sin) = self.rope_tables(gh as usize, gw as usize, prefix as usize, hd as usize, false)?;
-        let rope = self.rope_form.unwrap_or(if 2 * m * d >= ROPE_HALVES_MIN { RopeForm::Halves } else { RopeForm::Roll });
-        for (i, blk) in self.layers.iter().enumerate() {
-            let step = |what: &str| format!("layer {i} {what}");
-            let h1 = x.f_layer_norm([d], Some(&blk.norm1.0), Some(&blk.norm1.1), self.eps, true).step(&step("norm1"))?;
-            lap("norm1");
-            // (B, T, 3D) → (3, B, H, T, hd): q, k, v.
-            let qkv = h1.f_linear(&blk.qkv.0, Some(&blk.qkv.1)).step(&step("qkv"))?.view([b, t, 3, heads, hd]).permute([2i64, 0, 3, 1, 4]);
-            lap("qkv");
-            let qk = qkv.narrow(0, 0, 2);
-            // RoPE on q and k together: x·cos + swap_halves(x)·sin (the sign is in the table).
-            let qk = if rope == RopeForm::Roll {
-                (&qk * &cos).f_addcmul_(&qk.roll([hd / 2], [-1i64]), &sin).step(&step("RoPE"))?
-            } else {
-                // x·cos, then each half gets the other half times its part of the sin table.
-                let half = hd / 2;
-                let out = (&qk * &cos).f_contiguous().step(&step("RoPE"))?;
-                for (dst, src) in [(0, half), (half, 0)] {
-                    out.narrow(-1, dst, half).f_addcmul_(&qk.narrow(-1, src, half), &sin.narrow(-1, dst, half)).in_place(&step("RoPE"))?;
-                }
-                out
-            };
-            lap("rope");
-            let a = tch_shim::attention(&qk.get(0), &qk.get(1), &qkv.get(2), self.attention).with_context(|| step("attention"))?;
-            let a = a.transpose(1, 2).reshape([m, d]);
-            lap("attention");
-            x.f_addcmul_(&a.f_linear(&blk.o.0, Some(&blk.o.1)).step(&step("o_proj"))?.view([b, t, d]), &blk.ls1).in_place(&step("residual"))?;
-            lap("o + residual");
-            let h2 = x.f_layer_norm([d], Some(&blk.norm2.0), Some(&blk.norm2.1), self.eps, true).step(&step("norm2"))?.view([m, d]);
-            lap("norm2");
-            let y = self.mlp(blk, &h2, &step)?;
-            lap("MLP");
-            x.f_addcmul_(&y.view([b, t, d]), &blk.ls2).in_place(&step("residual"))?;
-            lap("residual");
-        }
-        x.f_layer_norm([d], Some(&self.norm.0), Some(&self.norm.1), self.eps, true).step("final norm")
-    }
-
-    /// [`Self::blocks`] with our fused kernels: RoPE in place in the q/k/v GEMM's output, which
-    /// attention reads as strided views; each residual add with the LayerNorm after it.
-    fn blocks_fused(
+    /// The blocks and the final norm: tokens `(B, T, D)` → `(B, T, D)`, as LibTorch operators and
+    /// the fused kernels `f` names (`k`, loaded whenever `f` names any).
+    fn blocks(
         &self,
-        k: &FusedKernels,
+        f: Fusion,
+        k: Option<&FusedKernels>,
         x: Tensor,
         (b, t, prefix): (i64, i64, i64),
         (gh, gw): (i64, i64),
@@ -502,34 +499,94 @@ impl TchDinov3 {
         let (d, heads) = (self.d as i64, self.heads as i64);
         let hd = d / heads;
         let m = b * t;
-        let (cos, sin) = self.rope_tables(gh as usize, gw as usize, prefix as usize, hd as usize, true)?;
+        let kernels = || k.context("the fused kernels are not loaded");
+        let (cos, sin) = self.rope_tables(gh as usize, gw as usize, prefix as usize, hd as usize, f.rope)?;
+        let rope = self.rope_form.unwrap_or(if 2 * m * d >= ROPE_HALVES_MIN { RopeForm::Halves } else { RopeForm::Roll });
+        let layer_norm = |x: &Tensor, n: &(Tensor, Tensor), what: &str| x.f_layer_norm([d], Some(&n.0), Some(&n.1), self.eps, true).step(what);
         let mut x = x.f_contiguous().step("tokens")?.view([m, d]);
-        let Some(first) = self.layers.first() else {
-            return x.f_layer_norm([d], Some(&self.norm.0), Some(&self.norm.1), self.eps, true).step("final norm").map(|o| o.view([b, t, d]));
+        // With the fused norm, each block's normalised input comes out of the kernel that adds the
+        // previous residual (the first block's from LibTorch's layer_norm).
+        let mut h = match (f.norm, self.layers.first()) {
+            (true, Some(first)) => Some(layer_norm(&x, &first.norm1, "layer 0 norm1")?),
+            _ => None,
         };
-        let mut h = x.f_layer_norm([d], Some(&first.norm1.0), Some(&first.norm1.1), self.eps, true).step("layer 0 norm1")?;
-        lap("norm1");
         for (i, blk) in self.layers.iter().enumerate() {
             let step = |what: &str| format!("layer {i} {what}");
-            let mut qkv = h.f_linear(&blk.qkv.0, Some(&blk.qkv.1)).step(&step("qkv"))?;
+            let h1 = match h.take() {
+                Some(h) => h,
+                None => layer_norm(&x, &blk.norm1, &step("norm1"))?,
+            };
+            lap("norm1");
+            let mut qkv = h1.f_linear(&blk.qkv.0, Some(&blk.qkv.1)).step(&step("qkv"))?;
             lap("qkv");
-            k.rope(&mut qkv, &cos, &sin, t, prefix).with_context(|| step("RoPE"))?;
+            let (q, kk, v) = if f.rope {
+                // In place in the GEMM's output; q, k, v are then (B, H, T, hd) views of it.
+                kernels()?.rope(&mut qkv, &cos, &sin, t, prefix).with_context(|| step("RoPE"))?;
+                let qkv = qkv.view([b, t, 3, heads, hd]);
+                let part = |j: i64| qkv.select(2, j).transpose(1, 2);
+                (part(0), part(1), part(2))
+            } else {
+                // (B·T, 3D) → (3, B, H, T, hd): q, k, v; RoPE on q and k together.
+                let qkv = qkv.view([b, t, 3, heads, hd]).permute([2i64, 0, 3, 1, 4]);
+                let qk = qkv.narrow(0, 0, 2);
+                let qk = if rope == RopeForm::Roll {
+                    // x·cos + swap_halves(x)·sin (the sign is in the table).
+                    (&qk * &cos).f_addcmul_(&qk.roll([hd / 2], [-1i64]), &sin).step(&step("RoPE"))?
+                } else {
+                    // x·cos, then each half gets the other half times its part of the sin table.
+                    let half = hd / 2;
+                    let out = (&qk * &cos).f_contiguous().step(&step("RoPE"))?;
+                    for (dst, src) in [(0, half), (half, 0)] {
+                        out.narrow(-1, dst, half).f_addcmul_(&qk.narrow(-1, src, half), &sin.narrow(-1, dst, half)).in_place(&step("RoPE"))?;
+                    }
+                    out
+                };
+                (qk.get(0), qk.get(1), qkv.get(2))
+            };
             lap("rope");
-            // (B·T, 3D) → (B, T, 3, H, hd); q, k, v as (B, H, T, hd) views.
-            let qkv = qkv.view([b, t, 3, heads, hd]);
-            let part = |j: i64| qkv.select(2, j).transpose(1, 2);
-            let a = tch_shim::attention(&part(0), &part(1), &part(2), self.attention).with_context(|| step("attention"))?;
+            let a = tch_shim::attention(&q, &kk, &v, self.attention).with_context(|| step("attention"))?;
             let a = a.transpose(1, 2).reshape([m, d]);
             lap("attention");
             let o = a.f_linear(&blk.o.0, Some(&blk.o.1)).step(&step("o_proj"))?;
-            let h2 = k.residual_norm(&mut x, &o, &blk.ls1, &blk.norm2, self.eps).with_context(|| step("residual + norm2"))?;
-            lap("o + residual + norm2");
+            let h2 = if f.norm {
+                kernels()?.residual_norm(&mut x, &o, &blk.ls1, &blk.norm2, self.eps).with_context(|| step("residual + norm2"))?
+            } else {
+                x.f_addcmul_(&o, &blk.ls1).in_place(&step("residual"))?;
+                layer_norm(&x, &blk.norm2, &step("norm2"))?
+            };
+            lap("o_proj + residual + norm2");
             let y = self.mlp(blk, &h2, &step)?;
             lap("MLP");
-            let next = self.layers.get(i + 1).map_or(&self.norm, |n| &n.norm1);
-            h = k.residual_norm(&mut x, &y, &blk.ls2, next, self.eps).with_context(|| step("residual + next norm"))?;
-            lap("residual + next norm");
+            if f.norm {
+                let next = self.layers.get(i + 1).map_or(&self.norm, |n| &n.norm1);
+                h = Some(kernels()?.residual_norm(&mut x, &y, &blk.ls2, next, self.eps).with_context(|| step("residual + next norm"))?);
+            } else {
+                x.f_addcmul_(&y, &blk.ls2).in_place(&step("residual"))?;
+            }
+            lap("residual (+ next norm)");
         }
-        Ok(h.view([b, t, d]))
+        let out = match h {
+            Some(h) => h,
+            None => layer_norm(&x, &self.norm, "final norm")?,
+        };
+        Ok(out.view([b, t, d]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `SV_TCH_FUSED` names sets of kernels; anything else is an error naming it.
+    #[test]
+    fn fusion_sets_parse() {
+        assert_eq!(Fusion::parse("0").unwrap(), Fusion::NONE);
+        assert_eq!(Fusion::parse("all").unwrap(), Fusion::ALL);
+        let f = Fusion::parse("rope, patches").unwrap();
+        assert!(f.rope && f.patches && !f.norm, "{f}");
+        assert_eq!(f.to_string(), "rope,patches");
+        assert_eq!(Fusion::NONE.to_string(), "none");
+        let e = Fusion::parse("rope,layernorm").unwrap_err().to_string();
+        assert!(e.contains("\"layernorm\""), "{e}");
     }
 }
