@@ -32,7 +32,7 @@ if [ ! -e "$src_dir/crates/sv-train/tests/fixtures" ]; then mkdir -p /work && ln
 echo "== parity (LibTorch forward vs transformers)"
 .device/parity libtorch_forward --nocapture --test-threads 1 2>&1 | tee "$OUT/parity.log"
 echo "== parity of the variants (unfused forward, each attention kernel, exact GELU, the other RoPE form)"
-for v in SV_TCH_FUSED=0 SV_TCH_FUSED=0,SV_TCH_ROPE=halves SV_TCH_FUSED=rope SV_TCH_FUSED=norm,patches SV_TCH_ATTN=flash SV_TCH_ATTN=efficient SV_TCH_GELU=exact; do
+for v in SV_TCH_FUSED=0 SV_TCH_FUSED=0,SV_TCH_ROPE=halves SV_TCH_FUSED=rope SV_TCH_FUSED=norm+patches SV_TCH_ATTN=flash SV_TCH_ATTN=efficient SV_TCH_GELU=exact; do
   echo "-- $v"
   env ${v//,/ } .device/parity libtorch_forward --nocapture --test-threads 1 2>&1 | tee -a "$OUT/parity-variants.log" | grep "BF16\|F16\|test result\|panicked\|Error"
 done
@@ -46,8 +46,8 @@ done
 echo "== table"
 python3 benchmarks/bench_backbone.py --device cuda --from-json "$OUT/gpu.jsonl"
 echo "== variants (ours alone, same call): the fused kernels, the GELU epilogue, each attention kernel"
-# SV_TCH_FUSED=0,SV_TCH_GELU=exact is the forward of the previous session (c. 649c3b9).
-VARIANTS="${VARIANTS:-default SV_TCH_FUSED=1 SV_TCH_FUSED=0 SV_TCH_FUSED=0,SV_TCH_GELU=exact SV_TCH_GELU=exact SV_TCH_ATTN=flash SV_TCH_ATTN=efficient}"
+# Kernel sets of SV_TCH_FUSED are joined with + (a comma separates variables here).
+VARIANTS="${VARIANTS:-default SV_TCH_FUSED=0 SV_TCH_FUSED=rope SV_TCH_FUSED=norm SV_TCH_FUSED=patches SV_TCH_FUSED=rope+norm SV_TCH_GELU=exact SV_TCH_ATTN=flash SV_TCH_ATTN=efficient}"
 # Rows (preset:batch) of the variants and profiles: by default the two targets.
 for row in ${VARIANT_ROWS:-vitb16:256 vits16:1}; do
   p=${row%:*}; b=${row#*:}
@@ -60,7 +60,7 @@ done
 python3 benchmarks/bench_backbone.py --device cuda --from-json "$OUT/variants.jsonl"
 if [ "${NSYS:-0}" = 1 ]; then
   echo "== kernels (ViT-B/16 batch 256 bf16): ours under nsys, 13 forwards; torch.compile under torch.profiler"
-  NSYS_BIN=$(command -v nsys || ls /usr/local/cuda/bin/nsys /usr/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda-*/bin/nsys 2>/dev/null | head -1)
+  NSYS_BIN=$(command -v nsys || find / -xdev -name nsys -type f -perm -u+x 2>/dev/null | head -1)
   [ -n "$NSYS_BIN" ] || echo "nsys not found"
   for v in ${NSYS_VARIANTS:-default SV_TCH_FUSED=0}; do
     echo "-- ours, $v"
