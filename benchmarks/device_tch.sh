@@ -69,6 +69,5 @@ if [ "${NSYS:-0}" = 1 ]; then
     "$NSYS_BIN" stats -q --report cuda_gpu_kern_sum --format csv /tmp/nsys-ours.nsys-rep 2>>"$OUT/nsys.err" \
       | python3 benchmarks/nsys_kernels.py --forwards 13 | tee -a "$OUT/kernels.md"
   done
-  echo "-- torch.compile"
-  (cd benchmarks && taskset -c 0-7 python3 profile_torch.py --preset vitb16 --batch 256 --dtype bf16 --compile --iters 10) 2>>"$OUT/nsys.err" | tee -a "$OUT/kernels.md"
+  [ "${TORCH_PROFILE:-1}" = 1 ] && echo "-- torch.compile" && (cd benchmarks && taskset -c 0-7 python3 profile_torch.py --preset vitb16 --batch 256 --dtype bf16 --compile --iters 10) 2>>"$OUT/nsys.err" | tee -a "$OUT/kernels.md"
 fi
