@@ -15,6 +15,9 @@
 #   cpu-head   the same store, heads on the CPU (the default), for the train stage side by side
 #   cold-min   as `cold` with CubeCL's autotune at its `minimal` level (own, empty caches)
 #   warm-min   as `warm` with those caches
+# RUNS="cold warm" runs only those. A `tch` build (`--features tch`, built as in RESULTS.md
+# "LibTorch") runs too: the GPU machine's PyTorch libraries and NVIDIA's NVRTC go on the library
+# path here.
 # Seconds per stage from each run's metrics.json (and the curriculum's reference model,
 # difficulty scoring and head training inside `train`); results go to $OUT.
 set -euo pipefail
@@ -23,6 +26,9 @@ W="$(pwd)/.device/work"
 B="$W/bin"
 mkdir -p "$W" "$B" "$OUT"
 if [ ! -x "$B/sv-train" ]; then xz -dc .device/bin/sv-train.xz > "$B/sv-train"; chmod +x "$B/sv-train"; fi
+TORCH_LIB=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null || true)
+NV_LIBS=$(python3 -c 'import glob, os, torch; sp = os.path.dirname(os.path.dirname(torch.__file__)); print(":".join(sorted(glob.glob(sp + "/nvidia/*/lib"))))' 2>/dev/null || true)
+export LD_LIBRARY_PATH="$TORCH_LIB${NV_LIBS:+:$NV_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total,driver_version --format=csv,noheader
 nproc
 
@@ -33,6 +39,7 @@ experiment() { # store, extra [train] line
 }
 
 run() { # name, store, extra [train] line, kernel cache folder, autotune level
+  if [ -n "${RUNS:-}" ] && [[ " $RUNS " != *" $1 "* ]]; then return 0; fi
   experiment "$2" "$3" > "$W/$1.toml"
   echo "== $1"
   SV_KERNEL_CACHE="$W/$4" CUBECL_AUTOTUNE_LEVEL="$5" /usr/bin/time -f "wall %e s, peak %M KiB" \
@@ -62,4 +69,4 @@ run gpu-head2 "$W/store-b" 'device = "backbone"'  kc-default balanced
 run cpu-head  "$W/store-b" 'device = "cpu"'       kc-default balanced
 run cold-min  "$W/store-c" ""                     kc-minimal minimal
 run warm-min  "$W/store-d" ""                     kc-minimal minimal
-du -sh "$W"/kc-*
+du -sh "$W"/kc-* 2>/dev/null || true

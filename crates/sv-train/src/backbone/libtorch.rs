@@ -349,7 +349,9 @@ impl TchDinov3 {
         if off || crate::backend_name() != "tch" || !libtorch {
             return Ok(None);
         }
-        Self::new(cfg, model, device_from_env()?, model.dtype()).map(Some)
+        let forward = Self::new(cfg, model, device_from_env()?, model.dtype())?;
+        tracing::info!("backbone forward on LibTorch: {}", forward.describe());
+        Ok(Some(forward))
     }
 
     /// What this forward runs, for logs and benchmark rows: device, kind, whether our fused
