@@ -31,7 +31,7 @@ src_dir=/work/main
 if [ ! -e "$src_dir/crates/sv-train/tests/fixtures" ]; then mkdir -p /work && ln -sfn "$here" "$src_dir"; fi
 echo "== parity (LibTorch forward vs transformers)"
 .device/parity libtorch_forward --nocapture --test-threads 1 2>&1 | tee "$OUT/parity.log"
-echo "== parity of the variants (unfused forward, each attention kernel, exact GELU, the other RoPE form)"
+echo "== parity of the variants (no fused kernels, either RoPE form, subsets of the kernels, each attention kernel, exact GELU)"
 for v in SV_TCH_FUSED=0 SV_TCH_FUSED=0,SV_TCH_ROPE=halves SV_TCH_FUSED=rope SV_TCH_FUSED=norm+patches SV_TCH_ATTN=flash SV_TCH_ATTN=efficient SV_TCH_GELU=exact; do
   echo "-- $v"
   env ${v//,/ } .device/parity libtorch_forward --nocapture --test-threads 1 2>&1 | tee -a "$OUT/parity-variants.log" | grep "BF16\|F16\|test result\|panicked\|Error"
@@ -61,8 +61,9 @@ python3 benchmarks/bench_backbone.py --device cuda --from-json "$OUT/variants.js
 if [ "${NSYS:-0}" = 1 ]; then
   echo "== kernels (ViT-B/16 batch 256 bf16): ours under nsys, 13 forwards; torch.compile under torch.profiler"
   NSYS_BIN=$(command -v nsys || find / -xdev -name nsys -type f -perm -u+x 2>/dev/null | head -1)
-  [ -n "$NSYS_BIN" ] || echo "nsys not found"
-  for v in ${NSYS_VARIANTS:-default SV_TCH_FUSED=0}; do
+  [ -n "$NSYS_BIN" ] || echo "nsys not found: no kernel table of ours"
+  for v in $([ -n "$NSYS_BIN" ] && echo ${NSYS_VARIANTS:-default SV_TCH_FUSED=0}); do
+    rm -f /tmp/nsys-ours.nsys-rep
     echo "-- ours, $v"
     env $([ $v = default ] || echo ${v//,/ }) "$NSYS_BIN" profile -t cuda --sample=none --cpuctxsw=none -f true -o /tmp/nsys-ours \
       .device/bench-backbone --backend tch --dtype bf16 --presets vitb16 --batches 256 --warmup 2 --iters 10 --max-seconds 60 >/dev/null 2>>"$OUT/nsys.err"

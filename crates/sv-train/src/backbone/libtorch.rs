@@ -180,8 +180,8 @@ pub struct TchDinov3 {
     /// Our own fused kernels on CUDA ([`FusedKernels`]); `None` on the CPU, where [`Self::fusion`]
     /// names none, or where NVRTC is missing (then the unfused forward runs, with a warning).
     fused: Option<FusedKernels>,
-    /// The fused kernels the forward runs (`SV_TCH_FUSED`, see [`Fusion`]); none without
-    /// [`Self::fused`].
+    /// The fused kernels asked for (`SV_TCH_FUSED`, see [`Fusion`]); what runs is
+    /// [`Self::fusion`], none where the kernels did not load.
     fusion: Fusion,
     /// The attention kernel (`SV_TCH_ATTN`; LibTorch's choice by default).
     attention: Attention,

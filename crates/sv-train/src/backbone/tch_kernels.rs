@@ -24,7 +24,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::libtorch::Step;
 
-/// The kernels' source; `D`, `HD`, `C`, `P` and `KIND` are defined before it.
+/// The kernels' source; `D`, `HD`, `C`, `P`, `KIND` and `VEC` are defined before it.
 const SOURCE: &str = r#"
 typedef unsigned short u16;
 #if KIND == 0
@@ -45,7 +45,6 @@ typedef u16 elem;
 __device__ __forceinline__ float f32(elem v) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v)); return f; }
 __device__ __forceinline__ elem to_elem(float v) { u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v)); return h; }
 #endif
-__device__ __forceinline__ float rnd(float v) { return f32(to_elem(v)); }
 
 // VEC elements moved by one load or store (up to 16 bytes); VEC divides D, HD / 2 and P.
 struct __align__(VEC * sizeof(elem)) vec { elem e[VEC]; };
@@ -86,7 +85,9 @@ extern "C" __global__ void rope(elem *__restrict__ qkv, const float *__restrict_
 }
 
 // x[row] += g ⊙ y[row]; out[row] = LayerNorm(x[row]) · w + b (statistics in f32 over the stored,
-// rounded x). One warp per row of D, VEC values per load, every load before any store.
+// rounded x). One warp per row of D, VEC values per load, every load before any store. The row
+// lives in registers (3·D/32 loaded elements and D/32 floats a lane): fine to D = 1024, spilled
+// to local memory beyond (correct, slower).
 extern "C" __global__ void residual_norm(elem *__restrict__ x, const elem *__restrict__ y, const elem *__restrict__ g,
                                          const elem *__restrict__ w, const elem *__restrict__ b, elem *__restrict__ out,
                                          int m, float eps) {
@@ -212,6 +213,7 @@ const BLOCK: u32 = 256;
 pub struct FusedKernels {
     kind: Kind,
     d: i64,
+    hd: i64,
     channels: i64,
     patch: i64,
     /// Bytes of one vector load ([`vector_width`] elements): every address is aligned to it.
@@ -247,6 +249,7 @@ impl FusedKernels {
         Ok(Self {
             kind,
             d: d as i64,
+            hd: hd as i64,
             channels: channels as i64,
             patch: patch as i64,
             align: (vector_width(bytes, d, hd, patch) * bytes) as u64,
@@ -258,11 +261,11 @@ impl FusedKernels {
     }
 
     /// A tensor's device address, checked: on `device`, of `kind`, contiguous, `numel` elements,
-    /// aligned for the kernels' vector loads (f32 inputs of a half-precision model, the RoPE
-    /// tables and pixels, are read one value at a time: 4 bytes).
-    fn address(&self, t: &Tensor, what: &str, device: Device, kind: Kind, numel: i64) -> Result<u64> {
+    /// aligned for the kernels' vector loads of the model's values (`vector`), else to 4 bytes
+    /// (the f32 RoPE tables and pixels, read one value at a time).
+    fn address(&self, t: &Tensor, what: &str, device: Device, kind: Kind, numel: i64, vector: bool) -> Result<u64> {
         let ptr = t.data_ptr() as u64;
-        let align = if kind == self.kind { self.align } else { 4 };
+        let align = if vector { self.align } else { 4 };
         if t.device() != device || t.kind() != kind || !t.is_contiguous() || t.numel() as i64 != numel || ptr % align != 0 {
             bail!(
                 "fused kernel input {what}: {:?} {:?} {:?} (contiguous: {}, address {ptr:#x}), expected {numel} contiguous {kind:?} values on {device:?} aligned to {align} bytes",
@@ -279,10 +282,12 @@ impl FusedKernels {
     pub fn rope(&self, qkv: &mut Tensor, cos: &Tensor, sin: &Tensor, t: i64, prefix: i64) -> Result<()> {
         let device = qkv.device();
         let m = qkv.size().first().copied().unwrap_or(0);
-        let hd = cos.size().last().copied().unwrap_or(0);
-        let q = self.address(qkv, "qkv", device, self.kind, m * 3 * self.d)?;
-        let c = self.address(cos, "RoPE cos", device, Kind::Float, t * hd)?;
-        let s = self.address(sin, "RoPE sin", device, Kind::Float, t * hd)?;
+        if t <= 0 || m % t != 0 || !(0..=t).contains(&prefix) {
+            bail!("RoPE on {m} q/k/v rows: {t} tokens an image with {prefix} prefix tokens do not fit");
+        }
+        let q = self.address(qkv, "qkv", device, self.kind, m * 3 * self.d, true)?;
+        let c = self.address(cos, "RoPE cos", device, Kind::Float, t * self.hd, false)?;
+        let s = self.address(sin, "RoPE sin", device, Kind::Float, t * self.hd, false)?;
         let vec = self.align as i64 / element(self.kind)?.0 as i64;
         // Threads: (row, q or k, head, VEC values of the first half) = m·D / VEC.
         let (cfg, n) = blocks(m * self.d / vec, "RoPE")?;
@@ -303,12 +308,12 @@ impl FusedKernels {
         let out = Tensor::f_empty([m, self.d], (self.kind, device)).step("allocating the norm output")?;
         let (d, k) = (self.d, self.kind);
         let args = [
-            self.address(x, "residual x", device, k, m * d)?,
-            self.address(y, "residual y", device, k, m * d)?,
-            self.address(gamma, "LayerScale", device, k, d)?,
-            self.address(&norm.0, "norm weight", device, k, d)?,
-            self.address(&norm.1, "norm bias", device, k, d)?,
-            self.address(&out, "norm output", device, k, m * d)?,
+            self.address(x, "residual x", device, k, m * d, true)?,
+            self.address(y, "residual y", device, k, m * d, true)?,
+            self.address(gamma, "LayerScale", device, k, d, true)?,
+            self.address(&norm.0, "norm weight", device, k, d, true)?,
+            self.address(&norm.1, "norm bias", device, k, d, true)?,
+            self.address(&out, "norm output", device, k, m * d, true)?,
         ];
         // One warp per row; `blocks` bounds the thread count, so m fits too.
         let (cfg, _) = blocks(m * 32, "residual + norm")?;
@@ -331,15 +336,15 @@ impl FusedKernels {
         if c != self.channels {
             bail!("pixels have {c} channels, the model {}", self.channels);
         }
-        if gh * self.patch > hgt || gw * self.patch > wid {
+        if gh <= 0 || gw <= 0 || gh * self.patch > hgt || gw * self.patch > wid {
             bail!("a {gh}×{gw} patch grid does not fit {hgt}×{wid} px");
         }
         let device = pixels.device();
         let k = c * self.patch * self.patch;
         let rows = b * gh * gw;
         let out = Tensor::f_empty([rows, k], (self.kind, device)).step("allocating patch rows")?;
-        let px = self.address(pixels, "pixels", device, Kind::Float, b * c * hgt * wid)?;
-        let o = self.address(&out, "patch rows", device, self.kind, rows * k)?;
+        let px = self.address(pixels, "pixels", device, Kind::Float, b * c * hgt * wid, false)?;
+        let o = self.address(&out, "patch rows", device, self.kind, rows * k, true)?;
         // Threads: (patch, channel, pixel row) = rows·C·p, each writing p values.
         let (cfg, n) = blocks(rows * c * self.patch, "patch")?;
         let (gh32, gw32, h32, w32) = (gh as i32, gw as i32, hgt as i32, wid as i32);
