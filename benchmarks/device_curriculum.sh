@@ -26,10 +26,7 @@ W="$(pwd)/.device/work"
 B="$W/bin"
 mkdir -p "$W" "$B" "$OUT"
 if [ ! -x "$B/sv-train" ]; then xz -dc .device/bin/sv-train.xz > "$B/sv-train"; chmod +x "$B/sv-train"; fi
-TORCH_LIB=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null || true)
-NV_LIBS=$(python3 -c 'import glob, os, torch; sp = os.path.dirname(os.path.dirname(torch.__file__)); print(":".join(sorted(glob.glob(sp + "/nvidia/*/lib"))))' 2>/dev/null || true)
-LIBS="$TORCH_LIB${NV_LIBS:+:$NV_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export LD_LIBRARY_PATH="${LIBS#:}"
+. benchmarks/torch_libs.sh
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total,driver_version --format=csv,noheader
 nproc
 

@@ -20,10 +20,7 @@ mkdir -p "$OUT"
 here=$(pwd)
 for f in .device/*.xz; do [ -e "$f" ] && xz -dkf "$f"; done
 chmod +x .device/bench-backbone .device/parity 2>/dev/null
-TORCH_LIB=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-# NVIDIA's wheels (NVRTC for our fused kernels, cuDNN, cuBLAS) sit beside torch in site-packages.
-NV_LIBS=$(python3 -c 'import glob, os, torch; sp = os.path.dirname(os.path.dirname(torch.__file__)); print(":".join(sorted(glob.glob(sp + "/nvidia/*/lib"))))')
-export LD_LIBRARY_PATH="$TORCH_LIB${NV_LIBS:+:$NV_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+. benchmarks/torch_libs.sh
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 # The test binary finds its fixtures under the path it was built in.

@@ -377,6 +377,12 @@ impl TchDinov3 {
         if self.fused.is_some() { self.fusion } else { Fusion::NONE }
     }
 
+    /// Our fused kernels, where they are loaded and `pick` says the set asked for includes the
+    /// one a step would run.
+    fn kernels_for(&self, pick: fn(Fusion) -> bool) -> Option<&FusedKernels> {
+        self.fused.as_ref().filter(|_| pick(self.fusion))
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> Device {
         self.device
@@ -468,8 +474,7 @@ impl TchDinov3 {
             }
         };
         let d = self.d as i64;
-        let f = self.fusion();
-        let patches = match self.fused.as_ref().filter(|_| f.patches) {
+        let patches = match self.kernels_for(|f| f.patches) {
             // One pass from f32 pixels to patch rows in the model's kind.
             Some(k) => {
                 let px = pixels.f_to_kind(Kind::Float).and_then(|x| x.f_contiguous()).step("input")?;
@@ -485,7 +490,7 @@ impl TchDinov3 {
         let patches = patches.f_linear(&self.patch_embed.0, Some(&self.patch_embed.1)).step("patch embedding")?.view([b, gh * gw, d]);
         let x = Tensor::f_cat(&[self.prefix_tokens.expand([b, prefix, d], false), patches], 1).step("tokens")?;
         lap("embed");
-        let out = self.blocks(f, self.fused.as_ref(), x, (b, t, prefix), (gh, gw), &mut lap)?;
+        let out = self.blocks(x, (b, t, prefix), (gh, gw), &mut lap)?;
         let cls = out.select(1, 0);
         let mean = out.narrow(1, prefix, t - prefix).f_mean_dim(1i64, false, self.kind).step("patch mean")?;
         let features = Tensor::f_cat(&[cls, mean], 1).and_then(|f| f.f_to_kind(Kind::Float)).step("features")?;
@@ -494,28 +499,20 @@ impl TchDinov3 {
     }
 
     /// The blocks and the final norm: tokens `(B, T, D)` → `(B, T, D)`, as LibTorch operators and
-    /// the fused kernels `f` names (`k`, loaded whenever `f` names any).
-    fn blocks(
-        &self,
-        f: Fusion,
-        k: Option<&FusedKernels>,
-        x: Tensor,
-        (b, t, prefix): (i64, i64, i64),
-        (gh, gw): (i64, i64),
-        lap: &mut dyn FnMut(&'static str),
-    ) -> Result<Tensor> {
+    /// the fused kernels of [`Self::fusion`].
+    fn blocks(&self, x: Tensor, (b, t, prefix): (i64, i64, i64), (gh, gw): (i64, i64), lap: &mut dyn FnMut(&'static str)) -> Result<Tensor> {
         let (d, heads) = (self.d as i64, self.heads as i64);
         let hd = d / heads;
         let m = b * t;
-        let kernels = || k.context("the fused kernels are not loaded");
-        let (cos, sin) = self.rope_tables(gh as usize, gw as usize, prefix as usize, hd as usize, f.rope)?;
+        let (rope_kernel, norm_kernel) = (self.kernels_for(|f| f.rope), self.kernels_for(|f| f.norm));
+        let (cos, sin) = self.rope_tables(gh as usize, gw as usize, prefix as usize, hd as usize, rope_kernel.is_some())?;
         let rope = self.rope_form.unwrap_or(if 2 * m * d >= ROPE_HALVES_MIN { RopeForm::Halves } else { RopeForm::Roll });
         let layer_norm = |x: &Tensor, n: &(Tensor, Tensor), what: &str| x.f_layer_norm([d], Some(&n.0), Some(&n.1), self.eps, true).step(what);
         let mut x = x.f_contiguous().step("tokens")?.view([m, d]);
         // With the fused norm, each block's normalised input comes out of the kernel that adds the
         // previous residual (the first block's from LibTorch's layer_norm).
-        let mut h = match (f.norm, self.layers.first()) {
-            (true, Some(first)) => Some(layer_norm(&x, &first.norm1, "layer 0 norm1")?),
+        let mut h = match (norm_kernel, self.layers.first()) {
+            (Some(_), Some(first)) => Some(layer_norm(&x, &first.norm1, "layer 0 norm1")?),
             _ => None,
         };
         for (i, blk) in self.layers.iter().enumerate() {
@@ -527,9 +524,9 @@ impl TchDinov3 {
             lap("norm1");
             let mut qkv = h1.f_linear(&blk.qkv.0, Some(&blk.qkv.1)).step(&step("qkv"))?;
             lap("qkv");
-            let (q, kk, v) = if f.rope {
+            let (q, kk, v) = if let Some(k) = rope_kernel {
                 // In place in the GEMM's output; q, k, v are then (B, H, T, hd) views of it.
-                kernels()?.rope(&mut qkv, &cos, &sin, t, prefix).with_context(|| step("RoPE"))?;
+                k.rope(&mut qkv, &cos, &sin, t, prefix).with_context(|| step("RoPE"))?;
                 let qkv = qkv.view([b, t, 3, heads, hd]);
                 let part = |j: i64| qkv.select(2, j).transpose(1, 2);
                 (part(0), part(1), part(2))
@@ -556,20 +553,22 @@ impl TchDinov3 {
             let a = a.transpose(1, 2).reshape([m, d]);
             lap("attention");
             let o = a.f_linear(&blk.o.0, Some(&blk.o.1)).step(&step("o_proj"))?;
-            let h2 = if f.norm {
-                kernels()?.residual_norm(&mut x, &o, &blk.ls1, &blk.norm2, self.eps).with_context(|| step("residual + norm2"))?
-            } else {
-                x.f_addcmul_(&o, &blk.ls1).in_place(&step("residual"))?;
-                layer_norm(&x, &blk.norm2, &step("norm2"))?
+            let h2 = match norm_kernel {
+                Some(k) => k.residual_norm(&mut x, &o, &blk.ls1, &blk.norm2, self.eps).with_context(|| step("residual + norm2"))?,
+                None => {
+                    x.f_addcmul_(&o, &blk.ls1).in_place(&step("residual"))?;
+                    layer_norm(&x, &blk.norm2, &step("norm2"))?
+                }
             };
             lap("o_proj + residual + norm2");
             let y = self.mlp(blk, &h2, &step)?;
             lap("MLP");
-            if f.norm {
-                let next = self.layers.get(i + 1).map_or(&self.norm, |n| &n.norm1);
-                h = Some(kernels()?.residual_norm(&mut x, &y, &blk.ls2, next, self.eps).with_context(|| step("residual + next norm"))?);
-            } else {
-                x.f_addcmul_(&y, &blk.ls2).in_place(&step("residual"))?;
+            match norm_kernel {
+                Some(k) => {
+                    let next = self.layers.get(i + 1).map_or(&self.norm, |n| &n.norm1);
+                    h = Some(k.residual_norm(&mut x, &y, &blk.ls2, next, self.eps).with_context(|| step("residual + next norm"))?);
+                }
+                None => x.f_addcmul_(&y, &blk.ls2).in_place(&step("residual"))?,
             }
             lap("residual (+ next norm)");
         }

@@ -216,7 +216,9 @@ pub struct FusedKernels {
     hd: i64,
     channels: i64,
     patch: i64,
-    /// Bytes of one vector load ([`vector_width`] elements): every address is aligned to it.
+    /// Elements of one vector load ([`vector_width`]).
+    vec: i64,
+    /// Bytes of one vector load: every address of the model's values is aligned to it.
     align: u64,
     stream: Arc<CudaStream>,
     rope: CudaFunction,
@@ -243,6 +245,7 @@ impl FusedKernels {
         }
         let ptx = compile(kind, d, hd, channels, patch)?;
         let (bytes, _) = element(kind)?;
+        let vec = vector_width(bytes, d, hd, patch);
         let ctx = CudaContext::new(ordinal).with_context(|| format!("CUDA device {ordinal}"))?;
         let module = ctx.load_module(ptx).context("loading the fused kernels")?;
         let f = |name: &str| module.load_function(name).with_context(|| format!("fused kernel {name}"));
@@ -252,7 +255,8 @@ impl FusedKernels {
             hd: hd as i64,
             channels: channels as i64,
             patch: patch as i64,
-            align: (vector_width(bytes, d, hd, patch) * bytes) as u64,
+            vec: vec as i64,
+            align: (vec * bytes) as u64,
             stream: ctx.default_stream(),
             rope: f("rope")?,
             residual_norm: f("residual_norm")?,
@@ -288,9 +292,8 @@ impl FusedKernels {
         let q = self.address(qkv, "qkv", device, self.kind, m * 3 * self.d, true)?;
         let c = self.address(cos, "RoPE cos", device, Kind::Float, t * self.hd, false)?;
         let s = self.address(sin, "RoPE sin", device, Kind::Float, t * self.hd, false)?;
-        let vec = self.align as i64 / element(self.kind)?.0 as i64;
         // Threads: (row, q or k, head, VEC values of the first half) = m·D / VEC.
-        let (cfg, n) = blocks(m * self.d / vec, "RoPE")?;
+        let (cfg, n) = blocks(m * self.d / self.vec, "RoPE")?;
         let (t32, p32) = (t as i32, prefix as i32);
         let mut launch = self.stream.launch_builder(&self.rope);
         launch.arg(&q).arg(&c).arg(&s).arg(&n).arg(&t32).arg(&p32);
