@@ -13,6 +13,9 @@ CubeCL) may differ: their features are what the selection asks for.
 import subprocess, sys
 
 SELECTIONS = [
+    ["-p", "sv-core"],
+    ["-p", "sv-model"],
+    ["-p", "sv-tools"],
     ["-p", "sv-data"],
     ["-p", "sv-train"],
     ["-p", "sv-infer"],

@@ -139,10 +139,7 @@ pub fn augment(img: &RgbImage, strategy: Strategy, rng: &mut StdRng) -> Result<R
     })
 }
 
-/// Decode encoded bytes to RGB.
-pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
-    Ok(crate::preprocess::decode(bytes)?.to_rgb8())
-}
+pub use sv_core::preprocess::decode_rgb;
 
 /// Encode RGB as PNG (lossless; used where a second JPEG would distort a measurement).
 pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {

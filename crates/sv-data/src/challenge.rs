@@ -1,4 +1,6 @@
-//! The subnet validator's challenge pipeline, operation by operation (SPEC §1).
+//! The subnet validator's challenge pipeline, operation by operation (SPEC §1). (Over 500
+//! lines: one file mirrors the validator's one transform file, operation for operation, with
+//! the pixel-parity tests beside them.)
 //!
 //! The validator (`natix/utils/image_transforms.py`, commit 28a1755) augments every challenge at a
 //! level drawn uniformly from 0–3 with torchvision, OpenCV and PIL, and sends it as a PIL JPEG. Each
@@ -101,7 +103,7 @@ fn trunc_u8(v: f32) -> u8 {
 /// PIL `CenterCrop(min(size))`: a square on the short side at offset `int(round((H-h)/2))`
 /// (Python's round: ties to even).
 pub fn pil_center_square(img: &RgbImage) -> RgbImage {
-    let (x, y, s) = crate::preprocess::center_square_box(img.width(), img.height());
+    let (x, y, s) = sv_core::preprocess::center_square_box(img.width(), img.height());
     image::imageops::crop_imm(img, x, y, s, s).to_image()
 }
 
@@ -620,7 +622,7 @@ pub fn write_challenges(images: &[(String, Vec<u8>)], level: Option<u8>, count: 
     let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(seed);
     let mut n = 0;
     for (name, bytes) in images {
-        let img = crate::augment::decode_rgb(bytes).with_context(|| format!("image {name:?} cannot be decoded"))?;
+        let img = sv_core::preprocess::decode_rgb(bytes).with_context(|| format!("image {name:?} cannot be decoded"))?;
         let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
         for k in 0..count {
             let l = level.unwrap_or_else(|| rng.random_range(0..=3));

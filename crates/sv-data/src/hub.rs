@@ -12,7 +12,7 @@ use hf_hub::{Repo, RepoType};
 
 /// A client configured from the environment.
 pub fn api() -> Result<Api> {
-    let mut builder = ApiBuilder::from_env().with_progress(crate::progress::is_terminal());
+    let mut builder = ApiBuilder::from_env().with_progress(sv_core::progress::is_terminal());
     if let Some(token) = std::env::var("HF_TOKEN")
         .ok()
         .or_else(|| std::env::var("HUGGING_FACE_HUB_TOKEN").ok())

@@ -14,14 +14,12 @@ pub mod hub;
 pub mod ingest;
 pub mod mining;
 pub mod predlog;
-pub mod preprocess;
-pub mod progress;
 pub mod sample;
 pub mod similar;
 pub mod split;
 pub mod stats;
 pub mod store;
 
-pub use preprocess::{PreprocessConfig, preprocess_batch, preprocess_bytes, preprocess_image};
+pub use sv_core::{PreprocessConfig, preprocess, preprocess_batch, preprocess_bytes, preprocess_image, progress};
 pub use sample::{Label, Sample, SampleMeta, SceneMeta, Source, Split};
 pub use store::{AppendReport, Store, VectorColumn, VersionInfo};

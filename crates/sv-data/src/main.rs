@@ -18,6 +18,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Import a miner's prediction-log segments (Arrow IPC, written by sv-miner) into a Lance
+    /// prediction log for hard-case mining; imported segments move to `<segments>/imported/`.
+    ImportPredlog {
+        /// The miner's `prediction_log` folder.
+        segments: PathBuf,
+        /// The Lance prediction log (created when absent).
+        #[arg(long)]
+        log: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate procedural street scenes (roadwork positives, hard negatives) into a store.
     Generate {
         #[arg(long, default_value_t = 1000)]
@@ -187,6 +198,21 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::ImportPredlog { segments, log, json } => {
+            let r = sv_data::predlog::import_segments(&segments, &log)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "imported {} records from {} segments into {} (version {}); {} unreadable segments left in place",
+                    r.records,
+                    r.segments,
+                    log.display(),
+                    r.version,
+                    r.skipped.len()
+                );
+            }
+        }
         Cmd::Generate { count, seed, out, width, height, positive_fraction, hard_negative_fraction } => {
             let cfg = GenerateConfig {
                 count,

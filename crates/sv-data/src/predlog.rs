@@ -1,76 +1,23 @@
-//! The prediction log: every answer a miner gave, as its own Lance dataset (one commit per
-//! flushed batch), so hard cases from deployment can be mined later (SPEC: active learning).
+//! The prediction log as a Lance dataset, so hard cases from deployment can be mined later
+//! (SPEC: active learning). The miner writes Arrow IPC segments ([`sv_core::predlog`]) without
+//! linking Lance; [`import_segments`] (`sv-data import-predlog`) commits them here, one commit a
+//! segment, and moves each imported segment into `imported/` beside them.
 //!
-//! Columns: `ts_ms`, `image_sha256`, `stage`, `score`, `confidence`, `latency_ms`,
-//! `model_version`, `validator_hotkey`, `challenge_id`, `label` (the validator's outcome when
-//! it becomes known; null until then) and `image` (the bytes, only when the miner was asked to
-//! keep them). [`read_scores`] gives sv-train's hard-negative mining `id → score`, where `id` is
-//! the store's sample id of the same bytes (the first 16 hex digits of their SHA-256).
+//! Columns: those of [`sv_core::predlog::schema`]. [`read_scores`] gives sv-train's
+//! hard-negative mining `id → score` of a Lance log or of a segment folder, where `id` is the
+//! store's sample id of the same bytes (the first 16 hex digits of their SHA-256).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
-use arrow_array::{
-    Array, ArrayRef, BinaryArray, Float32Array, Int32Array, Int64Array, RecordBatch, RecordBatchIterator, StringArray,
-};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_array::{Array, Float32Array, Int32Array, RecordBatch, RecordBatchIterator, StringArray};
 use futures::TryStreamExt;
 use lance::Dataset;
 use lance::dataset::{WriteMode, WriteParams};
 
-/// One logged prediction.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PredictionRecord {
-    pub ts_ms: i64,
-    pub image_sha256: String,
-    pub stage: String,
-    pub score: f32,
-    pub confidence: f32,
-    pub latency_ms: f32,
-    pub model_version: String,
-    pub validator_hotkey: Option<String>,
-    pub challenge_id: Option<String>,
-    pub label: Option<i32>,
-    pub image: Option<Vec<u8>>,
-}
-
-/// Schema of the log.
-pub fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("ts_ms", DataType::Int64, false),
-        Field::new("image_sha256", DataType::Utf8, false),
-        Field::new("stage", DataType::Utf8, false),
-        Field::new("score", DataType::Float32, false),
-        Field::new("confidence", DataType::Float32, false),
-        Field::new("latency_ms", DataType::Float32, false),
-        Field::new("model_version", DataType::Utf8, false),
-        Field::new("validator_hotkey", DataType::Utf8, true),
-        Field::new("challenge_id", DataType::Utf8, true),
-        Field::new("label", DataType::Int32, true),
-        Field::new("image", DataType::Binary, true),
-    ]))
-}
-
-fn to_batch(records: &[PredictionRecord]) -> Result<RecordBatch> {
-    let s = |f: &dyn Fn(&PredictionRecord) -> String| -> ArrayRef { Arc::new(StringArray::from_iter_values(records.iter().map(f))) };
-    let o = |f: &dyn Fn(&PredictionRecord) -> Option<String>| -> ArrayRef { Arc::new(records.iter().map(f).collect::<StringArray>()) };
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from_iter_values(records.iter().map(|r| r.ts_ms))),
-        s(&|r| r.image_sha256.clone()),
-        s(&|r| r.stage.clone()),
-        Arc::new(Float32Array::from_iter_values(records.iter().map(|r| r.score))),
-        Arc::new(Float32Array::from_iter_values(records.iter().map(|r| r.confidence))),
-        Arc::new(Float32Array::from_iter_values(records.iter().map(|r| r.latency_ms))),
-        s(&|r| r.model_version.clone()),
-        o(&|r| r.validator_hotkey.clone()),
-        o(&|r| r.challenge_id.clone()),
-        Arc::new(records.iter().map(|r| r.label).collect::<Int32Array>()),
-        Arc::new(records.iter().map(|r| r.image.as_deref()).collect::<BinaryArray>()),
-    ];
-    Ok(RecordBatch::try_new(schema(), cols)?)
-}
+pub use sv_core::predlog::{PredictionRecord, schema};
+use sv_core::predlog::to_batch;
 
 /// A prediction log on disk. Not for use inside an async runtime: give it its own thread.
 pub struct PredictionLog {
@@ -138,15 +85,66 @@ impl PredictionLog {
     }
 }
 
-/// Whether `path` holds a prediction log (a Lance dataset) rather than a CSV file.
+/// Whether `path` holds a prediction log (a Lance dataset, or a folder of the miner's
+/// segments) rather than a CSV file.
 pub fn is_log(path: &Path) -> bool {
-    path.is_dir() && path.join("_versions").exists()
+    path.is_dir() && (path.join("_versions").exists() || sv_core::predlog::is_segment_dir(path))
 }
 
-/// `sample id → latest score` of a log (sample ids are the first 16 hex digits of the SHA-256).
+/// `sample id → latest score` of a log (sample ids are the first 16 hex digits of the SHA-256):
+/// a Lance log, or a folder of segments read in place.
 pub fn read_scores(path: &Path) -> Result<HashMap<String, f32>> {
+    let id = |h: &str| h.chars().take(16).collect::<String>();
+    if !path.join("_versions").exists() && sv_core::predlog::is_segment_dir(path) {
+        let mut out = HashMap::new();
+        for seg in sv_core::predlog::segments(path)? {
+            for r in sv_core::predlog::read_segment(&seg)? {
+                out.insert(id(&r.image_sha256), r.score);
+            }
+        }
+        return Ok(out);
+    }
     let log = PredictionLog::open(path)?;
-    Ok(log.scores()?.into_iter().map(|(h, s, _)| (h.chars().take(16).collect(), s)).collect())
+    Ok(log.scores()?.into_iter().map(|(h, s, _)| (id(&h), s)).collect())
+}
+
+/// What [`import_segments`] did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ImportReport {
+    pub segments: usize,
+    pub records: usize,
+    /// Segments that could not be read, each with the reason; they stay where they are.
+    pub skipped: Vec<String>,
+    /// The log's version after the import.
+    pub version: u64,
+}
+
+/// Commit every finished segment of `segments_dir` into the Lance log at `log_path` (one
+/// commit a segment, oldest first), moving each committed segment into `imported/` under
+/// `segments_dir`; a segment that does not read is reported and left in place. Running it again
+/// imports only what arrived since.
+pub fn import_segments(segments_dir: &Path, log_path: &Path) -> Result<ImportReport> {
+    let mut log = PredictionLog::open(log_path)?;
+    let done = segments_dir.join("imported");
+    let mut rep = ImportReport::default();
+    for seg in sv_core::predlog::segments(segments_dir)? {
+        let records = match sv_core::predlog::read_segment(&seg) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("{e:#}");
+                rep.skipped.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        log.append(&records)?;
+        std::fs::create_dir_all(&done).with_context(|| format!("cannot create {}", done.display()))?;
+        let to = done.join(seg.file_name().expect("a segment has a file name"));
+        std::fs::rename(&seg, &to).with_context(|| format!("imported {} but cannot move it to {}", seg.display(), to.display()))?;
+        rep.segments += 1;
+        rep.records += records.len();
+    }
+    rep.version = log.version()?;
+    Ok(rep)
 }
 
 #[cfg(test)]
@@ -180,5 +178,39 @@ mod tests {
         assert_eq!(m.get(&format!("{:016x}", 2)).copied(), Some(0.2));
         assert_eq!(m.len(), 3);
         assert!(is_log(&dir.path().join("log")));
+    }
+
+    #[test]
+    fn segments_import_once_and_mine_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = dir.path().join("segments");
+        let rec = |i: i64| PredictionRecord {
+            ts_ms: i,
+            image_sha256: format!("{i:016x}{:048x}", 0),
+            stage: "stage1".into(),
+            score: i as f32 / 10.0,
+            confidence: 0.9,
+            latency_ms: 3.0,
+            model_version: "v1".into(),
+            validator_hotkey: None,
+            challenge_id: None,
+            label: None,
+            image: None,
+        };
+        let mut w = sv_core::predlog::SegmentWriter::open(&segs).unwrap();
+        w.append(&[rec(1), rec(2)]).unwrap();
+        w.append(&[rec(3)]).unwrap();
+        assert!(is_log(&segs));
+        assert_eq!(read_scores(&segs).unwrap().get(&format!("{:016x}", 3)).copied(), Some(0.3));
+        std::fs::write(segs.join("seg-0000000000000-0-999999.arrow"), b"torn").unwrap();
+        let log = dir.path().join("log");
+        let r = import_segments(&segs, &log).unwrap();
+        assert_eq!((r.segments, r.records, r.skipped.len()), (2, 3, 1));
+        assert_eq!(PredictionLog::open(&log).unwrap().scores().unwrap().len(), 3);
+        // Only the unreadable segment is left; a second import adds nothing.
+        assert_eq!(sv_core::predlog::segments(&segs).unwrap().len(), 1);
+        let again = import_segments(&segs, &log).unwrap();
+        assert_eq!((again.segments, again.records), (0, 0));
+        assert_eq!(PredictionLog::open(&log).unwrap().scores().unwrap().len(), 3);
     }
 }

@@ -187,7 +187,7 @@ impl Sample {
         meta: SceneMeta,
         origin: Option<String>,
     ) -> Result<Self> {
-        let decoded = crate::preprocess::decode(&image).context("image does not decode")?;
+        let decoded = sv_core::preprocess::decode(&image).context("image does not decode")?;
         let sha256 = sha256_hex(&image);
         Ok(Sample {
             id: sha256[..16].to_string(),

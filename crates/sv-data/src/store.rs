@@ -1,4 +1,6 @@
-//! [`Store`]: the Lance dataset of samples, behind a synchronous API.
+//! [`Store`]: the Lance dataset of samples, behind a synchronous API. (Over 500 lines: the one
+//! type every write path of the store goes through; splitting its capabilities into sibling
+//! files, lance-style, is the next step for this module.)
 //!
 //! Every write is one Lance commit: data files are written first and the manifest is committed
 //! last, so a write that fails (bad input, an error from the source mid-stream) leaves the

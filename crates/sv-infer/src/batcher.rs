@@ -44,21 +44,14 @@ struct Job {
 }
 
 /// Why a request was not scored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
     /// The queue is full, or the request's deadline passed while it waited: shed load.
+    #[error("stage-1 queue is full")]
     Overloaded,
     /// The model thread is gone or failed on this batch.
+    #[error("stage 1 failed: {0}")]
     Failed(String),
-}
-
-impl std::fmt::Display for BatchError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Overloaded => write!(f, "stage-1 queue is full"),
-            Self::Failed(m) => write!(f, "stage 1 failed: {m}"),
-        }
-    }
 }
 
 /// Handle to the model thread.

@@ -2,12 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use sv_train::classifier::Classifier;
-use sv_train::decision::ScoreMap;
-use sv_train::export::card::ModelCard;
-use sv_train::export::{BundleConfig, load_model};
-use sv_train::{Device, InferBackend, kernels};
+use anyhow::Result;
+use sv_model::backbone::ForwardConfig;
+use sv_model::bundle::card::ModelCard;
+use sv_model::bundle::{BundleConfig, BundleError, ScoreMap, load_model};
+use sv_model::classifier::Classifier;
+use sv_model::{Device, InferBackend, kernel_cache as kernels};
 
 /// An export bundle whose manifest checked out. Loading needs only the folder.
 #[derive(Debug, Clone)]
@@ -20,10 +20,10 @@ pub struct Bundle {
 impl Bundle {
     /// Verify every file against `manifest.json` (a changed, missing or extra file is an error
     /// naming it) and read the configs.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, BundleError> {
         let dir = path.as_ref().to_path_buf();
-        let config = sv_train::export::open(&dir)?;
-        let card = ModelCard::read(&dir.join("model_card.json"))?;
+        let config = sv_model::bundle::open(&dir)?;
+        let card = ModelCard::read(&dir.join("model_card.json")).map_err(|e| BundleError::Model { bundle: dir.clone(), source: e })?;
         Ok(Self { dir, config, card })
     }
 
@@ -40,7 +40,7 @@ impl Bundle {
     /// kernels this does nothing.
     pub fn use_kernels(&self, cache_root: &Path, from_bundle: bool) -> Result<KernelSetup> {
         if !kernels::compiles_kernels() {
-            return Ok(KernelSetup { dir: None, from_bundle: 0, note: format!("the {} build compiles no kernels", sv_train::backend_name()) });
+            return Ok(KernelSetup { dir: None, from_bundle: 0, note: format!("the {} build compiles no kernels", sv_model::backend_name()) });
         }
         // One folder a bundle version and GPU model/driver (CubeCL's caches are not keyed by GPU).
         let key = if from_bundle { kernels::gpu_key() } else { format!("{}-no-bundle", kernels::gpu_key()) };
@@ -68,10 +68,14 @@ impl Bundle {
         Ok(KernelSetup { dir: Some(dir), from_bundle, note })
     }
 
-    /// Build stage 1 on `device`.
-    pub fn stage1(&self, device: &Device) -> Result<Stage1> {
-        let model = load_model::<InferBackend>(&self.dir, &self.config, device)
-            .with_context(|| format!("cannot load the model of bundle {}", self.dir.display()))?;
+    /// Build stage 1 on `device` with the build's fastest backbone forward.
+    pub fn stage1(&self, device: &Device) -> Result<Stage1, BundleError> {
+        self.stage1_with(device, &ForwardConfig::default())
+    }
+
+    /// Build stage 1 on `device`, its backbone forward chosen from `forward`.
+    pub fn stage1_with(&self, device: &Device, forward: &ForwardConfig) -> Result<Stage1, BundleError> {
+        let model = load_model::<InferBackend>(&self.dir, &self.config, forward, device)?;
         Ok(Stage1 { model, map: self.config.score_map, device: device.clone() })
     }
 }
@@ -95,9 +99,9 @@ pub struct Stage1 {
 }
 
 impl Stage1 {
-    /// Decode and preprocess one image (the shared preprocessing of sv-data).
+    /// Decode and preprocess one image (the shared preprocessing of sv-core).
     pub fn preprocess(&self, bytes: &[u8]) -> Result<Vec<f32>> {
-        sv_data::preprocess_bytes(bytes, &self.model.preprocess)
+        sv_core::preprocess_bytes(bytes, &self.model.preprocess)
     }
 
     /// Raw model probabilities of encoded images (what the run's checkpoint computes).
@@ -112,7 +116,7 @@ impl Stage1 {
         }
         let data: Vec<f32> = pixels.iter().flatten().copied().collect();
         let logits = self.model.logits_of_host_pixels(std::borrow::Cow::Owned(data), pixels.len(), &self.device)?;
-        let p = sv_train::backbone::host(burn::tensor::activation::sigmoid(logits));
+        let p = sv_model::backbone::host(burn::tensor::activation::sigmoid(logits));
         Ok(p.into_iter().map(|p| self.map.apply(p)).collect())
     }
 

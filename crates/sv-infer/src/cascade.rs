@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
-use sv_data::PreprocessConfig;
-use sv_train::export::Exits;
+use sv_core::PreprocessConfig;
+use sv_model::backbone::ForwardConfig;
+use sv_model::bundle::Exits;
 
 use crate::batcher::{BatchConfig, BatchError, Batcher};
 use crate::bundle::Bundle;
@@ -33,11 +34,21 @@ pub struct CascadeConfig {
     pub cache_ttl_s: u64,
     /// Cached answers kept at most.
     pub cache_entries: usize,
+    /// How stage 1's backbone forward runs (`[cascade.forward]`; defaults: the build's fastest).
+    pub forward: ForwardConfig,
 }
 
 impl Default for CascadeConfig {
     fn default() -> Self {
-        Self { exits: None, vlm: None, caption: None, batch: BatchConfig::default(), cache_ttl_s: 600, cache_entries: 10_000 }
+        Self {
+            exits: None,
+            vlm: None,
+            caption: None,
+            batch: BatchConfig::default(),
+            cache_ttl_s: 600,
+            cache_entries: 10_000,
+            forward: ForwardConfig::default(),
+        }
     }
 }
 
@@ -80,25 +91,18 @@ pub struct Answer {
     pub cached: bool,
 }
 
-/// Why the cascade could not answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why the cascade could not answer: servers branch on it (400, 503, 500).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CascadeError {
     /// The bytes are not an image the preprocessing can read (a client error).
+    #[error("bad image: {0}")]
     BadImage(String),
     /// Stage 1's queue is full.
+    #[error("overloaded: stage-1 queue is full")]
     Overloaded,
     /// Anything else.
+    #[error("internal error: {0}")]
     Internal(String),
-}
-
-impl std::fmt::Display for CascadeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::BadImage(m) => write!(f, "bad image: {m}"),
-            Self::Overloaded => write!(f, "overloaded: stage-1 queue is full"),
-            Self::Internal(m) => write!(f, "internal error: {m}"),
-        }
-    }
 }
 
 /// A running cascade.
@@ -122,9 +126,10 @@ impl Cascade {
     pub fn start(bundle: &Bundle, cfg: &CascadeConfig) -> Result<Self> {
         let b = bundle.clone();
         let max_batch = cfg.batch.max_batch;
+        let forward = cfg.forward.clone();
         let batcher = Batcher::spawn(
             move || {
-                let stage1 = b.stage1(&sv_train::Device::default())?;
+                let stage1 = b.stage1_with(&sv_model::Device::default(), &forward)?;
                 let secs = stage1.warm(max_batch).context("stage-1 warm-up failed")?;
                 tracing::info!("stage 1 warmed up in {secs:.2} s");
                 Ok(stage1)
@@ -168,7 +173,7 @@ impl Cascade {
         let pre = self.pre.clone();
         let b = bytes.clone();
         let slot = self.decode_slots.acquire().await.map_err(|_| CascadeError::Internal("decoder closed".into()))?;
-        let pixels = tokio::task::spawn_blocking(move || sv_data::preprocess_bytes(&b, &pre))
+        let pixels = tokio::task::spawn_blocking(move || sv_core::preprocess_bytes(&b, &pre))
             .await
             .map_err(|e| CascadeError::Internal(format!("preprocessing task failed: {e}")))?
             .map_err(|e| CascadeError::BadImage(format!("{e:#}")))?;

@@ -7,7 +7,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sv_infer::{Bundle, Cascade, CascadeConfig};
-use sv_train::classifier::Classifier;
 use sv_train::export::{ExportOptions, Exits, export};
 
 /// //Alice's hotkey: any valid SS58 address will do.
@@ -83,7 +82,7 @@ fn bundle_predicts_exactly_what_the_run_predicts() {
     assert_eq!(bundle.card.submitted_by, HOTKEY);
     let device = sv_train::Device::default();
     let stage1 = bundle.stage1(&device).unwrap();
-    let (model, _) = Classifier::from_run(&f.run, &device).unwrap();
+    let (model, _) = sv_train::checkpoint::classifier_of_run(&f.run, &device).unwrap();
     // The run's own per-sample predictions (cached features + head).
     let mut run_probs = std::collections::HashMap::new();
     let mut rdr = csv::Reader::from_path(f.run.join("predictions.csv")).unwrap();

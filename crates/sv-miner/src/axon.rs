@@ -74,7 +74,7 @@ pub fn message(nonce: u64, dendrite_hotkey: &str, axon_hotkey: &str, uuid: &str,
 
 /// Check an sr25519 signature (`0x`-prefixed hex) by an SS58 hotkey over `msg`.
 pub fn verify_signature(hotkey: &str, msg: &str, signature_hex: &str) -> Result<(), String> {
-    let key = sv_train::ss58::decode(hotkey).map_err(|e| format!("{e:#}"))?;
+    let key = sv_core::ss58::decode(hotkey).map_err(|e| format!("{e:#}"))?;
     let pk = PublicKey::from_bytes(&key).map_err(|e| format!("hotkey {hotkey} is not an sr25519 key: {e}"))?;
     let hex_sig = signature_hex.strip_prefix("0x").unwrap_or(signature_hex);
     let bytes = hex::decode(hex_sig).map_err(|_| "signature is not hex".to_string())?;
@@ -164,7 +164,7 @@ mod tests {
     #[test]
     fn sign_then_verify_and_tamper() {
         let kp = schnorrkel::Keypair::generate();
-        let hotkey = sv_train::ss58::encode(&kp.public.to_bytes());
+        let hotkey = sv_core::ss58::encode(&kp.public.to_bytes());
         let msg = message(5, &hotkey, "5Axon", "uuid-1", &sha3_hex(""));
         let sig = sign(&kp, &msg);
         assert!(verify_signature(&hotkey, &msg, &sig).is_ok());

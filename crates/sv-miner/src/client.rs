@@ -116,7 +116,7 @@ impl Dendrite {
         let keypair = MiniSecretKey::from_bytes(&seed)
             .map_err(|e| anyhow!("bad seed: {e}"))?
             .expand_to_keypair(ExpansionMode::Ed25519);
-        let hotkey = sv_train::ss58::encode(&keypair.public.to_bytes());
+        let hotkey = sv_core::ss58::encode(&keypair.public.to_bytes());
         let uuid = format!("{:032x}", u128::from_le_bytes(seed[..16].try_into().expect("16 bytes")) ^ now_ns());
         Ok(Self { keypair, hotkey, uuid: format!("{}-{}-{}-{}-{}", &uuid[..8], &uuid[8..12], &uuid[12..16], &uuid[16..20], &uuid[20..32]), last_nonce: 0 })
     }

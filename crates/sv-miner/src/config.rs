@@ -40,7 +40,8 @@ pub struct MinerConfig {
     pub allow_file: Option<PathBuf>,
     /// Serve `/v1/challenge` to non-loopback clients too (it has no signature).
     pub open_json_api: bool,
-    /// Lance folder of the prediction log (none: no logging).
+    /// Folder of the prediction log's Arrow IPC segments (none: no logging); `sv-data
+    /// import-predlog` moves them into a Lance log.
     pub prediction_log: Option<PathBuf>,
     /// Keep the image bytes in the log.
     pub log_images: bool,
@@ -99,7 +100,7 @@ impl MinerConfig {
             if k.is_empty() || k.starts_with('#') {
                 return Ok(());
             }
-            sv_train::ss58::decode(k).with_context(|| format!("allowed hotkey from {origin}"))?;
+            sv_core::ss58::decode(k).with_context(|| format!("allowed hotkey from {origin}"))?;
             out.insert(k.to_string());
             Ok(())
         };
@@ -120,7 +121,7 @@ impl MinerConfig {
         if let Some(p) = &self.kernel_cache {
             return p.clone();
         }
-        sv_train::kernels::cache_home().join("sv-miner").join("kernels")
+        sv_model::kernel_cache::cache_home().join("sv-miner").join("kernels")
     }
 
     /// Check what can be checked before loading anything.
@@ -131,7 +132,7 @@ impl MinerConfig {
         if self.hotkey.is_empty() {
             bail!("no hotkey: pass --hotkey <this miner's SS58 hotkey>");
         }
-        sv_train::ss58::decode(&self.hotkey).context("--hotkey")?;
+        sv_core::ss58::decode(&self.hotkey).context("--hotkey")?;
         if self.max_body_bytes < 1024 || self.max_side == 0 || self.budget_ms == 0 {
             bail!("max_body_bytes (>= 1024), max_side and budget_ms must be positive");
         }

@@ -2,15 +2,13 @@
 //! `ImageSynapse` (sr25519-signed requests, nonces, allowed validators; [`axon`]), a plain JSON
 //! API for local tools, `/health` and Prometheus `/metrics`, input validation that refuses
 //! bad or hostile images before decoding ([`validate`]), and a prediction log written in the
-//! background ([`predlog`]). [`client`] is the validator side used by the replay and load tools.
+//! background as Arrow IPC segments ([`predlog`]; sv-data imports them). [`client`] is the validator side the replay and load tools of sv-tools use.
 //! `main.rs` only parses flags and calls [`server`].
 
 pub mod axon;
 pub mod client;
 pub mod config;
-pub mod load;
 pub mod metrics;
 pub mod predlog;
-pub mod replay;
 pub mod server;
 pub mod validate;

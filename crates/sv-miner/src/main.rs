@@ -77,6 +77,8 @@ fn config(cli: Cli) -> Result<MinerConfig> {
     if cli.kernel_cache.is_some() {
         c.kernel_cache = cli.kernel_cache;
     }
+    // This binary's edge: `SV_*` variables may override stage 1's forward settings.
+    c.cascade.forward = c.cascade.forward.clone().with_env()?;
     Ok(c)
 }
 
@@ -125,7 +127,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() {
-    sv_data::progress::init_tracing("warn,sv_miner=info,sv_infer=info");
+    sv_core::progress::init_tracing("warn,sv_miner=info,sv_infer=info");
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

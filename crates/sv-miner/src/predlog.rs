@@ -1,6 +1,7 @@
 //! Background writer of the prediction log: handlers hand records over without waiting; a
-//! thread commits them to sv-data's [`PredictionLog`] in batches (every `batch` records or
-//! `interval`), and a final flush runs when the sender is dropped at shutdown.
+//! thread writes them as Arrow IPC segments ([`SegmentWriter`], one segment a flush, every
+//! `batch` records or `interval`), and a final flush runs when the sender is dropped at
+//! shutdown. `sv-data import-predlog` moves the segments into a Lance log for mining.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
@@ -8,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use sv_data::predlog::{PredictionLog, PredictionRecord};
+use sv_core::predlog::{PredictionRecord, SegmentWriter};
 
 /// Sending side, cheap to clone.
 #[derive(Clone)]
@@ -25,23 +26,23 @@ impl LogSender {
 
 /// Start the writer thread for the log at `path`.
 pub fn start(path: PathBuf, batch: usize, interval: Duration) -> Result<(LogSender, JoinHandle<()>)> {
-    let log = PredictionLog::open(&path)?;
+    let log = SegmentWriter::open(&path)?;
     let (tx, rx) = sync_channel(8192);
     let handle = std::thread::Builder::new().name("sv-predlog".into()).spawn(move || run(log, rx, batch.max(1), interval))?;
     Ok((LogSender { tx }, handle))
 }
 
-fn flush(log: &mut PredictionLog, buf: &mut Vec<PredictionRecord>) {
+fn flush(log: &mut SegmentWriter, buf: &mut Vec<PredictionRecord>) {
     if buf.is_empty() {
         return;
     }
     if let Err(e) = log.append(buf) {
-        tracing::error!("prediction log {}: {e:#} ({} records lost)", log.path().display(), buf.len());
+        tracing::error!("prediction log {}: {e:#} ({} records lost)", log.dir().display(), buf.len());
     }
     buf.clear();
 }
 
-fn run(mut log: PredictionLog, rx: Receiver<PredictionRecord>, batch: usize, interval: Duration) {
+fn run(mut log: SegmentWriter, rx: Receiver<PredictionRecord>, batch: usize, interval: Duration) {
     let mut buf = Vec::with_capacity(batch);
     let mut last = Instant::now();
     loop {

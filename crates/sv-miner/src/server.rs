@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sv_data::predlog::PredictionRecord;
+use sv_core::predlog::PredictionRecord;
 use sv_infer::cascade::CascadeError;
 use sv_infer::{Answer, Bundle, Cascade};
 use tokio::sync::Semaphore;

@@ -12,7 +12,7 @@ fn bittensor_signatures_verify_and_forgeries_do_not() {
     let mut checked = 0;
     for key in v["keys"].as_array().unwrap() {
         let ss58 = key["ss58"].as_str().unwrap();
-        assert_eq!(hex::encode(sv_train::ss58::decode(ss58).unwrap()), key["public_key_hex"].as_str().unwrap());
+        assert_eq!(hex::encode(sv_core::ss58::decode(ss58).unwrap()), key["public_key_hex"].as_str().unwrap());
         for vec in key["vectors"].as_array().unwrap() {
             let msg = vec["message"].as_str().unwrap();
             let sig = vec["signature"].as_str().unwrap();
@@ -24,7 +24,7 @@ fn bittensor_signatures_verify_and_forgeries_do_not() {
     assert!(checked >= 6);
     for neg in v["negative"].as_array().unwrap() {
         let key: [u8; 32] = hex::decode(neg["public_key_hex"].as_str().unwrap()).unwrap().try_into().unwrap();
-        let ss58 = sv_train::ss58::encode(&key);
+        let ss58 = sv_core::ss58::encode(&key);
         assert!(verify_signature(&ss58, neg["message"].as_str().unwrap(), neg["signature"].as_str().unwrap()).is_err(), "{}", neg["why"]);
     }
 }

@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 
-use crate::head::bce_with_logits;
+use crate::train::bce_with_logits;
 
 /// Clip bound of teacher probabilities.
 pub const TEACHER_CLIP: f32 = 1e-4;

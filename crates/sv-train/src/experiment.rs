@@ -25,7 +25,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use sv_data::PreprocessConfig;
 use sv_data::generate::GenerateConfig;
 use sv_data::split::SplitConfig;
@@ -237,10 +237,7 @@ impl SimulatorSection {
     }
 }
 
-/// `Ok` when `ok`, else an error naming `field` and the reason.
-pub(crate) fn check(field: &str, ok: bool, reason: &str) -> Result<()> {
-    if ok { Ok(()) } else { bail!("{field} {reason}") }
-}
+use sv_core::check;
 
 fn default_output() -> PathBuf {
     PathBuf::from("runs")

@@ -125,13 +125,16 @@ fn run(cli: Cli) -> Result<()> {
     }
     match (cli.cmd, cli.experiment) {
         (Some(Cmd::Train { experiment }), _) | (None, Some(experiment)) => {
-            sv_train::run::run_experiment(&experiment)?;
+            let (mut exp, text) = sv_train::experiment::Experiment::load(&experiment)?;
+            // This binary's edge: `SV_*` variables may override the forward's settings.
+            exp.backbone.forward = exp.backbone.forward.clone().with_env()?;
+            sv_train::run::run_loaded(exp, &text)?;
         }
         (Some(Cmd::Compare { experiments, out }), _) => {
-            sv_train::run::compare(&experiments, &out)?;
+            sv_train::evaluate::compare(&experiments, &out)?;
         }
         (Some(Cmd::Evaluate { experiment, checkpoint }), _) => {
-            let e = sv_train::run::evaluate_checkpoint(&experiment, &checkpoint)?;
+            let e = sv_train::evaluate::evaluate_checkpoint(&experiment, &checkpoint)?;
             println!("dataset version {}", e.dataset_version);
             for (split, m) in &e.splits {
                 println!("{split:>5}: {m}");
@@ -190,7 +193,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         (Some(Cmd::Similar { run, image, k }), _) => {
             let device = sv_train::Device::default();
-            let (model, meta) = sv_train::classifier::Classifier::from_run(&run, &device)?;
+            let (model, meta) = sv_train::checkpoint::classifier_of_run(&run, &device)?;
             let bytes = std::fs::read(&image).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", image.display()))?;
             let x = sv_train::backbone::pixels::<sv_train::InferBackend>(&[&bytes], &model.preprocess, &device)
                 .map_err(|e| anyhow::anyhow!("{}: {e:#}", image.display()))?;

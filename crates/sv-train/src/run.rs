@@ -9,18 +9,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use burn::config::Config;
-use burn::module::Module;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
-use sv_data::{PreprocessConfig, Store};
+use anyhow::{Result, bail};
+use sv_data::Store;
 
-use crate::backbone::{Backbone, BackboneSpec, Dinov3Config};
+use crate::backbone::Backbone;
+use crate::checkpoint::{self, CheckpointMeta, DatasetRef};
 use crate::experiment::Experiment;
 use crate::features::{CacheReport, ensure_features, feature_set};
-use crate::head::{Head, HeadConfig};
+use crate::head::HeadConfig;
 use crate::metrics::{Metrics, roc_curve};
-use crate::plots::{PALETTE, Series, bar_chart, line_chart};
+use crate::plots::{PALETTE, Series, line_chart};
 use crate::simulator::{SimReport, simulate};
 use crate::train::{EpochRecord, FeatureSet, HeadPlace, TrainConfig, TrainOutcome, predict, train_head};
 use crate::{BackboneTrainBackend, Device, HeadDevice, InferBackend, TrainBackend};
@@ -44,29 +42,6 @@ pub struct RunSummary {
     /// What the training techniques did (teacher source, mining counts, curriculum).
     pub techniques: serde_json::Value,
     pub seconds: BTreeMap<String, f64>,
-}
-
-/// The dataset a run used.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct DatasetRef {
-    pub store: PathBuf,
-    pub version: u64,
-    pub train: usize,
-    pub val: usize,
-    pub test: usize,
-}
-
-/// What the checkpoint folder records beside the head weights.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct CheckpointMeta {
-    pub experiment: String,
-    pub backbone: BackboneSpec,
-    pub backbone_id: String,
-    pub backbone_config: Dinov3Config,
-    pub preprocess: PreprocessConfig,
-    pub feature_column: String,
-    pub dataset: DatasetRef,
-    pub best_epoch: usize,
 }
 
 /// Open the experiment's store, generating the procedural demo data when it is absent, and
@@ -109,12 +84,7 @@ fn create_run_dir(exp: &Experiment) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
-    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
-}
-
-/// Metrics per source of the rows of `set`.
-fn by_source(store: &Store, set: &FeatureSet, probs: &[f32]) -> Result<BTreeMap<String, Metrics>> {
+pub(crate) fn by_source(store: &Store, set: &FeatureSet, probs: &[f32]) -> Result<BTreeMap<String, Metrics>> {
     let sources: std::collections::HashMap<String, String> =
         store.metas(None)?.into_iter().map(|m| (m.id, m.source.to_string())).collect();
     let mut groups: BTreeMap<String, (Vec<f32>, Vec<bool>)> = BTreeMap::new();
@@ -366,8 +336,14 @@ fn train_with_techniques<H: burn::tensor::backend::AutodiffBackend>(
 
 /// Train, evaluate and write a run folder for an experiment file.
 pub fn run_experiment(path: &Path) -> Result<RunSummary> {
-    let t0 = Instant::now();
     let (exp, text) = Experiment::load(path)?;
+    run_loaded(exp, &text)
+}
+
+/// [`run_experiment`] of an experiment already read (`text` is the file, copied into the run
+/// folder); a binary may have applied its overrides to `exp` in between.
+pub fn run_loaded(exp: Experiment, text: &str) -> Result<RunSummary> {
+    let t0 = Instant::now();
     let device = Device::default();
     let mut seconds = BTreeMap::new();
     let (mut store, writable) = prepare_store(&exp)?;
@@ -377,7 +353,7 @@ pub fn run_experiment(path: &Path) -> Result<RunSummary> {
     println!("run {} -> {}", exp.name, run_dir.display());
 
     let t = Instant::now();
-    let backbone = Backbone::<InferBackend>::load(&exp.backbone, &device)?;
+    let backbone = crate::backbone::load::<InferBackend>(&exp.backbone, &device)?;
     if backbone.random {
         println!(
             "NOTE: backbone weights are RANDOM ({}); metrics show the pipeline, not DINOv3's quality. \
@@ -438,9 +414,6 @@ pub fn run_experiment(path: &Path) -> Result<RunSummary> {
         None
     };
 
-    let ck = run_dir.join("checkpoint");
-    outcome.head.clone().save_file(ck.join("head"), &recorder()).context("cannot save the head checkpoint")?;
-    head_cfg.save(ck.join("head.json"))?;
     let meta = CheckpointMeta {
         experiment: exp.name.clone(),
         backbone: exp.backbone.clone(),
@@ -451,7 +424,7 @@ pub fn run_experiment(path: &Path) -> Result<RunSummary> {
         dataset: dataset.clone(),
         best_epoch: outcome.best_epoch,
     };
-    std::fs::write(ck.join("meta.json"), serde_json::to_string_pretty(&meta)?)?;
+    checkpoint::save(&run_dir.join("checkpoint"), &outcome.head, &head_cfg, &meta)?;
     write_history(&run_dir.join("history.csv"), &outcome.history)?;
     write_predictions(&run_dir.join("predictions.csv"), &[("val", &val, &val_p), ("test", &test, &test_p)])?;
     write_plots(&run_dir.join("plots"), &outcome.history, (&val_p, &val_y), (&test_p, &test_y))?;
@@ -491,136 +464,6 @@ pub fn run_experiment(path: &Path) -> Result<RunSummary> {
     }
     println!("run folder: {}", run_dir.display());
     Ok(summary)
-}
-
-/// Load a head saved in a run's `checkpoint/` folder.
-pub fn load_head(checkpoint: &Path, device: &Device) -> Result<(Head<InferBackend>, CheckpointMeta)> {
-    let meta_path = checkpoint.join("meta.json");
-    let meta: CheckpointMeta = serde_json::from_str(
-        &std::fs::read_to_string(&meta_path).with_context(|| format!("{} is not a checkpoint folder (no meta.json)", checkpoint.display()))?,
-    )
-    .with_context(|| format!("{} is not valid", meta_path.display()))?;
-    let cfg = HeadConfig::load(checkpoint.join("head.json"))
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", checkpoint.join("head.json").display()))?;
-    let head = cfg
-        .init::<InferBackend>(device)
-        .load_file(checkpoint.join("head"), &recorder(), device)
-        .with_context(|| format!("cannot load head weights from {}", checkpoint.display()))?;
-    Ok((head, meta))
-}
-
-/// What [`evaluate_checkpoint`] measured.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Evaluation {
-    /// The dataset version the checkpoint's run recorded, which the evaluation read.
-    pub dataset_version: u64,
-    pub splits: BTreeMap<String, Metrics>,
-    pub test_by_source: BTreeMap<String, Metrics>,
-    pub simulator: Option<SimReport>,
-}
-
-/// Evaluate a checkpoint on the dataset version its run recorded (a checkout: rows added or
-/// splits reassigned since do not change the result): val and test metrics, test metrics per
-/// source, and the validator simulator when the experiment enables it.
-pub fn evaluate_checkpoint(experiment: &Path, checkpoint: &Path) -> Result<Evaluation> {
-    let (exp, _) = Experiment::load(experiment)?;
-    let device = Device::default();
-    let (head, meta) = load_head(checkpoint, &device)?;
-    let mut store = Store::open(&meta.dataset.store)
-        .with_context(|| format!("the checkpoint's store {} cannot be opened", meta.dataset.store.display()))?
-        .checkout(meta.dataset.version)?;
-    let backbone = Backbone::<InferBackend>::load(&meta.backbone, &device)?;
-    if backbone.id != meta.backbone_id {
-        bail!("the checkpoint was trained on backbone {} but {} loads as {}", meta.backbone_id, meta.backbone.weights, backbone.id);
-    }
-    let (features, _) = ensure_features(&mut store, &backbone, &meta.preprocess, meta.backbone.batch_size, false, &device)?;
-    let mut splits = BTreeMap::new();
-    let mut test_by_source = BTreeMap::new();
-    for split in ["val", "test"] {
-        let set = feature_set(&store, &features, split, backbone.config.feature_dim())?;
-        if set.is_empty() {
-            continue;
-        }
-        let p = predict(&head, &set, &device);
-        splits.insert(split.to_string(), Metrics::compute(&p, &set.labels()));
-        if split == "test" {
-            test_by_source = by_source(&store, &set, &p)?;
-        }
-    }
-    let simulator = if exp.simulator.enabled {
-        let samples = crate::simulator::load_sample(&store, "test", &exp.simulator.config())?;
-        Some(simulate(&backbone, &head, &meta.preprocess, &samples, meta.backbone.batch_size, &exp.simulator.config(), &device)?)
-    } else {
-        None
-    };
-    Ok(Evaluation { dataset_version: meta.dataset.version, splits, test_by_source, simulator })
-}
-
-/// Run several experiments and write a side-by-side comparison (`comparison.md`, `.json`,
-/// `.png`) into `out/compare-<timestamp>/`. Returns that folder.
-pub fn compare(experiments: &[PathBuf], out: &Path) -> Result<PathBuf> {
-    if experiments.is_empty() {
-        bail!("compare needs at least one experiment file");
-    }
-    let mut rows = Vec::new();
-    for e in experiments {
-        println!("== {}", e.display());
-        rows.push(run_experiment(e)?);
-    }
-    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
-    let dir = out.join(format!("compare-{stamp}"));
-    std::fs::create_dir_all(&dir)?;
-    let mut md = String::from("# Experiment comparison\n\n");
-    md.push_str("Test split metrics (validator rounding: p > 0.5 is roadwork); reward = validator-simulator estimate of the subnet reward (mean over sampled windows of 100 challenges at levels 0-3).\n\n");
-    md.push_str("| experiment | accuracy | precision | recall | F1 | MCC | ROC-AUC | ECE | sim. acc L0/L1/L2/L3 | reward | best epoch | run |\n");
-    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-    for r in &rows {
-        let t = &r.test;
-        let (levels, reward) = match &r.simulator {
-            Some(s) => (
-                s.per_level.values().map(|m| format!("{:.3}", m.accuracy)).collect::<Vec<_>>().join("/"),
-                format!("{:.4}", s.reward_mean),
-            ),
-            None => ("-".into(), "-".into()),
-        };
-        md.push_str(&format!(
-            "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {:.4} | {} | {} | {} | `{}` |\n",
-            r.experiment,
-            t.accuracy,
-            t.precision,
-            t.recall,
-            t.f1,
-            t.mcc,
-            t.roc_auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "-".into()),
-            t.ece,
-            levels,
-            reward,
-            r.best_epoch,
-            r.run_dir.display()
-        ));
-    }
-    if rows.iter().any(|r| r.backbone_random) {
-        md.push_str("\nBackbone weights were RANDOM in at least one run: the numbers compare techniques on the demo pipeline, not DINOv3.\n");
-    }
-    std::fs::write(dir.join("comparison.md"), &md)?;
-    std::fs::write(dir.join("comparison.json"), serde_json::to_string_pretty(&rows)?)?;
-    let groups: Vec<String> = rows.iter().map(|r| r.experiment.clone()).collect();
-    let metric = |f: &dyn Fn(&RunSummary) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
-    bar_chart(
-        &dir.join("comparison.png"),
-        "TEST METRICS BY EXPERIMENT",
-        &groups,
-        &[
-            ("ACCURACY".into(), metric(&|r| r.test.accuracy)),
-            ("MCC".into(), metric(&|r| r.test.mcc)),
-            ("ROC AUC".into(), metric(&|r| r.test.roc_auc.unwrap_or(f64::NAN))),
-            ("REWARD".into(), metric(&|r| r.simulator.as_ref().map(|s| s.reward_mean).unwrap_or(f64::NAN))),
-        ],
-        (0.0, 1.0),
-    )?;
-    print!("{md}");
-    println!("comparison: {}", dir.display());
-    Ok(dir)
 }
 
 #[cfg(test)]

@@ -57,74 +57,16 @@ impl Default for SimulatorConfig {
 impl SimulatorConfig {
     /// Check every value; the error names the field.
     pub fn validate(&self) -> Result<()> {
-        crate::experiment::check("simulator.challenges", self.challenges > 0, "must be > 0")?;
-        crate::experiment::check("simulator.windows", self.windows > 0, "must be > 0")?;
-        crate::experiment::check("simulator.window", self.window > 0, "must be > 0")?;
-        crate::experiment::check("simulator.recent", self.recent > 0 && self.recent <= self.window, "must be in 1..=window")?;
-        crate::experiment::check("simulator.alpha", self.alpha > 0.0 && self.alpha <= 1.0, "must be in (0, 1]")?;
+        sv_core::check("simulator.challenges", self.challenges > 0, "must be > 0")?;
+        sv_core::check("simulator.windows", self.windows > 0, "must be > 0")?;
+        sv_core::check("simulator.window", self.window > 0, "must be > 0")?;
+        sv_core::check("simulator.recent", self.recent > 0 && self.recent <= self.window, "must be in 1..=window")?;
+        sv_core::check("simulator.alpha", self.alpha > 0.0 && self.alpha <= 1.0, "must be in (0, 1]")?;
         Ok(())
     }
 }
 
-/// `np.round` on an answer (half to even: 0.5 → 0, 1.5 → 2).
-fn round_answer(p: f32) -> i64 {
-    (p as f64).round_ties_even() as i64
-}
-
-/// sklearn's binary `matthews_corrcoef`.
-fn mcc_binary(labels: &[i64], preds: &[i64]) -> f64 {
-    let (mut tp, mut tn, mut fp, mut fn_) = (0f64, 0f64, 0f64, 0f64);
-    for (&y, &p) in labels.iter().zip(preds) {
-        match (y, p) {
-            (1, 1) => tp += 1.0,
-            (0, 0) => tn += 1.0,
-            (0, 1) => fp += 1.0,
-            _ => fn_ += 1.0,
-        }
-    }
-    let den = ((tp + fp) * (tp + fn_) * (tn + fp) * (tn + fn_)).sqrt();
-    if den == 0.0 { 0.0 } else { (tp * tn - fp * fn_) / den }
-}
-
-/// Accuracy and clipped MCC of the last `window` entries, as `MinerPerformanceTracker.get_metrics`.
-/// An answer that rounds outside {0, 1} (1.7 → 2, −0.7 → −1) makes sklearn's `precision_score`
-/// raise ("Target is multiclass"), and the tracker then returns all-zero metrics: that window
-/// scores 0 for as long as the answer stays in it.
-fn window_metrics(preds: &[f32], labels: &[bool], window: usize) -> (f64, f64) {
-    let from = preds.len().saturating_sub(window);
-    let (mut y, mut p) = (Vec::new(), Vec::new());
-    for (&a, &l) in preds[from..].iter().zip(&labels[from..]) {
-        if a != -1.0 {
-            p.push(round_answer(a));
-            y.push(l as i64);
-        }
-    }
-    if y.is_empty() || p.iter().any(|&v| v != 0 && v != 1) {
-        return (0.0, 0.0);
-    }
-    let acc = y.iter().zip(&p).filter(|(a, b)| a == b).count() as f64 / y.len() as f64;
-    let one_class = |v: &[i64]| v.iter().all(|&x| x == v[0]);
-    let mcc = if one_class(&y) || one_class(&p) { 0.0 } else { mcc_binary(&y, &p).max(0.0) };
-    (acc, mcc)
-}
-
-/// The validator's reward for the step whose answer is last in `preds` (history oldest first,
-/// `-1` for no answer): `((0.5·MCC(last window) + 0.5·accuracy(last recent)) · [answer in [0,1]])³`.
-pub fn step_reward(preds: &[f32], labels: &[bool], window: usize, recent: usize) -> f64 {
-    let Some(&last) = preds.last() else { return 0.0 };
-    if last == -1.0 {
-        return 0.0;
-    }
-    let (_, mcc) = window_metrics(preds, labels, window);
-    let (acc, _) = window_metrics(preds, labels, recent);
-    let penalty = if (0.0..=1.0).contains(&last) { 1.0 } else { 0.0 };
-    ((0.5 * mcc + 0.5 * acc) * penalty).powi(3)
-}
-
-/// The reward of one full window of answers (oldest first): the reward of its last step.
-pub fn reward(preds: &[f32], labels: &[bool], recent: usize) -> f64 {
-    step_reward(preds, labels, preds.len(), recent)
-}
+pub use sv_core::reward::{reward, round_answer, step_reward};
 
 /// The validator's stream over `preds`/`labels` in order: per-step rewards and the EMA score
 /// after each step (starting from 0).
@@ -517,7 +459,12 @@ mod tests {
         let m = &v["mcc"]["binary"];
         let ys: Vec<i64> = m[0].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
         let ps: Vec<i64> = m[1].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
-        assert!((mcc_binary(&ys, &ps) - m[2].as_f64().unwrap()).abs() < 1e-12);
+        // sklearn's `matthews_corrcoef` on the fixture's labels and predictions: the one MCC of
+        // the workspace (`sv_core::metrics::Confusion`), which the reward uses.
+        let as_prob = |v: &[i64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let labels01: Vec<bool> = ys.iter().map(|&y| y == 1).collect();
+        let c = sv_core::metrics::Confusion::from_predictions(&as_prob(&ps), &labels01);
+        assert!((c.mcc() - m[2].as_f64().unwrap()).abs() < 1e-12);
     }
 
     #[test]

@@ -156,7 +156,7 @@ pub fn teacher_probs<H: AutodiffBackend>(
         (m, format!("file {}", file.display()))
     } else {
         let bspec = spec.backbone.as_ref().expect("validated: one teacher source");
-        let teacher = Backbone::<InferBackend>::load(bspec, device)?;
+        let teacher = crate::backbone::load::<InferBackend>(bspec, device)?;
         let (feats, _) = ensure_features(store, &teacher, pre, bspec.batch_size, writable, device)?;
         let dim = teacher.config.feature_dim();
         let (tr, va) = (feature_set(store, &feats, "train", dim)?, feature_set(store, &feats, "val", dim)?);

@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
-use crate::head::{Head, HeadConfig, bce_with_logits};
+use sv_model::head::{Head, HeadConfig};
 use crate::metrics::Metrics;
 
 /// Features and labels of one split, row-major `n × d`.
@@ -268,11 +268,18 @@ pub fn train_head<B: AutodiffBackend>(
     Ok(TrainOutcome { head, best_epoch, history })
 }
 
+/// Binary cross-entropy with logits, mean over the batch:
+/// `max(z, 0) − z·y + log(1 + exp(−|z|))`.
+pub fn bce_with_logits<B: Backend>(logits: Tensor<B, 1>, targets: Tensor<B, 1>) -> Tensor<B, 1> {
+    let loss = logits.clone().clamp_min(0.0) - logits.clone() * targets + logits.abs().neg().exp().log1p();
+    loss.mean()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::head::{HeadConfig, HeadKind};
-    use crate::{HeadDevice, TrainBackend};
+    use sv_model::head::HeadKind;
+    use crate::{Device, HeadDevice, InferBackend, TrainBackend};
 
     fn set(n: usize, seed: u64) -> FeatureSet {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -300,5 +307,30 @@ mod tests {
         assert_eq!(run(&base), 3, "patience counts from epoch 0 without a curriculum");
         let curriculum = TrainConfig { patience_from: 6, ..base.clone() };
         assert_eq!(run(&curriculum), 8, "patience counts from the epoch the full set is in use");
+    }
+
+    #[test]
+    fn a_head_moved_to_the_inference_backend_predicts_the_same() {
+        let mut set = FeatureSet { d: 6, ..Default::default() };
+        for i in 0..64 {
+            let y = (i % 2) as f32;
+            set.ids.push(format!("r{i}"));
+            set.x.extend((0..6).map(|j| 3.0 + y * (j as f32 * 0.5) + ((i * 7 + j) % 5) as f32 * 0.3));
+            set.y.push(y);
+        }
+        let cfg = HeadConfig::new(6).with_hidden(16);
+        let tcfg = TrainConfig { epochs: 5, batch_size: 16, ..Default::default() };
+        let (hdev, dev) = (HeadDevice::default(), Device::default());
+        let trained = train_head::<TrainBackend>(&tcfg, &cfg, &set, &set, None, None, &hdev).unwrap().head;
+        let before = predict(&trained, &set, &hdev);
+        let moved = trained.to_backend::<InferBackend>(&cfg, &dev).unwrap();
+        let after = predict(&moved, &set, &dev);
+        let fresh = predict(&cfg.init::<InferBackend>(&dev), &set, &dev);
+        for (a, b) in before.iter().zip(&after) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+        // The standardisation travelled too: a fresh head (identity standardisation, new
+        // weights) does not predict the same.
+        assert!(before.iter().zip(&fresh).any(|(a, b)| (a - b).abs() > 1e-3));
     }
 }

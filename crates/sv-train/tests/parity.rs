@@ -124,8 +124,11 @@ fn wrong_shapes_in_weights_name_the_tensor() {
 fn libtorch_forward_matches_transformers() {
     use burn::tensor::DType;
     use sv_train::backbone::TchDinov3;
-    use sv_train::backbone::libtorch::device_from_env;
-    let device = device_from_env().unwrap();
+    use sv_train::backbone::libtorch::device_of;
+    use sv_train::backbone::settings::TchAttention;
+    // The test harness is a program's edge: the `SV_TCH_*` variables pick the variant to test.
+    let settings = sv_train::backbone::ForwardConfig::default().with_env().unwrap().tch;
+    let device = device_of(&settings.device).unwrap();
     println!("LibTorch device {device:?}");
     let to_host = |t: &tch::Tensor| -> Vec<f32> {
         let t = t.to_kind(tch::Kind::Float).to_device(tch::Device::Cpu).contiguous().view([-1i64]);
@@ -142,17 +145,17 @@ fn libtorch_forward_matches_transformers() {
             if dtype != DType::F32 && !device.is_cuda() {
                 continue; // half precision is the GPU's
             }
-            if dtype == DType::F32 && std::env::var("SV_TCH_ATTN").is_ok_and(|a| a == "flash") {
+            if dtype == DType::F32 && settings.attention == TchAttention::Flash {
                 // FlashAttention has no f32 kernel: the forward refuses it by name.
-                let err = TchDinov3::new(&cfg, &model, device, dtype).err().expect("flash attention refused in f32");
+                let err = TchDinov3::new(&cfg, &model, device, dtype, &settings).err().expect("flash attention refused in f32");
                 assert!(err.to_string().contains("SV_TCH_ATTN=flash"), "{err:#}");
                 continue;
             }
-            let fast = TchDinov3::new(&cfg, &model, device, dtype).unwrap();
+            let fast = TchDinov3::new(&cfg, &model, device, dtype, &settings).unwrap();
             println!("{kind} {dtype:?}: {}", fast.describe());
             // On CUDA this checks our fused kernels unless they are turned off by hand: a missing
             // NVRTC fails here instead of quietly testing the unfused forward.
-            let fused_off = std::env::var("SV_TCH_FUSED").is_ok_and(|v| !v.is_empty() && !sv_train::backbone::libtorch::Fusion::parse(&v).unwrap().any());
+            let fused_off = !sv_train::backbone::libtorch::Fusion::parse(&settings.fused).unwrap().any();
             assert_eq!(fast.fused(), device.is_cuda() && !fused_off, "fused kernels on CUDA ({})", fast.describe());
             for case in ["square", "nonsquare"] {
                 let (shape, pixels) = read_tensor(&io, &format!("{kind}.{case}.pixel_values"));

@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use sv_train::run::{evaluate_checkpoint, run_experiment};
+use sv_train::evaluate::evaluate_checkpoint;
+use sv_train::run::run_experiment;
 
 fn experiment(dir: &Path, name: &str, head_kind: &str, extra_data: &str) -> std::path::PathBuf {
     let toml = format!(

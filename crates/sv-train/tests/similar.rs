@@ -3,7 +3,7 @@
 //! every source; uniqueness is the weighted 3-NN distance scaled by its maximum.
 
 use sv_data::{Label, Sample, SceneMeta, Source, Store};
-use sv_train::backbone::{Backbone, BackboneSpec};
+use sv_train::backbone::BackboneSpec;
 use sv_train::features::ensure_features;
 
 #[test]
@@ -27,7 +27,7 @@ fn neighbours_calibration_set_and_uniqueness() {
 
     let spec: BackboneSpec = toml::from_str("weights = \"random\"\npreset = \"vit-tiny\"\ninit_std = 0.3").unwrap();
     let device = sv_train::Device::default();
-    let backbone = Backbone::<sv_train::InferBackend>::load(&spec, &device).unwrap();
+    let backbone = sv_train::backbone::load::<sv_train::InferBackend>(&spec, &device).unwrap();
     let (_, cache) = ensure_features(&mut store, &backbone, &Default::default(), 16, true, &device).unwrap();
 
     let column = sv_data::similar::resolve_column(&store, None).unwrap();

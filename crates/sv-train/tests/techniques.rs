@@ -56,7 +56,7 @@ fn techniques_run_and_compare() {
     let edited = text.replace("patience = 0\n", "patience = 0\ndevice = \"backbone\"\n");
     assert_ne!(edited, text, "the [train] table of the template changed");
     std::fs::write(&on_backbone, edited).unwrap();
-    let out = sv_train::run::compare(&[base.clone(), cur, hn, aug, on_backbone], &dir.path().join("runs")).unwrap();
+    let out = sv_train::evaluate::compare(&[base.clone(), cur, hn, aug, on_backbone], &dir.path().join("runs")).unwrap();
     for f in ["comparison.md", "comparison.json", "comparison.png"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }

@@ -319,7 +319,7 @@ pub fn sample(cfg: &GenerateConfig, index: u64) -> Result<Sample> {
 pub fn samples(cfg: &GenerateConfig) -> impl Iterator<Item = Result<Sample>> + Send + 'static {
     use rayon::prelude::*;
     let cfg = cfg.clone();
-    let pb = crate::progress::bar(cfg.count as u64, "generate");
+    let pb = sv_core::progress::bar(cfg.count as u64, "generate");
     let chunk = (rayon::current_num_threads() as u64 * 4).max(8);
     let count = cfg.count as u64;
     (0..count).step_by(chunk as usize).flat_map(move |start| {

@@ -113,7 +113,7 @@ fn run(store: &mut Store, mut jobs: Vec<Job>, opts: &IngestOptions) -> Result<In
         tracing::info!("{resumed} of {n_jobs} files are already in the store (an earlier ingest): not read again");
     }
     let seen = Arc::new(Mutex::new(store.hashes()?));
-    let pb = crate::progress::bar(jobs.len() as u64, "ingest");
+    let pb = sv_core::progress::bar(jobs.len() as u64, "ingest");
     let mut total = crate::store::AppendReport::default();
     let mut commits = 0;
     let k = opts.commit_every.max(1);

@@ -183,7 +183,7 @@ pub fn ingest_parquet(
         row: 0,
         pending: Vec::new().into_iter(),
         skipped: skipped.clone(),
-        pb: crate::progress::bar(rows, "parquet"),
+        pb: sv_core::progress::bar(rows, "parquet"),
     };
     let append = store.append_stream(samples)?;
     Ok(finish(store, before, append, skipped))

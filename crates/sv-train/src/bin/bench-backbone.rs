@@ -20,7 +20,8 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use clap::Parser;
-use sv_train::backbone::{Backbone, BackboneSpec, Dinov3Config, host};
+use sv_train::backbone::settings::Engine;
+use sv_train::backbone::{BackboneSpec, Dinov3Config, Forward, ForwardConfig, host};
 use sv_train::classifier::Classifier;
 use sv_train::head::HeadConfig;
 
@@ -106,8 +107,14 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
         batch_size: batch,
         init_std: 0.02,
         dtype: args.dtype.clone(),
+        // The Burn backends' rows time Burn's forward, not the build's own; the switches come
+        // from the `SV_*` variables (this binary's edge).
+        forward: ForwardConfig {
+            engine: if matches!(args.backend.as_str(), "cpu" | "tch") { Engine::Auto } else { Engine::Burn },
+            ..ForwardConfig::default().with_env()?
+        },
     };
-    let bb = Backbone::<B>::load(&spec, device).with_context(|| format!("loading preset {preset}"))?;
+    let bb = sv_train::backbone::load::<B>(&spec, device).with_context(|| format!("loading preset {preset}"))?;
     let s = args.size;
     let x: Vec<f32> = (0..batch * 3 * s * s).map(|i| ((i % 251) as f32 / 125.0) - 1.0).collect();
     let input = Tensor::<B, 4>::from_data(TensorData::new(x.clone(), [batch, 3, s, s]), device);
@@ -118,44 +125,47 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
         let head_cfg = HeadConfig::new(config.feature_dim());
         let head = head_cfg.init::<B>(device);
         let pre = sv_data::PreprocessConfig { size: s as u32, ..Default::default() };
-        let mut c = Classifier::fp32_of(bb, head, head_cfg, pre);
-        // The Burn backends' rows time Burn's forward, not the build's own.
-        if args.backend != "cpu" {
-            c.cpu = None;
-        }
-        #[cfg(feature = "tch")]
-        if args.backend != "tch" {
-            c.tch = None;
-        }
+        let c = Classifier::fp32_of(bb, head, head_cfg, pre, &spec.forward);
         (Some(c), None)
     } else {
         (None, Some(bb))
     };
     // `cpu`: the CPU forward on the host pixels; `tch`: the LibTorch forward on a tensor on its
     // device; the others: Burn's forward on a device tensor.
-    let cpu = match (args.backend.as_str(), bb.as_mut()) {
-        ("cpu", Some(bb)) => Some(bb.cpu.take().context("this build loads no CPU forward (it needs the CPU build and f32)")?),
+    let forward = match (&classifier, bb.as_mut()) {
+        (Some(c), _) => &c.forward,
+        (None, Some(bb)) => &bb.forward,
+        (None, None) => unreachable!("a backbone or a classifier"),
+    };
+    match (forward, args.backend.as_str()) {
+        (Forward::Cpu(_), "cpu") => {}
+        #[cfg(feature = "tch")]
+        (Forward::Tch(_), "tch") => {}
+        (_, "cpu") => bail!("this build loads no CPU forward (it needs the CPU build and f32)"),
+        (_, "tch") => bail!("this build loads no LibTorch forward"),
+        _ => {}
+    }
+    eprintln!("forward of {preset} batch {batch}: {}", forward.describe());
+    let cpu_variant = match forward {
+        Forward::Cpu(c) => Some(c.settings().variant()),
         _ => None,
     };
+    let cpu = match bb.as_mut().map(|b| std::mem::replace(&mut b.forward, Forward::Burn)) {
+        Some(Forward::Cpu(c)) => Some(c),
+        Some(f) => {
+            bb.as_mut().expect("taken from it").forward = f;
+            None
+        }
+        None => None,
+    };
     #[cfg(feature = "tch")]
-    let tch = match (args.backend.as_str(), bb.as_mut()) {
-        ("tch", Some(bb)) => {
-            let t = bb.tch.take().context("this build loads no LibTorch forward")?;
+    let tch = match bb.as_mut().map(|b| std::mem::replace(&mut b.forward, Forward::Burn)) {
+        Some(Forward::Tch(t)) => {
             let input = t.input(&x, batch, s, s)?;
             Some((t, input))
         }
         _ => None,
     };
-    match (&classifier, args.backend.as_str()) {
-        (Some(c), "cpu") if c.cpu.is_none() => bail!("this build loads no CPU forward (it needs the CPU build and f32)"),
-        #[cfg(feature = "tch")]
-        (Some(c), "tch") if c.tch.is_none() => bail!("this build loads no LibTorch forward"),
-        _ => {}
-    }
-    #[cfg(feature = "tch")]
-    if let Some(t) = tch.as_ref().map(|(t, _)| t).or(classifier.as_ref().and_then(|c| c.tch.as_ref())) {
-        eprintln!("LibTorch forward of {preset} batch {batch}: {}", t.describe());
-    }
     let run = || -> Result<()> {
         if let Some(c) = &classifier {
             let _ = host(c.logits_of_host_pixels(std::borrow::Cow::Borrowed(&x), batch, device)?);
@@ -194,7 +204,7 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
     let flops = flops_per_image(&config, s);
     // The CPU forward's comparison settings get their own rows; `+head` marks the stage-1 path.
     let impl_ = match args.backend.as_str() {
-        "cpu" => sv_train::backbone::cpu::variant().to_string(),
+        "cpu" => cpu_variant.unwrap_or("sv-cpu").to_string(),
         "tch" => "sv-tch".into(),
         other => format!("burn-{}", other.trim_start_matches("burn-")),
     };

@@ -20,7 +20,7 @@ use rand::{RngExt, SeedableRng};
 use sv_data::Store;
 use sv_data::generate::{self, GenerateConfig};
 use sv_data::ingest::{self, IngestOptions};
-use sv_train::backbone::{Backbone, BackboneSpec};
+use sv_train::backbone::BackboneSpec;
 use sv_train::features::{Features, extract_features, feature_set};
 use sv_train::head::HeadConfig;
 use sv_train::train::{TrainConfig, train_head};
@@ -150,8 +150,8 @@ fn feature_stage(root: &Path, n: usize, out: &mut Vec<Stage>) -> Result<()> {
     let cfg = GenerateConfig { count: n, seed: 12, width: 160, height: 120, ..Default::default() };
     store.append_stream(generate::samples(&cfg))?;
     let device = Device::default();
-    let spec = BackboneSpec { weights: "random".into(), preset: "vit-tiny".into(), seed: 0, batch_size: 32, init_std: 0.3, dtype: "f32".into() };
-    let bb = Backbone::<InferBackend>::load(&spec, &device)?;
+    let spec = BackboneSpec { weights: "random".into(), preset: "vit-tiny".into(), seed: 0, batch_size: 32, init_std: 0.3, dtype: "f32".into(), forward: Default::default() };
+    let bb = sv_train::backbone::load::<InferBackend>(&spec, &device)?;
     let pre = sv_data::PreprocessConfig { size: 112, ..Default::default() };
     let dim = bb.config.feature_dim();
     stage(out, "feature extraction", n, || {

@@ -1,4 +1,5 @@
-//! `sv-train export`: turn a run folder into a bundle that sv-infer serves with nothing else.
+//! `sv-train export`: turn a run folder into a bundle that sv-infer serves with nothing else
+//! (the write side of the format in [`sv_model::bundle`]).
 //!
 //! ```text
 //! <bundle>/
@@ -17,120 +18,25 @@
 //! a failed export never leaves a half bundle where a miner would load it.
 
 pub mod card;
-pub mod manifest;
+
+pub use sv_model::bundle::{BUNDLE_JSON, BundleConfig, DecisionSummary, Exits, KernelsInfo, Validation, load_model, manifest, open};
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
-use sv_data::PreprocessConfig;
 
-use crate::backbone::Dinov3Config;
-use crate::backbone::weights::{SafetensorsSource, write_safetensors};
-use crate::classifier::Classifier;
+use sv_model::backbone::weights::write_safetensors;
+use sv_model::classifier::Classifier;
+use sv_model::kernel_cache as kernels;
 use crate::decision::{DecisionReport, ScoreMap, best_threshold};
-use crate::head::HeadConfig;
-use crate::metrics::Metrics;
+use sv_core::Metrics;
 use crate::quant::report::{Scales, run_store};
-use crate::quant::{Precision, StoredModel};
+use sv_model::quant::{Precision, StoredModel};
 use crate::simulator::{SimulatorConfig, challenge_stream, pick_samples};
 use crate::{Device, InferBackend};
 use card::{CardFacts, ModelCard};
-
-/// Name of the bundle's own config.
-pub const BUNDLE_JSON: &str = "bundle.json";
-
-/// Early exits of the cascade's first stage, on the recalibrated score.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Exits {
-    /// Below this, stage 1 answers "no roadwork" alone.
-    pub low: f32,
-    /// Above this, stage 1 answers "roadwork" alone.
-    pub high: f32,
-}
-
-impl Default for Exits {
-    fn default() -> Self {
-        Self { low: 0.15, high: 0.85 }
-    }
-}
-
-/// What the bundle was checked with at export.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Validation {
-    pub backend: String,
-    pub dtype: String,
-    pub samples: usize,
-    /// Clean validation metrics of the exported model, recalibrated.
-    pub metrics: Metrics,
-    pub decision: DecisionSummary,
-}
-
-/// The decision-point search in `bundle.json`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct DecisionSummary {
-    pub reward_before: f64,
-    pub reward_after: f64,
-    pub candidates: usize,
-}
-
-/// The kernel caches a bundle carries in `kernels/` (see [`crate::kernels`]).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KernelsInfo {
-    /// The GPU they were compiled and tuned on ([`crate::kernels::gpu`]); a server on another
-    /// GPU model (or one that cannot tell) compiles its own instead.
-    pub gpu: Option<String>,
-    /// Every batch size from 1 to this was warmed up.
-    pub max_batch: usize,
-    /// Cache files in `kernels/`.
-    pub files: usize,
-    /// Seconds the warm-up took at export (what a server without the caches spends before its
-    /// first answer).
-    pub warm_seconds: f64,
-}
-
-fn f32_name() -> String {
-    "f32".into()
-}
-
-/// `bundle.json`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BundleConfig {
-    /// Model version (also in `model_card.json`).
-    pub version: String,
-    pub model_name: String,
-    pub backbone_id: String,
-    pub backbone_random: bool,
-    pub backbone: Dinov3Config,
-    pub head: HeadConfig,
-    pub preprocess: PreprocessConfig,
-    pub precision: Precision,
-    /// Float type the backbone runs in: `f32` (every build), `bf16` or `f16` (the cuda build).
-    #[serde(default = "f32_name")]
-    pub dtype: String,
-    /// CubeCL kernel caches in `kernels/` (bundles exported by a cuda build).
-    #[serde(default)]
-    pub kernels: Option<KernelsInfo>,
-    pub score_map: ScoreMap,
-    pub exits: Exits,
-    pub validation: Validation,
-    /// Run folder and dataset version it came from.
-    pub source_run: PathBuf,
-    pub dataset_version: u64,
-    pub exported_at: i64,
-}
-
-impl BundleConfig {
-    /// Read `bundle.json` of a folder (no manifest check: see [`open`]).
-    pub fn read(dir: &Path) -> Result<Self> {
-        let p = dir.join(BUNDLE_JSON);
-        let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid bundle config", p.display()))
-    }
-}
 
 /// Options of the export command.
 #[derive(Debug, Clone)]
@@ -164,22 +70,6 @@ pub struct ExportReport {
     pub bytes: u64,
     pub decision: DecisionReport,
     pub seconds: f64,
-}
-
-/// Verify a bundle's manifest and read its config: what sv-infer's `Bundle::open` and
-/// `sv-train card` call. Needs nothing but the folder.
-pub fn open(dir: &Path) -> Result<BundleConfig> {
-    manifest::verify(dir)?;
-    BundleConfig::read(dir)
-}
-
-/// Build the bundle's classifier (raw probabilities; apply `score_map` on top).
-pub fn load_model<B: Backend>(dir: &Path, cfg: &BundleConfig, device: &B::Device) -> Result<Classifier<B>> {
-    let dtype = crate::backbone::parse_dtype(&cfg.dtype).with_context(|| format!("bundle {}: dtype", dir.display()))?;
-    let src = SafetensorsSource::open_file(&dir.join("backbone/model.safetensors"))?;
-    let bb = crate::backbone::Dinov3::load_as(&cfg.backbone, &src, device, dtype)?;
-    let head = cfg.head.load_tensors(&SafetensorsSource::open_file(&dir.join("head/model.safetensors"))?, device)?;
-    Ok(Classifier::new(bb, cfg.backbone.clone(), head, cfg.head.clone(), cfg.preprocess.clone(), cfg.precision.clone()))
 }
 
 fn folder_bytes(dir: &Path) -> u64 {
@@ -219,12 +109,12 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     // CubeCL's caches: the user's folder for this GPU (what the run compiled, so the warm-up only
     // adds the server's batch sizes), unless this process set them already; they are copied into
     // the bundle after the warm-up, so CubeCL never writes into the bundle itself.
-    let kernel_dir = tmp.join(crate::kernels::DIR);
+    let kernel_dir = tmp.join(kernels::DIR);
     let kernel_roots =
-        if crate::kernels::compiles_kernels() && opts.warm_batch > 0 { crate::kernels::init(&crate::kernels::user_dir()) } else { None };
+        if kernels::compiles_kernels() && opts.warm_batch > 0 { kernels::init(&kernels::user_dir()) } else { None };
     let result = (|| -> Result<(BundleConfig, DecisionReport)> {
         let device = Device::default();
-        let (fp32, meta) = Classifier::from_run(&opts.run, &device)?;
+        let (fp32, meta) = crate::checkpoint::classifier_of_run(&opts.run, &device)?;
         let dtype = opts.dtype.clone().unwrap_or_else(|| meta.backbone.dtype.clone());
         crate::backbone::parse_dtype(&dtype).context("export dtype")?;
         if opts.int8 && dtype != "f32" {
@@ -262,7 +152,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
             dataset_version: meta.dataset.version,
             exported_at: chrono::Utc::now().timestamp(),
         };
-        let model: Classifier<InferBackend> = load_model(&tmp, &cfg, &device)?;
+        let model: Classifier<InferBackend> = load_model(&tmp, &cfg, &meta.backbone.forward, &device)?;
         let store = run_store(&meta)?;
         let val = store.samples(Some("split = 'val'"))?;
         if val.is_empty() {
@@ -370,23 +260,23 @@ fn carry_kernels<B: Backend>(
     kernel_dir: &Path,
     device: &B::Device,
 ) -> Result<Option<KernelsInfo>> {
-    if !crate::kernels::compiles_kernels() || warm_batch == 0 {
+    if !kernels::compiles_kernels() || warm_batch == 0 {
         return Ok(None);
     }
     let t = Instant::now();
-    let times = crate::kernels::warm(model, &crate::kernels::warm_batches(warm_batch), device)?;
+    let times = kernels::warm(model, &kernels::warm_batches(warm_batch), device)?;
     let warm_seconds = t.elapsed().as_secs_f64();
     tracing::info!("warm-up of batch sizes 1..={warm_batch}: {warm_seconds:.1} s ({times:?})");
     let Some(roots) = roots else {
         tracing::warn!("CubeCL's PTX cache is off in this process: the bundle carries no kernels");
         return Ok(None);
     };
-    let files = crate::kernels::collect(roots, kernel_dir)?;
+    let files = kernels::collect(roots, kernel_dir)?;
     if files == 0 {
         let _ = std::fs::remove_dir_all(kernel_dir);
         return Ok(None);
     }
-    Ok(Some(KernelsInfo { gpu: crate::kernels::gpu(), max_batch: warm_batch, files, warm_seconds }))
+    Ok(Some(KernelsInfo { gpu: kernels::gpu(), max_batch: warm_batch, files, warm_seconds }))
 }
 
 /// `sv-train card <bundle>`: verify, then describe the submission and its age.

@@ -254,15 +254,7 @@ impl Histogram {
     }
 }
 
-/// Symmetric signed 8-bit fake quantisation with range `amax`: `clamp(round(x·127/amax), ±127)·amax/127`
-/// (round half to even, as `torch.round`).
-pub fn fake_quant(x: f32, amax: f32) -> f32 {
-    if amax <= 0.0 {
-        return 0.0;
-    }
-    let scale = 127.0 / amax;
-    (x * scale).round_ties_even().clamp(-127.0, 127.0) / scale
-}
+pub use sv_model::int8::fake_quant;
 
 #[cfg(test)]
 mod tests {

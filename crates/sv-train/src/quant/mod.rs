@@ -1,10 +1,12 @@
-//! INT8 calibration and quantisation: activation [`Histogram`]s with ModelOpt's calibrators
-//! ([`histogram`]), per-channel INT8 weights and the precisions a model is evaluated at
-//! ([`int8`]), and the `sv-train quantize` command that compares them ([`report`]).
+//! INT8 calibration: activation [`Histogram`]s with ModelOpt's calibrators ([`histogram`]),
+//! collected through the model's activation hook ([`calibrate`]), and the `sv-train quantize`
+//! command that compares the precisions ([`report`]). The INT8 codec and the precisions
+//! themselves live in sv-model ([`sv_model::quant`]), which serving links.
 
+pub mod calibrate;
 pub mod histogram;
-pub mod int8;
 pub mod report;
 
+pub use calibrate::CalibrationHook;
 pub use histogram::{Histogram, Method, fake_quant};
-pub use int8::{CalibrationHook, Precision, PrecisionHook, StoredModel, dequantize_rows, quantize_rows};
+pub use sv_model::quant::{Precision, PrecisionHook, StoredModel, dequantize_rows, quantize_rows};

@@ -11,7 +11,8 @@ use anyhow::{Context, Result, bail};
 use sv_data::{Sample, Store};
 
 use super::histogram::Method;
-use super::int8::{CalibrationHook, Precision, StoredModel};
+use super::calibrate::CalibrationHook;
+use sv_model::quant::{Precision, StoredModel};
 use crate::classifier::Classifier;
 use crate::metrics::Metrics;
 use crate::simulator::{SimulatorConfig, simulate_with};
@@ -92,7 +93,7 @@ pub struct QuantizeReport {
 }
 
 /// The store of a run at the version it trained on.
-pub fn run_store(meta: &crate::run::CheckpointMeta) -> Result<Store> {
+pub fn run_store(meta: &crate::checkpoint::CheckpointMeta) -> Result<Store> {
     Store::open(&meta.dataset.store)?.checkout(meta.dataset.version)
 }
 
@@ -108,7 +109,7 @@ fn batched(samples: &[Sample], batch: usize, f: &mut dyn FnMut(&[&[u8]]) -> Resu
 /// Calibrate and compare precisions for a run; writes `<run>/int8/`.
 pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
     let device = Device::default();
-    let (fp32, meta) = Classifier::from_run(run, &device)?;
+    let (fp32, meta) = crate::checkpoint::classifier_of_run(run, &device)?;
     let store = run_store(&meta)?;
 
     // Calibration set: diverse over the training split's cached features.
@@ -123,7 +124,7 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
     let pb = sv_data::progress::bar(calib.len() as u64, "calibrate");
     for chunk in calib.chunks(opts.batch_size.max(1)) {
         let refs: Vec<&[u8]> = chunk.iter().map(|s| s.image.as_slice()).collect();
-        fp32.calibrate(&refs, &mut hook, &device)?;
+        fp32.observe(&refs, &mut hook, &device)?;
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();

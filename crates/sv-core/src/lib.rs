@@ -1,0 +1,18 @@
+//! sv-core holds what every StreetVision crate shares and that is neither the model nor the
+//! data store: the one preprocessing function training and serving call ([`preprocess`]),
+//! binary metrics with the one MCC ([`metrics`]), the subnet validator's reward ([`reward`]),
+//! SS58 addresses ([`ss58`]), the miner's prediction-log segments ([`predlog`]), progress bars
+//! and logging set-up ([`progress`]) and config checks ([`config`]). It links neither Burn nor
+//! Lance, so the miner can depend on it.
+
+pub mod config;
+pub mod metrics;
+pub mod predlog;
+pub mod preprocess;
+pub mod progress;
+pub mod reward;
+pub mod ss58;
+
+pub use config::check;
+pub use metrics::{Confusion, Metrics};
+pub use preprocess::{PreprocessConfig, preprocess_batch, preprocess_bytes, preprocess_image};

@@ -1,0 +1,577 @@
+//! The DINOv3 forward pass on LibTorch (the `tch` build): the same network as [`Dinov3`], run as
+//! LibTorch's own fused operators on its CUDA device when there is one. (Over 500 lines: the
+//! layout, the forward and its variants read best as one piece; the CUDA kernels and the ATen
+//! shim are their own files.)
+//!
+//! Burn's tch backend runs the model one Burn op at a time: LayerNorm as mean/variance passes,
+//! GELU and RoPE as several element-wise kernels, attention through its own composition. Here a
+//! block is one `layer_norm`, one fused `(D, 3D)` `linear` for q/k/v, RoPE, PyTorch's flash /
+//! memory-efficient attention, the o/up/down `linear`s (bias+GELU as cuBLASLt's epilogue in bf16),
+//! and LayerScale with the residual as one in-place `x += γ ⊙ y`: the same cuBLAS and attention
+//! kernels PyTorch's eager mode runs, without the Python in between. On CUDA our own kernels
+//! ([`FusedKernels`], chosen by [`Fusion`]) replace the element-wise passes between them: RoPE in
+//! place in the q/k/v GEMM's output, each residual with the next LayerNorm, pixels to patch rows.
+//!
+//! Weights come from a loaded [`Dinov3`] by checkpoint name ([`Dinov3::named_tensors`]), so both
+//! paths hold the same numbers; `tests/parity.rs` holds this one to transformers' output too.
+//! The device is LibTorch's first CUDA device when it sees one, else its CPU; `SV_TCH_DEVICE`
+//! (`cpu`, `cuda`, `cuda:N`) chooses.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::tensor::DType;
+use burn::tensor::backend::Backend;
+use tch::{Device, Kind, Tensor};
+
+use super::dinov3::{Dinov3, Dinov3Config, rope_host};
+use super::tch_kernels::FusedKernels;
+use super::settings::{TchForwardConfig, TchGelu, TchRope};
+use super::tch_shim::{self, Attention, Step};
+
+
+/// The device a forward config names (`device = "auto"`: CUDA 0 when LibTorch sees a GPU, else
+/// the CPU; `cpu`, `cuda`, `cuda:N`).
+pub fn device_of(name: &str) -> Result<Device> {
+    match name {
+        "" | "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => Ok(Device::Cuda(n)),
+            None => bail!("backbone.forward.tch.device {other:?} is not auto, cpu, cuda or cuda:N"),
+        },
+    }
+}
+
+/// The LibTorch kind of a backbone dtype.
+pub fn kind_of(dtype: DType) -> Result<Kind> {
+    Ok(match dtype {
+        DType::F32 => Kind::Float,
+        DType::BF16 => Kind::BFloat16,
+        DType::F16 => Kind::Half,
+        other => bail!("backbone dtype {other:?} has no LibTorch forward (f32, bf16, f16)"),
+    })
+}
+
+/// The two ways [`TchDinov3::forward`] applies RoPE to q and k (the same numbers either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RopeForm {
+    /// `x·cos + roll(x, hd/2)·sin`: three ops, but `roll` copies and indexes slowly. Faster where
+    /// the forward is bound by launching ops (small batches): ViT-S/16 batch 1 bf16 on an H200,
+    /// 2.0 ms against 3.3 ms (benchmarks/RESULTS.md, "LibTorch").
+    Roll,
+    /// `x·cos`, then each half of a head adds the other half times its part of the sin table:
+    /// more ops, fewer bytes. 7–11% more images/s at batch 256.
+    Halves,
+}
+
+/// q and k elements (2·B·T·D) from which [`RopeForm::Halves`] is the default: between the
+/// measured points, 0.15 M (ViT-S/16 batch 1, roll faster) and 79 M (ViT-B/16 batch 256, halves
+/// faster); batch 16 falls on either side by width (RESULTS.md has that row).
+const ROPE_HALVES_MIN: i64 = 1 << 22;
+
+/// Which of our fused kernels ([`FusedKernels`]) the forward runs. `SV_TCH_FUSED` sets it: `0`
+/// (none: LibTorch's operators only), `1` (all three) or a list of `rope`, `norm` and `patches`
+/// separated by `,` or `+`; unset, [`Fusion::DEFAULT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fusion {
+    /// RoPE in place in the q/k/v GEMM's output, which attention reads as strided views.
+    pub rope: bool,
+    /// Each residual add with the LayerNorm after it.
+    pub norm: bool,
+    /// f32 pixels to patch rows in one pass.
+    pub patches: bool,
+}
+
+impl Fusion {
+    pub const NONE: Self = Self { rope: false, norm: false, patches: false };
+    pub const ALL: Self = Self { rope: true, norm: true, patches: true };
+    /// What runs when `SV_TCH_FUSED` is unset: all three, at every batch size. Measured on an H200
+    /// in bf16 (RESULTS.md, "vector loads"), each kernel alone is faster than LibTorch's passes at
+    /// ViT-B/16 batch 256 and all three together are fastest at both ViT-B/16 batch 256 (12,356
+    /// img/s against 7,696 with none) and ViT-S/16 batch 1 (1.28 ms against 1.94).
+    pub const DEFAULT: Self = Self::ALL;
+
+    /// The set a forward config's `fused` names (see [`Fusion`]).
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "default" => return Ok(Self::DEFAULT),
+            "0" | "none" => return Ok(Self::NONE),
+            "1" | "all" => return Ok(Self::ALL),
+            _ => {}
+        }
+        let mut f = Self::NONE;
+        for part in text.split([',', '+']).map(str::trim) {
+            match part {
+                "rope" => f.rope = true,
+                "norm" => f.norm = true,
+                "patches" => f.patches = true,
+                other => bail!("backbone.forward.tch.fused {text:?}: {other:?} is not rope, norm or patches (or default, 0, 1, none, all)"),
+            }
+        }
+        Ok(f)
+    }
+
+    /// Whether any kernel runs.
+    pub fn any(self) -> bool {
+        self.rope || self.norm || self.patches
+    }
+}
+
+impl std::fmt::Display for Fusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on: Vec<&str> = [(self.rope, "rope"), (self.norm, "norm"), (self.patches, "patches")].iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect();
+        if on.is_empty() { f.write_str("none") } else { f.write_str(&on.join(",")) }
+    }
+}
+
+/// One transformer block's weights on the device.
+struct TchBlock {
+    norm1: (Tensor, Tensor),
+    /// q, k and v stacked: `(3D, D)`, bias `(3D,)` (zeros where the checkpoint has none).
+    qkv: (Tensor, Tensor),
+    o: (Tensor, Tensor),
+    /// LayerScale 1, `(D,)`.
+    ls1: Tensor,
+    norm2: (Tensor, Tensor),
+    gate: Option<(Tensor, Tensor)>,
+    up: (Tensor, Tensor),
+    down: (Tensor, Tensor),
+    /// LayerScale 2, `(D,)`.
+    ls2: Tensor,
+}
+
+/// The backbone's weights on a LibTorch device, for [`TchDinov3::forward`].
+pub struct TchDinov3 {
+    device: Device,
+    kind: Kind,
+    d: usize,
+    heads: usize,
+    patch: usize,
+    eps: f64,
+    silu: bool,
+    rope_theta: f64,
+    /// `(D, C·p·p)` and `(D,)`.
+    patch_embed: (Tensor, Tensor),
+    /// CLS then the registers, `(1, 1 + R, D)`.
+    prefix_tokens: Tensor,
+    layers: Vec<TchBlock>,
+    norm: (Tensor, Tensor),
+    /// How RoPE runs: `SV_TCH_ROPE=roll` or `halves` forces one (see [`RopeForm`]).
+    rope_form: Option<RopeForm>,
+    /// RoPE tables `(T, head_dim)` per patch grid and kind, made on first use.
+    rope: Mutex<HashMap<(usize, usize, bool), (Tensor, Tensor)>>,
+    /// Our own fused kernels on CUDA ([`FusedKernels`]); `None` on the CPU, where [`Self::fusion`]
+    /// names none, or where NVRTC is missing (then the unfused forward runs, with a warning).
+    fused: Option<FusedKernels>,
+    /// The fused kernels asked for (`SV_TCH_FUSED`, see [`Fusion`]); what runs is
+    /// [`Self::fusion`], none where the kernels did not load.
+    fusion: Fusion,
+    /// The attention kernel (`SV_TCH_ATTN`; LibTorch's choice by default).
+    attention: Attention,
+    /// The MLP's bias+GELU as cuBLASLt's GEMM epilogue, which computes the tanh approximation of
+    /// GELU (`SV_TCH_GELU=tanh|exact`; by default on for bf16 on CUDA, where the approximation's
+    /// error, under 5e-4 absolute, is below bf16's rounding of the activations).
+    gelu_tanh: bool,
+}
+
+// SAFETY: `tch::Tensor` is `Send` but not `Sync` because a tensor handle may be mutated through
+// `&self` (in-place ops, `*_out` ops, `set_requires_grad`). The invariant this module keeps:
+// after `new`, no method passes a weight or a cached RoPE table to an in-place or `*_out` op or to
+// any `&self`-mutating call; they are only inputs of ops that return new tensors (in-place ops
+// run on tensors made during the forward). LibTorch's operators are safe to call concurrently on
+// shared read-only inputs (PyTorch serves one module from many threads). The RoPE cache itself
+// sits behind a mutex. Burn's `TchTensor` makes the same promise. The fused kernels (cudarc's
+// function handles, `Send + Sync` themselves) write only tensors made during the forward.
+unsafe impl Sync for TchDinov3 {}
+
+/// Outputs of [`TchDinov3::forward`], on the model's device.
+pub struct TchOutput {
+    /// `(B, T, D)` after the final norm, in the model's kind.
+    pub last_hidden_state: Tensor,
+    /// `(B, 2D)`: [CLS, mean of patch tokens], f32.
+    pub features: Tensor,
+}
+
+/// A model's tensors by checkpoint name, taken out one by one (f32 on the host).
+struct Named(HashMap<String, (Vec<usize>, Vec<f32>)>);
+
+impl Named {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (s, v) = self.0.remove(name).with_context(|| format!("backbone tensor {name} is missing"))?;
+        if s.iter().product::<usize>() != shape.iter().product::<usize>() {
+            bail!("backbone tensor {name} has shape {s:?}, expected {shape:?}");
+        }
+        Ok(v)
+    }
+
+    /// A linear layer's `(out, in)` weight and bias (zeros where the layer has none).
+    fn weight_bias(&mut self, name: &str, d_in: usize, d_out: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let w = self.take(&format!("{name}.weight"), &[d_out, d_in])?;
+        let bias = format!("{name}.bias");
+        let b = if self.0.contains_key(&bias) { self.take(&bias, &[d_out])? } else { vec![0.0; d_out] };
+        Ok((w, b))
+    }
+}
+
+impl TchDinov3 {
+    /// The LibTorch layout of a loaded backbone on `device`, its weights and activations in
+    /// `dtype` (f32, bf16 or f16; the backbone's own dtype is what [`Self::for_backend`] uses).
+    pub fn new<B: Backend>(cfg: &Dinov3Config, model: &Dinov3<B>, device: Device, dtype: DType, settings: &TchForwardConfig) -> Result<Self> {
+        cfg.validate()?;
+        let kind = kind_of(dtype)?;
+        if device.is_cuda() && !tch::Cuda::is_available() {
+            bail!("LibTorch sees no CUDA device (is libtorch_cuda on the library path?)");
+        }
+        let put = |v: &[f32], shape: &[usize]| -> Result<Tensor> {
+            let shape: Vec<i64> = shape.iter().map(|&s| s as i64).collect();
+            Tensor::f_from_slice(v).and_then(|t| t.f_view(shape.as_slice())).and_then(|t| t.f_to_kind(kind)).and_then(|t| t.f_to_device(device)).step("copying a weight to the device")
+        };
+        let pair = |(w, b): (Vec<f32>, Vec<f32>), d_in: usize, d_out: usize| -> Result<(Tensor, Tensor)> {
+            Ok((put(&w, &[d_out, d_in])?, put(&b, &[d_out])?))
+        };
+        let mut w = Named(model.named_tensors().into_iter().map(|t| (t.name, (t.shape, t.values))).collect());
+        let (d, inter) = (cfg.hidden_size, cfg.intermediate_size);
+        let norm = |w: &mut Named, name: &str| -> Result<(Tensor, Tensor)> {
+            Ok((put(&w.take(&format!("{name}.weight"), &[d])?, &[d])?, put(&w.take(&format!("{name}.bias"), &[d])?, &[d])?))
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let pre = format!("layer.{i}");
+            let (qw, qb) = w.weight_bias(&format!("{pre}.attention.q_proj"), d, d)?;
+            let (kw, kb) = w.weight_bias(&format!("{pre}.attention.k_proj"), d, d)?;
+            let (vw, vb) = w.weight_bias(&format!("{pre}.attention.v_proj"), d, d)?;
+            let ls1 = w.take(&format!("{pre}.layer_scale1.lambda1"), &[d])?;
+            let ls2 = w.take(&format!("{pre}.layer_scale2.lambda1"), &[d])?;
+            let o = w.weight_bias(&format!("{pre}.attention.o_proj"), d, d)?;
+            let down = w.weight_bias(&format!("{pre}.mlp.down_proj"), inter, d)?;
+            let gate = match cfg.gated() {
+                true => Some(pair(w.weight_bias(&format!("{pre}.mlp.gate_proj"), d, inter)?, d, inter)?),
+                false => None,
+            };
+            layers.push(TchBlock {
+                norm1: norm(&mut w, &format!("{pre}.norm1"))?,
+                qkv: pair(([qw, kw, vw].concat(), [qb, kb, vb].concat()), d, 3 * d)?,
+                o: pair(o, d, d)?,
+                ls1: put(&ls1, &[d])?,
+                norm2: norm(&mut w, &format!("{pre}.norm2"))?,
+                gate,
+                up: pair(w.weight_bias(&format!("{pre}.mlp.up_proj"), d, inter)?, d, inter)?,
+                down: pair(down, inter, d)?,
+                ls2: put(&ls2, &[d])?,
+            });
+        }
+        let (c, p) = (cfg.num_channels, cfg.patch_size);
+        let fusion = Fusion::parse(&settings.fused)?;
+        let mut prefix = w.take("embeddings.cls_token", &[1, 1, d])?;
+        if cfg.num_register_tokens > 0 {
+            prefix.extend(w.take("embeddings.register_tokens", &[1, cfg.num_register_tokens, d])?);
+        }
+        // The strided convolution as a linear layer on patches (`(D, C·p·p)`): a cuBLAS GEMM, at
+        // full f32 precision in f32 (cuDNN convolutions would take TF32 by LibTorch's default).
+        let patch_embed = (
+            put(&w.take("embeddings.patch_embeddings.weight", &[d, c, p, p])?, &[d, c * p * p])?,
+            put(&w.take("embeddings.patch_embeddings.bias", &[d])?, &[d])?,
+        );
+        Ok(Self {
+            device,
+            kind,
+            d,
+            heads: cfg.num_attention_heads,
+            patch: p,
+            eps: cfg.layer_norm_eps,
+            silu: cfg.hidden_act != "gelu",
+            rope_theta: cfg.rope_theta,
+            patch_embed,
+            prefix_tokens: put(&prefix, &[1, 1 + cfg.num_register_tokens, d])?,
+            layers,
+            norm: norm(&mut w, "norm")?,
+            rope_form: match settings.rope {
+                TchRope::Auto => None,
+                TchRope::Roll => Some(RopeForm::Roll),
+                TchRope::Halves => Some(RopeForm::Halves),
+            },
+            rope: Mutex::new(HashMap::new()),
+            fused: match device {
+                Device::Cuda(i) if fusion.any() => match FusedKernels::new(i, kind, d, d / cfg.num_attention_heads, c, p) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        tracing::warn!("LibTorch forward without its fused kernels: {e:#}");
+                        None
+                    }
+                },
+                _ => None,
+            },
+            fusion,
+            attention: match Attention::of(settings.attention) {
+                Attention::Flash if kind == Kind::Float => bail!("attention = \"flash\" (SV_TCH_ATTN=flash): FlashAttention takes bf16 or f16, and this backbone runs in f32"),
+                a => a,
+            },
+            gelu_tanh: match settings.gelu {
+                TchGelu::Auto => kind == Kind::BFloat16 && device.is_cuda(),
+                TchGelu::Tanh => true,
+                TchGelu::Exact => false,
+            },
+        })
+    }
+
+    /// The LibTorch forward for a model on Burn's LibTorch backend in the `tch` build (not on
+    /// autodiff backends: no gradients flow through it), on the device `settings` names
+    /// whatever LibTorch device Burn loaded the weights on; `None` elsewhere.
+    pub fn for_backend<B: Backend>(cfg: &Dinov3Config, model: &Dinov3<B>, settings: &TchForwardConfig) -> Result<Option<Self>> {
+        let libtorch = model.devices().first().is_some_and(|d| B::name(d).starts_with("libtorch") && !B::ad_enabled(d));
+        if crate::backend_name() != "tch" || !libtorch {
+            return Ok(None);
+        }
+        let forward = Self::new(cfg, model, device_of(&settings.device)?, model.dtype(), settings)?;
+        tracing::info!("backbone forward on LibTorch: {}", forward.describe());
+        Ok(Some(forward))
+    }
+
+    /// What this forward runs, for logs and benchmark rows: device, kind, whether our fused
+    /// kernels are on, the attention kernel and the GELU.
+    pub fn describe(&self) -> String {
+        format!(
+            "{:?} {:?}, fused kernels {}, attention {:?}, GELU {}",
+            self.device,
+            self.kind,
+            self.fusion(),
+            self.attention,
+            if self.gelu_tanh { "tanh (GEMM epilogue)" } else { "exact" }
+        )
+    }
+
+    /// Whether our fused kernels ([`FusedKernels`]) are loaded.
+    pub fn fused(&self) -> bool {
+        self.fused.is_some()
+    }
+
+    /// The fused kernels the forward runs: [`Fusion::NONE`] where they are not loaded.
+    pub fn fusion(&self) -> Fusion {
+        if self.fused.is_some() { self.fusion } else { Fusion::NONE }
+    }
+
+    /// Our fused kernels, where they are loaded and `pick` says the set asked for includes the
+    /// one a step would run.
+    fn kernels_for(&self, pick: fn(Fusion) -> bool) -> Option<&FusedKernels> {
+        self.fused.as_ref().filter(|_| pick(self.fusion))
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Normalised host pixels `(n, C, h, w)` as a tensor on the model's device.
+    pub fn input(&self, pixels: &[f32], n: usize, h: usize, w: usize) -> Result<Tensor> {
+        let c = pixels.len() / (n * h * w).max(1);
+        if n == 0 || pixels.len() != n * c * h * w {
+            bail!("pixel batch has {} values, which is not {n} images of {h}×{w} px", pixels.len());
+        }
+        Tensor::f_from_slice(pixels)
+            .and_then(|t| t.f_view([n as i64, c as i64, h as i64, w as i64]))
+            .and_then(|t| t.f_to_device(self.device))
+            .step("copying pixels to the device")
+    }
+
+    /// Features `(n, 2D)` of normalised host pixels `(n, C, h, w)`, back on the host.
+    pub fn features_of_pixels(&self, pixels: &[f32], n: usize, h: usize, w: usize) -> Result<Vec<f32>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let out = self.forward(&self.input(pixels, n, h, w)?)?;
+        let f = out.features.f_to_device(Device::Cpu).step("copying features to the host")?;
+        Vec::<f32>::try_from(f.f_contiguous().step("features")?.f_view([-1i64]).step("features")?).step("reading features")
+    }
+
+    /// The RoPE tables `(T, hd)` of a patch grid, in f32 (the fused kernel's) or the model's kind.
+    fn rope_tables(&self, gh: usize, gw: usize, prefix: usize, hd: usize, f32_tables: bool) -> Result<(Tensor, Tensor)> {
+        let mut cache = self.rope.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((c, s)) = cache.get(&(gh, gw, f32_tables)) {
+            return Ok((c.shallow_clone(), s.shallow_clone()));
+        }
+        let (cos, sin) = rope_host(gh, gw, prefix, hd, self.rope_theta);
+        let t = (prefix + gh * gw) as i64;
+        let kind = if f32_tables { Kind::Float } else { self.kind };
+        let put = |v: &[f32]| Tensor::f_from_slice(v).and_then(|x| x.f_view([t, hd as i64])).and_then(|x| x.f_to_kind(kind)).and_then(|x| x.f_to_device(self.device));
+        let tables = (put(&cos).step("RoPE table")?, put(&sin).step("RoPE table")?);
+        cache.insert((gh, gw, f32_tables), (tables.0.shallow_clone(), tables.1.shallow_clone()));
+        Ok(tables)
+    }
+
+    /// The MLP of a block on normalised rows `(M, D)`: `(M, D)` before LayerScale.
+    fn mlp(&self, blk: &TchBlock, h2: &Tensor, step: &dyn Fn(&str) -> String) -> Result<Tensor> {
+        let hid = match &blk.gate {
+            None if self.gelu_tanh && !self.silu => tch_shim::addmm_gelu_tanh(&blk.up.1, h2, &blk.up.0).with_context(|| step("up_proj + GELU"))?,
+            gate => {
+                let mut hid = h2.f_linear(&blk.up.0, Some(&blk.up.1)).step(&step("up_proj"))?;
+                let act = |y: &mut Tensor| if self.silu { y.f_silu_() } else { y.f_gelu_("none") };
+                match gate {
+                    Some(g) => {
+                        let mut gate = h2.f_linear(&g.0, Some(&g.1)).step(&step("gate_proj"))?;
+                        act(&mut gate).in_place(&step("activation"))?;
+                        hid.f_mul_(&gate).in_place(&step("gated product"))?;
+                    }
+                    None => act(&mut hid).in_place(&step("activation"))?,
+                }
+                hid
+            }
+        };
+        hid.f_linear(&blk.down.0, Some(&blk.down.1)).step(&step("down_proj"))
+    }
+
+    /// Forward pass on normalised pixels `(B, C, H, W)` on the model's device (any float
+    /// kind; cast to the model's); H and W are cropped down to multiples of the patch size, as
+    /// the strided convolution does.
+    pub fn forward(&self, pixels: &Tensor) -> Result<TchOutput> {
+        tch::no_grad(|| self.forward_inner(pixels))
+    }
+
+    fn forward_inner(&self, pixels: &Tensor) -> Result<TchOutput> {
+        let size = pixels.size();
+        let &[b, _, h, w] = size.as_slice() else { bail!("pixels have shape {size:?}, expected (B, C, H, W)") };
+        let p = self.patch as i64;
+        let (gh, gw) = (h / p, w / p);
+        if gh == 0 || gw == 0 {
+            bail!("images of {h}×{w} px are smaller than one {p}×{p} patch");
+        }
+        let prefix = self.prefix_tokens.size()[1];
+        let t = prefix + gh * gw;
+        let c = size[1];
+        let mut laps = super::profile::Laps::start();
+        let mut lap = |stage: &'static str| {
+            if laps.on() {
+                if let Device::Cuda(i) = self.device {
+                    tch::Cuda::synchronize(i as i64);
+                }
+                laps.lap(stage);
+            }
+        };
+        let d = self.d as i64;
+        let patches = match self.kernels_for(|f| f.patches) {
+            // One pass from f32 pixels to patch rows in the model's kind.
+            Some(k) => {
+                let px = pixels.f_to_kind(Kind::Float).and_then(|x| x.f_contiguous()).step("input")?;
+                k.patches(&px, gh, gw)?
+            }
+            None => {
+                // (B, C, gh·p, gw·p) → (B, gh, gw, C, p, p) → (B·N, C·p·p): one row per patch,
+                // in the convolution weight's (C, p, p) order.
+                let x = pixels.f_to_kind(self.kind).step("input")?.narrow(2, 0, gh * p).narrow(3, 0, gw * p);
+                x.reshape([b, c, gh, p, gw, p]).permute([0i64, 2, 4, 1, 3, 5]).reshape([b * gh * gw, c * p * p])
+            }
+        };
+        let patches = patches.f_linear(&self.patch_embed.0, Some(&self.patch_embed.1)).step("patch embedding")?.view([b, gh * gw, d]);
+        let x = Tensor::f_cat(&[self.prefix_tokens.expand([b, prefix, d], false), patches], 1).step("tokens")?;
+        lap("embed");
+        let out = self.blocks(x, (b, t, prefix), (gh, gw), &mut lap)?;
+        let cls = out.select(1, 0);
+        let mean = out.narrow(1, prefix, t - prefix).f_mean_dim(1i64, false, self.kind).step("patch mean")?;
+        let features = Tensor::f_cat(&[cls, mean], 1).and_then(|f| f.f_to_kind(Kind::Float)).step("features")?;
+        lap("final norm + features");
+        Ok(TchOutput { last_hidden_state: out, features })
+    }
+
+    /// The blocks and the final norm: tokens `(B, T, D)` → `(B, T, D)`, as LibTorch operators and
+    /// the fused kernels of [`Self::fusion`].
+    fn blocks(&self, x: Tensor, (b, t, prefix): (i64, i64, i64), (gh, gw): (i64, i64), lap: &mut dyn FnMut(&'static str)) -> Result<Tensor> {
+        let (d, heads) = (self.d as i64, self.heads as i64);
+        let hd = d / heads;
+        let m = b * t;
+        let (rope_kernel, norm_kernel) = (self.kernels_for(|f| f.rope), self.kernels_for(|f| f.norm));
+        let (cos, sin) = self.rope_tables(gh as usize, gw as usize, prefix as usize, hd as usize, rope_kernel.is_some())?;
+        let rope = self.rope_form.unwrap_or(if 2 * m * d >= ROPE_HALVES_MIN { RopeForm::Halves } else { RopeForm::Roll });
+        let layer_norm = |x: &Tensor, n: &(Tensor, Tensor), what: &str| x.f_layer_norm([d], Some(&n.0), Some(&n.1), self.eps, true).step(what);
+        let mut x = x.f_contiguous().step("tokens")?.view([m, d]);
+        // With the fused norm, each block's normalised input comes out of the kernel that adds the
+        // previous residual (the first block's from LibTorch's layer_norm).
+        let mut h = match (norm_kernel, self.layers.first()) {
+            (Some(_), Some(first)) => Some(layer_norm(&x, &first.norm1, "layer 0 norm1")?),
+            _ => None,
+        };
+        for (i, blk) in self.layers.iter().enumerate() {
+            let step = |what: &str| format!("layer {i} {what}");
+            let h1 = match h.take() {
+                Some(h) => h,
+                None => layer_norm(&x, &blk.norm1, &step("norm1"))?,
+            };
+            lap("norm1");
+            let mut qkv = h1.f_linear(&blk.qkv.0, Some(&blk.qkv.1)).step(&step("qkv"))?;
+            lap("qkv");
+            let (q, kk, v) = if let Some(k) = rope_kernel {
+                // In place in the GEMM's output; q, k, v are then (B, H, T, hd) views of it.
+                k.rope(&mut qkv, &cos, &sin, t, prefix).with_context(|| step("RoPE"))?;
+                let qkv = qkv.view([b, t, 3, heads, hd]);
+                let part = |j: i64| qkv.select(2, j).transpose(1, 2);
+                (part(0), part(1), part(2))
+            } else {
+                // (B·T, 3D) → (3, B, H, T, hd): q, k, v; RoPE on q and k together.
+                let qkv = qkv.view([b, t, 3, heads, hd]).permute([2i64, 0, 3, 1, 4]);
+                let qk = qkv.narrow(0, 0, 2);
+                let qk = if rope == RopeForm::Roll {
+                    // x·cos + swap_halves(x)·sin (the sign is in the table).
+                    (&qk * &cos).f_addcmul_(&qk.roll([hd / 2], [-1i64]), &sin).step(&step("RoPE"))?
+                } else {
+                    // x·cos, then each half gets the other half times its part of the sin table.
+                    let half = hd / 2;
+                    let out = (&qk * &cos).f_contiguous().step(&step("RoPE"))?;
+                    for (dst, src) in [(0, half), (half, 0)] {
+                        out.narrow(-1, dst, half).f_addcmul_(&qk.narrow(-1, src, half), &sin.narrow(-1, dst, half)).in_place(&step("RoPE"))?;
+                    }
+                    out
+                };
+                (qk.get(0), qk.get(1), qkv.get(2))
+            };
+            lap("rope");
+            let a = tch_shim::attention(&q, &kk, &v, self.attention).with_context(|| step("attention"))?;
+            let a = a.transpose(1, 2).reshape([m, d]);
+            lap("attention");
+            let o = a.f_linear(&blk.o.0, Some(&blk.o.1)).step(&step("o_proj"))?;
+            let h2 = match norm_kernel {
+                Some(k) => k.residual_norm(&mut x, &o, &blk.ls1, &blk.norm2, self.eps).with_context(|| step("residual + norm2"))?,
+                None => {
+                    x.f_addcmul_(&o, &blk.ls1).in_place(&step("residual"))?;
+                    layer_norm(&x, &blk.norm2, &step("norm2"))?
+                }
+            };
+            lap("o_proj + residual + norm2");
+            let y = self.mlp(blk, &h2, &step)?;
+            lap("MLP");
+            match norm_kernel {
+                Some(k) => {
+                    let next = self.layers.get(i + 1).map_or(&self.norm, |n| &n.norm1);
+                    h = Some(k.residual_norm(&mut x, &y, &blk.ls2, next, self.eps).with_context(|| step("residual + next norm"))?);
+                }
+                None => x.f_addcmul_(&y, &blk.ls2).in_place(&step("residual"))?,
+            }
+            lap("residual (+ next norm)");
+        }
+        let out = match h {
+            Some(h) => h,
+            None => layer_norm(&x, &self.norm, "final norm")?,
+        };
+        Ok(out.view([b, t, d]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `SV_TCH_FUSED` names sets of kernels; anything else is an error naming it.
+    #[test]
+    fn fusion_sets_parse() {
+        assert_eq!(Fusion::parse("0").unwrap(), Fusion::NONE);
+        assert_eq!(Fusion::parse("all").unwrap(), Fusion::ALL);
+        assert_eq!(Fusion::parse("rope+norm").unwrap(), Fusion { rope: true, norm: true, patches: false });
+        let f = Fusion::parse("rope, patches").unwrap();
+        assert!(f.rope && f.patches && !f.norm, "{f}");
+        assert_eq!(f.to_string(), "rope,patches");
+        assert_eq!(Fusion::NONE.to_string(), "none");
+        let e = Fusion::parse("rope,layernorm").unwrap_err().to_string();
+        assert!(e.contains("\"layernorm\""), "{e}");
+    }
+}

@@ -1,0 +1,389 @@
+//! The `tch` build's own CUDA kernels for the element-wise work between LibTorch's GEMMs and
+//! attention, compiled at load by NVRTC for one model's sizes and dtype and launched on LibTorch's
+//! tensors in place. Eager LibTorch runs each of these as several passes over memory, where
+//! `torch.compile` fuses them into one; these are our fused passes:
+//! - [`FusedKernels::rope`]: RoPE on q and k in the `(B·T, 3D)` output of the q/k/v GEMM, in
+//!   place, so attention reads q, k, v as strided views of that one buffer (no copies);
+//! - [`FusedKernels::residual_norm`]: `x += γ ⊙ y` (LayerScale and the residual) and the next
+//!   LayerNorm of `x`, one read of each;
+//! - [`FusedKernels::patches`]: f32 pixels to the patch rows of the embedding GEMM in the model's
+//!   dtype, one pass.
+//!
+//! Launches go to the CUDA legacy default stream, the one LibTorch uses unless a caller switches
+//! streams (nothing in this project does), so they are ordered with LibTorch's own kernels. The
+//! context is the device's primary context, which LibTorch's runtime uses too: its device
+//! pointers are valid here. No CUDA headers are needed: bf16 and f16 are converted with bit
+//! operations and PTX `cvt`.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
+use tch::{Device, Kind, Tensor};
+
+use super::tch_shim::Step;
+
+/// The kernels' source; `D`, `HD`, `C`, `P`, `KIND` and `VEC` are defined before it.
+const SOURCE: &str = r#"
+typedef unsigned short u16;
+#if KIND == 0
+typedef float elem;
+__device__ __forceinline__ float f32(elem v) { return v; }
+__device__ __forceinline__ elem to_elem(float v) { return v; }
+#elif KIND == 1
+typedef u16 elem;
+__device__ __forceinline__ float f32(elem v) { return __uint_as_float(((unsigned)v) << 16); }
+__device__ __forceinline__ elem to_elem(float v) {
+  unsigned u = __float_as_uint(v);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (u16)(u >> 16);
+}
+#else
+typedef u16 elem;
+__device__ __forceinline__ float f32(elem v) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v)); return f; }
+__device__ __forceinline__ elem to_elem(float v) { u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v)); return h; }
+#endif
+
+// VEC elements moved by one load or store (up to 16 bytes); VEC divides D, HD / 2 and P.
+struct __align__(VEC * sizeof(elem)) vec { elem e[VEC]; };
+
+#define H (D / HD)
+#define HALF (HD / 2)
+#define CHUNKS (D / VEC)
+#define PER_LANE ((CHUNKS + 31) / 32)
+
+// RoPE on q and k in place: qkv is (m, 3D) rows of [q | k | v], each (H, HD); token t = row % T.
+// cos, sin: (T, HD) f32, the sign of rotate-half in sin (prefix rows: cos 1, sin 0, skipped).
+// One thread per (row, q or k, head, VEC values j of the first half): x[j], x[j + HD/2].
+extern "C" __global__ void rope(elem *__restrict__ qkv, const float *__restrict__ cos, const float *__restrict__ sin,
+                                int n, int t_len, int prefix) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  int j = (i % (HALF / VEC)) * VEC;
+  int r = i / (HALF / VEC);
+  int h = r % H;
+  r /= H;
+  int s = r % 2;
+  int row = r / 2;
+  int t = row % t_len;
+  if (t < prefix) return;
+  vec *lo = (vec *)(qkv + (size_t)row * (3 * D) + s * D + h * HD + j);
+  vec *hi = (vec *)((elem *)lo + HALF);
+  const float *c = cos + t * HD + j;
+  const float *sn = sin + t * HD + j;
+  vec a = *lo, b = *hi, oa, ob;
+#pragma unroll
+  for (int k = 0; k < VEC; k++) {
+    float x0 = f32(a.e[k]), x1 = f32(b.e[k]);
+    oa.e[k] = to_elem(x0 * c[k] + x1 * sn[k]);
+    ob.e[k] = to_elem(x1 * c[k + HALF] + x0 * sn[k + HALF]);
+  }
+  *lo = oa;
+  *hi = ob;
+}
+
+// x[row] += g ⊙ y[row]; out[row] = LayerNorm(x[row]) · w + b (statistics in f32 over the stored,
+// rounded x). One warp per row of D, VEC values per load, every load before any store. The row
+// lives in registers (3·D/32 loaded elements and D/32 floats a lane): fine to D = 1024, spilled
+// to local memory beyond (correct, slower).
+extern "C" __global__ void residual_norm(elem *__restrict__ x, const elem *__restrict__ y, const elem *__restrict__ g,
+                                         const elem *__restrict__ w, const elem *__restrict__ b, elem *__restrict__ out,
+                                         int m, float eps) {
+  int row = (int)((blockIdx.x * blockDim.x + threadIdx.x) / 32);
+  int lane = threadIdx.x % 32;
+  if (row >= m) return;
+  vec *xr = (vec *)(x + (size_t)row * D);
+  const vec *yr = (const vec *)(y + (size_t)row * D);
+  const vec *gv = (const vec *)g;
+  vec xv[PER_LANE], yv[PER_LANE], gg[PER_LANE];
+#pragma unroll
+  for (int k = 0; k < PER_LANE; k++) {
+    int c = lane + 32 * k;
+    if (c < CHUNKS) { xv[k] = xr[c]; yv[k] = yr[c]; gg[k] = gv[c]; }
+  }
+  float v[PER_LANE][VEC];
+  float sum = 0.f;
+#pragma unroll
+  for (int k = 0; k < PER_LANE; k++) {
+    int c = lane + 32 * k;
+#pragma unroll
+    for (int e = 0; e < VEC; e++) {
+      float a = 0.f;
+      if (c < CHUNKS) {
+        xv[k].e[e] = to_elem(f32(xv[k].e[e]) + f32(gg[k].e[e]) * f32(yv[k].e[e]));
+        a = f32(xv[k].e[e]);
+      }
+      v[k][e] = a;
+      sum += a;
+    }
+    if (c < CHUNKS) xr[c] = xv[k];
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  float mean = sum / D;
+  float var = 0.f;
+#pragma unroll
+  for (int k = 0; k < PER_LANE; k++) {
+    if (lane + 32 * k < CHUNKS) {
+#pragma unroll
+      for (int e = 0; e < VEC; e++) { float d = v[k][e] - mean; var += d * d; }
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) var += __shfl_xor_sync(0xffffffffu, var, o);
+  float rstd = rsqrtf(var / D + eps);
+  vec *orow = (vec *)(out + (size_t)row * D);
+  const vec *wv = (const vec *)w, *bv = (const vec *)b;
+#pragma unroll
+  for (int k = 0; k < PER_LANE; k++) {
+    int c = lane + 32 * k;
+    if (c < CHUNKS) {
+      vec ww = wv[c], bb = bv[c], o;
+#pragma unroll
+      for (int e = 0; e < VEC; e++) o.e[e] = to_elem((v[k][e] - mean) * rstd * f32(ww.e[e]) + f32(bb.e[e]));
+      orow[c] = o;
+    }
+  }
+}
+
+// f32 pixels (B, C, hgt, wid) contiguous → rows (B·gh·gw, C·P·P) in the model's dtype, each
+// patch's values in the convolution weight's (C, P, P) order (crops to gh·P × gw·P). One thread
+// per (patch, channel, pixel row dy): P values.
+extern "C" __global__ void patches(const float *__restrict__ px, elem *__restrict__ out, int n, int gh, int gw, int hgt, int wid) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  int dy = i % P, c = (i / P) % C;
+  int patch = i / (P * C);
+  int pw = patch % gw, ph = (patch / gw) % gh, bb = patch / (gw * gh);
+  const float *src = px + ((size_t)(bb * C + c) * hgt + ph * P + dy) * wid + pw * P;
+  vec *dst = (vec *)(out + (size_t)i * P);
+#pragma unroll
+  for (int k = 0; k < P / VEC; k++) {
+    vec o;
+#pragma unroll
+    for (int e = 0; e < VEC; e++) o.e[e] = to_elem(src[k * VEC + e]);
+    dst[k] = o;
+  }
+}
+"#;
+
+/// Bytes of one element of `kind` (f32, bf16 or f16), and the code the kernels' `KIND` takes.
+fn element(kind: Kind) -> Result<(usize, u8)> {
+    Ok(match kind {
+        Kind::Float => (4, 0),
+        Kind::BFloat16 => (2, 1),
+        Kind::Half => (2, 2),
+        other => bail!("fused kernels take f32, bf16 or f16, not {other:?}"),
+    })
+}
+
+/// Elements per vector load: the most that fit in 16 bytes and divide the width, half a head and
+/// the patch size (8 for bf16 and f16, 4 for f32 at DINOv3's sizes).
+fn vector_width(bytes: usize, d: usize, hd: usize, patch: usize) -> usize {
+    let mut v = 16 / bytes;
+    while v > 1 && (d % v != 0 || (hd / 2) % v != 0 || patch % v != 0) {
+        v /= 2;
+    }
+    v
+}
+
+/// PTX of the kernels for one model's sizes and dtype (NVRTC, no GPU needed; the driver JIT-compiles
+/// it for the device at load).
+pub fn compile(kind: Kind, d: usize, hd: usize, channels: usize, patch: usize) -> Result<Ptx> {
+    let (bytes, code) = element(kind)?;
+    if hd == 0 || d % hd != 0 || hd % 2 != 0 || patch == 0 {
+        bail!("fused kernels need an even head size dividing the width and a patch size (d {d}, head {hd}, patch {patch})");
+    }
+    // SAFETY: only tries to load the library (cudarc panics on first use of a missing one).
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        bail!("NVRTC (libnvrtc) cannot be loaded: put its folder (e.g. site-packages/nvidia/cu13/lib) on LD_LIBRARY_PATH");
+    }
+    let vec = vector_width(bytes, d, hd, patch);
+    let src = format!("#define D {d}\n#define HD {hd}\n#define C {channels}\n#define P {patch}\n#define KIND {code}\n#define VEC {vec}\n{SOURCE}");
+    let opts = CompileOptions { options: vec!["--std=c++14".into()], ..Default::default() };
+    compile_ptx_with_opts(src, opts).map_err(|e| anyhow::anyhow!("NVRTC compiling the fused kernels: {e:?}"))
+}
+
+/// Threads per block of the element-wise kernels.
+const BLOCK: u32 = 256;
+
+/// The fused kernels of one model (sizes and dtype fixed at compile time) on one CUDA device.
+pub struct FusedKernels {
+    kind: Kind,
+    d: i64,
+    hd: i64,
+    channels: i64,
+    patch: i64,
+    /// Elements of one vector load ([`vector_width`]).
+    vec: i64,
+    /// Bytes of one vector load: every address of the model's values is aligned to it.
+    align: u64,
+    stream: Arc<CudaStream>,
+    rope: CudaFunction,
+    residual_norm: CudaFunction,
+    patches: CudaFunction,
+}
+
+/// The launch shape of `n` threads in blocks of [`BLOCK`], and `n` as the kernels' `int`.
+fn blocks(n: i64, what: &str) -> Result<(LaunchConfig, i32)> {
+    let n32 = i32::try_from(n).ok().filter(|&n| n >= 0).with_context(|| format!("the {what} kernel's {n} threads exceed its 32-bit indices"))?;
+    let grid = (n + BLOCK as i64 - 1) / BLOCK as i64;
+    Ok((LaunchConfig { grid_dim: (grid.max(1) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }, n32))
+}
+
+impl FusedKernels {
+    /// Compiles the kernels for width `d`, head size `hd`, `channels`×`patch`² patches and
+    /// `kind` on CUDA device `ordinal` (NVRTC and the driver are loaded at run time: an error,
+    /// not a panic, where either library is missing).
+    pub fn new(ordinal: usize, kind: Kind, d: usize, hd: usize, channels: usize, patch: usize) -> Result<Self> {
+        // SAFETY: `is_culib_present` only tries to load the libraries (cudarc panics on first use
+        // of a missing one otherwise).
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            bail!("the CUDA driver library (libcuda) cannot be loaded");
+        }
+        let ptx = compile(kind, d, hd, channels, patch)?;
+        let (bytes, _) = element(kind)?;
+        let vec = vector_width(bytes, d, hd, patch);
+        let ctx = CudaContext::new(ordinal).with_context(|| format!("CUDA device {ordinal}"))?;
+        let module = ctx.load_module(ptx).context("loading the fused kernels")?;
+        let f = |name: &str| module.load_function(name).with_context(|| format!("fused kernel {name}"));
+        Ok(Self {
+            kind,
+            d: d as i64,
+            hd: hd as i64,
+            channels: channels as i64,
+            patch: patch as i64,
+            vec: vec as i64,
+            align: (vec * bytes) as u64,
+            stream: ctx.default_stream(),
+            rope: f("rope")?,
+            residual_norm: f("residual_norm")?,
+            patches: f("patches")?,
+        })
+    }
+
+    /// A tensor's device address, checked: on `device`, of `kind`, contiguous, `numel` elements,
+    /// aligned for the kernels' vector loads of the model's values (`vector`), else to 4 bytes
+    /// (the f32 RoPE tables and pixels, read one value at a time).
+    fn address(&self, t: &Tensor, what: &str, device: Device, kind: Kind, numel: i64, vector: bool) -> Result<u64> {
+        let ptr = t.data_ptr() as u64;
+        let align = if vector { self.align } else { 4 };
+        if t.device() != device || t.kind() != kind || !t.is_contiguous() || t.numel() as i64 != numel || ptr % align != 0 {
+            bail!(
+                "fused kernel input {what}: {:?} {:?} {:?} (contiguous: {}, address {ptr:#x}), expected {numel} contiguous {kind:?} values on {device:?} aligned to {align} bytes",
+                t.size(),
+                t.kind(),
+                t.device(),
+                t.is_contiguous()
+            );
+        }
+        Ok(ptr)
+    }
+
+    /// RoPE on the q and k parts of `qkv` `(B·T, 3D)` in place; `cos`, `sin` `(T, hd)` f32.
+    pub fn rope(&self, qkv: &mut Tensor, cos: &Tensor, sin: &Tensor, t: i64, prefix: i64) -> Result<()> {
+        let device = qkv.device();
+        let m = qkv.size().first().copied().unwrap_or(0);
+        if t <= 0 || m % t != 0 || !(0..=t).contains(&prefix) {
+            bail!("RoPE on {m} q/k/v rows: {t} tokens an image with {prefix} prefix tokens do not fit");
+        }
+        let q = self.address(qkv, "qkv", device, self.kind, m * 3 * self.d, true)?;
+        let c = self.address(cos, "RoPE cos", device, Kind::Float, t * self.hd, false)?;
+        let s = self.address(sin, "RoPE sin", device, Kind::Float, t * self.hd, false)?;
+        // Threads: (row, q or k, head, VEC values of the first half) = m·D / VEC.
+        let (cfg, n) = blocks(m * self.d / self.vec, "RoPE")?;
+        let (t32, p32) = (t as i32, prefix as i32);
+        let mut launch = self.stream.launch_builder(&self.rope);
+        launch.arg(&q).arg(&c).arg(&s).arg(&n).arg(&t32).arg(&p32);
+        // SAFETY: the arguments match the kernel's parameters; the addresses are live device
+        // buffers of the sizes and alignment checked above, which the kernel stays within.
+        unsafe { launch.launch(cfg) }.context("launching the RoPE kernel")?;
+        Ok(())
+    }
+
+    /// `x += γ ⊙ y`, then `LayerNorm(x)` with `norm = (weight, bias)`, for `x`, `y` `(M, D)`
+    /// (`x` in place); returns the normalised rows.
+    pub fn residual_norm(&self, x: &mut Tensor, y: &Tensor, gamma: &Tensor, norm: &(Tensor, Tensor), eps: f64) -> Result<Tensor> {
+        let device = x.device();
+        let m = x.numel() as i64 / self.d;
+        let out = Tensor::f_empty([m, self.d], (self.kind, device)).step("allocating the norm output")?;
+        let (d, k) = (self.d, self.kind);
+        let args = [
+            self.address(x, "residual x", device, k, m * d, true)?,
+            self.address(y, "residual y", device, k, m * d, true)?,
+            self.address(gamma, "LayerScale", device, k, d, true)?,
+            self.address(&norm.0, "norm weight", device, k, d, true)?,
+            self.address(&norm.1, "norm bias", device, k, d, true)?,
+            self.address(&out, "norm output", device, k, m * d, true)?,
+        ];
+        // One warp per row; `blocks` bounds the thread count, so m fits too.
+        let (cfg, _) = blocks(m * 32, "residual + norm")?;
+        let (m32, eps) = (m as i32, eps as f32);
+        let mut launch = self.stream.launch_builder(&self.residual_norm);
+        for a in &args {
+            launch.arg(a);
+        }
+        launch.arg(&m32).arg(&eps);
+        // SAFETY: as in `rope`; one warp per row of D within the m rows checked.
+        unsafe { launch.launch(cfg) }.context("launching the residual + norm kernel")?;
+        Ok(out)
+    }
+
+    /// Patch rows `(B·gh·gw, C·p·p)` of f32 pixels `(B, C, hgt, wid)` (contiguous; cropped to
+    /// the patch grid).
+    pub fn patches(&self, pixels: &Tensor, gh: i64, gw: i64) -> Result<Tensor> {
+        let size = pixels.size();
+        let &[b, c, hgt, wid] = size.as_slice() else { bail!("pixels have shape {size:?}, expected (B, C, H, W)") };
+        if c != self.channels {
+            bail!("pixels have {c} channels, the model {}", self.channels);
+        }
+        if gh <= 0 || gw <= 0 || gh * self.patch > hgt || gw * self.patch > wid {
+            bail!("a {gh}×{gw} patch grid does not fit {hgt}×{wid} px");
+        }
+        let device = pixels.device();
+        let k = c * self.patch * self.patch;
+        let rows = b * gh * gw;
+        let out = Tensor::f_empty([rows, k], (self.kind, device)).step("allocating patch rows")?;
+        let px = self.address(pixels, "pixels", device, Kind::Float, b * c * hgt * wid, false)?;
+        let o = self.address(&out, "patch rows", device, self.kind, rows * k, true)?;
+        // Threads: (patch, channel, pixel row) = rows·C·p, each writing p values.
+        let (cfg, n) = blocks(rows * c * self.patch, "patch")?;
+        let (gh32, gw32, h32, w32) = (gh as i32, gw as i32, hgt as i32, wid as i32);
+        let mut launch = self.stream.launch_builder(&self.patches);
+        launch.arg(&px).arg(&o).arg(&n).arg(&gh32).arg(&gw32).arg(&h32).arg(&w32);
+        // SAFETY: as in `rope`; reads stay inside the (B, C, hgt, wid) pixels as gh·p ≤ hgt and
+        // gw·p ≤ wid (checked above), writes inside the rows·k outputs.
+        unsafe { launch.launch(cfg) }.context("launching the patch kernel")?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernels compile for every dtype and the shipped model widths (NVRTC must be on the
+    /// library path of a `tch` build's tests; no GPU is needed), and their entry points are there.
+    #[test]
+    fn kernels_compile_for_each_dtype() {
+        for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {
+            for (d, hd) in [(384, 64), (768, 64), (1024, 64)] {
+                let ptx = compile(kind, d, hd, 3, 16).unwrap_or_else(|e| panic!("{kind:?} d {d}: {e:#}"));
+                let text = ptx.to_src();
+                for entry in ["rope", "residual_norm", "patches"] {
+                    assert!(text.contains(&format!(".entry {entry}(")), "{kind:?} d {d}: no {entry} in the PTX");
+                }
+            }
+        }
+        assert!(compile(Kind::Int, 768, 64, 3, 16).is_err(), "an integer kind has no kernels");
+        // 16-byte loads at DINOv3's sizes; narrower where a size is not a multiple.
+        assert_eq!(vector_width(2, 768, 64, 16), 8);
+        assert_eq!(vector_width(4, 768, 64, 16), 4);
+        assert_eq!(vector_width(2, 64, 16, 16), 8, "the parity fixtures' sizes");
+        assert_eq!(vector_width(2, 96, 12, 14), 2, "half a head of 6 and a patch of 14");
+        assert_eq!(vector_width(2, 90, 10, 16), 1, "half a head of 5");
+        assert!(compile(Kind::BFloat16, 768, 50, 3, 16).is_err(), "head size 50 does not divide 768");
+    }
+}

@@ -1,0 +1,84 @@
+//! `sv-load`: load and abuse tests against a running miner on loopback, bounded in count and
+//! time. `--short` is CI's setting; the default is the full one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "sv-load", about = "Load and bad-input tests against a running sv-miner (loopback only)")]
+struct Cli {
+    /// Miner address (loopback), e.g. 127.0.0.1:8091.
+    #[arg(long)]
+    addr: SocketAddr,
+    /// Requests per second, one step each.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![2.0, 4.0, 8.0, 16.0, 32.0])]
+    rates: Vec<f64>,
+    /// Seconds per rate.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// At most this many load requests in all.
+    #[arg(long, default_value_t = 2000)]
+    max_requests: usize,
+    /// CI setting (a debug build): rates 1,2,4 for 3 s each.
+    #[arg(long)]
+    short: bool,
+    /// Also send the bad-input corpus.
+    #[arg(long)]
+    abuse: bool,
+    /// The server's body bound (for the oversized case).
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    max_body: usize,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn run(mut cli: Cli) -> Result<()> {
+    if !cli.addr.ip().is_loopback() {
+        bail!("sv-load only targets loopback addresses (got {})", cli.addr);
+    }
+    if cli.short {
+        cli.rates = vec![1.0, 2.0, 4.0];
+        cli.duration = 3.0;
+        cli.max_requests = 60;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut failed = false;
+    let mut out = serde_json::Map::new();
+    if cli.abuse {
+        let res = rt.block_on(sv_tools::load::abuse(cli.addr, cli.max_body))?;
+        for r in &res {
+            println!("{:<44} {:>5} {} {}", r.case, r.status.map(|s| s.to_string()).unwrap_or("-".into()), if r.well_formed { "ok " } else { "BAD" }, r.message.clone().unwrap_or_default());
+            failed |= !r.well_formed;
+        }
+        out.insert("abuse".into(), serde_json::to_value(&res)?);
+    }
+    let reps = rt.block_on(sv_tools::load::load(cli.addr, &cli.rates, Duration::from_secs_f64(cli.duration), cli.max_requests, 11))?;
+    println!("{:>7} {:>6} {:>6} {:>5} {:>5} {:>5} {:>9} {:>9} {:>8}", "rate", "sent", "ok", "4xx", "5xx", "conn", "p50 ms", "p99 ms", "ok/s");
+    for r in &reps {
+        println!(
+            "{:>7.1} {:>6} {:>6} {:>5} {:>5} {:>5} {:>9.1} {:>9.1} {:>8.2}",
+            r.rate, r.sent, r.ok, r.status_4xx, r.status_5xx, r.connection_errors, r.p50_ms, r.p99_ms, r.throughput
+        );
+        failed |= r.connection_errors > 0;
+    }
+    out.insert("load".into(), serde_json::to_value(&reps)?);
+    if let Some(p) = cli.json {
+        std::fs::write(&p, serde_json::to_string_pretty(&out)?)?;
+    }
+    if failed {
+        bail!("a bad input got a non-4xx answer or a dropped connection, or a load request lost its connection");
+    }
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

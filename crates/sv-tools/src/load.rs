@@ -1,0 +1,192 @@
+//! Load and abuse tests against a running miner, on loopback only, bounded in count and time.
+//!
+//! [`load`] sends unique images (no cache hits) to `/v1/challenge` open-loop at each rate for a
+//! fixed time and reports latency percentiles and errors; [`abuse`] sends a corpus of bad inputs
+//! and checks every answer is a well-formed 4xx JSON (never a 5xx or a dropped connection), then
+//! that the server still answers `/health`.
+
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use base64::Engine;
+use image::{ImageFormat, RgbImage};
+use serde_json::json;
+
+use sv_miner::client::{HttpResponse, raw, request};
+
+/// One rate's numbers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RateReport {
+    pub rate: f64,
+    pub sent: usize,
+    pub ok: usize,
+    pub status_4xx: usize,
+    pub status_5xx: usize,
+    pub connection_errors: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub throughput: f64,
+}
+
+/// Distinct JPEG challenges (procedural scenes, each with its own pixels).
+pub fn challenge_images(n: usize, seed: u64) -> Result<Vec<String>> {
+    let cfg = sv_data::generate::GenerateConfig { count: n, seed, width: 224, height: 224, ..Default::default() };
+    (0..n as u64)
+        .map(|i| {
+            let s = sv_data::generate::sample(&cfg, i)?;
+            Ok(base64::engine::general_purpose::STANDARD.encode(&s.image))
+        })
+        .collect()
+}
+
+fn challenge_body(b64: &str, id: usize) -> Vec<u8> {
+    serde_json::to_vec(&json!({ "type": "image", "data": b64, "challenge_id": format!("load-{id}") })).expect("json")
+}
+
+fn pct(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() { f64::NAN } else { sorted[((sorted.len() - 1) as f64 * q).round() as usize] }
+}
+
+/// Open-loop load at each rate (requests/s) for `duration`, at most `max_requests` in all.
+pub async fn load(addr: SocketAddr, rates: &[f64], duration: Duration, max_requests: usize, seed: u64) -> Result<Vec<RateReport>> {
+    let planned: usize = rates.iter().map(|r| (r * duration.as_secs_f64()).ceil() as usize).sum::<usize>().min(max_requests);
+    let images = Arc::new(challenge_images(planned.max(1), seed)?);
+    let mut next = 0usize;
+    let mut out = Vec::new();
+    for &rate in rates {
+        if rate <= 0.0 {
+            bail!("rates must be positive");
+        }
+        let n = ((rate * duration.as_secs_f64()).ceil() as usize).min(planned - next.min(planned));
+        let start = Instant::now();
+        let mut tasks = Vec::with_capacity(n);
+        for k in 0..n {
+            let at = start + Duration::from_secs_f64(k as f64 / rate);
+            tokio::time::sleep_until(at.into()).await;
+            let body = challenge_body(&images[next % images.len()], next);
+            next += 1;
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let r = request(addr, "POST", "/v1/challenge", &[("content-type".into(), "application/json".into())], &body, Duration::from_secs(15)).await;
+                (r.map(|r| r.status), t.elapsed().as_secs_f64() * 1e3)
+            }));
+        }
+        let mut rep = RateReport { rate, sent: n, ok: 0, status_4xx: 0, status_5xx: 0, connection_errors: 0, p50_ms: 0.0, p99_ms: 0.0, throughput: 0.0 };
+        let mut lat = Vec::with_capacity(n);
+        for t in tasks {
+            let (status, ms) = t.await?;
+            match status {
+                Ok(200) => {
+                    rep.ok += 1;
+                    lat.push(ms);
+                }
+                Ok(s) if s < 500 => rep.status_4xx += 1,
+                Ok(_) => rep.status_5xx += 1,
+                Err(_) => rep.connection_errors += 1,
+            }
+        }
+        lat.sort_by(f64::total_cmp);
+        rep.p50_ms = pct(&lat, 0.5);
+        rep.p99_ms = pct(&lat, 0.99);
+        rep.throughput = rep.ok as f64 / start.elapsed().as_secs_f64();
+        out.push(rep);
+    }
+    Ok(out)
+}
+
+/// One bad input and what came back.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AbuseResult {
+    pub case: String,
+    pub status: Option<u16>,
+    pub message: Option<String>,
+    /// A 4xx with a JSON `message` (or, for bytes that are not HTTP, the HTTP layer's 4xx).
+    pub well_formed: bool,
+}
+
+fn png(img: &RgbImage) -> Vec<u8> {
+    let mut buf = Vec::new();
+    image::DynamicImage::ImageRgb8(img.clone()).write_to(&mut Cursor::new(&mut buf), ImageFormat::Png).expect("png");
+    buf
+}
+
+/// A PNG whose header claims `w×h` (the data is a valid stream for a 1×1 image, so only the
+/// header check can stop it).
+pub fn png_with_header(w: u32, h: u32) -> Vec<u8> {
+    let mut b = png(&RgbImage::new(1, 1));
+    // IHDR data starts at byte 16: width, height big-endian; fix its CRC.
+    b[16..20].copy_from_slice(&w.to_be_bytes());
+    b[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32(&b[12..29]);
+    b[29..33].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &byte in data {
+        c ^= byte as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+/// Send the bad-input corpus; `max_body` is the server's body bound.
+pub async fn abuse(addr: SocketAddr, max_body: usize) -> Result<Vec<AbuseResult>> {
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let good = sv_data::generate::sample(&sv_data::generate::GenerateConfig { width: 224, height: 224, ..Default::default() }, 7)?.image;
+    let body = |data: String| serde_json::to_vec(&json!({ "type": "image", "data": data, "challenge_id": "abuse" })).expect("json");
+    let mut bomb = RgbImage::new(4096, 4096);
+    bomb.put_pixel(0, 0, image::Rgb([1, 2, 3]));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated JPEG", body(b64(&good[..good.len() / 3]))),
+        ("PNG bomb (4096x4096, compressed ~50 KB)", body(b64(&png(&bomb)))),
+        ("10000x10000 PNG header", body(b64(&png_with_header(10_000, 10_000)))),
+        ("non-image bytes", body(b64(b"this is not an image, just text"))),
+        ("empty image", body(String::new())),
+        ("invalid base64", body("@@@ not base64 @@@".into())),
+        ("empty body", Vec::new()),
+        ("malformed JSON", b"{\"type\": \"image\", \"data\": ".to_vec()),
+        ("wrong type", serde_json::to_vec(&json!({ "type": "video", "data": "", "challenge_id": 1 })).unwrap()),
+        ("oversized body", vec![b'a'; max_body + 1024]),
+    ];
+    let mut out = Vec::new();
+    let h = [("content-type".to_string(), "application/json".to_string())];
+    for (name, b) in cases {
+        let r = request(addr, "POST", "/v1/challenge", &h, &b, Duration::from_secs(30)).await;
+        out.push(judge(name, r));
+    }
+    // The axon route without a signature, and bytes that are not HTTP.
+    let r = request(addr, "POST", "/ImageSynapse", &h, b"{}", Duration::from_secs(10)).await;
+    out.push(judge("unsigned ImageSynapse", r));
+    let r = raw(addr, b"\x16\x03\x01\x00\xa5 not http at all\r\n\r\n", Duration::from_secs(10)).await;
+    let mut garbage = judge("bytes that are not HTTP", r);
+    garbage.well_formed = matches!(garbage.status, Some(s) if (400..500).contains(&s));
+    out.push(garbage);
+    let health = request(addr, "GET", "/health", &[], b"", Duration::from_secs(10)).await;
+    out.push(AbuseResult {
+        case: "health after the corpus".into(),
+        status: health.as_ref().ok().map(|r| r.status),
+        message: None,
+        well_formed: matches!(health, Ok(ref r) if r.status == 200),
+    });
+    Ok(out)
+}
+
+fn judge(case: &str, r: Result<HttpResponse>) -> AbuseResult {
+    match r {
+        Err(e) => AbuseResult { case: case.into(), status: None, message: Some(format!("{e:#}")), well_formed: false },
+        Ok(r) => {
+            let msg = r.json().ok().and_then(|v| v["message"].as_str().map(str::to_string));
+            let ok = (400..500).contains(&r.status) && msg.is_some();
+            // A decodable-but-damaged image may legitimately be answered (200 with a prediction).
+            let answered = r.status == 200 && r.json().ok().is_some_and(|v| v["prediction"].is_number());
+            AbuseResult { case: case.into(), status: Some(r.status), message: msg, well_formed: ok || answered }
+        }
+    }
+}

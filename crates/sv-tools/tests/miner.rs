@@ -1,0 +1,176 @@
+//! The miner end to end on loopback: signed axon requests (accepted, replayed, wrongly signed,
+//! not allowed), the JSON API, health and metrics, the bad-input corpus, a short load, and the
+//! prediction log flushed at shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use sv_miner::client::{Dendrite, request};
+use sv_miner::config::MinerConfig;
+use sv_miner::server::{AppState, serve};
+
+const MINER_HOTKEY: &str = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"; // //Bob
+
+fn trained_bundle(dir: &std::path::Path) -> PathBuf {
+    let toml = format!(
+        r#"
+name = "miner"
+seed = 1
+output_dir = "{out}"
+[data]
+store = "{store}"
+generate = {{ count = 160, seed = 8 }}
+split = {{ train = 0.5, val = 0.25, test = 0.25, seed = 1 }}
+[backbone]
+weights = "random"
+preset = "vit-tiny"
+init_std = 0.3
+batch_size = 16
+[train]
+epochs = 10
+patience = 5
+[simulator]
+enabled = false
+"#,
+        out = dir.join("runs").display(),
+        store = dir.join("store").display(),
+    );
+    let exp = dir.join("miner.toml");
+    std::fs::write(&exp, toml).unwrap();
+    let s = sv_train::run::run_experiment(&exp).unwrap();
+    let out = dir.join("bundle");
+    sv_train::export::export(&sv_train::export::ExportOptions {
+        run: s.run_dir,
+        out: out.clone(),
+        hotkey: MINER_HOTKEY.into(),
+        int8: false,
+        model_name: None,
+        description: None,
+        exits: Default::default(),
+        sim_samples: 16,
+        force: false,
+        dtype: None,
+        warm_batch: 16,
+        seed: 0,
+    })
+    .unwrap();
+    out
+}
+
+fn image_b64(seed: u64) -> String {
+    let cfg = sv_data::generate::GenerateConfig { width: 224, height: 224, seed, ..Default::default() };
+    base64::engine::general_purpose::STANDARD.encode(sv_data::generate::sample(&cfg, 0).unwrap().image)
+}
+
+#[test]
+fn miner_serves_the_protocol_and_survives_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = trained_bundle(dir.path());
+    let mut validator = Dendrite::from_seed(Sha256::digest(b"validator").into()).unwrap();
+    let mut stranger = Dendrite::from_seed(Sha256::digest(b"stranger").into()).unwrap();
+    let log = dir.path().join("predlog");
+    let cfg = MinerConfig {
+        bundle,
+        hotkey: MINER_HOTKEY.into(),
+        allow: vec![validator.hotkey.clone()],
+        prediction_log: Some(log.clone()),
+        max_body_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let (state, log_thread) = AppState::from_config(&cfg).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let server = rt.spawn(serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    let t = Duration::from_secs(30);
+
+    rt.block_on(async {
+        // A signed request from an allowed validator.
+        let (h, b) = validator.image_synapse(MINER_HOTKEY, addr, &image_b64(1), 12.0, &[]);
+        let r = request(addr, "POST", "/ImageSynapse", &h, &b, t).await.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let v = r.json().unwrap();
+        let p = v["prediction"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p));
+        assert_eq!(v["axon"]["status_code"], 200);
+        assert_eq!(v["image"].as_str().unwrap(), image_b64(1), "the body is echoed");
+        assert_eq!(r.header("bt_header_axon_status_code"), Some("200"));
+        assert_eq!(r.header("bt_header_dendrite_hotkey"), Some(validator.hotkey.as_str()));
+        assert!(r.header("bt_header_axon_process_time").is_some());
+
+        // The same request again: a replayed nonce.
+        let r = request(addr, "POST", "/ImageSynapse", &h, &b, t).await.unwrap();
+        assert_eq!(r.status, 401);
+        assert!(r.json().unwrap()["message"].as_str().unwrap().contains("Nonce"));
+
+        // A wrong signature: the body hash header changed after signing.
+        let (mut h, b) = validator.image_synapse(MINER_HOTKEY, addr, &image_b64(2), 12.0, &[]);
+        for (k, v) in h.iter_mut() {
+            if k == "bt_header_dendrite_signature" {
+                let last = v.pop().unwrap();
+                v.push(if last == '0' { '1' } else { '0' });
+            }
+        }
+        let r = request(addr, "POST", "/ImageSynapse", &h, &b, t).await.unwrap();
+        assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+
+        // Signed for another miner's hotkey.
+        let (h, b) = validator.image_synapse("5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY", addr, &image_b64(3), 12.0, &[]);
+        assert_eq!(request(addr, "POST", "/ImageSynapse", &h, &b, t).await.unwrap().status, 401);
+
+        // A validly signed request from a hotkey that is not allowed (checked first, as bittensor does).
+        let (h, b) = stranger.image_synapse(MINER_HOTKEY, addr, &image_b64(4), 12.0, &[]);
+        let r = request(addr, "POST", "/ImageSynapse", &h, &b, t).await.unwrap();
+        assert_eq!(r.status, 403);
+        assert_eq!(r.header("bt_header_axon_status_code"), Some("403"));
+
+        // The JSON API (loopback).
+        let body = serde_json::to_vec(&serde_json::json!({"type": "image", "data": image_b64(5), "challenge_id": "c1"})).unwrap();
+        let r = request(addr, "POST", "/v1/challenge", &[], &body, t).await.unwrap();
+        assert_eq!(r.status, 200);
+        let v = r.json().unwrap();
+        assert!(v["prediction"].as_f64().is_some() && v["latency_ms"].as_f64().is_some());
+        assert!(v["model_version"].as_str().unwrap().starts_with("miner-"));
+        // The same image again comes from the cache.
+        let r = request(addr, "POST", "/v1/challenge", &[], &body, t).await.unwrap();
+        assert_eq!(r.json().unwrap()["prediction"], v["prediction"]);
+
+        // Every bad input gets a well-formed answer, and the server keeps serving.
+        let abuse = sv_tools::load::abuse(addr, 1 << 20).await.unwrap();
+        for a in &abuse {
+            assert!(a.well_formed, "{a:?}");
+        }
+        // Rates a debug build keeps up with (the full load test runs on a release build).
+        let reps = sv_tools::load::load(addr, &[1.0, 2.0], Duration::from_secs(2), 30, 3).await.unwrap();
+        for r in &reps {
+            assert_eq!(r.connection_errors + r.status_5xx, 0, "{r:?}");
+            assert_eq!(r.ok, r.sent, "{r:?}");
+        }
+
+        let m = request(addr, "GET", "/metrics", &[], b"", t).await.unwrap();
+        let text = String::from_utf8(m.body).unwrap();
+        assert!(text.contains(r#"sv_requests_total{route="axon",status="200"} 1"#), "{text}");
+        assert!(text.contains(r#"sv_requests_total{route="axon",status="401"} 3"#), "{text}");
+        assert!(text.contains("sv_cache_hits_total 1"), "{text}");
+        assert!(text.contains(r#"sv_errors_total{kind="too_large"} 1"#), "{text}");
+        assert!(text.contains("sv_batch_size_count"), "{text}");
+    });
+    tx.send(()).unwrap();
+    rt.block_on(server).unwrap().unwrap();
+    drop(rt);
+    log_thread.unwrap().join().unwrap();
+    // Every answered image is in the log after shutdown: 1 axon + 2 JSON + 6 load (+ damaged
+    // ones). The miner wrote segments; sv-data imports them into a Lance log.
+    let lance = log.with_extension("lance");
+    let imported = sv_data::predlog::import_segments(&log, &lance).unwrap();
+    assert!(imported.skipped.is_empty(), "{imported:?}");
+    let rows = sv_data::predlog::PredictionLog::open(&lance).unwrap().scores().unwrap();
+    assert_eq!(rows.len(), imported.records);
+    assert!(rows.len() >= 3 + 6, "{} logged predictions", rows.len());
+}
