@@ -5,7 +5,6 @@
 //! per-dimension mean and deviation, stored in the head so inference needs nothing else.
 //! The output is a logit; P(roadwork) = σ(z).
 
-use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
@@ -23,20 +22,64 @@ pub enum HeadKind {
     Linear,
 }
 
-/// Configuration of a [`Head`].
-#[derive(Config, Debug, PartialEq)]
+/// Configuration of a [`Head`]: the `[head]` table of an experiment (which leaves `d_input` to
+/// the backbone) and `head.json` of checkpoints and bundles. Unknown keys are errors.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct HeadConfig {
-    /// Feature width (2·D for [CLS, mean patch]).
+    /// Feature width (2·D for [CLS, mean patch]); 0 in an experiment file, where the backbone
+    /// sets it.
     pub d_input: usize,
     /// MLP or linear.
-    #[config(default = "HeadKind::Mlp")]
     pub kind: HeadKind,
     /// Hidden width of the MLP.
-    #[config(default = 256)]
     pub hidden: usize,
     /// Dropout after the hidden activation (training only).
-    #[config(default = 0.1)]
     pub dropout: f64,
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        Self { d_input: 0, kind: HeadKind::Mlp, hidden: 256, dropout: 0.1 }
+    }
+}
+
+impl HeadConfig {
+    /// The default head on features of width `d_input`.
+    pub fn new(d_input: usize) -> Self {
+        Self { d_input, ..Self::default() }
+    }
+    pub fn with_d_input(self, d_input: usize) -> Self {
+        Self { d_input, ..self }
+    }
+    pub fn with_kind(self, kind: HeadKind) -> Self {
+        Self { kind, ..self }
+    }
+    pub fn with_hidden(self, hidden: usize) -> Self {
+        Self { hidden, ..self }
+    }
+    pub fn with_dropout(self, dropout: f64) -> Self {
+        Self { dropout, ..self }
+    }
+
+    /// Check every value; the error names the field (`head.hidden`, `head.dropout`).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        sv_core::check("head.hidden", self.hidden > 0, "must be > 0")?;
+        sv_core::check("head.dropout", (0.0..1.0).contains(&self.dropout), "must be in [0, 1)")
+    }
+
+    /// Write as JSON (`head.json`).
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> anyhow::Result<()> {
+        let path = path.as_ref();
+        std::fs::write(path, serde_json::to_string_pretty(self)?).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+    }
+
+    /// Read `head.json`.
+    pub fn load(path: impl AsRef<std::path::Path>) -> anyhow::Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a head config: {e}", path.display()))
+    }
 }
 
 /// A head: feature standardisation, then MLP or linear to one logit.

@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::config::Config;
 use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::Backend;

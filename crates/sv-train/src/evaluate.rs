@@ -56,8 +56,8 @@ pub fn evaluate_checkpoint(experiment: &Path, checkpoint: &Path) -> Result<Evalu
         }
     }
     let simulator = if exp.simulator.enabled {
-        let samples = crate::simulator::load_sample(&store, "test", &exp.simulator.config())?;
-        Some(simulate(&backbone, &head, &meta.preprocess, &samples, meta.backbone.batch_size, &exp.simulator.config(), &device)?)
+        let samples = crate::simulator::load_sample(&store, "test", &exp.simulator)?;
+        Some(simulate(&backbone, &head, &meta.preprocess, &samples, meta.backbone.batch_size, &exp.simulator, &device)?)
     } else {
         None
     };

@@ -32,7 +32,7 @@ use sv_data::split::SplitConfig;
 
 use crate::backbone::BackboneSpec;
 use crate::curriculum::CurriculumConfig;
-use crate::head::{HeadConfig, HeadKind};
+use crate::head::HeadConfig;
 use crate::simulator::SimulatorConfig;
 use crate::train::TrainConfig;
 use sv_data::augment::Strategy;
@@ -55,27 +55,6 @@ pub struct DataSection {
     pub split: SplitConfig,
 }
 
-/// The `[head]` table.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HeadSection {
-    pub kind: HeadKind,
-    pub hidden: usize,
-    pub dropout: f64,
-}
-
-impl Default for HeadSection {
-    fn default() -> Self {
-        Self { kind: HeadKind::Mlp, hidden: 256, dropout: 0.1 }
-    }
-}
-
-impl HeadSection {
-    pub fn config(&self, d_input: usize) -> HeadConfig {
-        HeadConfig::new(d_input).with_kind(self.kind).with_hidden(self.hidden).with_dropout(self.dropout)
-    }
-}
-
 /// A whole experiment file.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,8 +72,9 @@ pub struct Experiment {
     pub backbone: BackboneSpec,
     #[serde(default)]
     pub preprocess: PreprocessConfig,
+    /// The head's own config (`d_input` comes from the backbone).
     #[serde(default)]
-    pub head: HeadSection,
+    pub head: HeadConfig,
     #[serde(default)]
     pub train: TrainConfig,
     /// Training-time augmentation of the train split.
@@ -111,7 +91,7 @@ pub struct Experiment {
     pub distill: Option<DistillSection>,
     /// Validator simulator on the test split (default on; `enabled = false` skips it).
     #[serde(default)]
-    pub simulator: SimulatorSection,
+    pub simulator: SimulatorConfig,
 }
 
 /// The `[augment]` table: augmented copies of each training image, features computed in memory.
@@ -185,7 +165,7 @@ pub struct TeacherSpec {
     pub backbone: Option<BackboneSpec>,
     /// Head of the in-run teacher.
     #[serde(default)]
-    pub head: Option<HeadSection>,
+    pub head: Option<HeadConfig>,
 }
 
 /// The `[distill]` table.
@@ -204,37 +184,6 @@ fn default_alpha() -> f64 {
 }
 fn default_temperature() -> f64 {
     4.0
-}
-
-/// The `[simulator]` table.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SimulatorSection {
-    pub enabled: bool,
-    /// Challenges in the simulated validator stream (each a fresh draw and augmentation).
-    pub challenges: usize,
-    pub windows: usize,
-    /// At most this many test samples are challenged (0 = all).
-    pub max_samples: usize,
-    pub seed: u64,
-}
-
-impl Default for SimulatorSection {
-    fn default() -> Self {
-        Self { enabled: true, challenges: 1000, windows: 2000, max_samples: 200, seed: 0 }
-    }
-}
-
-impl SimulatorSection {
-    pub fn config(&self) -> SimulatorConfig {
-        SimulatorConfig {
-            challenges: self.challenges,
-            windows: self.windows,
-            max_samples: self.max_samples,
-            seed: self.seed,
-            ..Default::default()
-        }
-    }
 }
 
 use sv_core::check;
@@ -267,14 +216,9 @@ impl Experiment {
         check("preprocess.std", self.preprocess.std.iter().all(|v| v.is_finite() && *v > 0.0), "must be finite and > 0")?;
         check("preprocess.mean", self.preprocess.mean.iter().all(|v| v.is_finite()), "must be finite")?;
         let t = &self.train;
-        check("train.epochs", t.epochs > 0, "must be > 0")?;
-        check("train.batch_size", t.batch_size > 0, "must be > 0")?;
-        check("train.lr", t.lr.is_finite() && t.lr > 0.0, "must be finite and > 0")?;
-        unit("train.min_lr_ratio", t.min_lr_ratio)?;
-        check("train.weight_decay", t.weight_decay.is_finite() && t.weight_decay >= 0.0, "must be finite and ≥ 0")?;
-        check("train.warmup_epochs", t.warmup_epochs < t.epochs, "must be less than train.epochs")?;
-        check("head.hidden", self.head.hidden > 0, "must be > 0")?;
-        check("head.dropout", (0.0..1.0).contains(&self.head.dropout), "must be in [0, 1)")?;
+        t.validate()?;
+        check("head.d_input", self.head.d_input == 0, "is set from the backbone: leave it out")?;
+        self.head.validate()?;
         if let Some(d) = &self.distill {
             let tch = &d.teacher;
             let n = tch.column.is_some() as u8 + tch.file.is_some() as u8 + tch.backbone.is_some() as u8;
@@ -286,8 +230,7 @@ impl Experiment {
                 crate::backbone::parse_dtype(&b.dtype).context("distill.teacher.backbone.dtype")?;
             }
             if let Some(h) = &tch.head {
-                check("distill.teacher.head.hidden", h.hidden > 0, "must be > 0")?;
-                check("distill.teacher.head.dropout", (0.0..1.0).contains(&h.dropout), "must be in [0, 1)")?;
+                h.validate().context("distill.teacher")?;
             }
         }
         if self.augment.strategy != Strategy::None {
@@ -321,7 +264,7 @@ impl Experiment {
             check("hard_negatives.hard_fraction", h.hard_fraction < 1.0, "must be < 1")?;
         }
         if self.simulator.enabled {
-            self.simulator.config().validate()?;
+            self.simulator.validate()?;
         }
         Ok(())
     }

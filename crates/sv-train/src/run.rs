@@ -381,7 +381,7 @@ pub fn run_loaded(exp: Experiment, text: &str) -> Result<RunSummary> {
     std::fs::write(run_dir.join("resolved.json"), serde_json::to_string_pretty(&resolved)?)?;
 
     let t = Instant::now();
-    let head_cfg = exp.head.config(dim);
+    let head_cfg = exp.head.clone().with_d_input(dim);
     // Wherever the head trained, the run scores it where evaluation, export and serving do:
     // beside the backbone, on the inference backend.
     let (outcome, techniques) = match exp.train.device {
@@ -406,8 +406,8 @@ pub fn run_loaded(exp: Experiment, text: &str) -> Result<RunSummary> {
 
     let simulator = if exp.simulator.enabled {
         let t = Instant::now();
-        let samples = crate::simulator::load_sample(&store, "test", &exp.simulator.config())?;
-        let r = simulate(&backbone, &outcome.head, &exp.preprocess, &samples, exp.backbone.batch_size, &exp.simulator.config(), &device)?;
+        let samples = crate::simulator::load_sample(&store, "test", &exp.simulator)?;
+        let r = simulate(&backbone, &outcome.head, &exp.preprocess, &samples, exp.backbone.batch_size, &exp.simulator, &device)?;
         seconds.insert("simulator".into(), t.elapsed().as_secs_f64());
         Some(r)
     } else {

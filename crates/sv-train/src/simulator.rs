@@ -33,6 +33,9 @@ use crate::train::{FeatureSet, predict};
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SimulatorConfig {
+    /// Whether a run simulates the validator on its test split (`enabled = false` skips it;
+    /// the other users of the simulator ignore it).
+    pub enabled: bool,
     /// Challenges in the simulated validator stream, each a fresh draw.
     pub challenges: usize,
     /// Windows drawn from the scored challenges for the per-window reward's mean and spread.
@@ -50,7 +53,7 @@ pub struct SimulatorConfig {
 
 impl Default for SimulatorConfig {
     fn default() -> Self {
-        Self { challenges: 1000, windows: 2000, window: 100, recent: 10, alpha: 0.05, max_samples: 0, seed: 0 }
+        Self { enabled: true, challenges: 1000, windows: 2000, window: 100, recent: 10, alpha: 0.05, max_samples: 200, seed: 0 }
     }
 }
 

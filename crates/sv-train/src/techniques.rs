@@ -14,7 +14,8 @@ use sv_data::augment::{Strategy, augment, decode_rgb, encode_png};
 use sv_data::{PreprocessConfig, Store};
 
 use crate::backbone::Backbone;
-use crate::experiment::{AugmentSection, HeadSection, TeacherSpec};
+use crate::experiment::{AugmentSection, TeacherSpec};
+use crate::head::HeadConfig;
 use crate::features::{ensure_features, feature_set};
 use crate::head::HeadKind;
 use crate::train::{FeatureSet, TrainConfig, predict, train_head};
@@ -160,7 +161,7 @@ pub fn teacher_probs<H: AutodiffBackend>(
         let (feats, _) = ensure_features(store, &teacher, pre, bspec.batch_size, writable, device)?;
         let dim = teacher.config.feature_dim();
         let (tr, va) = (feature_set(store, &feats, "train", dim)?, feature_set(store, &feats, "val", dim)?);
-        let head = spec.head.clone().unwrap_or_default().config(dim);
+        let head = spec.head.clone().unwrap_or_default().with_d_input(dim);
         let cfg = TrainConfig { seed, ..Default::default() };
         // Cross-fitted: each training row is scored by a teacher head that did not train on it.
         let p = cross_fit::<H>(&tr, Some(&va), &head, &cfg, head_device)?;
@@ -222,7 +223,7 @@ pub fn cross_fit<H: AutodiffBackend>(
 /// Out-of-fold probabilities of a linear reference model (2-fold cross-fitting), used for the
 /// uncertainty part of difficulty: each row is scored by a model that did not train on it.
 pub fn reference_probs<H: AutodiffBackend>(train: &FeatureSet, seed: u64, device: &H::Device) -> Result<Vec<f32>> {
-    let head = HeadSection { kind: HeadKind::Linear, ..Default::default() }.config(train.d);
+    let head = HeadConfig::new(train.d).with_kind(HeadKind::Linear);
     let cfg = TrainConfig { epochs: 20, patience: 0, seed, ..Default::default() };
     cross_fit::<H>(train, None, &head, &cfg, device)
 }
@@ -288,7 +289,7 @@ mod tests {
             s.x.extend((0..d).map(|_| rng.random_range(-1.0f32..1.0)));
             s.y.push(rng.random_bool(0.5) as u8 as f32);
         }
-        let head = HeadSection { kind: HeadKind::Mlp, hidden: 256, dropout: 0.0 }.config(d);
+        let head = HeadConfig::new(d).with_kind(HeadKind::Mlp).with_hidden(256).with_dropout(0.0);
         let cfg = TrainConfig { epochs: 150, batch_size: 32, lr: 1e-2, warmup_epochs: 0, patience: 0, weight_decay: 0.0, ..Default::default() };
         let dev = crate::HeadDevice::default();
         let acc = |p: &[f32]| p.iter().zip(&s.y).filter(|(p, y)| (**p > 0.5) == (**y > 0.5)).count() as f64 / n as f64;

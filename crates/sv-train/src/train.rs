@@ -101,14 +101,15 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Check every value; the error names the field (`train.epochs`, ...).
     pub fn validate(&self) -> Result<()> {
-        if self.epochs == 0 || self.batch_size == 0 {
-            bail!("schedule: epochs and batch_size must be positive");
-        }
-        if !(self.lr > 0.0) || !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            bail!("schedule: lr must be positive and min_lr_ratio in [0, 1]");
-        }
-        Ok(())
+        use sv_core::check;
+        check("train.epochs", self.epochs > 0, "must be > 0")?;
+        check("train.batch_size", self.batch_size > 0, "must be > 0")?;
+        check("train.lr", self.lr.is_finite() && self.lr > 0.0, "must be finite and > 0")?;
+        check("train.min_lr_ratio", (0.0..=1.0).contains(&self.min_lr_ratio), "must be in [0, 1]")?;
+        check("train.weight_decay", self.weight_decay.is_finite() && self.weight_decay >= 0.0, "must be finite and ≥ 0")?;
+        check("train.warmup_epochs", self.warmup_epochs < self.epochs, "must be less than train.epochs")
     }
 
     /// Learning rate at a (fractional) epoch: linear warmup, then cosine to `min_lr_ratio·lr`.

@@ -81,7 +81,7 @@ fn run(cli: Cli) -> Result<()> {
         let bundle = sv_infer::Bundle::open(&b)?;
         let stage1 = bundle.stage1(&sv_train::Device::default())?;
         // As many simulated challenges as the live replay sent.
-        let sim_cfg = sv_train::simulator::SimulatorConfig { seed: cli.seed, challenges: cli.count.max(1), ..Default::default() };
+        let sim_cfg = sv_train::simulator::SimulatorConfig { seed: cli.seed, challenges: cli.count.max(1), max_samples: 0, ..Default::default() };
         let est = sv_train::simulator::simulate_with(&samples, 16, &sim_cfg, &mut |imgs| stage1.scores(imgs))?;
         println!(
             "offline simulator estimate for {}: mean {:.4} (p10 {:.4}, p90 {:.4}); live - offline = {:+.4}",
