@@ -11,7 +11,8 @@ fn main() {
 fn shim() {
     println!("cargo:rerun-if-changed=csrc/tch_shim.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
-    let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys names its LibTorch folder (DEP_TCH_LIBTORCH_LIB)");
+    let lib =
+        std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys names its LibTorch folder (DEP_TCH_LIBTORCH_LIB)");
     let root = std::path::Path::new(&lib).parent().expect("LibTorch's lib folder has a parent").to_path_buf();
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     cc::Build::new()

@@ -97,7 +97,11 @@ pub fn roc_curve(probs: &[f32], labels: &[bool]) -> Vec<(f64, f64)> {
     while k < idx.len() {
         let p = probs[idx[k]];
         while k < idx.len() && probs[idx[k]] == p {
-            if labels[idx[k]] { tp += 1.0 } else { fp += 1.0 }
+            if labels[idx[k]] {
+                tp += 1.0
+            } else {
+                fp += 1.0
+            }
             k += 1;
         }
         pts.push((fp / n_neg, tp / n_pos));

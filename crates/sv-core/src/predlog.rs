@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
-use arrow_array::{
-    Array, ArrayRef, BinaryArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray,
-};
+use arrow_array::{Array, ArrayRef, BinaryArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 /// File name suffix of a segment.
@@ -57,8 +55,12 @@ pub fn schema() -> SchemaRef {
 
 /// Records as one batch of [`schema`].
 pub fn to_batch(records: &[PredictionRecord]) -> Result<RecordBatch> {
-    let s = |f: &dyn Fn(&PredictionRecord) -> String| -> ArrayRef { Arc::new(StringArray::from_iter_values(records.iter().map(f))) };
-    let o = |f: &dyn Fn(&PredictionRecord) -> Option<String>| -> ArrayRef { Arc::new(records.iter().map(f).collect::<StringArray>()) };
+    let s = |f: &dyn Fn(&PredictionRecord) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(records.iter().map(f)))
+    };
+    let o = |f: &dyn Fn(&PredictionRecord) -> Option<String>| -> ArrayRef {
+        Arc::new(records.iter().map(f).collect::<StringArray>())
+    };
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from_iter_values(records.iter().map(|r| r.ts_ms))),
         s(&|r| r.image_sha256.clone()),
@@ -82,7 +84,12 @@ pub fn from_batch(b: &RecordBatch) -> Result<Vec<PredictionRecord>> {
             .ok_or_else(|| anyhow!("prediction log batch has no column {name}"))?
             .as_any()
             .downcast_ref::<T>()
-            .ok_or_else(|| anyhow!("prediction log column {name} has type {:?}", b.column_by_name(name).map(|c| c.data_type().clone())))
+            .ok_or_else(|| {
+                anyhow!(
+                    "prediction log column {name} has type {:?}",
+                    b.column_by_name(name).map(|c| c.data_type().clone())
+                )
+            })
     }
     let ts = col::<Int64Array>(b, "ts_ms")?;
     let sha = col::<StringArray>(b, "image_sha256")?;
@@ -123,7 +130,8 @@ impl SegmentWriter {
     /// A writer into `dir` (created if absent).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the prediction log folder {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the prediction log folder {}", dir.display()))?;
         Ok(Self { dir, written: 0 })
     }
 
@@ -161,7 +169,9 @@ impl SegmentWriter {
 /// The finished segments of a folder, oldest first (temporary files are not listed).
 pub fn segments(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list the prediction log folder {}", dir.display()))? {
+    for e in
+        std::fs::read_dir(dir).with_context(|| format!("cannot list the prediction log folder {}", dir.display()))?
+    {
         let p = e?.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.starts_with("seg-") && name.ends_with(SUFFIX) && p.is_file() {

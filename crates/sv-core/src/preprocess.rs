@@ -99,9 +99,7 @@ pub fn decode(bytes: &[u8]) -> Result<DynamicImage> {
     if bytes.is_empty() {
         bail!("empty image data");
     }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .context("cannot read image header")?;
+    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().context("cannot read image header")?;
     if reader.format().is_none() {
         bail!("unknown image format (not JPEG, PNG or WebP)");
     }
@@ -193,9 +191,7 @@ mod tests {
 
     fn png(img: &RgbImage) -> Vec<u8> {
         let mut buf = Vec::new();
-        DynamicImage::ImageRgb8(img.clone())
-            .write_to(&mut Cursor::new(&mut buf), image::ImageFormat::Png)
-            .unwrap();
+        DynamicImage::ImageRgb8(img.clone()).write_to(&mut Cursor::new(&mut buf), image::ImageFormat::Png).unwrap();
         buf
     }
 
@@ -234,7 +230,12 @@ mod tests {
     #[test]
     fn centre_crop_drops_the_side_bands_and_none_keeps_them() {
         // 300×200 with red bands 50 px wide left and right: the centre square is all blue.
-        let img = RgbImage::from_fn(300, 200, |x, _| if !(50..250).contains(&x) { Rgb([255, 0, 0]) } else { Rgb([0, 0, 255]) });
+        let img =
+            RgbImage::from_fn(
+                300,
+                200,
+                |x, _| if !(50..250).contains(&x) { Rgb([255, 0, 0]) } else { Rgb([0, 0, 255]) },
+            );
         let cfg = PreprocessConfig { size: 32, ..Default::default() };
         let out = preprocess_bytes(&png(&img), &cfg).unwrap();
         let red = (1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0];

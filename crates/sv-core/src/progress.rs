@@ -39,9 +39,7 @@ pub fn spinner(msg: &str) -> ProgressBar {
 /// Log to standard error with `RUST_LOG` if set, else `default` (e.g. `"warn,sv_data=info"`).
 pub fn init_tracing(default: &str) {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()))
         .with_writer(std::io::stderr)
         .init();
 }

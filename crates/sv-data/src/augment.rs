@@ -55,7 +55,8 @@ pub fn jitter_saturation(img: &RgbImage, factor: f32) -> RgbImage {
 /// PIL `ImageEnhance.Contrast`: blend with the mean grey level by `factor`.
 pub fn jitter_contrast(img: &RgbImage, factor: f32) -> RgbImage {
     let n = (img.width() * img.height()).max(1) as f32;
-    let mean = img.pixels().map(|p| 0.299 * p.0[0] as f32 + 0.587 * p.0[1] as f32 + 0.114 * p.0[2] as f32).sum::<f32>() / n;
+    let mean =
+        img.pixels().map(|p| 0.299 * p.0[0] as f32 + 0.587 * p.0[1] as f32 + 0.114 * p.0[2] as f32).sum::<f32>() / n;
     let mean = mean.round();
     let mut out = img.clone();
     for p in out.pixels_mut() {

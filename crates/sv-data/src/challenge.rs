@@ -586,7 +586,8 @@ pub fn encode_jpeg(img: &RgbImage) -> Result<Vec<u8>> {
     enc.set_sampling_factor(SamplingFactor::F_2_2);
     enc.set_chroma_subsampling_method(ChromaSubsamplingMethod::Average);
     let (w, h) = img.dimensions();
-    let (w, h) = (u16::try_from(w).context("image too wide for JPEG")?, u16::try_from(h).context("image too tall for JPEG")?);
+    let (w, h) =
+        (u16::try_from(w).context("image too wide for JPEG")?, u16::try_from(h).context("image too tall for JPEG")?);
     enc.encode(img.as_raw(), w, h, ColorType::Rgb).context("JPEG encoding failed")?;
     Ok(buf)
 }
@@ -609,7 +610,13 @@ pub fn challenge(img: &RgbImage, level: u8, rng: &mut StdRng) -> Result<(Vec<u8>
 /// Write `count` challenges of each `(name, encoded image)` into `out`: `<name>-<k>-L<level>.jpg`
 /// and one JSON line per challenge in `challenges.jsonl` (file, image, parameters). `level` fixes
 /// the level; `None` draws it uniformly as the validator does. Returns the number written.
-pub fn write_challenges(images: &[(String, Vec<u8>)], level: Option<u8>, count: usize, seed: u64, out: &std::path::Path) -> Result<usize> {
+pub fn write_challenges(
+    images: &[(String, Vec<u8>)],
+    level: Option<u8>,
+    count: usize,
+    seed: u64,
+    out: &std::path::Path,
+) -> Result<usize> {
     use std::io::Write;
     if let Some(l) = level.filter(|l| *l > 3) {
         bail!("challenge level {l} is not one of 0, 1, 2, 3");
@@ -617,13 +624,19 @@ pub fn write_challenges(images: &[(String, Vec<u8>)], level: Option<u8>, count: 
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let log_path = out.join("challenges.jsonl");
     let mut log = std::io::BufWriter::new(
-        std::fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("cannot write {}", log_path.display()))?,
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("cannot write {}", log_path.display()))?,
     );
     let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(seed);
     let mut n = 0;
     for (name, bytes) in images {
-        let img = sv_core::preprocess::decode_rgb(bytes).with_context(|| format!("image {name:?} cannot be decoded"))?;
-        let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+        let img =
+            sv_core::preprocess::decode_rgb(bytes).with_context(|| format!("image {name:?} cannot be decoded"))?;
+        let safe: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
         for k in 0..count {
             let l = level.unwrap_or_else(|| rng.random_range(0..=3));
             let p = ChallengeParams::draw(l, img.width(), img.height(), &mut rng);
@@ -763,10 +776,8 @@ mod tests {
         for (var, expect) in [(0.001f64, 9.4f64), (0.002, 13.3)] {
             let out = gaussian_noise(&img, var, &mut normals(&mut rng));
             // Luma of the difference: std of Y noise ≈ 297·√var.
-            let ys: Vec<f64> = out
-                .pixels()
-                .map(|p| 0.299 * p.0[0] as f64 + 0.587 * p.0[1] as f64 + 0.114 * p.0[2] as f64)
-                .collect();
+            let ys: Vec<f64> =
+                out.pixels().map(|p| 0.299 * p.0[0] as f64 + 0.587 * p.0[1] as f64 + 0.114 * p.0[2] as f64).collect();
             let mean = ys.iter().sum::<f64>() / ys.len() as f64;
             let sd = (ys.iter().map(|y| (y - mean).powi(2)).sum::<f64>() / ys.len() as f64).sqrt();
             assert!((sd - expect).abs() < 0.8, "variance {var}: luma std {sd}, expected ≈ {expect}");

@@ -20,6 +20,6 @@ pub mod split;
 pub mod stats;
 pub mod store;
 
-pub use sv_core::{PreprocessConfig, preprocess, preprocess_batch, preprocess_bytes, preprocess_image, progress};
 pub use sample::{Label, Sample, SampleMeta, SceneMeta, Source, Split};
 pub use store::{AppendReport, Store, VectorColumn, VersionInfo};
+pub use sv_core::{PreprocessConfig, preprocess, preprocess_batch, preprocess_bytes, preprocess_image, progress};

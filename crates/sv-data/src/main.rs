@@ -312,24 +312,26 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Challenge { input, level, seed, out, count, id, filter, limit } => {
             let level: Option<u8> = match level.as_str() {
                 "random" => None,
-                l => Some(l.parse().ok().filter(|v: &u8| *v <= 3).ok_or_else(|| {
-                    anyhow::anyhow!("--level {l:?} is not 0, 1, 2, 3 or random")
-                })?),
+                l => Some(
+                    l.parse()
+                        .ok()
+                        .filter(|v: &u8| *v <= 3)
+                        .ok_or_else(|| anyhow::anyhow!("--level {l:?} is not 0, 1, 2, 3 or random"))?,
+                ),
             };
             let images: Vec<(String, Vec<u8>)> = if Store::exists(&input) {
                 let st = Store::open(&input)?;
                 let samples = match (&id, &filter) {
                     (Some(id), _) => st.get(std::slice::from_ref(id))?,
                     (None, f) => {
-                        let ids: Vec<String> =
-                            st.metas(f.as_deref())?.into_iter().take(limit).map(|m| m.id).collect();
+                        let ids: Vec<String> = st.metas(f.as_deref())?.into_iter().take(limit).map(|m| m.id).collect();
                         st.get(&ids)?
                     }
                 };
                 samples.into_iter().map(|s| (s.id, s.image)).collect()
             } else {
-                let bytes = std::fs::read(&input)
-                    .map_err(|e| anyhow::anyhow!("cannot read image {}: {e}", input.display()))?;
+                let bytes =
+                    std::fs::read(&input).map_err(|e| anyhow::anyhow!("cannot read image {}: {e}", input.display()))?;
                 let stem = input.file_stem().and_then(|s| s.to_str()).unwrap_or("image").to_string();
                 vec![(stem, bytes)]
             };
@@ -341,7 +343,11 @@ fn run(cli: Cli) -> Result<()> {
             let r = st.compact(std::time::Duration::from_secs_f64(keep_days.max(0.0) * 86_400.0))?;
             println!(
                 "compacted {} fragments into {}; removed {} old versions ({} bytes); version {}",
-                r.fragments_removed, r.fragments_added, r.old_versions, r.bytes_removed, st.version()
+                r.fragments_removed,
+                r.fragments_added,
+                r.old_versions,
+                r.bytes_removed,
+                st.version()
             );
         }
         Cmd::Versions { store } => {

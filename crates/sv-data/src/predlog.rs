@@ -16,8 +16,8 @@ use futures::TryStreamExt;
 use lance::Dataset;
 use lance::dataset::{WriteMode, WriteParams};
 
-pub use sv_core::predlog::{PredictionRecord, schema};
 use sv_core::predlog::to_batch;
+pub use sv_core::predlog::{PredictionRecord, schema};
 
 /// A prediction log on disk. Not for use inside an async runtime: give it its own thread.
 pub struct PredictionLog {
@@ -28,7 +28,10 @@ pub struct PredictionLog {
 impl PredictionLog {
     /// Open the log at `path` (created on the first append).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the log runtime")?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the log runtime")?;
         Ok(Self { path: path.as_ref().to_path_buf(), rt })
     }
 
@@ -44,7 +47,8 @@ impl PredictionLog {
         let batch = to_batch(records)?;
         let uri = crate::store::uri(&self.path)?;
         let exists = self.path.join("_versions").exists();
-        let params = WriteParams { mode: if exists { WriteMode::Append } else { WriteMode::Create }, ..Default::default() };
+        let params =
+            WriteParams { mode: if exists { WriteMode::Append } else { WriteMode::Create }, ..Default::default() };
         let reader = RecordBatchIterator::new(vec![Ok(batch)], schema());
         let ds = self
             .rt
@@ -65,16 +69,23 @@ impl PredictionLog {
     /// Every record's `(image_sha256, score, label)`.
     pub fn scores(&self) -> Result<Vec<(String, f32, Option<i32>)>> {
         let uri = crate::store::uri(&self.path)?;
-        let batches: Vec<RecordBatch> = self.rt.block_on(async {
-            let ds = Dataset::open(&uri).await?;
-            let mut sc = ds.scan();
-            sc.project(&["image_sha256", "score", "label"])?;
-            let b: Vec<RecordBatch> = sc.try_into_stream().await?.try_collect().await?;
-            anyhow::Ok(b)
-        }).with_context(|| format!("cannot read the prediction log {}", self.path.display()))?;
+        let batches: Vec<RecordBatch> = self
+            .rt
+            .block_on(async {
+                let ds = Dataset::open(&uri).await?;
+                let mut sc = ds.scan();
+                sc.project(&["image_sha256", "score", "label"])?;
+                let b: Vec<RecordBatch> = sc.try_into_stream().await?.try_collect().await?;
+                anyhow::Ok(b)
+            })
+            .with_context(|| format!("cannot read the prediction log {}", self.path.display()))?;
         let mut out = Vec::new();
         for b in batches {
-            let h = b.column(0).as_any().downcast_ref::<StringArray>().ok_or_else(|| anyhow!("image_sha256 is not utf8"))?;
+            let h = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| anyhow!("image_sha256 is not utf8"))?;
             let s = b.column(1).as_any().downcast_ref::<Float32Array>().ok_or_else(|| anyhow!("score is not f32"))?;
             let l = b.column(2).as_any().downcast_ref::<Int32Array>().ok_or_else(|| anyhow!("label is not i32"))?;
             for i in 0..b.num_rows() {
@@ -139,7 +150,8 @@ pub fn import_segments(segments_dir: &Path, log_path: &Path) -> Result<ImportRep
         log.append(&records)?;
         std::fs::create_dir_all(&done).with_context(|| format!("cannot create {}", done.display()))?;
         let to = done.join(seg.file_name().expect("a segment has a file name"));
-        std::fs::rename(&seg, &to).with_context(|| format!("imported {} but cannot move it to {}", seg.display(), to.display()))?;
+        std::fs::rename(&seg, &to)
+            .with_context(|| format!("imported {} but cannot move it to {}", seg.display(), to.display()))?;
         rep.segments += 1;
         rep.records += records.len();
     }

@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use arrow_array::{
-    Array, ArrayRef, Int32Array, LargeBinaryArray, RecordBatch, StringArray, UInt32Array,
-    new_null_array,
+    Array, ArrayRef, Int32Array, LargeBinaryArray, RecordBatch, StringArray, UInt32Array, new_null_array,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use sha2::{Digest, Sha256};
@@ -72,13 +71,8 @@ pub enum Source {
 }
 
 impl Source {
-    pub const ALL: [Source; 5] = [
-        Source::Real,
-        Source::SyntheticT2i,
-        Source::SyntheticI2i,
-        Source::Procedural,
-        Source::HardCase,
-    ];
+    pub const ALL: [Source; 5] =
+        [Source::Real, Source::SyntheticT2i, Source::SyntheticI2i, Source::Procedural, Source::HardCase];
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Real => "real",
@@ -93,10 +87,9 @@ impl Source {
 impl FromStr for Source {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        Source::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| anyhow!("source {s:?} is not one of real, synthetic-t2i, synthetic-i2i, procedural, hard-case"))
+        Source::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| {
+            anyhow!("source {s:?} is not one of real, synthetic-t2i, synthetic-i2i, procedural, hard-case")
+        })
     }
 }
 
@@ -221,19 +214,8 @@ pub const BASE_COLUMNS: [&str; 12] = [
 ];
 
 /// Columns without the image bytes (cheap to scan).
-pub const META_COLUMNS: [&str; 11] = [
-    "id",
-    "width",
-    "height",
-    "label",
-    "source",
-    "split",
-    "weather",
-    "time_of_day",
-    "description",
-    "sha256",
-    "origin",
-];
+pub const META_COLUMNS: [&str; 11] =
+    ["id", "width", "height", "label", "source", "split", "weather", "time_of_day", "description", "sha256", "origin"];
 
 /// The Arrow schema of the base columns.
 pub fn base_schema() -> SchemaRef {
@@ -260,21 +242,15 @@ pub fn to_batch(samples: &[Sample], schema: &SchemaRef) -> Result<RecordBatch> {
     for field in schema.fields() {
         let col: ArrayRef = match field.name().as_str() {
             "id" => Arc::new(StringArray::from_iter_values(samples.iter().map(|s| s.id.as_str()))),
-            "image" => Arc::new(LargeBinaryArray::from_iter_values(
-                samples.iter().map(|s| s.image.as_slice()),
-            )),
+            "image" => Arc::new(LargeBinaryArray::from_iter_values(samples.iter().map(|s| s.image.as_slice()))),
             "width" => Arc::new(UInt32Array::from_iter_values(samples.iter().map(|s| s.width))),
             "height" => Arc::new(UInt32Array::from_iter_values(samples.iter().map(|s| s.height))),
             "label" => Arc::new(Int32Array::from_iter_values(samples.iter().map(|s| s.label.as_i32()))),
             "source" => Arc::new(StringArray::from_iter_values(samples.iter().map(|s| s.source.as_str()))),
             "split" => Arc::new(StringArray::from_iter_values(samples.iter().map(|s| s.split.as_str()))),
             "weather" => Arc::new(StringArray::from_iter(samples.iter().map(|s| s.meta.weather.as_deref()))),
-            "time_of_day" => Arc::new(StringArray::from_iter(
-                samples.iter().map(|s| s.meta.time_of_day.as_deref()),
-            )),
-            "description" => Arc::new(StringArray::from_iter(
-                samples.iter().map(|s| s.meta.description.as_deref()),
-            )),
+            "time_of_day" => Arc::new(StringArray::from_iter(samples.iter().map(|s| s.meta.time_of_day.as_deref()))),
+            "description" => Arc::new(StringArray::from_iter(samples.iter().map(|s| s.meta.description.as_deref()))),
             "sha256" => Arc::new(StringArray::from_iter_values(samples.iter().map(|s| s.sha256.as_str()))),
             "origin" => Arc::new(StringArray::from_iter(samples.iter().map(|s| s.origin.as_deref()))),
             other => {

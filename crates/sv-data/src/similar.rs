@@ -53,11 +53,20 @@ pub fn resolve_column(store: &Store, column: Option<&str>) -> Result<String> {
     let cols = vector_columns(store);
     match column {
         Some(c) if cols.iter().any(|x| x == c) => Ok(c.to_string()),
-        Some(c) => bail!("{c:?} is not a vector column of {} (vector columns: {})", store.path().display(), cols.join(", ")),
+        Some(c) => {
+            bail!("{c:?} is not a vector column of {} (vector columns: {})", store.path().display(), cols.join(", "))
+        }
         None => match cols.as_slice() {
             [one] => Ok(one.clone()),
-            [] => bail!("{} has no embedding column yet: train a run (features are cached as a column) first", store.path().display()),
-            many => bail!("{} has several vector columns ({}); pick one with --column", store.path().display(), many.join(", ")),
+            [] => bail!(
+                "{} has no embedding column yet: train a run (features are cached as a column) first",
+                store.path().display()
+            ),
+            many => bail!(
+                "{} has several vector columns ({}); pick one with --column",
+                store.path().display(),
+                many.join(", ")
+            ),
         },
     }
 }
@@ -92,7 +101,10 @@ pub fn build_index(store: &mut Store, column: &str) -> Result<u64> {
         _ => bail!("{column:?} is not a vector column"),
     };
     if rows < 256 {
-        bail!("{} has {rows} rows; a vector index needs at least 256 (a flat search is exact and fast below {INDEX_MIN_ROWS})", store.path().display());
+        bail!(
+            "{} has {rows} rows; a vector index needs at least 256 (a flat search is exact and fast below {INDEX_MIN_ROWS})",
+            store.path().display()
+        );
     }
     let sub = [16, 8, 4, 2, 1].into_iter().map(|w| dim / w).find(|s| dim % s == 0).unwrap_or(1);
     let partitions = ((rows as f64).sqrt() as usize).clamp(1, 4096);
@@ -117,7 +129,8 @@ pub fn k_center(points: &[&[f32]], n: usize) -> Vec<usize> {
     let mut nearest: Vec<f32> = points.iter().map(|p| dist2(p, &centroid)).collect();
     let mut chosen = Vec::with_capacity(n.min(points.len()));
     while chosen.len() < n.min(points.len()) {
-        let (best, _) = nearest.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+        let (best, _) =
+            nearest.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
         chosen.push(best);
         let c = points[best];
         for (i, p) in points.iter().enumerate() {
@@ -134,11 +147,8 @@ pub fn k_center(points: &[&[f32]], n: usize) -> Vec<usize> {
 /// A diverse subset of `n` sample ids among the rows matching `filter` that have an embedding:
 /// k-center per (label, source) stratum. Deterministic for a seed.
 pub fn diverse_subset(store: &Store, column: &str, filter: Option<&str>, n: usize, seed: u64) -> Result<Vec<String>> {
-    let metas: HashMap<String, (i32, String)> = store
-        .metas(filter)?
-        .into_iter()
-        .map(|m| (m.id, (m.label.as_i32(), m.source.to_string())))
-        .collect();
+    let metas: HashMap<String, (i32, String)> =
+        store.metas(filter)?.into_iter().map(|m| (m.id, (m.label.as_i32(), m.source.to_string()))).collect();
     let mut strata: BTreeMap<(i32, String), Vec<(String, Vec<f32>)>> = BTreeMap::new();
     for (id, v) in store.read_vector_column(column, filter)? {
         if let (Some(v), Some(key)) = (v, metas.get(&id)) {
@@ -205,10 +215,7 @@ pub fn uniqueness(store: &Store, column: &str) -> Result<Vec<(String, f32)>> {
                     best.sort_by(f32::total_cmp);
                 }
             }
-            best.iter()
-                .zip(UNIQUENESS_WEIGHTS)
-                .map(|(d, w)| if d.is_finite() { d.sqrt() * w } else { 0.0 })
-                .sum()
+            best.iter().zip(UNIQUENESS_WEIGHTS).map(|(d, w)| if d.is_finite() { d.sqrt() * w } else { 0.0 }).sum()
         })
         .collect();
     let max = raw.iter().copied().fold(0f32, f32::max);

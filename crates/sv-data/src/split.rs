@@ -36,7 +36,12 @@ impl Default for SplitConfig {
 pub fn assign_splits(store: &mut Store, cfg: &SplitConfig) -> Result<BTreeMap<(Split, Label), usize>> {
     let total = cfg.train + cfg.val + cfg.test;
     if cfg.train < 0.0 || cfg.val < 0.0 || cfg.test < 0.0 || (total - 1.0).abs() > 1e-6 {
-        bail!("split fractions must be non-negative and sum to 1 (got {} + {} + {} = {total})", cfg.train, cfg.val, cfg.test);
+        bail!(
+            "split fractions must be non-negative and sum to 1 (got {} + {} + {} = {total})",
+            cfg.train,
+            cfg.val,
+            cfg.test
+        );
     }
     for (name, v) in [("train", cfg.train), ("val", cfg.val), ("test", cfg.test)] {
         if !(0.0..=1.0).contains(&v) {

@@ -14,20 +14,17 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow, bail};
 use arrow_array::{
-    Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, RecordBatchIterator,
-    RecordBatchReader, StringArray, types::Float32Type,
+    Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, RecordBatchIterator, RecordBatchReader,
+    StringArray, types::Float32Type,
 };
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use futures::TryStreamExt;
 use lance::Dataset;
-use lance::dataset::{
-    MergeInsertBuilder, MergeInsertWriteMode, WhenMatched, WhenNotMatched, WriteMode, WriteParams,
-};
+use lance::dataset::{MergeInsertBuilder, MergeInsertWriteMode, WhenMatched, WhenNotMatched, WriteMode, WriteParams};
 use tokio::runtime::Runtime;
 
 use crate::sample::{
-    BASE_COLUMNS, META_COLUMNS, Sample, SampleMeta, base_schema, metas_from_batch,
-    samples_from_batch, to_batch,
+    BASE_COLUMNS, META_COLUMNS, Sample, SampleMeta, base_schema, metas_from_batch, samples_from_batch, to_batch,
 };
 
 /// Rows per record batch handed to Lance while appending.
@@ -144,14 +141,8 @@ fn runtime() -> Result<Arc<Runtime>> {
 }
 
 pub(crate) fn uri(path: &Path) -> Result<String> {
-    let abs = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(path)
-    };
-    abs.to_str()
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("store path {} is not valid UTF-8", path.display()))
+    let abs = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) };
+    abs.to_str().map(str::to_string).ok_or_else(|| anyhow!("store path {} is not valid UTF-8", path.display()))
 }
 
 /// Quote a string as a SQL literal for Lance filters.
@@ -195,11 +186,7 @@ impl Store {
 
     /// Open the store at `path`, creating it when absent.
     pub fn open_or_create(path: impl AsRef<Path>) -> Result<Self> {
-        if Self::exists(&path) {
-            Self::open(path)
-        } else {
-            Self::create(path)
-        }
+        if Self::exists(&path) { Self::open(path) } else { Self::create(path) }
     }
 
     fn check_base_schema(&self) -> Result<()> {
@@ -230,9 +217,7 @@ impl Store {
     /// All committed versions, oldest first.
     pub fn versions(&self) -> Result<Vec<VersionInfo>> {
         let v = self.rt.block_on(self.dataset.versions())?;
-        Ok(v.into_iter()
-            .map(|v| VersionInfo { version: v.version, timestamp: v.timestamp.to_rfc3339() })
-            .collect())
+        Ok(v.into_iter().map(|v| VersionInfo { version: v.version, timestamp: v.timestamp.to_rfc3339() }).collect())
     }
 
     /// A read view of an older version. Writes to it are refused by Lance's commit checks, so
@@ -274,7 +259,8 @@ impl Store {
             .collect::<Result<_>>()
             .with_context(|| format!("scan of {} failed (filter {filter:?})", self.path.display()))?;
         let schema = self.schema();
-        let projected = Arc::new(schema.project(&columns.iter().map(|c| schema.index_of(c)).collect::<Result<Vec<_>, _>>()?)?);
+        let projected =
+            Arc::new(schema.project(&columns.iter().map(|c| schema.index_of(c)).collect::<Result<Vec<_>, _>>()?)?);
         Ok(match batches.first() {
             None => RecordBatch::new_empty(projected),
             Some(first) => arrow_select::concat::concat_batches(&first.schema(), &batches)?,
@@ -287,7 +273,11 @@ impl Store {
         let schema = self.schema();
         for c in columns {
             if schema.field_with_name(c).is_err() {
-                bail!("column {c:?} does not exist in {} (columns: {})", self.path.display(), self.columns().join(", "));
+                bail!(
+                    "column {c:?} does not exist in {} (columns: {})",
+                    self.path.display(),
+                    self.columns().join(", ")
+                );
             }
         }
         let stream = self
@@ -306,7 +296,11 @@ impl Store {
     }
 
     /// Stream full samples matching `filter`, `batch_rows` at a time.
-    pub fn sample_batches(&self, filter: Option<&str>, batch_rows: usize) -> Result<impl Iterator<Item = Result<Vec<Sample>>> + use<>> {
+    pub fn sample_batches(
+        &self,
+        filter: Option<&str>,
+        batch_rows: usize,
+    ) -> Result<impl Iterator<Item = Result<Vec<Sample>>> + use<>> {
         Ok(self.scan_batches(&BASE_COLUMNS, filter, batch_rows)?.map(|b| samples_from_batch(&b?)))
     }
 
@@ -353,7 +347,9 @@ impl Store {
             let total: usize = rows_of.values().sum();
             let merge = segments_to_merge(&segment_rows, total.saturating_sub(indexed));
             self.dataset
-                .optimize_indices(&lance_index::optimize::OptimizeOptions::merge(merge).index_names(vec![ID_INDEX.to_string()]))
+                .optimize_indices(
+                    &lance_index::optimize::OptimizeOptions::merge(merge).index_names(vec![ID_INDEX.to_string()]),
+                )
                 .await?;
             anyhow::Ok(())
         });
@@ -432,10 +428,7 @@ impl Store {
         }
         ids.iter()
             .map(|id| {
-                by_id
-                    .get(id)
-                    .cloned()
-                    .ok_or_else(|| anyhow!("sample id {id:?} is not in {}", self.path.display()))
+                by_id.get(id).cloned().ok_or_else(|| anyhow!("sample id {id:?} is not in {}", self.path.display()))
             })
             .collect()
     }
@@ -517,10 +510,8 @@ impl Store {
             // Lance did not commit: make sure we still point at the old version.
             self.reload()?;
             debug_assert_eq!(self.version(), before);
-            return Err(anyhow!(e)).context(format!(
-                "append to {} failed; the store stays at version {before}",
-                self.path.display()
-            ));
+            return Err(anyhow!(e))
+                .context(format!("append to {} failed; the store stays at version {before}", self.path.display()));
         }
         if let Err(e) = self.ensure_id_index() {
             // The rows are committed; reads by id still work without the index, only slower.
@@ -587,11 +578,7 @@ impl Store {
         if let Some(f) = &existing
             && f.data_type() != values.data_type()
         {
-            bail!(
-                "column {name:?} holds {:?}, cannot write {:?} into it",
-                f.data_type(),
-                values.data_type()
-            );
+            bail!("column {name:?} holds {:?}, cannot write {:?} into it", f.data_type(), values.data_type());
         }
         if !nullable && values.null_count() > 0 {
             bail!("column {name:?} is not nullable but {} values are null", values.null_count());
@@ -605,8 +592,7 @@ impl Store {
         let reader = RecordBatchIterator::new(vec![Ok(batch)], schema);
         let res = self.rt.block_on(async {
             if existing.is_some() {
-                let mut builder =
-                    MergeInsertBuilder::try_new(Arc::new(self.dataset.clone()), vec!["id".to_string()])?;
+                let mut builder = MergeInsertBuilder::try_new(Arc::new(self.dataset.clone()), vec!["id".to_string()])?;
                 builder
                     .when_matched(WhenMatched::UpdateAll)
                     .when_not_matched(WhenNotMatched::DoNothing)
@@ -656,9 +642,7 @@ impl Store {
             .as_any()
             .downcast_ref::<Float32Array>()
             .ok_or_else(|| anyhow!("column {name:?} is not f32"))?;
-        Ok((0..batch.num_rows())
-            .map(|i| (ids.value(i).to_string(), vals.is_valid(i).then(|| vals.value(i))))
-            .collect())
+        Ok((0..batch.num_rows()).map(|i| (ids.value(i).to_string(), vals.is_valid(i).then(|| vals.value(i)))).collect())
     }
 
     /// Read a vector column as `(id, vector)` pairs (`None` where null), streaming the scan.
@@ -731,14 +715,9 @@ impl Store {
 
     /// Set table metadata entries in one commit.
     pub fn set_metadata(&mut self, entries: &[(&str, &str)]) -> Result<u64> {
-        let owned: Vec<(String, String)> =
-            entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let owned: Vec<(String, String)> = entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.rt
-            .block_on(async {
-                self.dataset
-                    .update_metadata(owned.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                    .await
-            })
+            .block_on(async { self.dataset.update_metadata(owned.iter().map(|(k, v)| (k.as_str(), v.as_str()))).await })
             .with_context(|| format!("cannot update metadata of {}", self.path.display()))?;
         Ok(self.version())
     }

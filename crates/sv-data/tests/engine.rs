@@ -41,7 +41,8 @@ fn store_round_trip_keeps_bytes_and_fields() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::create(dir.path().join("s")).unwrap();
     let v0 = store.version();
-    let samples: Vec<Sample> = (1..=10).map(|i| sample(i, if i % 2 == 0 { Label::Roadwork } else { Label::None })).collect();
+    let samples: Vec<Sample> =
+        (1..=10).map(|i| sample(i, if i % 2 == 0 { Label::Roadwork } else { Label::None })).collect();
     let r = store.append(samples.clone()).unwrap();
     assert_eq!(r.added, 10);
     assert_eq!(r.version, v0 + 2, "one append is one data commit, plus one for the id index");
@@ -116,9 +117,8 @@ fn failed_stream_leaves_version_and_rows_unchanged() {
     store.append((0..5).map(|i| sample(i, Label::None)).collect()).unwrap();
     let before = store.version();
     // 150 good samples (more than two write batches), then an error from the source.
-    let stream = (10u8..160)
-        .map(|i| Ok(sample(i, Label::Roadwork)))
-        .chain(std::iter::once(Err(anyhow!("disk went away"))));
+    let stream =
+        (10u8..160).map(|i| Ok(sample(i, Label::Roadwork))).chain(std::iter::once(Err(anyhow!("disk went away"))));
     let err = store.append_stream(stream).unwrap_err();
     assert!(format!("{err:#}").contains("disk went away"), "{err:#}");
     assert_eq!(store.version(), before);
@@ -134,7 +134,8 @@ fn columns_added_later_round_trip_and_rewrite_only_their_rows() {
     let samples: Vec<Sample> = (0..6).map(|i| sample(i, Label::None)).collect();
     store.append(samples.clone()).unwrap();
     let v_before = store.version();
-    let diff: Vec<(String, f32)> = samples.iter().take(4).enumerate().map(|(i, s)| (s.id.clone(), i as f32 / 10.0)).collect();
+    let diff: Vec<(String, f32)> =
+        samples.iter().take(4).enumerate().map(|(i, s)| (s.id.clone(), i as f32 / 10.0)).collect();
     store.write_f32_column("difficulty", &diff).unwrap();
     assert_eq!(store.version(), v_before + 1);
     let got: std::collections::HashMap<_, _> = store.read_f32_column("difficulty", None).unwrap().into_iter().collect();
@@ -153,7 +154,8 @@ fn columns_added_later_round_trip_and_rewrite_only_their_rows() {
     assert_eq!(store.count(None).unwrap(), 6);
 
     // Vectors.
-    let emb: Vec<(String, Vec<f32>)> = samples.iter().map(|s| (s.id.clone(), vec![s.width as f32, 1.0, -2.0])).collect();
+    let emb: Vec<(String, Vec<f32>)> =
+        samples.iter().map(|s| (s.id.clone(), vec![s.width as f32, 1.0, -2.0])).collect();
     store.write_vector_column("embedding", 3, &emb).unwrap();
     let back = store.read_vector_column("embedding", None).unwrap();
     assert_eq!(back.len(), 6);
@@ -278,7 +280,8 @@ fn write_natix_parquet(path: &Path, images: Vec<Option<Vec<u8>>>, labels: Vec<i6
     let n = images.len();
     let bytes = BinaryArray::from_iter(images.iter().map(|b| b.as_deref()));
     let paths = StringArray::from_iter_values((0..n).map(|i| format!("{i}.jpg")));
-    let fields = Fields::from(vec![Field::new("bytes", DataType::Binary, true), Field::new("path", DataType::Utf8, true)]);
+    let fields =
+        Fields::from(vec![Field::new("bytes", DataType::Binary, true), Field::new("path", DataType::Utf8, true)]);
     let image = StructArray::new(fields.clone(), vec![Arc::new(bytes) as ArrayRef, Arc::new(paths)], None);
     let schema = Arc::new(Schema::new(vec![
         Field::new("image", DataType::Struct(fields), true),
@@ -286,11 +289,9 @@ fn write_natix_parquet(path: &Path, images: Vec<Option<Vec<u8>>>, labels: Vec<i6
         Field::new("scene_description", DataType::Utf8, true),
     ]));
     let desc = StringArray::from_iter_values((0..n).map(|i| format!("street {i} with cones")));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![Arc::new(image), Arc::new(Int64Array::from(labels)), Arc::new(desc)],
-    )
-    .unwrap();
+    let batch =
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(image), Arc::new(Int64Array::from(labels)), Arc::new(desc)])
+            .unwrap();
     let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
@@ -323,17 +324,25 @@ fn parquet_without_label_column_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.parquet");
     let schema = Arc::new(Schema::new(vec![Field::new("image", DataType::Binary, true)]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(BinaryArray::from_iter_values([jpeg(1, 8, 8)]))]).unwrap();
+    let batch =
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(BinaryArray::from_iter_values([jpeg(1, 8, 8)]))]).unwrap();
     let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&file).unwrap(), schema, None).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
     let mut store = Store::create(dir.path().join("store")).unwrap();
     let v = store.version();
-    let err = ingest::ingest_parquet(&mut store, &file, &ParquetOptions::default(), &IngestOptions::default()).unwrap_err();
+    let err =
+        ingest::ingest_parquet(&mut store, &file, &ParquetOptions::default(), &IngestOptions::default()).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("bad.parquet") && msg.contains("label"), "{msg}");
     assert_eq!(store.version(), v);
-    let err = ingest::ingest_parquet(&mut store, &dir.path().join("nothing.parquet"), &ParquetOptions::default(), &IngestOptions::default()).unwrap_err();
+    let err = ingest::ingest_parquet(
+        &mut store,
+        &dir.path().join("nothing.parquet"),
+        &ParquetOptions::default(),
+        &IngestOptions::default(),
+    )
+    .unwrap_err();
     assert!(format!("{err:#}").contains("nothing.parquet"));
 }
 
@@ -412,7 +421,13 @@ fn print_orange_shares() {
     let cfg = GenerateConfig { count: 120, seed: 7, ..Default::default() };
     for i in 0..cfg.count as u64 {
         let s = generate::scene(&cfg, i);
-        println!("{i:3} {:?} hard={} share={:.4} {:?}", s.label, s.hard_negative, generate::orange_share(&s.image), s.meta.description);
+        println!(
+            "{i:3} {:?} hard={} share={:.4} {:?}",
+            s.label,
+            s.hard_negative,
+            generate::orange_share(&s.image),
+            s.meta.description
+        );
     }
 }
 
@@ -449,8 +464,7 @@ fn compact_drops_old_versions_and_keeps_the_data() {
 fn challenge_files_are_written_with_their_parameters() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = GenerateConfig { count: 2, seed: 9, ..Default::default() };
-    let images: Vec<(String, Vec<u8>)> =
-        generate::samples(&cfg).map(|s| s.unwrap()).map(|s| (s.id, s.image)).collect();
+    let images: Vec<(String, Vec<u8>)> = generate::samples(&cfg).map(|s| s.unwrap()).map(|s| (s.id, s.image)).collect();
     let n = sv_data::challenge::write_challenges(&images, None, 3, 1, dir.path()).unwrap();
     assert_eq!(n, 6);
     let log = std::fs::read_to_string(dir.path().join("challenges.jsonl")).unwrap();

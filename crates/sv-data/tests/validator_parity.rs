@@ -66,8 +66,7 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let params: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir().join("params.json")).unwrap()).unwrap();
+    let params: serde_json::Value = serde_json::from_slice(&std::fs::read(dir().join("params.json")).unwrap()).unwrap();
     ["portrait", "landscape"]
         .into_iter()
         .map(|name| {
@@ -137,7 +136,8 @@ fn every_operation_matches_the_validators_code() {
         for stage in ["level0", "level1", "level3"] {
             let theirs_bytes = std::fs::read(d.join(format!("{stage}.jpg"))).unwrap();
             let ours_bytes = challenge::encode_jpeg(&png(&d.join(format!("{stage}.png")))).unwrap();
-            let (ht, ho) = (challenge::jpeg_header(&theirs_bytes).unwrap(), challenge::jpeg_header(&ours_bytes).unwrap());
+            let (ht, ho) =
+                (challenge::jpeg_header(&theirs_bytes).unwrap(), challenge::jpeg_header(&ours_bytes).unwrap());
             assert_eq!(ht.subsampling(), "4:2:0", "PIL's default");
             assert_eq!(ho.subsampling(), "4:2:0", "{n} {stage}: ours is {}", ho.subsampling());
             assert_eq!((ho.sof, ho.width, ho.height), (ht.sof, ht.width, ht.height));

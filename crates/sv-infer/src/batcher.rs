@@ -69,17 +69,15 @@ impl Batcher {
     {
         let (tx, rx) = sync_channel::<Job>(cfg.queue.max(1));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-        std::thread::Builder::new()
-            .name("sv-stage1".into())
-            .spawn(move || match load() {
-                Ok(stage1) => {
-                    let _ = ready_tx.send(Ok(()));
-                    run(stage1, rx, cfg);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(format!("{e:#}")));
-                }
-            })?;
+        std::thread::Builder::new().name("sv-stage1".into()).spawn(move || match load() {
+            Ok(stage1) => {
+                let _ = ready_tx.send(Ok(()));
+                run(stage1, rx, cfg);
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(format!("{e:#}")));
+            }
+        })?;
         ready_rx.recv().map_err(|_| anyhow!("the stage-1 thread died while loading"))?.map_err(|e| anyhow!(e))?;
         Ok(Self { tx })
     }

@@ -23,7 +23,8 @@ impl Bundle {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, BundleError> {
         let dir = path.as_ref().to_path_buf();
         let config = sv_model::bundle::open(&dir)?;
-        let card = ModelCard::read(&dir.join("model_card.json")).map_err(|e| BundleError::Model { bundle: dir.clone(), source: e })?;
+        let card = ModelCard::read(&dir.join("model_card.json"))
+            .map_err(|e| BundleError::Model { bundle: dir.clone(), source: e })?;
         Ok(Self { dir, config, card })
     }
 
@@ -40,7 +41,11 @@ impl Bundle {
     /// kernels this does nothing.
     pub fn use_kernels(&self, cache_root: &Path, from_bundle: bool) -> Result<KernelSetup> {
         if !kernels::compiles_kernels() {
-            return Ok(KernelSetup { dir: None, from_bundle: 0, note: format!("the {} build compiles no kernels", sv_model::backend_name()) });
+            return Ok(KernelSetup {
+                dir: None,
+                from_bundle: 0,
+                note: format!("the {} build compiles no kernels", sv_model::backend_name()),
+            });
         }
         // One folder a bundle version and GPU model/driver (CubeCL's caches are not keyed by GPU).
         let key = if from_bundle { kernels::gpu_key() } else { format!("{}-no-bundle", kernels::gpu_key()) };
@@ -48,11 +53,19 @@ impl Bundle {
         let here = kernels::gpu();
         let (from_bundle, note) = match (&self.config.kernels, &here) {
             (None, _) => (0, "the bundle carries no kernel caches: compiling on first use".to_string()),
-            (Some(_), _) if !from_bundle => (0, "the bundle's kernel caches are turned off: compiling on first use".to_string()),
+            (Some(_), _) if !from_bundle => {
+                (0, "the bundle's kernel caches are turned off: compiling on first use".to_string())
+            }
             (Some(k), Some(gpu)) if k.gpu.as_deref() == Some(gpu.as_str()) => {
                 match kernels::install(&self.dir.join(kernels::DIR), &dir) {
                     Ok(n) => (n, format!("kernel caches of the bundle ({} files, {n} new here) for {gpu}", k.files)),
-                    Err(e) => (0, format!("cannot copy the kernel caches of bundle {} ({e:#}): compiling on first use", self.dir.display())),
+                    Err(e) => (
+                        0,
+                        format!(
+                            "cannot copy the kernel caches of bundle {} ({e:#}): compiling on first use",
+                            self.dir.display()
+                        ),
+                    ),
                 }
             }
             (Some(k), _) => (

@@ -146,7 +146,10 @@ impl Cascade {
             exits,
             vlm: cfg.vlm.clone().map(Endpoint::new).transpose()?,
             caption: cfg.caption.clone().map(Endpoint::new).transpose()?,
-            cache: ScoreCache::new(Duration::from_secs(cfg.cache_ttl_s), if cfg.cache_ttl_s == 0 { 0 } else { cfg.cache_entries }),
+            cache: ScoreCache::new(
+                Duration::from_secs(cfg.cache_ttl_s),
+                if cfg.cache_ttl_s == 0 { 0 } else { cfg.cache_entries },
+            ),
             decode_slots: tokio::sync::Semaphore::new(DECODE_SLOTS),
             version: bundle.version().to_string(),
         })

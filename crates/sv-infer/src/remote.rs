@@ -94,8 +94,8 @@ impl Endpoint {
         if !status.is_success() {
             bail!("{url} answered {status}: {}", text.chars().take(200).collect::<String>());
         }
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| anyhow!("{url} answered non-JSON ({e}): {}", text.chars().take(120).collect::<String>()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow!("{url} answered non-JSON ({e}): {}", text.chars().take(120).collect::<String>()))?;
         v["choices"][0]["message"]["content"]
             .as_str()
             .map(str::to_string)
@@ -119,9 +119,9 @@ pub fn parse_yes_no(answer: &str) -> Result<f32> {
 pub fn keyword_score(caption: &str) -> f32 {
     let text = caption.to_lowercase();
     let words: Vec<&str> = text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
-    let pos = POSITIVE_WORDS.iter().any(|k| {
-        if k.contains(' ') { text.contains(k) } else { words.iter().any(|w| w.starts_with(k)) }
-    });
+    let pos = POSITIVE_WORDS
+        .iter()
+        .any(|k| if k.contains(' ') { text.contains(k) } else { words.iter().any(|w| w.starts_with(k)) });
     let neg = NEGATIVE_WORDS.iter().any(|k| words.contains(k));
     match (pos, neg) {
         (true, false) => 0.9,

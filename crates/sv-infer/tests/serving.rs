@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sv_infer::{Bundle, Cascade, CascadeConfig};
-use sv_train::export::{ExportOptions, Exits, export};
+use sv_train::export::{Exits, ExportOptions, export};
 
 /// //Alice's hotkey: any valid SS58 address will do.
 const HOTKEY: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
@@ -125,7 +125,14 @@ fn copy_dir(from: &Path, to: &Path) {
 fn a_tampered_bundle_is_refused_naming_the_file() {
     let f = fixture();
     let tmp = tempfile::tempdir().unwrap();
-    for file in ["head/model.safetensors", "backbone/model.safetensors", "bundle.json", "README.md", "model_card.json", "manifest.json"] {
+    for file in [
+        "head/model.safetensors",
+        "backbone/model.safetensors",
+        "bundle.json",
+        "README.md",
+        "model_card.json",
+        "manifest.json",
+    ] {
         let b = tmp.path().join(file.replace('/', "_"));
         copy_dir(&f.bundle, &b);
         let p = b.join(file);
@@ -237,15 +244,20 @@ fn int8_export_is_smaller_and_agrees_with_fp32() {
 /// An OpenAI-compatible stub: `/yes`, `/no`, `/slow`, `/garbage`, `/fail` prefixes.
 async fn stub() -> std::net::SocketAddr {
     use axum::routing::post;
-    let reply = |text: &'static str| axum::Json(serde_json::json!({ "choices": [{ "message": { "role": "assistant", "content": text } }] }));
+    let reply = |text: &'static str| {
+        axum::Json(serde_json::json!({ "choices": [{ "message": { "role": "assistant", "content": text } }] }))
+    };
     let app = axum::Router::new()
         .route("/yes/v1/chat/completions", post(move || async move { reply("YES") }))
         .route("/no/v1/chat/completions", post(move || async move { reply("No.") }))
         .route("/caption/v1/chat/completions", post(move || async move { reply("Orange cones and a ROAD WORK sign") }))
-        .route("/slow/v1/chat/completions", post(move || async move {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            reply("YES")
-        }))
+        .route(
+            "/slow/v1/chat/completions",
+            post(move || async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                reply("YES")
+            }),
+        )
         .route("/garbage/v1/chat/completions", post(|| async { "<<not json>>" }))
         .route("/fail/v1/chat/completions", post(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom") }));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -269,7 +281,13 @@ fn remote_stages_ensemble_and_fall_back() {
     let image = Arc::new(test_images(&f.store, 1).remove(0).1);
     let run = |vlm: Option<sv_infer::remote::EndpointConfig>, caption: Option<sv_infer::remote::EndpointConfig>| {
         // Exits at 0/1 escalate every image; no cache, so each call asks the stages.
-        let cfg = CascadeConfig { exits: Some(Exits { low: 0.0, high: 1.0 }), vlm, caption, cache_ttl_s: 0, ..Default::default() };
+        let cfg = CascadeConfig {
+            exits: Some(Exits { low: 0.0, high: 1.0 }),
+            vlm,
+            caption,
+            cache_ttl_s: 0,
+            ..Default::default()
+        };
         let c = Cascade::start(&bundle, &cfg).unwrap();
         rt.block_on(c.predict(image.clone())).unwrap()
     };

@@ -48,11 +48,18 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, String> {
 /// Parse the signed headers. An error names the missing or malformed header.
 pub fn parse_auth(h: &HeaderMap) -> Result<RequestAuth, String> {
     let nonce = header(h, "bt_header_dendrite_nonce")?;
-    let nonce = nonce.trim().parse::<u64>().map_err(|_| format!("header bt_header_dendrite_nonce {nonce:?} is not an integer"))?;
+    let nonce = nonce
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("header bt_header_dendrite_nonce {nonce:?} is not an integer"))?;
     let timeout_s = match h.get("timeout") {
         Some(v) => {
             let s = v.to_str().map_err(|_| "header timeout is not ASCII".to_string())?;
-            s.trim().parse::<f64>().ok().filter(|t| t.is_finite() && *t >= 0.0).ok_or_else(|| format!("header timeout {s:?} is not a number"))?
+            s.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|t| t.is_finite() && *t >= 0.0)
+                .ok_or_else(|| format!("header timeout {s:?} is not a number"))?
         }
         None => 12.0,
     };

@@ -27,7 +27,9 @@ impl HttpResponse {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> Result<serde_json::Value> {
-        serde_json::from_slice(&self.body).with_context(|| format!("response body is not JSON: {:?}", String::from_utf8_lossy(&self.body[..self.body.len().min(200)])))
+        serde_json::from_slice(&self.body).with_context(|| {
+            format!("response body is not JSON: {:?}", String::from_utf8_lossy(&self.body[..self.body.len().min(200)]))
+        })
     }
 }
 
@@ -59,7 +61,8 @@ pub async fn request(
     body: &[u8],
     timeout: Duration,
 ) -> Result<HttpResponse> {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -70,11 +73,18 @@ pub async fn request(
 }
 
 fn parse(buf: &[u8]) -> Result<HttpResponse> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| anyhow!("connection closed without a complete response ({} bytes)", buf.len()))?;
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("connection closed without a complete response ({} bytes)", buf.len()))?;
     let head = std::str::from_utf8(&buf[..end]).context("response head is not UTF-8")?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())))
         .collect();
@@ -118,7 +128,12 @@ impl Dendrite {
             .expand_to_keypair(ExpansionMode::Ed25519);
         let hotkey = sv_core::ss58::encode(&keypair.public.to_bytes());
         let uuid = format!("{:032x}", u128::from_le_bytes(seed[..16].try_into().expect("16 bytes")) ^ now_ns());
-        Ok(Self { keypair, hotkey, uuid: format!("{}-{}-{}-{}-{}", &uuid[..8], &uuid[8..12], &uuid[12..16], &uuid[16..20], &uuid[20..32]), last_nonce: 0 })
+        Ok(Self {
+            keypair,
+            hotkey,
+            uuid: format!("{}-{}-{}-{}-{}", &uuid[..8], &uuid[8..12], &uuid[12..16], &uuid[16..20], &uuid[20..32]),
+            last_nonce: 0,
+        })
     }
 
     /// Headers and body of a signed `ImageSynapse` to an axon.

@@ -88,7 +88,8 @@ impl Default for MinerConfig {
 impl MinerConfig {
     /// Read a TOML config; unknown keys are errors naming the file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read miner config {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read miner config {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("miner config {} is invalid", path.display()))
     }
 

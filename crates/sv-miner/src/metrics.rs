@@ -1,6 +1,8 @@
 //! Prometheus metrics of the miner (`GET /metrics`).
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 /// The miner's metrics.
 pub struct Metrics {
@@ -25,7 +27,9 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let lat_buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 9.0];
-        let requests = IntCounterVec::new(Opts::new("sv_requests_total", "Requests by route and status"), &["route", "status"]).unwrap();
+        let requests =
+            IntCounterVec::new(Opts::new("sv_requests_total", "Requests by route and status"), &["route", "status"])
+                .unwrap();
         let latency = HistogramVec::new(
             HistogramOpts::new("sv_request_latency_seconds", "Request latency by route").buckets(lat_buckets.clone()),
             &["route"],
@@ -37,7 +41,8 @@ impl Metrics {
         )
         .unwrap();
         let batch_size = Histogram::with_opts(
-            HistogramOpts::new("sv_batch_size", "Images per stage-1 forward pass").buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            HistogramOpts::new("sv_batch_size", "Images per stage-1 forward pass")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
         )
         .unwrap();
         let cache_hits = IntCounter::new("sv_cache_hits_total", "Answers served from the content cache").unwrap();

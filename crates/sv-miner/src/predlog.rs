@@ -28,7 +28,8 @@ impl LogSender {
 pub fn start(path: PathBuf, batch: usize, interval: Duration) -> Result<(LogSender, JoinHandle<()>)> {
     let log = SegmentWriter::open(&path)?;
     let (tx, rx) = sync_channel(8192);
-    let handle = std::thread::Builder::new().name("sv-predlog".into()).spawn(move || run(log, rx, batch.max(1), interval))?;
+    let handle =
+        std::thread::Builder::new().name("sv-predlog".into()).spawn(move || run(log, rx, batch.max(1), interval))?;
     Ok((LogSender { tx }, handle))
 }
 

@@ -147,7 +147,11 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Fail> {
             let text = format!("{e}");
             let chain = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
             if text.contains("length limit") || chain.contains("length limit") {
-                Err(fail(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body exceeds {limit} bytes")))
+                Err(fail(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("the request body exceeds {limit} bytes"),
+                ))
             } else {
                 Err(fail(StatusCode::BAD_REQUEST, "bad_body", format!("cannot read the request body: {text}")))
             }
@@ -157,15 +161,33 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Fail> {
 }
 
 /// Decode, check and answer one base64 image under the budget; logs and counts it.
-async fn answer(st: &AppState, b64: &str, validator: Option<&str>, challenge_id: Option<&str>) -> Result<(Answer, f64), Fail> {
+async fn answer(
+    st: &AppState,
+    b64: &str,
+    validator: Option<&str>,
+    challenge_id: Option<&str>,
+) -> Result<(Answer, f64), Fail> {
     let t = Instant::now();
-    let bytes = decode_base64(b64).map_err(|e| Fail { status: StatusCode::BAD_REQUEST, kind: e.kind, message: e.message })?;
-    check_image(&bytes, st.max_side).map_err(|e| Fail { status: StatusCode::BAD_REQUEST, kind: e.kind, message: e.message })?;
+    let bytes =
+        decode_base64(b64).map_err(|e| Fail { status: StatusCode::BAD_REQUEST, kind: e.kind, message: e.message })?;
+    check_image(&bytes, st.max_side).map_err(|e| Fail {
+        status: StatusCode::BAD_REQUEST,
+        kind: e.kind,
+        message: e.message,
+    })?;
     let bytes = Arc::new(bytes);
     let a = match tokio::time::timeout(st.budget, st.cascade.predict_by(bytes.clone(), t + st.budget)).await {
-        Err(_) => return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "budget_exceeded", format!("no answer within {} ms", st.budget.as_millis()))),
+        Err(_) => {
+            return Err(fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "budget_exceeded",
+                format!("no answer within {} ms", st.budget.as_millis()),
+            ));
+        }
         Ok(Err(CascadeError::BadImage(m))) => return Err(fail(StatusCode::BAD_REQUEST, "bad_image", m)),
-        Ok(Err(CascadeError::Overloaded)) => return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the miner is overloaded; retry")),
+        Ok(Err(CascadeError::Overloaded)) => {
+            return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the miner is overloaded; retry"));
+        }
         Ok(Err(CascadeError::Internal(m))) => return Err(fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)),
         Ok(Ok(a)) => a,
     };
@@ -217,7 +239,10 @@ fn axon_headers(req: &HeaderMap, status: StatusCode, message: &str, process_time
         }
     };
     set("bt_header_axon_status_code", status.as_u16().to_string());
-    set("bt_header_axon_status_message", message.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).take(200).collect());
+    set(
+        "bt_header_axon_status_message",
+        message.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).take(200).collect(),
+    );
     set("bt_header_axon_process_time", format!("{process_time}"));
     h
 }
@@ -278,7 +303,10 @@ async fn axon_inner(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Va
             format!("Hash mismatch between header body hash {} and parsed body hash {parsed}", auth.body_hash),
         ));
     }
-    let image = body.get("image").and_then(Value::as_str).ok_or_else(|| fail(StatusCode::BAD_REQUEST, "bad_json", "the synapse has no string field `image`"))?;
+    let image = body
+        .get("image")
+        .and_then(Value::as_str)
+        .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "bad_json", "the synapse has no string field `image`"))?;
     let challenge_id = format!("{}:{}", auth.uuid, auth.nonce);
     let (a, _) = answer(st, image, Some(auth.dendrite_hotkey.as_str()), Some(challenge_id.as_str())).await?;
     let obj = body.as_object_mut().expect("checked object");
@@ -301,7 +329,11 @@ struct ChallengeRequest {
     challenge_id: Option<String>,
 }
 
-async fn challenge(State(st): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, body: Body) -> Response {
+async fn challenge(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> Response {
     let t = Instant::now();
     let route = "challenge";
     let Ok(_permit) = st.in_flight.try_acquire() else {
@@ -310,13 +342,22 @@ async fn challenge(State(st): State<Arc<AppState>>, ConnectInfo(peer): ConnectIn
     };
     let result = async {
         if !st.open_json_api && !peer.ip().is_loopback() {
-            return Err(fail(StatusCode::FORBIDDEN, "not_loopback", "the JSON API answers loopback clients only (see open_json_api)"));
+            return Err(fail(
+                StatusCode::FORBIDDEN,
+                "not_loopback",
+                "the JSON API answers loopback clients only (see open_json_api)",
+            ));
         }
         let bytes = read_body(body, st.max_body).await?;
-        let req: ChallengeRequest = serde_json::from_slice(&bytes)
-            .map_err(|e| fail(StatusCode::BAD_REQUEST, "bad_json", format!("expected {{type, data, challenge_id}}: {e}")))?;
+        let req: ChallengeRequest = serde_json::from_slice(&bytes).map_err(|e| {
+            fail(StatusCode::BAD_REQUEST, "bad_json", format!("expected {{type, data, challenge_id}}: {e}"))
+        })?;
         if req.kind != "image" {
-            return Err(fail(StatusCode::BAD_REQUEST, "bad_type", format!("type {:?} is not supported (image)", req.kind)));
+            return Err(fail(
+                StatusCode::BAD_REQUEST,
+                "bad_type",
+                format!("type {:?} is not supported (image)", req.kind),
+            ));
         }
         let (a, ms) = answer(&st, &req.data, None, req.challenge_id.as_deref()).await?;
         Ok(json!({

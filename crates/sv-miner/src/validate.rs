@@ -47,7 +47,9 @@ pub fn check_image(bytes: &[u8], max_side: u32) -> Result<(ImageFormat, u32, u32
         .map_err(|e| invalid("bad_image", format!("cannot read the image header: {e}")))?;
     let format = match reader.format() {
         Some(f @ (ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP)) => f,
-        Some(f) => return Err(invalid("unsupported_format", format!("image format {f:?} is not accepted (JPEG, PNG, WebP)"))),
+        Some(f) => {
+            return Err(invalid("unsupported_format", format!("image format {f:?} is not accepted (JPEG, PNG, WebP)")));
+        }
         None => return Err(invalid("unsupported_format", "the bytes are not a JPEG, PNG or WebP image")),
     };
     let (w, h) = reader

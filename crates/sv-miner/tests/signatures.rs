@@ -25,6 +25,10 @@ fn bittensor_signatures_verify_and_forgeries_do_not() {
     for neg in v["negative"].as_array().unwrap() {
         let key: [u8; 32] = hex::decode(neg["public_key_hex"].as_str().unwrap()).unwrap().try_into().unwrap();
         let ss58 = sv_core::ss58::encode(&key);
-        assert!(verify_signature(&ss58, neg["message"].as_str().unwrap(), neg["signature"].as_str().unwrap()).is_err(), "{}", neg["why"]);
+        assert!(
+            verify_signature(&ss58, neg["message"].as_str().unwrap(), neg["signature"].as_str().unwrap()).is_err(),
+            "{}",
+            neg["why"]
+        );
     }
 }

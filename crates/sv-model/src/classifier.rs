@@ -5,9 +5,9 @@
 use std::borrow::Cow;
 
 use anyhow::Result;
-use burn::tensor::{Tensor, TensorData};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
 use sv_core::PreprocessConfig;
 
 use crate::backbone::{ActivationHook, Backbone, Dinov3, Dinov3Config, Forward, ForwardConfig, host, pixels};
@@ -50,12 +50,27 @@ impl<B: Backend> Classifier<B> {
         } else {
             Forward::Burn
         };
-        Self { backbone, backbone_config, head, head_config, preprocess, precision, forward, settings: settings.clone() }
+        Self {
+            backbone,
+            backbone_config,
+            head,
+            head_config,
+            preprocess,
+            precision,
+            forward,
+            settings: settings.clone(),
+        }
     }
 
     /// The FP32 model of a loaded [`Backbone`], keeping its forward (no second copy of the
     /// weights).
-    pub fn fp32_of(backbone: Backbone<B>, head: Head<B>, head_config: HeadConfig, preprocess: PreprocessConfig, settings: &ForwardConfig) -> Self {
+    pub fn fp32_of(
+        backbone: Backbone<B>,
+        head: Head<B>,
+        head_config: HeadConfig,
+        preprocess: PreprocessConfig,
+        settings: &ForwardConfig,
+    ) -> Self {
         let Backbone { model, config, forward, .. } = backbone;
         Self {
             backbone: model,
@@ -74,7 +89,15 @@ impl<B: Backend> Classifier<B> {
     pub fn at_precision(&self, precision: Precision, device: &B::Device) -> Result<Self> {
         let stored = StoredModel::new(&self.backbone, &self.head, &precision);
         let (backbone, head) = stored.load(&self.backbone_config, &self.head_config, device)?;
-        Ok(Self::new(backbone, self.backbone_config.clone(), head, self.head_config.clone(), self.preprocess.clone(), precision, &self.settings))
+        Ok(Self::new(
+            backbone,
+            self.backbone_config.clone(),
+            head,
+            self.head_config.clone(),
+            self.preprocess.clone(),
+            precision,
+            &self.settings,
+        ))
     }
 
     /// The head's logits of features `(n, 2D)` computed on the host.
@@ -107,7 +130,8 @@ impl<B: Backend> Classifier<B> {
             anyhow::bail!("pixel batch has {} values, expected {n}×3×{s}×{s}", pixels.len());
         }
         if self.forward.is_burn() {
-            return self.logits_of_pixels(Tensor::from_data(TensorData::new(pixels.into_owned(), [n, 3, s, s]), device));
+            return self
+                .logits_of_pixels(Tensor::from_data(TensorData::new(pixels.into_owned(), [n, 3, s, s]), device));
         }
         Ok(self.head_of(self.forward.features(&pixels, n, s, s)?, n, device))
     }

@@ -71,7 +71,8 @@ impl HeadConfig {
     /// Write as JSON (`head.json`).
     pub fn save(&self, path: impl AsRef<std::path::Path>) -> anyhow::Result<()> {
         let path = path.as_ref();
-        std::fs::write(path, serde_json::to_string_pretty(self)?).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+        std::fs::write(path, serde_json::to_string_pretty(self)?)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
     }
 
     /// Read `head.json`.
@@ -118,8 +119,11 @@ impl<B: Backend> Head<B> {
     pub fn to_backend<B2: Backend>(self, cfg: &HeadConfig, device: &B2::Device) -> anyhow::Result<Head<B2>> {
         use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
         let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
-        let bytes = recorder.record(self.into_record(), ()).map_err(|e| anyhow::anyhow!("cannot serialise the head: {e}"))?;
-        let record = recorder.load(bytes, device).map_err(|e| anyhow::anyhow!("cannot load the head on the other backend: {e}"))?;
+        let bytes =
+            recorder.record(self.into_record(), ()).map_err(|e| anyhow::anyhow!("cannot serialise the head: {e}"))?;
+        let record = recorder
+            .load(bytes, device)
+            .map_err(|e| anyhow::anyhow!("cannot load the head on the other backend: {e}"))?;
         Ok(cfg.init::<B2>(device).load_record(record))
     }
 
@@ -141,8 +145,10 @@ impl<B: Backend> Head<B> {
         }
         let std: Vec<f32> = var.iter().map(|v| ((v / n as f64).sqrt() as f32).max(1e-6)).collect();
         let mean: Vec<f32> = mean.iter().map(|m| *m as f32).collect();
-        self.feat_mean = Param::from_tensor(Tensor::from_data(TensorData::new(mean, [d]), device)).set_require_grad(false);
-        self.feat_std = Param::from_tensor(Tensor::from_data(TensorData::new(std, [d]), device)).set_require_grad(false);
+        self.feat_mean =
+            Param::from_tensor(Tensor::from_data(TensorData::new(mean, [d]), device)).set_require_grad(false);
+        self.feat_std =
+            Param::from_tensor(Tensor::from_data(TensorData::new(std, [d]), device)).set_require_grad(false);
         self
     }
 
@@ -204,7 +210,10 @@ impl HeadConfig {
         let lin = |name: &str, d_in: usize, d_out: usize| -> anyhow::Result<Linear<B>> {
             let w = src.tensor(&format!("{name}.weight"), &[d_out, d_in])?;
             let w = Tensor::<B, 2>::from_data(TensorData::new(w, [d_out, d_in]), device).transpose();
-            Ok(Linear { weight: Param::from_tensor(w), bias: Some(Param::from_tensor(t1(&format!("{name}.bias"), d_out)?)) })
+            Ok(Linear {
+                weight: Param::from_tensor(w),
+                bias: Some(Param::from_tensor(t1(&format!("{name}.bias"), d_out)?)),
+            })
         };
         let mut head = self.init::<B>(device);
         head.feat_mean = Param::from_tensor(t1("feat_mean", self.d_input)?).set_require_grad(false);

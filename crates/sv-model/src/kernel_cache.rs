@@ -12,9 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
 #[cfg(feature = "cuda")]
 use anyhow::bail;
+use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
@@ -52,7 +52,8 @@ pub fn gpu_key() -> String {
 /// Any text as one safe path segment: letters, digits, `-`, `_`, `.` kept, the rest `_`; never
 /// empty, `.` or `..`.
 pub fn segment(text: &str) -> String {
-    let s: String = text.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect();
+    let s: String =
+        text.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect();
     if s.is_empty() || s.chars().all(|c| c == '.') { format!("_{s}") } else { s }
 }
 
@@ -155,7 +156,9 @@ pub fn files(dir: &Path) -> Result<Vec<String>> {
             let p = e.path();
             if t.is_dir() {
                 stack.push(p);
-            } else if t.is_file() && p.extension().is_none_or(|x| x != "lock" && !x.to_string_lossy().starts_with("partial")) {
+            } else if t.is_file()
+                && p.extension().is_none_or(|x| x != "lock" && !x.to_string_lossy().starts_with("partial"))
+            {
                 out.push(p.strip_prefix(dir).expect("under dir").to_string_lossy().replace('\\', "/"));
             }
         }
@@ -178,7 +181,8 @@ pub fn install(from: &Path, to: &Path) -> Result<usize> {
         }
         // Copy then rename, so a process killed halfway leaves no truncated cache file.
         let part = dst.with_extension(format!("partial-{}", std::process::id()));
-        std::fs::copy(from.join(&rel), &part).with_context(|| format!("cannot copy kernel cache file {rel} into {}", to.display()))?;
+        std::fs::copy(from.join(&rel), &part)
+            .with_context(|| format!("cannot copy kernel cache file {rel} into {}", to.display()))?;
         std::fs::rename(&part, &dst).with_context(|| format!("cannot move {} into place", part.display()))?;
         copied += 1;
     }
@@ -224,13 +228,19 @@ mod tests {
         std::fs::write(from.join("cuda/0.10.0/ptx/toc.json.log"), "bundle ptx").unwrap();
         std::fs::write(from.join("autotune/0.10.0/device-0-0-cuda/matmul-tune.json.log"), "bundle tune").unwrap();
         std::fs::write(from.join("autotune/0.10.0/device-0-0-cuda/matmul-tune.json.lock"), "").unwrap();
-        assert_eq!(files(&from).unwrap(), vec!["autotune/0.10.0/device-0-0-cuda/matmul-tune.json.log", "cuda/0.10.0/ptx/toc.json.log"]);
+        assert_eq!(
+            files(&from).unwrap(),
+            vec!["autotune/0.10.0/device-0-0-cuda/matmul-tune.json.log", "cuda/0.10.0/ptx/toc.json.log"]
+        );
 
         // The miner's folder already has a PTX cache that grew since.
         std::fs::create_dir_all(to.join("cuda/0.10.0/ptx")).unwrap();
         std::fs::write(to.join("cuda/0.10.0/ptx/toc.json.log"), "bundle ptx + more").unwrap();
         assert_eq!(install(&from, &to).unwrap(), 1);
-        assert_eq!(std::fs::read_to_string(to.join("autotune/0.10.0/device-0-0-cuda/matmul-tune.json.log")).unwrap(), "bundle tune");
+        assert_eq!(
+            std::fs::read_to_string(to.join("autotune/0.10.0/device-0-0-cuda/matmul-tune.json.log")).unwrap(),
+            "bundle tune"
+        );
         assert_eq!(std::fs::read_to_string(to.join("cuda/0.10.0/ptx/toc.json.log")).unwrap(), "bundle ptx + more");
         assert!(!to.join("autotune/0.10.0/device-0-0-cuda/matmul-tune.json.lock").exists());
         assert_eq!(install(&from, &to).unwrap(), 0, "a second install copies nothing");
@@ -240,12 +250,18 @@ mod tests {
         std::fs::write(from.join("unrelated.txt"), "not a cache").unwrap();
         let bundle = tmp.path().join("kernels");
         assert_eq!(collect(&(from.clone(), from.clone()), &bundle).unwrap(), 2);
-        assert_eq!(files(&bundle).unwrap(), files(&from).unwrap().into_iter().filter(|f| f != "unrelated.txt").collect::<Vec<_>>());
+        assert_eq!(
+            files(&bundle).unwrap(),
+            files(&from).unwrap().into_iter().filter(|f| f != "unrelated.txt").collect::<Vec<_>>()
+        );
     }
 
     #[test]
     fn segments_never_escape_their_folder() {
-        assert_eq!(segment("NVIDIA H100 80GB HBM3 (sm_90, driver 12080)"), "NVIDIA_H100_80GB_HBM3__sm_90__driver_12080_");
+        assert_eq!(
+            segment("NVIDIA H100 80GB HBM3 (sm_90, driver 12080)"),
+            "NVIDIA_H100_80GB_HBM3__sm_90__driver_12080_"
+        );
         for bad in ["", ".", "..", "../x", "a/b"] {
             let s = segment(bad);
             assert!(!s.is_empty() && s != "." && s != ".." && !s.contains('/'), "{bad:?} -> {s:?}");

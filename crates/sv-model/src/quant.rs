@@ -16,9 +16,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, bf16, f16};
 
 use crate::backbone::weights::{MemorySource, Stored};
-pub use crate::int8::{dequantize_rows, quantize_rows};
 use crate::backbone::{ActivationHook, Dinov3, Dinov3Config, NamedTensor, host};
 use crate::head::{Head, HeadConfig};
+pub use crate::int8::{dequantize_rows, quantize_rows};
 
 /// Numeric precision of a model variant.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -30,7 +30,10 @@ pub enum Precision {
     /// Simulated BF16.
     Bf16,
     /// INT8 weights per output channel, activations per site with `amax` from `calibrator`.
-    Int8 { calibrator: String, amax: BTreeMap<String, f32> },
+    Int8 {
+        calibrator: String,
+        amax: BTreeMap<String, f32>,
+    },
 }
 
 impl Precision {
@@ -85,7 +88,11 @@ fn linear_weight_names(names: impl IntoIterator<Item = String>) -> HashSet<Strin
 
 /// The tensors of a model at a precision, ready to write: INT8 linear weights with scales for
 /// [`Precision::Int8`], values rounded through the half type for FP16/BF16, f32 otherwise.
-pub fn stored_tensors(tensors: Vec<NamedTensor>, linear_weights: &HashSet<String>, precision: &Precision) -> Vec<Stored> {
+pub fn stored_tensors(
+    tensors: Vec<NamedTensor>,
+    linear_weights: &HashSet<String>,
+    precision: &Precision,
+) -> Vec<Stored> {
     tensors
         .into_iter()
         .map(|mut t| match precision {
@@ -108,7 +115,9 @@ pub fn weight_bytes(stored: &[Stored], precision: &Precision) -> usize {
         .iter()
         .map(|s| match s {
             Stored::Int8 { q, scale, .. } => q.len() + 4 * scale.len(),
-            Stored::F32(t) => t.values.len() * if matches!(precision, Precision::Fp16 | Precision::Bf16) { 2 } else { 4 },
+            Stored::F32(t) => {
+                t.values.len() * if matches!(precision, Precision::Fp16 | Precision::Bf16) { 2 } else { 4 }
+            }
         })
         .sum()
 }

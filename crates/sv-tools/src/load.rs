@@ -51,8 +51,15 @@ fn pct(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Open-loop load at each rate (requests/s) for `duration`, at most `max_requests` in all.
-pub async fn load(addr: SocketAddr, rates: &[f64], duration: Duration, max_requests: usize, seed: u64) -> Result<Vec<RateReport>> {
-    let planned: usize = rates.iter().map(|r| (r * duration.as_secs_f64()).ceil() as usize).sum::<usize>().min(max_requests);
+pub async fn load(
+    addr: SocketAddr,
+    rates: &[f64],
+    duration: Duration,
+    max_requests: usize,
+    seed: u64,
+) -> Result<Vec<RateReport>> {
+    let planned: usize =
+        rates.iter().map(|r| (r * duration.as_secs_f64()).ceil() as usize).sum::<usize>().min(max_requests);
     let images = Arc::new(challenge_images(planned.max(1), seed)?);
     let mut next = 0usize;
     let mut out = Vec::new();
@@ -70,11 +77,29 @@ pub async fn load(addr: SocketAddr, rates: &[f64], duration: Duration, max_reque
             next += 1;
             tasks.push(tokio::spawn(async move {
                 let t = Instant::now();
-                let r = request(addr, "POST", "/v1/challenge", &[("content-type".into(), "application/json".into())], &body, Duration::from_secs(15)).await;
+                let r = request(
+                    addr,
+                    "POST",
+                    "/v1/challenge",
+                    &[("content-type".into(), "application/json".into())],
+                    &body,
+                    Duration::from_secs(15),
+                )
+                .await;
                 (r.map(|r| r.status), t.elapsed().as_secs_f64() * 1e3)
             }));
         }
-        let mut rep = RateReport { rate, sent: n, ok: 0, status_4xx: 0, status_5xx: 0, connection_errors: 0, p50_ms: 0.0, p99_ms: 0.0, throughput: 0.0 };
+        let mut rep = RateReport {
+            rate,
+            sent: n,
+            ok: 0,
+            status_4xx: 0,
+            status_5xx: 0,
+            connection_errors: 0,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            throughput: 0.0,
+        };
         let mut lat = Vec::with_capacity(n);
         for t in tasks {
             let (status, ms) = t.await?;
@@ -139,8 +164,14 @@ fn crc32(data: &[u8]) -> u32 {
 /// Send the bad-input corpus; `max_body` is the server's body bound.
 pub async fn abuse(addr: SocketAddr, max_body: usize) -> Result<Vec<AbuseResult>> {
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    let good = sv_data::generate::sample(&sv_data::generate::GenerateConfig { width: 224, height: 224, ..Default::default() }, 7)?.image;
-    let body = |data: String| serde_json::to_vec(&json!({ "type": "image", "data": data, "challenge_id": "abuse" })).expect("json");
+    let good = sv_data::generate::sample(
+        &sv_data::generate::GenerateConfig { width: 224, height: 224, ..Default::default() },
+        7,
+    )?
+    .image;
+    let body = |data: String| {
+        serde_json::to_vec(&json!({ "type": "image", "data": data, "challenge_id": "abuse" })).expect("json")
+    };
     let mut bomb = RgbImage::new(4096, 4096);
     bomb.put_pixel(0, 0, image::Rgb([1, 2, 3]));
     let cases: Vec<(&str, Vec<u8>)> = vec![

@@ -12,8 +12,8 @@ use anyhow::{Result, bail};
 use base64::Engine;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use sv_data::{Label, Sample};
 use sv_core::metrics::Confusion;
+use sv_data::{Label, Sample};
 
 use sv_miner::client::{Dendrite, request};
 
@@ -83,7 +83,13 @@ pub async fn replay(samples: &[Sample], dendrite: &mut Dendrite, cfg: &ReplayCon
         let img = sv_data::augment::decode_rgb(&s.image)?;
         let (jpeg, _) = sv_data::challenge::challenge(&img, level, &mut rng)?;
         let b64 = base64::engine::general_purpose::STANDARD.encode(&jpeg);
-        let (headers, body) = dendrite.image_synapse(&cfg.miner_hotkey, cfg.miner, &b64, cfg.timeout.as_secs_f64(), &cfg.required_hash_fields);
+        let (headers, body) = dendrite.image_synapse(
+            &cfg.miner_hotkey,
+            cfg.miner,
+            &b64,
+            cfg.timeout.as_secs_f64(),
+            &cfg.required_hash_fields,
+        );
         let t = Instant::now();
         let p = match request(cfg.miner, "POST", "/ImageSynapse", &headers, &body, cfg.timeout).await {
             Ok(r) if r.status == 200 => r.json().ok().and_then(|v| v["prediction"].as_f64()).map(|p| p as f32),

@@ -121,7 +121,8 @@ fn miner_serves_the_protocol_and_survives_bad_input() {
         assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
 
         // Signed for another miner's hotkey.
-        let (h, b) = validator.image_synapse("5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY", addr, &image_b64(3), 12.0, &[]);
+        let (h, b) =
+            validator.image_synapse("5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY", addr, &image_b64(3), 12.0, &[]);
         assert_eq!(request(addr, "POST", "/ImageSynapse", &h, &b, t).await.unwrap().status, 401);
 
         // A validly signed request from a hotkey that is not allowed (checked first, as bittensor does).
@@ -131,7 +132,9 @@ fn miner_serves_the_protocol_and_survives_bad_input() {
         assert_eq!(r.header("bt_header_axon_status_code"), Some("403"));
 
         // The JSON API (loopback).
-        let body = serde_json::to_vec(&serde_json::json!({"type": "image", "data": image_b64(5), "challenge_id": "c1"})).unwrap();
+        let body =
+            serde_json::to_vec(&serde_json::json!({"type": "image", "data": image_b64(5), "challenge_id": "c1"}))
+                .unwrap();
         let r = request(addr, "POST", "/v1/challenge", &[], &body, t).await.unwrap();
         assert_eq!(r.status, 200);
         let v = r.json().unwrap();

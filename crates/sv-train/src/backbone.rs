@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use hf_hub::RepoType;
-pub use sv_model::backbone::*;
 use sv_model::backbone::weights::{RandomSource, SafetensorsSource};
+pub use sv_model::backbone::*;
 
 /// Where the backbone comes from (the `[backbone]` table of an experiment).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -65,7 +65,8 @@ fn load_dir<B: Backend>(dir: &Path, device: &B::Device, dtype: DType) -> Result<
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path)
         .with_context(|| format!("cannot read {} (a backbone folder needs config.json)", cfg_path.display()))?;
-    let cfg = Dinov3Config::from_json(&text).with_context(|| format!("{} is not a DINOv3 config", cfg_path.display()))?;
+    let cfg =
+        Dinov3Config::from_json(&text).with_context(|| format!("{} is not a DINOv3 config", cfg_path.display()))?;
     let src = SafetensorsSource::open_dir(dir)?;
     let model = Dinov3::load_as(&cfg, &src, device, dtype)?;
     Ok((model, cfg))
@@ -106,7 +107,12 @@ fn load_weights<B: Backend>(spec: &BackboneSpec, device: &B::Device, dtype: DTyp
         let config = Dinov3Config::preset(&spec.preset)?;
         let src = RandomSource { seed: spec.seed, std: spec.init_std, layer_scale: config.layerscale_value as f32 };
         let model = Dinov3::load_as(&config, &src, device, dtype)?;
-        return Ok((model, config, format!("dinov3:random:{}:seed={}:std={}", spec.preset, spec.seed, spec.init_std), true));
+        return Ok((
+            model,
+            config,
+            format!("dinov3:random:{}:seed={}:std={}", spec.preset, spec.seed, spec.init_std),
+            true,
+        ));
     }
     if let Some(rest) = spec.weights.strip_prefix("hf:") {
         let (repo, rev) = match rest.split_once('@') {
@@ -151,7 +157,14 @@ mod tests {
 
     /// A random f32 backbone of `preset` and the JPEGs of `count` procedural `width`×`height`
     /// scenes.
-    fn random_backbone(preset: &str, seed: u64, batch_size: usize, count: usize, width: u32, height: u32) -> (Backbone<InferBackend>, Vec<Vec<u8>>) {
+    fn random_backbone(
+        preset: &str,
+        seed: u64,
+        batch_size: usize,
+        count: usize,
+        width: u32,
+        height: u32,
+    ) -> (Backbone<InferBackend>, Vec<Vec<u8>>) {
         let spec = BackboneSpec {
             weights: "random".into(),
             preset: preset.into(),

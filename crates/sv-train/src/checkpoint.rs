@@ -64,7 +64,12 @@ fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
 }
 
 /// Write a checkpoint folder: head weights, head config, meta.
-pub fn save<B: Backend>(dir: &Path, head: &Head<B>, head_cfg: &HeadConfig, meta: &CheckpointMeta) -> Result<(), CheckpointError> {
+pub fn save<B: Backend>(
+    dir: &Path,
+    head: &Head<B>,
+    head_cfg: &HeadConfig,
+    meta: &CheckpointMeta,
+) -> Result<(), CheckpointError> {
     let write = |reason: String| CheckpointError::Write { path: dir.to_path_buf(), reason };
     std::fs::create_dir_all(dir).map_err(|e| write(e.to_string()))?;
     head.clone().save_file(dir.join("head"), &recorder()).map_err(|e| write(format!("head weights: {e}")))?;
@@ -99,7 +104,10 @@ pub fn load_head(checkpoint: &Path, device: &Device) -> Result<(Head<InferBacken
 
 /// The FP32 model of a run folder (its `checkpoint/` and the backbone it names), its forward
 /// chosen from the run's backbone spec.
-pub fn classifier_of_run(run: &Path, device: &Device) -> Result<(Classifier<InferBackend>, CheckpointMeta), CheckpointError> {
+pub fn classifier_of_run(
+    run: &Path,
+    device: &Device,
+) -> Result<(Classifier<InferBackend>, CheckpointMeta), CheckpointError> {
     let ck = run.join("checkpoint");
     let (head, meta) = load_head(&ck, device)?;
     let backbone = crate::backbone::load::<InferBackend>(&meta.backbone, device)

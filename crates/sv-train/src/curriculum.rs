@@ -49,7 +49,11 @@ impl CurriculumConfig {
         let f = match self.pacing {
             Pacing::Linear => s0 + (1.0 - s0) * x,
             Pacing::Exponential => {
-                if e >= full { 1.0 } else { 1.0 - (1.0 - s0) * (-e / self.tau).exp() }
+                if e >= full {
+                    1.0
+                } else {
+                    1.0 - (1.0 - s0) * (-e / self.tau).exp()
+                }
             }
             Pacing::Root => s0 + (1.0 - s0) * x.sqrt(),
             Pacing::Quadratic => s0 + (1.0 - s0) * x * x,
@@ -68,7 +72,8 @@ impl CurriculumConfig {
 
     /// The rows of epoch `epoch`: the easiest `⌈fraction·n⌉` of `order` (indices sorted easy → hard).
     pub fn rows(&self, order: &[usize], epoch: usize, epochs: usize) -> Vec<usize> {
-        let n = ((self.fraction(epoch, epochs) * order.len() as f64).ceil() as usize).clamp(1.min(order.len()), order.len());
+        let n = ((self.fraction(epoch, epochs) * order.len() as f64).ceil() as usize)
+            .clamp(1.min(order.len()), order.len());
         order[..n].to_vec()
     }
 }

@@ -44,7 +44,12 @@ pub fn best_threshold(probs: &[f32], labels: &[bool], cfg: &SimulatorConfig, min
             best = (r, t);
         }
     }
-    DecisionReport { map: ScoreMap { threshold: best.1 }, reward_before: before, reward_after: best.0, candidates: candidates.len() }
+    DecisionReport {
+        map: ScoreMap { threshold: best.1 },
+        reward_before: before,
+        reward_after: best.0,
+        candidates: candidates.len(),
+    }
 }
 
 #[cfg(test)]

@@ -63,7 +63,9 @@ mod tests {
             grad[i] = (a * t * t * (sig(zs[i] / t) - q) / t + (1.0 - a) * (sig(zs[i]) - y[i])) / n;
         }
         let dev = Default::default();
-        let f = |v: &[f64]| Tensor::<B, 1>::from_data(TensorData::new(v.iter().map(|x| *x as f32).collect::<Vec<_>>(), [3]), &dev);
+        let f = |v: &[f64]| {
+            Tensor::<B, 1>::from_data(TensorData::new(v.iter().map(|x| *x as f32).collect::<Vec<_>>(), [3]), &dev)
+        };
         let student = f(&zs).require_grad();
         let loss = kd_loss(student.clone(), f(&zt), f(&y), a, t);
         let got = loss.clone().into_data().to_vec::<f32>().unwrap()[0] as f64;

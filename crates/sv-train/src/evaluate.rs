@@ -39,9 +39,15 @@ pub fn evaluate_checkpoint(experiment: &Path, checkpoint: &Path) -> Result<Evalu
         .checkout(meta.dataset.version)?;
     let backbone = crate::backbone::load::<InferBackend>(&meta.backbone, &device)?;
     if backbone.id != meta.backbone_id {
-        bail!("the checkpoint was trained on backbone {} but {} loads as {}", meta.backbone_id, meta.backbone.weights, backbone.id);
+        bail!(
+            "the checkpoint was trained on backbone {} but {} loads as {}",
+            meta.backbone_id,
+            meta.backbone.weights,
+            backbone.id
+        );
     }
-    let (features, _) = ensure_features(&mut store, &backbone, &meta.preprocess, meta.backbone.batch_size, false, &device)?;
+    let (features, _) =
+        ensure_features(&mut store, &backbone, &meta.preprocess, meta.backbone.batch_size, false, &device)?;
     let mut splits = BTreeMap::new();
     let mut test_by_source = BTreeMap::new();
     for split in ["val", "test"] {
@@ -130,4 +136,3 @@ pub fn compare(experiments: &[PathBuf], out: &Path) -> Result<PathBuf> {
     println!("comparison: {}", dir.display());
     Ok(dir)
 }
-

@@ -195,8 +195,8 @@ fn default_output() -> PathBuf {
 impl Experiment {
     /// Read and check an experiment file; errors name the file and the problem.
     pub fn load(path: &Path) -> Result<(Self, String)> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read experiment file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read experiment file {}", path.display()))?;
         let exp: Experiment =
             toml::from_str(&text).with_context(|| format!("experiment file {} is invalid", path.display()))?;
         exp.validate().with_context(|| format!("experiment file {} is invalid", path.display()))?;
@@ -207,13 +207,25 @@ impl Experiment {
     /// make a later stage panic.
     pub fn validate(&self) -> Result<()> {
         let unit = |field: &str, v: f64| check(field, (0.0..=1.0).contains(&v), "must be in [0, 1]");
-        check("name", !self.name.trim().is_empty() && !self.name.contains(['/', '\\']), "must be non-empty and contain no path separators")?;
+        check(
+            "name",
+            !self.name.trim().is_empty() && !self.name.contains(['/', '\\']),
+            "must be non-empty and contain no path separators",
+        )?;
         check("backbone.batch_size", self.backbone.batch_size > 0, "must be > 0")?;
         crate::backbone::parse_dtype(&self.backbone.dtype).context("backbone.dtype")?;
         let size = format!("preprocess.size {}", self.preprocess.size);
-        check(&size, self.preprocess.size > 0 && self.preprocess.size % 16 == 0, "must be a positive multiple of the patch size 16")?;
+        check(
+            &size,
+            self.preprocess.size > 0 && self.preprocess.size % 16 == 0,
+            "must be a positive multiple of the patch size 16",
+        )?;
         check(&size, self.preprocess.size <= 4096, "must be at most 4096")?;
-        check("preprocess.std", self.preprocess.std.iter().all(|v| v.is_finite() && *v > 0.0), "must be finite and > 0")?;
+        check(
+            "preprocess.std",
+            self.preprocess.std.iter().all(|v| v.is_finite() && *v > 0.0),
+            "must be finite and > 0",
+        )?;
         check("preprocess.mean", self.preprocess.mean.iter().all(|v| v.is_finite()), "must be finite")?;
         let t = &self.train;
         t.validate()?;

@@ -64,7 +64,8 @@ pub fn ensure_features<B: Backend>(
     let (column, key) = cache_column(&backbone.id, pre);
     let dim = backbone.config.feature_dim();
     let mut embed = |images: &[&[u8]]| backbone.features_of_images(images, pre, device);
-    let (features, mut report) = extract_features(store, &column, &key, dim, batch_size, COMMIT_ROWS, writable, &mut embed)?;
+    let (features, mut report) =
+        extract_features(store, &column, &key, dim, batch_size, COMMIT_ROWS, writable, &mut embed)?;
     if writable && report.computed > 0 {
         let meta = serde_json::json!({
             "key": key,
@@ -105,7 +106,8 @@ pub fn extract_features(
     let filter = exists.then(|| format!("{column} IS NULL"));
     let total = store.count(None)?;
     let missing = store.count(filter.as_deref())?;
-    let mut features = Features { column: (exists || writable).then(|| column.to_string()), in_memory: HashMap::new(), dim };
+    let mut features =
+        Features { column: (exists || writable).then(|| column.to_string()), in_memory: HashMap::new(), dim };
     let mut report = CacheReport {
         column: column.to_string(),
         key: key.to_string(),
@@ -123,7 +125,11 @@ pub fn extract_features(
     for batch in batches {
         let batch = batch?;
         let ids = batch.column(0).as_any().downcast_ref::<StringArray>().context("id is not utf8")?;
-        let images = batch.column(1).as_any().downcast_ref::<arrow_array::LargeBinaryArray>().context("image is not large binary")?;
+        let images = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<arrow_array::LargeBinaryArray>()
+            .context("image is not large binary")?;
         let refs: Vec<&[u8]> = (0..batch.num_rows()).map(|i| images.value(i)).collect();
         let feats = embed(&refs)?;
         if feats.len() != refs.len() {
@@ -147,7 +153,14 @@ pub fn extract_features(
     Ok((features, report))
 }
 
-fn flush(store: &mut Store, column: &str, dim: usize, writable: bool, pending: &mut Vec<(String, Vec<f32>)>, features: &mut Features) -> Result<()> {
+fn flush(
+    store: &mut Store,
+    column: &str,
+    dim: usize,
+    writable: bool,
+    pending: &mut Vec<(String, Vec<f32>)>,
+    features: &mut Features,
+) -> Result<()> {
     if pending.is_empty() {
         return Ok(());
     }

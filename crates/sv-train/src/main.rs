@@ -162,7 +162,23 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", std::fs::read_to_string(run.join("int8/report.md"))?);
             println!("scales: {}", r.run.join("int8/scales.json").display());
         }
-        (Some(Cmd::Export { run, out, hotkey, int8, model_name, description, exit_low, exit_high, sim_samples, force, dtype, warm_batch }), _) => {
+        (
+            Some(Cmd::Export {
+                run,
+                out,
+                hotkey,
+                int8,
+                model_name,
+                description,
+                exit_low,
+                exit_high,
+                sim_samples,
+                force,
+                dtype,
+                warm_batch,
+            }),
+            _,
+        ) => {
             let r = sv_train::export::export(&sv_train::export::ExportOptions {
                 run,
                 out,

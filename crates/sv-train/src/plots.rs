@@ -66,7 +66,9 @@ type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 fn ensure_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| {
-        ["sans-serif", "serif", "monospace"].into_iter().all(|family| register_font(family, FontStyle::Normal, FONT).is_ok())
+        ["sans-serif", "serif", "monospace"]
+            .into_iter()
+            .all(|family| register_font(family, FontStyle::Normal, FONT).is_ok())
     });
     anyhow::ensure!(ok, "the embedded plot font (assets/Go-Regular.ttf) could not be parsed");
     Ok(())
@@ -175,8 +177,12 @@ fn draw_header(root: &Area<'_>, title: &str, entries: &[(&str, RGBColor)], swatc
         for &(i, w) in row {
             let (name, color) = &entries[i];
             match swatch {
-                Swatch::Line => root.draw(&PathElement::new(vec![(x, cy), (x + SWATCH_W, cy)], color.stroke_width(3)))?,
-                Swatch::Block => root.draw(&Rectangle::new([(x + 5, cy - 6), (x + SWATCH_W - 5, cy + 6)], color.filled()))?,
+                Swatch::Line => {
+                    root.draw(&PathElement::new(vec![(x, cy), (x + SWATCH_W, cy)], color.stroke_width(3)))?
+                }
+                Swatch::Block => {
+                    root.draw(&Rectangle::new([(x + 5, cy - 6), (x + SWATCH_W - 5, cy + 6)], color.filled()))?
+                }
             }
             root.draw_text(name, &style, (x + SWATCH_W + 6, y))?;
             x += w + gap;
@@ -192,7 +198,14 @@ struct Frame {
     x_ticks: usize,
 }
 
-fn draw_line_chart(root: &Area<'_>, title: &str, x_label: &str, y_label: &str, series: &[Series], frame: &Frame) -> Result<()> {
+fn draw_line_chart(
+    root: &Area<'_>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    frame: &Frame,
+) -> Result<()> {
     root.fill(&WHITE)?;
     let entries: Vec<(&str, RGBColor)> = series.iter().map(|s| (s.name.as_str(), rgb(s.color))).collect();
     let top = draw_header(root, title, &entries, Swatch::Line)?;
@@ -361,19 +374,27 @@ fn draw_bar_chart(
 }
 
 /// Grouped bar chart: one group per label in `groups`, one bar per series in each group.
-pub fn bar_chart(path: &Path, title: &str, groups: &[String], series: &[(String, Vec<f64>)], y_range: (f64, f64)) -> Result<()> {
+pub fn bar_chart(
+    path: &Path,
+    title: &str,
+    groups: &[String],
+    series: &[(String, Vec<f64>)],
+    y_range: (f64, f64),
+) -> Result<()> {
     ensure_font()?;
     let y = axis_range(y_range.0, y_range.1, 0.0);
     let mut buf = vec![255u8; (W * H * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
-        draw_bar_chart(&root, title, groups, series, y).with_context(|| format!("cannot draw plot {}", path.display()))?;
+        draw_bar_chart(&root, title, groups, series, y)
+            .with_context(|| format!("cannot draw plot {}", path.display()))?;
     }
     save_png(path, buf)
 }
 
 fn save_png(path: &Path, buf: Vec<u8>) -> Result<()> {
-    let img = RgbImage::from_raw(W, H, buf).with_context(|| format!("plot buffer of the wrong size for {}", path.display()))?;
+    let img = RgbImage::from_raw(W, H, buf)
+        .with_context(|| format!("plot buffer of the wrong size for {}", path.display()))?;
     img.save_with_format(path, ImageFormat::Png).with_context(|| format!("cannot write plot {}", path.display()))
 }
 
@@ -416,7 +437,15 @@ mod tests {
             },
             Series {
                 name: "VAL".into(),
-                points: vec![(0.0, 0.9), (1.0, 0.7), (2.0, f64::NAN), (3.0, 0.5), (4.0, 0.45), (5.0, f64::INFINITY), (6.0, 0.4)],
+                points: vec![
+                    (0.0, 0.9),
+                    (1.0, 0.7),
+                    (2.0, f64::NAN),
+                    (3.0, 0.5),
+                    (4.0, 0.45),
+                    (5.0, f64::INFINITY),
+                    (6.0, 0.4),
+                ],
                 color: PALETTE[1],
             },
         ];
@@ -457,8 +486,11 @@ mod tests {
     fn bar_chart_has_bars_labels_and_legend() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("comparison.png");
-        let groups =
-            vec!["baseline".to_string(), "hardneg".into(), "a-rather-long-experiment-name-that-cannot-fit-its-group".into()];
+        let groups = vec![
+            "baseline".to_string(),
+            "hardneg".into(),
+            "a-rather-long-experiment-name-that-cannot-fit-its-group".into(),
+        ];
         let series = vec![
             ("ACCURACY".to_string(), vec![0.9, 0.92, 0.5]),
             ("MCC".to_string(), vec![0.8, f64::NAN, -0.2]),

@@ -51,7 +51,12 @@ pub fn prepare_store(exp: &Experiment) -> Result<(Store, bool)> {
     let mut store = if Store::exists(path) {
         Store::open(path)?
     } else if let Some(gen_cfg) = &exp.data.generate {
-        println!("store {} not found: generating {} procedural images (seed {})", path.display(), gen_cfg.count, gen_cfg.seed);
+        println!(
+            "store {} not found: generating {} procedural images (seed {})",
+            path.display(),
+            gen_cfg.count,
+            gen_cfg.seed
+        );
         let mut s = Store::create(path)?;
         s.append_stream(sv_data::generate::samples(gen_cfg))?;
         s
@@ -201,7 +206,10 @@ fn train_with_techniques<H: burn::tensor::backend::AutodiffBackend>(
     let mut origin: Vec<usize> = (0..n_base).collect();
     origin.extend(extra_origin);
     if !extra.is_empty() {
-        info.insert("augment".into(), serde_json::json!({ "strategy": exp.augment.strategy, "extra_rows": extra.len() }));
+        info.insert(
+            "augment".into(),
+            serde_json::json!({ "strategy": exp.augment.strategy, "extra_rows": extra.len() }),
+        );
     }
     let train = concat(train, extra);
     let mut tcfg = exp.train_config();
@@ -211,8 +219,20 @@ fn train_with_techniques<H: burn::tensor::backend::AutodiffBackend>(
 
     let teacher: Option<Vec<f32>> = match &exp.distill {
         Some(d) => {
-            let (p, source) = teacher_probs::<H>(&d.teacher, store, writable, &exp.preprocess, &base_ids, exp.seed, device, head_device)?;
-            info.insert("distill".into(), serde_json::json!({ "teacher": source, "alpha": d.alpha, "temperature": d.temperature }));
+            let (p, source) = teacher_probs::<H>(
+                &d.teacher,
+                store,
+                writable,
+                &exp.preprocess,
+                &base_ids,
+                exp.seed,
+                device,
+                head_device,
+            )?;
+            info.insert(
+                "distill".into(),
+                serde_json::json!({ "teacher": source, "alpha": d.alpha, "temperature": d.temperature }),
+            );
             Some(origin.iter().map(|&i| p[i]).collect())
         }
         None => None,
@@ -302,8 +322,10 @@ fn train_with_techniques<H: burn::tensor::backend::AutodiffBackend>(
             }
             let mcfg = hn.mining(exp.seed + round as u64);
             let mined = sv_data::mining::mine(&preds, &mcfg);
-            let counts: BTreeMap<String, usize> =
-                mined.iter().map(|(k, v)| (serde_json::to_value(k).unwrap().as_str().unwrap().to_string(), v.len())).collect();
+            let counts: BTreeMap<String, usize> = mined
+                .iter()
+                .map(|(k, v)| (serde_json::to_value(k).unwrap().as_str().unwrap().to_string(), v.len()))
+                .collect();
             let hard: Vec<usize> = mined.values().flatten().map(|&i| row_of[i]).collect();
             let view = sv_data::mining::balanced_view(train.len(), &hard, &mcfg);
             let view_plan = |_e: usize| view.clone();
@@ -387,13 +409,28 @@ pub fn run_loaded(exp: Experiment, text: &str) -> Result<RunSummary> {
     let (outcome, techniques) = match exp.train.device {
         HeadPlace::Cpu => {
             let (o, t) = train_with_techniques::<TrainBackend>(
-                &exp, &mut store, writable, &backbone, train, &val, &head_cfg, &device, &HeadDevice::default(),
+                &exp,
+                &mut store,
+                writable,
+                &backbone,
+                train,
+                &val,
+                &head_cfg,
+                &device,
+                &HeadDevice::default(),
             )?;
-            (TrainOutcome { head: o.head.to_backend::<InferBackend>(&head_cfg, &device)?, best_epoch: o.best_epoch, history: o.history }, t)
+            (
+                TrainOutcome {
+                    head: o.head.to_backend::<InferBackend>(&head_cfg, &device)?,
+                    best_epoch: o.best_epoch,
+                    history: o.history,
+                },
+                t,
+            )
         }
-        HeadPlace::Backbone => {
-            train_with_techniques::<BackboneTrainBackend>(&exp, &mut store, writable, &backbone, train, &val, &head_cfg, &device, &device)?
-        }
+        HeadPlace::Backbone => train_with_techniques::<BackboneTrainBackend>(
+            &exp, &mut store, writable, &backbone, train, &val, &head_cfg, &device, &device,
+        )?,
     };
     seconds.insert("train".into(), t.elapsed().as_secs_f64());
 
@@ -407,7 +444,15 @@ pub fn run_loaded(exp: Experiment, text: &str) -> Result<RunSummary> {
     let simulator = if exp.simulator.enabled {
         let t = Instant::now();
         let samples = crate::simulator::load_sample(&store, "test", &exp.simulator)?;
-        let r = simulate(&backbone, &outcome.head, &exp.preprocess, &samples, exp.backbone.batch_size, &exp.simulator, &device)?;
+        let r = simulate(
+            &backbone,
+            &outcome.head,
+            &exp.preprocess,
+            &samples,
+            exp.backbone.batch_size,
+            &exp.simulator,
+            &device,
+        )?;
         seconds.insert("simulator".into(), t.elapsed().as_secs_f64());
         Some(r)
     } else {
@@ -471,7 +516,16 @@ mod tests {
     use super::*;
 
     fn rec(epoch: usize, mcc: f64, loss: f64) -> EpochRecord {
-        EpochRecord { epoch, lr: 0.0, train_samples: 0, train_loss: 0.0, val_loss: loss, val_accuracy: 0.0, val_mcc: mcc, val_auc: None }
+        EpochRecord {
+            epoch,
+            lr: 0.0,
+            train_samples: 0,
+            train_loss: 0.0,
+            val_loss: loss,
+            val_accuracy: 0.0,
+            val_mcc: mcc,
+            val_auc: None,
+        }
     }
 
     #[test]

@@ -53,7 +53,16 @@ pub struct SimulatorConfig {
 
 impl Default for SimulatorConfig {
     fn default() -> Self {
-        Self { enabled: true, challenges: 1000, windows: 2000, window: 100, recent: 10, alpha: 0.05, max_samples: 200, seed: 0 }
+        Self {
+            enabled: true,
+            challenges: 1000,
+            windows: 2000,
+            window: 100,
+            recent: 10,
+            alpha: 0.05,
+            max_samples: 200,
+            seed: 0,
+        }
     }
 }
 
@@ -97,7 +106,13 @@ pub fn sample_rewards(preds: &[f32], labels: &[bool], cfg: &SimulatorConfig) -> 
         p.clear();
         y.clear();
         for _ in 0..cfg.window {
-            let label = if pos.is_empty() { false } else if neg.is_empty() { true } else { rng.random_bool(0.5) };
+            let label = if pos.is_empty() {
+                false
+            } else if neg.is_empty() {
+                true
+            } else {
+                rng.random_bool(0.5)
+            };
             let pool = if label { &pos } else { &neg };
             if pool.is_empty() {
                 break;
@@ -191,7 +206,10 @@ pub fn challenge_stream(
     // The draws stay sequential (one RNG stream, so results do not depend on the thread count);
     // decoding and making the challenge JPEGs, the costly part, run in parallel per batch.
     let mut pending: Vec<(Scored, ChallengeParams)> = Vec::with_capacity(batch);
-    let flush = |pending: &mut Vec<(Scored, ChallengeParams)>, out: &mut Vec<Scored>, score: &mut dyn FnMut(&[&[u8]]) -> Result<Vec<f32>>| -> Result<()> {
+    let flush = |pending: &mut Vec<(Scored, ChallengeParams)>,
+                 out: &mut Vec<Scored>,
+                 score: &mut dyn FnMut(&[&[u8]]) -> Result<Vec<f32>>|
+     -> Result<()> {
         use rayon::prelude::*;
         let jpegs: Vec<Vec<u8>> = pending
             .par_iter()
@@ -202,7 +220,12 @@ pub fn challenge_stream(
             .collect::<Result<_>>()?;
         let refs: Vec<&[u8]> = jpegs.iter().map(Vec::as_slice).collect();
         let probs = score(&refs)?;
-        anyhow::ensure!(probs.len() == pending.len(), "scorer returned {} scores for {} challenges", probs.len(), pending.len());
+        anyhow::ensure!(
+            probs.len() == pending.len(),
+            "scorer returned {} scores for {} challenges",
+            probs.len(),
+            pending.len()
+        );
         for ((mut s, _), p) in pending.drain(..).zip(probs) {
             s.prob = p;
             out.push(s);
@@ -210,7 +233,13 @@ pub fn challenge_stream(
         Ok(())
     };
     for _ in 0..cfg.challenges {
-        let label = if pos.is_empty() { false } else if neg.is_empty() { true } else { rng.random_bool(0.5) };
+        let label = if pos.is_empty() {
+            false
+        } else if neg.is_empty() {
+            true
+        } else {
+            rng.random_bool(0.5)
+        };
         let pool = if label { &pos } else { &neg };
         let i = pool[rng.random_range(0..pool.len())];
         let level = rng.random_range(0..=3u8);
@@ -261,7 +290,8 @@ pub fn pick_samples(samples: &[Sample], cfg: &SimulatorConfig) -> Vec<usize> {
 pub fn load_sample(store: &sv_data::Store, split: &str, cfg: &SimulatorConfig) -> Result<Vec<Sample>> {
     let metas = store.metas(Some(&format!("split = {}", sv_data::store::sql_str(split))))?;
     let keys: Vec<(Label, String)> = metas.iter().map(|m| (m.label, m.source.to_string())).collect();
-    let ids: Vec<String> = stratified_subset(&keys, cfg.max_samples, cfg.seed).into_iter().map(|i| metas[i].id.clone()).collect();
+    let ids: Vec<String> =
+        stratified_subset(&keys, cfg.max_samples, cfg.seed).into_iter().map(|i| metas[i].id.clone()).collect();
     store.get(&ids)
 }
 
@@ -431,7 +461,8 @@ mod tests {
     #[test]
     fn the_sample_is_stratified_not_the_first_rows() {
         // Storage order: 300 negatives first, then 100 positives of another source.
-        let keys: Vec<(bool, &str)> = (0..400).map(|i| if i < 300 { (false, "real") } else { (true, "procedural") }).collect();
+        let keys: Vec<(bool, &str)> =
+            (0..400).map(|i| if i < 300 { (false, "real") } else { (true, "procedural") }).collect();
         let pick = stratified_subset(&keys, 40, 3);
         assert_eq!(pick.len(), 40);
         let pos = pick.iter().filter(|&&i| keys[i].0).count();
@@ -447,7 +478,8 @@ mod tests {
     /// (`sv-data/tests/fixtures/validator/make_reward_fixture.py`).
     #[test]
     fn step_rewards_and_ema_match_the_validators_code() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sv-data/tests/fixtures/validator/reward_stream.json");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../sv-data/tests/fixtures/validator/reward_stream.json");
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         let preds: Vec<f32> = v["preds"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
         let labels: Vec<bool> = v["labels"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() == 1).collect();

@@ -15,8 +15,8 @@ use sv_data::{PreprocessConfig, Store};
 
 use crate::backbone::Backbone;
 use crate::experiment::{AugmentSection, TeacherSpec};
-use crate::head::HeadConfig;
 use crate::features::{ensure_features, feature_set};
+use crate::head::HeadConfig;
 use crate::head::HeadKind;
 use crate::train::{FeatureSet, TrainConfig, predict, train_head};
 use crate::{Device, InferBackend};
@@ -143,11 +143,7 @@ pub fn teacher_probs<H: AutodiffBackend>(
     head_device: &H::Device,
 ) -> Result<(Vec<f32>, String)> {
     let (probs, source): (HashMap<String, f32>, String) = if let Some(col) = &spec.column {
-        let m = store
-            .read_f32_column(col, None)?
-            .into_iter()
-            .filter_map(|(id, v)| v.map(|v| (id, v)))
-            .collect();
+        let m = store.read_f32_column(col, None)?.into_iter().filter_map(|(id, v)| v.map(|v| (id, v))).collect();
         (m, format!("column {col}"))
     } else if let Some(file) = &spec.file {
         let m = read_id_probs(file)?;
@@ -239,7 +235,13 @@ pub fn difficulties(store: &mut Store, ids: &[String], probs: &[f32], writable: 
         let scores: Vec<f64> = samples
             .par_iter()
             .zip(pchunk)
-            .map(|(s, p)| Ok(sv_data::difficulty::difficulty(&decode_rgb(&s.image).with_context(|| format!("sample {}", s.id))?, *p).score))
+            .map(|(s, p)| {
+                Ok(sv_data::difficulty::difficulty(
+                    &decode_rgb(&s.image).with_context(|| format!("sample {}", s.id))?,
+                    *p,
+                )
+                .score)
+            })
             .collect::<Result<_>>()?;
         out.extend(scores);
         pb.inc(chunk.len() as u64);
@@ -262,13 +264,15 @@ mod tests {
         // 300 rows: two chunks of reads, each scored in parallel.
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::create(dir.path()).unwrap();
-        let cfg = sv_data::generate::GenerateConfig { count: 300, seed: 6, width: 64, height: 48, ..Default::default() };
+        let cfg =
+            sv_data::generate::GenerateConfig { count: 300, seed: 6, width: 64, height: 48, ..Default::default() };
         store.append_stream(sv_data::generate::samples(&cfg)).unwrap();
         let mut ids: Vec<String> = store.metas(None).unwrap().into_iter().map(|m| m.id).collect();
         ids.reverse(); // not the store's order
         let probs: Vec<f32> = (0..ids.len()).map(|i| (i % 11) as f32 / 10.0).collect();
         let got = difficulties(&mut store, &ids, &probs, true).unwrap();
-        let stored: HashMap<String, Option<f32>> = store.read_f32_column(DIFFICULTY_COLUMN, None).unwrap().into_iter().collect();
+        let stored: HashMap<String, Option<f32>> =
+            store.read_f32_column(DIFFICULTY_COLUMN, None).unwrap().into_iter().collect();
         for (((id, p), d), s) in ids.iter().zip(&probs).zip(&got).zip(store.get(&ids).unwrap()) {
             let img = decode_rgb(&s.image).unwrap();
             let expect = sv_data::difficulty::difficulty(&img, *p).score;
@@ -290,7 +294,15 @@ mod tests {
             s.y.push(rng.random_bool(0.5) as u8 as f32);
         }
         let head = HeadConfig::new(d).with_kind(HeadKind::Mlp).with_hidden(256).with_dropout(0.0);
-        let cfg = TrainConfig { epochs: 150, batch_size: 32, lr: 1e-2, warmup_epochs: 0, patience: 0, weight_decay: 0.0, ..Default::default() };
+        let cfg = TrainConfig {
+            epochs: 150,
+            batch_size: 32,
+            lr: 1e-2,
+            warmup_epochs: 0,
+            patience: 0,
+            weight_decay: 0.0,
+            ..Default::default()
+        };
         let dev = crate::HeadDevice::default();
         let acc = |p: &[f32]| p.iter().zip(&s.y).filter(|(p, y)| (**p > 0.5) == (**y > 0.5)).count() as f64 / n as f64;
         let in_sample = train_head::<crate::TrainBackend>(&cfg, &head, &s, &s, None, None, &dev).unwrap();

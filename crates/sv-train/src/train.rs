@@ -10,8 +10,8 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
-use sv_model::head::{Head, HeadConfig};
 use crate::metrics::Metrics;
+use sv_model::head::{Head, HeadConfig};
 
 /// Features and labels of one split, row-major `n × d`.
 #[derive(Debug, Clone, Default)]
@@ -108,7 +108,11 @@ impl TrainConfig {
         check("train.batch_size", self.batch_size > 0, "must be > 0")?;
         check("train.lr", self.lr.is_finite() && self.lr > 0.0, "must be finite and > 0")?;
         check("train.min_lr_ratio", (0.0..=1.0).contains(&self.min_lr_ratio), "must be in [0, 1]")?;
-        check("train.weight_decay", self.weight_decay.is_finite() && self.weight_decay >= 0.0, "must be finite and ≥ 0")?;
+        check(
+            "train.weight_decay",
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "must be finite and ≥ 0",
+        )?;
         check("train.warmup_epochs", self.warmup_epochs < self.epochs, "must be less than train.epochs")
     }
 
@@ -279,8 +283,8 @@ pub fn bce_with_logits<B: Backend>(logits: Tensor<B, 1>, targets: Tensor<B, 1>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sv_model::head::HeadKind;
     use crate::{Device, HeadDevice, InferBackend, TrainBackend};
+    use sv_model::head::HeadKind;
 
     fn set(n: usize, seed: u64) -> FeatureSet {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -302,9 +306,12 @@ mod tests {
         // epoch 0, so only patience decides when training stops.
         let (train, val) = (set(40, 1), set(20, 2));
         let head = HeadConfig::new(4).with_kind(HeadKind::Linear);
-        let base = TrainConfig { epochs: 12, batch_size: 16, lr: 1e-12, warmup_epochs: 0, patience: 2, ..Default::default() };
+        let base =
+            TrainConfig { epochs: 12, batch_size: 16, lr: 1e-12, warmup_epochs: 0, patience: 2, ..Default::default() };
         let dev = HeadDevice::default();
-        let run = |cfg: &TrainConfig| train_head::<TrainBackend>(cfg, &head, &train, &val, None, None, &dev).unwrap().history.len();
+        let run = |cfg: &TrainConfig| {
+            train_head::<TrainBackend>(cfg, &head, &train, &val, None, None, &dev).unwrap().history.len()
+        };
         assert_eq!(run(&base), 3, "patience counts from epoch 0 without a curriculum");
         let curriculum = TrainConfig { patience_from: 6, ..base.clone() };
         assert_eq!(run(&curriculum), 8, "patience counts from the epoch the full set is in use");

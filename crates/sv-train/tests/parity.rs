@@ -52,15 +52,29 @@ fn check(kind: &str) {
     let io = SafeTensors::deserialize(&io_bytes).unwrap();
     for case in ["square", "nonsquare"] {
         let (shape, pixels) = read_tensor(&io, &format!("{kind}.{case}.pixel_values"));
-        let x = Tensor::<B, 4>::from_data(TensorData::new(pixels.clone(), [shape[0], shape[1], shape[2], shape[3]]), &device);
+        let x = Tensor::<B, 4>::from_data(
+            TensorData::new(pixels.clone(), [shape[0], shape[1], shape[2], shape[3]]),
+            &device,
+        );
         let out = model.forward(x);
         // The CPU forward (what CPU builds run) on the same pixels.
         let fast = cpu.forward(&pixels, shape[0], shape[2], shape[3]).unwrap();
         let d = cfg.hidden_size;
-        let fast_cls: Vec<f32> = fast.last_hidden_state.chunks_exact(fast.tokens * d).flat_map(|img| img[..d].to_vec()).collect();
+        let fast_cls: Vec<f32> =
+            fast.last_hidden_state.chunks_exact(fast.tokens * d).flat_map(|img| img[..d].to_vec()).collect();
         for (name, path, shape, ours) in [
-            ("last_hidden_state", "burn", out.last_hidden_state.dims().to_vec(), out.last_hidden_state.into_data().to_vec::<f32>().unwrap()),
-            ("pooler_output", "burn", out.pooler_output.dims().to_vec(), out.pooler_output.into_data().to_vec::<f32>().unwrap()),
+            (
+                "last_hidden_state",
+                "burn",
+                out.last_hidden_state.dims().to_vec(),
+                out.last_hidden_state.into_data().to_vec::<f32>().unwrap(),
+            ),
+            (
+                "pooler_output",
+                "burn",
+                out.pooler_output.dims().to_vec(),
+                out.pooler_output.into_data().to_vec::<f32>().unwrap(),
+            ),
             ("last_hidden_state", "cpu", vec![shape[0], fast.tokens, d], fast.last_hidden_state.clone()),
             ("pooler_output", "cpu", vec![shape[0], d], fast_cls),
         ] {
@@ -147,7 +161,9 @@ fn libtorch_forward_matches_transformers() {
             }
             if dtype == DType::F32 && settings.attention == TchAttention::Flash {
                 // FlashAttention has no f32 kernel: the forward refuses it by name.
-                let err = TchDinov3::new(&cfg, &model, device, dtype, &settings).err().expect("flash attention refused in f32");
+                let err = TchDinov3::new(&cfg, &model, device, dtype, &settings)
+                    .err()
+                    .expect("flash attention refused in f32");
                 assert!(err.to_string().contains("SV_TCH_ATTN=flash"), "{err:#}");
                 continue;
             }
@@ -167,7 +183,9 @@ fn libtorch_forward_matches_transformers() {
                 let ref_features: Vec<f32> = reference
                     .chunks_exact(tokens * d)
                     .flat_map(|img| {
-                        let mean = (0..d).map(|j| img[prefix * d..].chunks_exact(d).map(|r| r[j]).sum::<f32>() / (tokens - prefix) as f32);
+                        let mean = (0..d).map(|j| {
+                            img[prefix * d..].chunks_exact(d).map(|r| r[j]).sum::<f32>() / (tokens - prefix) as f32
+                        });
                         img[..d].iter().copied().chain(mean).collect::<Vec<_>>()
                     })
                     .collect();
@@ -177,7 +195,10 @@ fn libtorch_forward_matches_transformers() {
                 ] {
                     let (rel, max) = rel_err(&ours, theirs);
                     println!("{kind}/{case}/{name} (LibTorch {dtype:?}): relative error {rel:.2e}, max abs {max:.2e}");
-                    assert!(rel < tol, "{kind}/{case}/{name} (LibTorch {dtype:?}): relative error {rel:.3e} (max abs {max:.3e})");
+                    assert!(
+                        rel < tol,
+                        "{kind}/{case}/{name} (LibTorch {dtype:?}): relative error {rel:.3e} (max abs {max:.3e})"
+                    );
                 }
             }
         }

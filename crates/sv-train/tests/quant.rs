@@ -23,7 +23,8 @@ fn counts(hist_field: &serde_json::Value) -> Vec<f64> {
 #[test]
 fn calibrators_match_modelopt() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/calib");
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let dists = r["distributions"].as_object().unwrap();
     assert!(dists.len() >= 3);
     let mut exact = 0;

@@ -16,7 +16,9 @@ fn neighbours_calibration_set_and_uniqueness() {
     let img = image::load_from_memory(&samples[0].image).unwrap().to_rgb8();
     let copy = sv_data::generate::encode_jpeg(&img, 70).unwrap();
     assert_ne!(copy, samples[0].image);
-    let copy = Sample::from_encoded(copy, samples[0].label, Source::Real, SceneMeta::default(), Some("re-encoded".into())).unwrap();
+    let copy =
+        Sample::from_encoded(copy, samples[0].label, Source::Real, SceneMeta::default(), Some("re-encoded".into()))
+            .unwrap();
     let copy_id = copy.id.clone();
     samples.push(copy);
     for (i, s) in samples.iter_mut().enumerate().skip(1).take(6) {

@@ -56,14 +56,16 @@ fn techniques_run_and_compare() {
     let edited = text.replace("patience = 0\n", "patience = 0\ndevice = \"backbone\"\n");
     assert_ne!(edited, text, "the [train] table of the template changed");
     std::fs::write(&on_backbone, edited).unwrap();
-    let out = sv_train::evaluate::compare(&[base.clone(), cur, hn, aug, on_backbone], &dir.path().join("runs")).unwrap();
+    let out =
+        sv_train::evaluate::compare(&[base.clone(), cur, hn, aug, on_backbone], &dir.path().join("runs")).unwrap();
     for f in ["comparison.md", "comparison.json", "comparison.png"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     let rows: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(out.join("comparison.json")).unwrap()).unwrap();
     assert_eq!(rows.len(), 5);
-    let resolved = std::fs::read_to_string(Path::new(rows[4]["run_dir"].as_str().unwrap()).join("resolved.json")).unwrap();
+    let resolved =
+        std::fs::read_to_string(Path::new(rows[4]["run_dir"].as_str().unwrap()).join("resolved.json")).unwrap();
     assert!(resolved.contains(r#""device": "backbone""#), "base-bb trains its head on the backbone's backend");
     if sv_train::backend_name() == "ndarray" {
         // One backend for both: the same seed trains the same head, moved intact to the CPU.
@@ -71,7 +73,11 @@ fn techniques_run_and_compare() {
         // and the probabilities' calibration error to 1e-6.
         for k in ["val", "test"] {
             let (a, b) = (&rows[4][k], &rows[0][k]);
-            assert_eq!((&a["confusion"], &a["mcc"]), (&b["confusion"], &b["mcc"]), "{k} of the head trained on the backbone's backend");
+            assert_eq!(
+                (&a["confusion"], &a["mcc"]),
+                (&b["confusion"], &b["mcc"]),
+                "{k} of the head trained on the backbone's backend"
+            );
             assert!((a["ece"].as_f64().unwrap() - b["ece"].as_f64().unwrap()).abs() < 1e-6, "{k}: {a} vs {b}");
         }
     }
@@ -86,7 +92,12 @@ fn techniques_run_and_compare() {
     assert!((0.0..=1.0).contains(&r));
     // Curriculum wrote difficulty scores for the train rows, in [0, 1].
     let store = sv_data::Store::open(dir.path().join("store")).unwrap();
-    let diff: Vec<f32> = store.read_f32_column("difficulty", Some("split = 'train'")).unwrap().into_iter().map(|(_, v)| v.unwrap()).collect();
+    let diff: Vec<f32> = store
+        .read_f32_column("difficulty", Some("split = 'train'"))
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| v.unwrap())
+        .collect();
     assert_eq!(diff.len(), rows[1]["dataset"]["train"].as_u64().unwrap() as usize);
     assert!(diff.iter().all(|d| (0.0..=1.0).contains(d)));
     // Two mining rounds ran, on views with extra (oversampled) rows.
@@ -103,7 +114,10 @@ fn techniques_run_and_compare() {
         .into_iter()
         .map(|m| (m.id, if m.label == sv_data::Label::Roadwork { 0.8 } else { 0.2 }))
         .collect();
-    let csv: String = std::iter::once("id,prob".to_string()).chain(ids.iter().map(|(i, p)| format!("{i},{p}"))).collect::<Vec<_>>().join("\n");
+    let csv: String = std::iter::once("id,prob".to_string())
+        .chain(ids.iter().map(|(i, p)| format!("{i},{p}")))
+        .collect::<Vec<_>>()
+        .join("\n");
     std::fs::write(dir.path().join("teacher.csv"), csv).unwrap();
     let kd = write(
         dir.path(),

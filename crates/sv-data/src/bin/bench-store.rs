@@ -11,8 +11,8 @@ use std::time::Instant;
 use arrow_array::{ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray, StructArray};
 use arrow_schema::{DataType, Field, Fields, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rand::seq::SliceRandom;
 use sv_data::generate::{self, GenerateConfig};
 use sv_data::ingest::{self, IngestOptions, ParquetOptions};
 use sv_data::{Sample, Store};
@@ -38,7 +38,8 @@ impl Drop for TempDir {
 }
 
 fn write_parquet(path: &std::path::Path, samples: &[Sample]) {
-    let fields = Fields::from(vec![Field::new("bytes", DataType::Binary, true), Field::new("path", DataType::Utf8, true)]);
+    let fields =
+        Fields::from(vec![Field::new("bytes", DataType::Binary, true), Field::new("path", DataType::Utf8, true)]);
     let bytes = BinaryArray::from_iter_values(samples.iter().map(|s| s.image.as_slice()));
     let paths = StringArray::from_iter_values(samples.iter().map(|s| s.id.clone()));
     let image = StructArray::new(fields.clone(), vec![Arc::new(bytes) as ArrayRef, Arc::new(paths)], None);
@@ -99,7 +100,8 @@ fn main() {
     let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
     let t = Instant::now();
     for _ in 0..reps {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&pq).unwrap()).unwrap().build().unwrap();
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&pq).unwrap()).unwrap().build().unwrap();
         let mut found = 0;
         for b in reader {
             let b = b.unwrap();

@@ -6,8 +6,7 @@
 
 use image::{Rgb, RgbImage};
 use imageproc::drawing::{
-    draw_filled_circle_mut, draw_filled_ellipse_mut, draw_filled_rect_mut, draw_line_segment_mut,
-    draw_polygon_mut,
+    draw_filled_circle_mut, draw_filled_ellipse_mut, draw_filled_rect_mut, draw_line_segment_mut, draw_polygon_mut,
 };
 use imageproc::point::Point;
 use imageproc::rect::Rect;
@@ -75,7 +74,14 @@ pub fn lerp(a: Rgb<u8>, b: Rgb<u8>, t: f32) -> Rgb<u8> {
 }
 
 /// Sky gradient, ground, road surface, edges and lane dashes.
-pub fn street(img: &mut RgbImage, v: &View, sky: (Rgb<u8>, Rgb<u8>), ground: Rgb<u8>, road: Rgb<u8>, yellow_center: bool) {
+pub fn street(
+    img: &mut RgbImage,
+    v: &View,
+    sky: (Rgb<u8>, Rgb<u8>),
+    ground: Rgb<u8>,
+    road: Rgb<u8>,
+    yellow_center: bool,
+) {
     let (w, h) = img.dimensions();
     let hz = v.horizon as u32;
     for y in 0..h {
@@ -86,12 +92,7 @@ pub fn street(img: &mut RgbImage, v: &View, sky: (Rgb<u8>, Rgb<u8>), ground: Rgb
     }
     poly(
         img,
-        &[
-            (v.x(0.0, -1.0), v.horizon),
-            (v.x(0.0, 1.0), v.horizon),
-            (v.x(1.0, 1.0), v.h),
-            (v.x(1.0, -1.0), v.h),
-        ],
+        &[(v.x(0.0, -1.0), v.horizon), (v.x(0.0, 1.0), v.horizon), (v.x(1.0, 1.0), v.h), (v.x(1.0, -1.0), v.h)],
         road,
     );
     // Edge lines.
@@ -106,7 +107,12 @@ pub fn street(img: &mut RgbImage, v: &View, sky: (Rgb<u8>, Rgb<u8>), ground: Rgb
         let (w0, w1) = (0.02 * v.half_width(t), 0.02 * v.half_width(t2));
         poly(
             img,
-            &[(v.x(t, 0.0) - w0, v.y(t)), (v.x(t, 0.0) + w0, v.y(t)), (v.x(t2, 0.0) + w1, v.y(t2)), (v.x(t2, 0.0) - w1, v.y(t2))],
+            &[
+                (v.x(t, 0.0) - w0, v.y(t)),
+                (v.x(t, 0.0) + w0, v.y(t)),
+                (v.x(t2, 0.0) + w1, v.y(t2)),
+                (v.x(t2, 0.0) - w1, v.y(t2)),
+            ],
             line,
         );
         t = t2 + 0.05 * (0.3 + t);
@@ -155,7 +161,12 @@ pub fn car(img: &mut RgbImage, v: &View, t: f32, u: f32, body: Rgb<u8>, headligh
     rect(img, x - w / 2.0, y - h, w, h * 0.7, body);
     poly(
         img,
-        &[(x - w * 0.32, y - h * 0.7), (x + w * 0.32, y - h * 0.7), (x + w * 0.22, y - h * 1.15), (x - w * 0.22, y - h * 1.15)],
+        &[
+            (x - w * 0.32, y - h * 0.7),
+            (x + w * 0.32, y - h * 0.7),
+            (x + w * 0.22, y - h * 1.15),
+            (x - w * 0.22, y - h * 1.15),
+        ],
         lerp(body, BLACK, 0.25),
     );
     rect(img, x - w * 0.25, y - h * 1.08, w * 0.5, h * 0.32, Rgb([70, 90, 110]));
@@ -173,7 +184,11 @@ pub fn cone(img: &mut RgbImage, v: &View, t: f32, u: f32) {
     let (x, y) = (v.x(t, u), v.y(t));
     let h = 22.0 * s;
     rect(img, x - 7.0 * s, y - 2.0 * s, 14.0 * s, 2.5 * s, BLACK);
-    poly(img, &[(x - 5.5 * s, y - 2.0 * s), (x + 5.5 * s, y - 2.0 * s), (x + 1.0 * s, y - h), (x - 1.0 * s, y - h)], SAFETY_ORANGE);
+    poly(
+        img,
+        &[(x - 5.5 * s, y - 2.0 * s), (x + 5.5 * s, y - 2.0 * s), (x + 1.0 * s, y - h), (x - 1.0 * s, y - h)],
+        SAFETY_ORANGE,
+    );
     for (a, b) in [(0.35f32, 0.47f32), (0.6, 0.7)] {
         let (w0, w1) = (5.5 * s * (1.0 - a) + s * a, 5.5 * s * (1.0 - b) + s * b);
         poly(img, &[(x - w0, y - h * a), (x + w0, y - h * a), (x + w1, y - h * b), (x - w1, y - h * b)], WHITE);
@@ -266,7 +281,13 @@ pub fn worker(img: &mut RgbImage, v: &View, t: f32, u: f32, vest: Rgb<u8>) {
     rect(img, x - 5.5 * s, y - 32.0 * s, 11.0 * s, 17.0 * s, vest);
     rect(img, x - 5.5 * s, y - 25.0 * s, 11.0 * s, 2.0 * s, Rgb([220, 220, 220]));
     draw_filled_circle_mut(img, (x as i32, (y - 36.0 * s) as i32), (3.5 * s).max(1.0) as i32, Rgb([200, 160, 130]));
-    draw_filled_ellipse_mut(img, (x as i32, (y - 39.0 * s) as i32), (4.5 * s).max(1.0) as i32, (2.0 * s).max(1.0) as i32, Rgb([250, 250, 250]));
+    draw_filled_ellipse_mut(
+        img,
+        (x as i32, (y - 39.0 * s) as i32),
+        (4.5 * s).max(1.0) as i32,
+        (2.0 * s).max(1.0) as i32,
+        Rgb([250, 250, 250]),
+    );
 }
 
 /// An orange street bin (a hard-negative orange object).

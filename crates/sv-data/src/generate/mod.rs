@@ -88,10 +88,8 @@ pub fn scene(cfg: &GenerateConfig, index: u64) -> Scene {
     let positive = rng.random_bool(cfg.positive_fraction);
     let hard = !positive && rng.random_bool(cfg.hard_negative_fraction);
     let weather = *WEATHERS.choose(&mut rng).expect("non-empty");
-    let time: &str = [("day", 0.6), ("dusk", 0.2), ("night", 0.2)]
-        .choose_weighted(&mut rng, |x| x.1)
-        .expect("weights")
-        .0;
+    let time: &str =
+        [("day", 0.6), ("dusk", 0.2), ("night", 0.2)].choose_weighted(&mut rng, |x| x.1).expect("weights").0;
     let motion_blur = rng.random_bool(0.15);
 
     let horizon = h * rng.random_range(0.36..0.48);
@@ -113,13 +111,8 @@ pub fn scene(cfg: &GenerateConfig, index: u64) -> Scene {
     let road = *[Rgb([75, 75, 80]), Rgb([95, 95, 98]), Rgb([60, 62, 66])].choose(&mut rng).unwrap();
     let mut img = RgbImage::new(cfg.width, cfg.height);
     draw::street(&mut img, &v, sky, ground, road, rng.random_bool(0.4));
-    let palette = [
-        Rgb([150, 140, 130]),
-        Rgb([120, 90, 80]),
-        Rgb([200, 190, 170]),
-        Rgb([110, 120, 135]),
-        Rgb([170, 165, 160]),
-    ];
+    let palette =
+        [Rgb([150, 140, 130]), Rgb([120, 90, 80]), Rgb([200, 190, 170]), Rgb([110, 120, 135]), Rgb([170, 165, 160])];
     draw::buildings(&mut img, &v, &mut rng, &palette, false);
 
     // Objects: (depth, draw order key) so that far things are drawn first.
@@ -129,7 +122,8 @@ pub fn scene(cfg: &GenerateConfig, index: u64) -> Scene {
         let side = if rng.random_bool(0.5) { -1.0 } else { 1.0 };
         objects.push((rng.random_range(0.15..0.9), Obj::Tree(side * rng.random_range(1.3..1.8), Rgb([50, 110, 45]))));
     }
-    let car_colors = [Rgb([30, 60, 140]), Rgb([180, 30, 30]), Rgb([220, 220, 220]), Rgb([40, 40, 40]), Rgb([120, 120, 125])];
+    let car_colors =
+        [Rgb([30, 60, 140]), Rgb([180, 30, 30]), Rgb([220, 220, 220]), Rgb([40, 40, 40]), Rgb([120, 120, 125])];
     for _ in 0..rng.random_range(0..3) {
         let u = *[-0.5f32, 0.5].choose(&mut rng).unwrap();
         objects.push((rng.random_range(0.1..0.7), Obj::Car(u, *car_colors.choose(&mut rng).unwrap())));
@@ -168,18 +162,23 @@ pub fn scene(cfg: &GenerateConfig, index: u64) -> Scene {
                 "sign" => {
                     let text: &'static [&'static str] =
                         if rng.random_bool(0.7) { &["ROAD", "WORK"] } else { &["DETOUR"] };
-                    objects.push((rng.random_range(0.45..0.85), Obj::Diamond(side * rng.random_range(1.0..1.12), text)));
+                    objects
+                        .push((rng.random_range(0.45..0.85), Obj::Diamond(side * rng.random_range(1.0..1.12), text)));
                     elements.push(format!("sign:{}", text.join(" ")));
                 }
                 "excavator" => {
-                    objects.push((rng.random_range(0.35..0.7), Obj::Excavator(side * rng.random_range(0.6..1.2), side > 0.0)));
+                    objects.push((
+                        rng.random_range(0.35..0.7),
+                        Obj::Excavator(side * rng.random_range(0.6..1.2), side > 0.0),
+                    ));
                     elements.push("excavator".into());
                 }
                 _ => {
                     let n = rng.random_range(1..4);
                     for _ in 0..n {
                         let vest = if rng.random_bool(0.6) { SAFETY_ORANGE } else { Rgb([200, 255, 40]) };
-                        objects.push((rng.random_range(0.4..0.9), Obj::Worker(side * rng.random_range(0.4..1.1), vest)));
+                        objects
+                            .push((rng.random_range(0.4..0.9), Obj::Worker(side * rng.random_range(0.4..1.1), vest)));
                     }
                     elements.push(format!("workers:{n}"));
                 }
@@ -189,31 +188,36 @@ pub fn scene(cfg: &GenerateConfig, index: u64) -> Scene {
         let side = if rng.random_bool(0.5) { -1.0f32 } else { 1.0 };
         match rng.random_range(0..3) {
             0 => {
-                objects.push((rng.random_range(0.45..0.85), Obj::RectSign(side * rng.random_range(1.0..1.12), &["END", "ROAD WORK"])));
+                objects.push((
+                    rng.random_range(0.45..0.85),
+                    Obj::RectSign(side * rng.random_range(1.0..1.12), &["END", "ROAD WORK"]),
+                ));
                 elements.push("sign:END ROAD WORK".into());
             }
             1 => {
-                objects.push((rng.random_range(0.3..0.6), Obj::Excavator(side * rng.random_range(1.4..1.8), side > 0.0)));
+                objects
+                    .push((rng.random_range(0.3..0.6), Obj::Excavator(side * rng.random_range(1.4..1.8), side > 0.0)));
                 elements.push("parked-excavator".into());
             }
-            _ => {
-                match rng.random_range(0..3) {
-                    0 => {
-                        objects.push((rng.random_range(0.4..0.8), Obj::Car(side * 0.5, Rgb([245, 120, 20]))));
-                        elements.push("orange-car".into());
-                    }
-                    1 => {
-                        for _ in 0..rng.random_range(1..3) {
-                            objects.push((rng.random_range(0.5..0.9), Obj::Bin(side * rng.random_range(1.1..1.4))));
-                        }
-                        elements.push("orange-bins".into());
-                    }
-                    _ => {
-                        objects.push((rng.random_range(0.4..0.8), Obj::Tree(side * rng.random_range(1.2..1.5), Rgb([225, 120, 30]))));
-                        elements.push("autumn-tree".into());
-                    }
+            _ => match rng.random_range(0..3) {
+                0 => {
+                    objects.push((rng.random_range(0.4..0.8), Obj::Car(side * 0.5, Rgb([245, 120, 20]))));
+                    elements.push("orange-car".into());
                 }
-            }
+                1 => {
+                    for _ in 0..rng.random_range(1..3) {
+                        objects.push((rng.random_range(0.5..0.9), Obj::Bin(side * rng.random_range(1.1..1.4))));
+                    }
+                    elements.push("orange-bins".into());
+                }
+                _ => {
+                    objects.push((
+                        rng.random_range(0.4..0.8),
+                        Obj::Tree(side * rng.random_range(1.2..1.5), Rgb([225, 120, 30])),
+                    ));
+                    elements.push("autumn-tree".into());
+                }
+            },
         }
     }
     let night = time == "night";
@@ -240,10 +244,8 @@ pub fn scene(cfg: &GenerateConfig, index: u64) -> Scene {
     effects::sensor_noise(&mut img, &mut rng, 4);
 
     let what = if elements.is_empty() { "no roadwork".to_string() } else { elements.join(", ") };
-    let description = format!(
-        "procedural street, {time}, {weather}{}; {what}",
-        if motion_blur { ", motion blur" } else { "" }
-    );
+    let description =
+        format!("procedural street, {time}, {weather}{}; {what}", if motion_blur { ", motion blur" } else { "" });
     Scene {
         image: img,
         label: if positive { Label::Roadwork } else { Label::None },

@@ -147,7 +147,11 @@ pub fn ingest_csv(store: &mut Store, csv_path: &Path, opts: &IngestOptions) -> R
     let headers = rdr.headers()?.clone();
     let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
     let (Some(pi), Some(li)) = (col("path"), col("label")) else {
-        bail!("{} needs a header with `path` and `label` columns (found: {})", csv_path.display(), headers.iter().collect::<Vec<_>>().join(","));
+        bail!(
+            "{} needs a header with `path` and `label` columns (found: {})",
+            csv_path.display(),
+            headers.iter().collect::<Vec<_>>().join(",")
+        );
     };
     let (wi, ti, di) = (col("weather"), col("time_of_day"), col("description"));
     let mut jobs = Vec::new();

@@ -7,9 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow, bail};
-use arrow_array::{
-    Array, ArrayRef, BinaryArray, Int64Array, LargeBinaryArray, RecordBatch, StringArray, StructArray,
-};
+use arrow_array::{Array, ArrayRef, BinaryArray, Int64Array, LargeBinaryArray, RecordBatch, StringArray, StructArray};
 use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
@@ -59,15 +57,14 @@ fn image_bytes(col: &ArrayRef, name: &str) -> Result<Vec<Option<Vec<u8>>>> {
         }
         return Ok(v);
     }
-    binary(col.as_ref()).ok_or_else(|| {
-        anyhow!("image column {name:?} is {:?}, not binary or an image struct", col.data_type())
-    })
+    binary(col.as_ref())
+        .ok_or_else(|| anyhow!("image column {name:?} is {:?}, not binary or an image struct", col.data_type()))
 }
 
 fn strings(batch: &RecordBatch, name: &str) -> Result<Option<Vec<Option<String>>>> {
     let Some(col) = batch.column_by_name(name) else { return Ok(None) };
-    let cast = arrow_cast::cast(col, &DataType::Utf8)
-        .with_context(|| format!("column {name:?} cannot be read as text"))?;
+    let cast =
+        arrow_cast::cast(col, &DataType::Utf8).with_context(|| format!("column {name:?} cannot be read as text"))?;
     let s = cast.as_any().downcast_ref::<StringArray>().expect("cast to utf8");
     Ok(Some(s.iter().map(|v| v.map(str::to_string)).collect()))
 }
@@ -103,11 +100,8 @@ impl ParquetSamples {
         for (i, bytes) in images.into_iter().enumerate() {
             let origin = format!("{}#{}", self.file, self.row + i);
             let pick = |v: &Option<Vec<Option<String>>>| v.as_ref().and_then(|v| v[i].clone());
-            let label = if labels.is_null(i) {
-                Err(anyhow!("label is null"))
-            } else {
-                Label::from_i64(labels.value(i))
-            };
+            let label =
+                if labels.is_null(i) { Err(anyhow!("label is null")) } else { Label::from_i64(labels.value(i)) };
             let result = match (bytes, label) {
                 (None, _) => Err(anyhow!("image is null")),
                 (_, Err(e)) => Err(e),

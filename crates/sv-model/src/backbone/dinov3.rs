@@ -119,7 +119,11 @@ impl Dinov3Config {
 
     pub fn validate(&self) -> Result<()> {
         if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
-            bail!("hidden_size {} is not divisible by num_attention_heads {}", self.hidden_size, self.num_attention_heads);
+            bail!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            );
         }
         if self.head_dim() % 4 != 0 {
             bail!("head dim {} must be a multiple of 4 for 2-D RoPE", self.head_dim());
@@ -277,11 +281,7 @@ fn prefixes(src: &dyn TensorSource) -> (String, String) {
     if names.is_empty() {
         return (String::new(), "layer.".into());
     }
-    let base = names
-        .iter()
-        .find_map(|n| n.strip_suffix("embeddings.cls_token"))
-        .unwrap_or("")
-        .to_string();
+    let base = names.iter().find_map(|n| n.strip_suffix("embeddings.cls_token")).unwrap_or("").to_string();
     let layer = if names.iter().any(|n| n == &format!("{base}model.layer.0.norm1.weight")) {
         format!("{base}model.layer.")
     } else {
@@ -311,7 +311,9 @@ impl<B: Backend> Dinov3<B> {
         patch.bias = Some(Param::from_tensor(l.t(&format!("{base}embeddings.patch_embeddings.bias"), [d])?));
         let cls = l.t(&format!("{base}embeddings.cls_token"), [1, 1, d])?;
         let regs = if cfg.num_register_tokens > 0 {
-            Some(Param::from_tensor(l.t(&format!("{base}embeddings.register_tokens"), [1, cfg.num_register_tokens, d])?))
+            Some(Param::from_tensor(
+                l.t(&format!("{base}embeddings.register_tokens"), [1, cfg.num_register_tokens, d])?,
+            ))
         } else {
             None
         };
@@ -341,7 +343,11 @@ impl<B: Backend> Dinov3<B> {
                 layer_scale1: Param::from_tensor(l.t(&format!("{pre}.layer_scale1.lambda1"), [d])?),
                 norm2: l.norm(&format!("{pre}.norm2"), d, cfg.layer_norm_eps)?,
                 mlp: Mlp {
-                    gate_proj: if cfg.gated() { Some(l.linear(&m("gate_proj"), d, inter, cfg.mlp_bias)?) } else { None },
+                    gate_proj: if cfg.gated() {
+                        Some(l.linear(&m("gate_proj"), d, inter, cfg.mlp_bias)?)
+                    } else {
+                        None
+                    },
                     up_proj: l.linear(&m("up_proj"), d, inter, cfg.mlp_bias)?,
                     down_proj: l.linear(&m("down_proj"), inter, d, cfg.mlp_bias)?,
                     silu: silu_act,
@@ -379,7 +385,11 @@ impl<B: Backend> Dinov3<B> {
 
     /// [`Self::forward`] with an [`ActivationHook`] on the input of every group of linear layers
     /// (calibration, fake quantisation). `None` is the plain forward.
-    pub fn forward_hooked(&self, pixels: Tensor<B, 4>, mut hook: Option<&mut dyn ActivationHook<B>>) -> Dinov3Output<B> {
+    pub fn forward_hooked(
+        &self,
+        pixels: Tensor<B, 4>,
+        mut hook: Option<&mut dyn ActivationHook<B>>,
+    ) -> Dinov3Output<B> {
         let device = pixels.device();
         let dtype = self.cls_token.val().dtype();
         let pixels = if pixels.dtype() == dtype { pixels } else { pixels.cast(dtype) };

@@ -27,10 +27,9 @@ use burn::tensor::backend::Backend;
 use tch::{Device, Kind, Tensor};
 
 use super::dinov3::{Dinov3, Dinov3Config, rope_host};
-use super::tch_kernels::FusedKernels;
 use super::settings::{TchForwardConfig, TchGelu, TchRope};
+use super::tch_kernels::FusedKernels;
 use super::tch_shim::{self, Attention, Step};
-
 
 /// The device a forward config names (`device = "auto"`: CUDA 0 when LibTorch sees a GPU, else
 /// the CPU; `cpu`, `cuda`, `cuda:N`).
@@ -109,7 +108,9 @@ impl Fusion {
                 "rope" => f.rope = true,
                 "norm" => f.norm = true,
                 "patches" => f.patches = true,
-                other => bail!("backbone.forward.tch.fused {text:?}: {other:?} is not rope, norm or patches (or default, 0, 1, none, all)"),
+                other => bail!(
+                    "backbone.forward.tch.fused {text:?}: {other:?} is not rope, norm or patches (or default, 0, 1, none, all)"
+                ),
             }
         }
         Ok(f)
@@ -123,7 +124,11 @@ impl Fusion {
 
 impl std::fmt::Display for Fusion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let on: Vec<&str> = [(self.rope, "rope"), (self.norm, "norm"), (self.patches, "patches")].iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect();
+        let on: Vec<&str> = [(self.rope, "rope"), (self.norm, "norm"), (self.patches, "patches")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect();
         if on.is_empty() { f.write_str("none") } else { f.write_str(&on.join(",")) }
     }
 }
@@ -220,7 +225,13 @@ impl Named {
 impl TchDinov3 {
     /// The LibTorch layout of a loaded backbone on `device`, its weights and activations in
     /// `dtype` (f32, bf16 or f16; the backbone's own dtype is what [`Self::for_backend`] uses).
-    pub fn new<B: Backend>(cfg: &Dinov3Config, model: &Dinov3<B>, device: Device, dtype: DType, settings: &TchForwardConfig) -> Result<Self> {
+    pub fn new<B: Backend>(
+        cfg: &Dinov3Config,
+        model: &Dinov3<B>,
+        device: Device,
+        dtype: DType,
+        settings: &TchForwardConfig,
+    ) -> Result<Self> {
         cfg.validate()?;
         let kind = kind_of(dtype)?;
         if device.is_cuda() && !tch::Cuda::is_available() {
@@ -228,7 +239,11 @@ impl TchDinov3 {
         }
         let put = |v: &[f32], shape: &[usize]| -> Result<Tensor> {
             let shape: Vec<i64> = shape.iter().map(|&s| s as i64).collect();
-            Tensor::f_from_slice(v).and_then(|t| t.f_view(shape.as_slice())).and_then(|t| t.f_to_kind(kind)).and_then(|t| t.f_to_device(device)).step("copying a weight to the device")
+            Tensor::f_from_slice(v)
+                .and_then(|t| t.f_view(shape.as_slice()))
+                .and_then(|t| t.f_to_kind(kind))
+                .and_then(|t| t.f_to_device(device))
+                .step("copying a weight to the device")
         };
         let pair = |(w, b): (Vec<f32>, Vec<f32>), d_in: usize, d_out: usize| -> Result<(Tensor, Tensor)> {
             Ok((put(&w, &[d_out, d_in])?, put(&b, &[d_out])?))
@@ -236,7 +251,10 @@ impl TchDinov3 {
         let mut w = Named(model.named_tensors().into_iter().map(|t| (t.name, (t.shape, t.values))).collect());
         let (d, inter) = (cfg.hidden_size, cfg.intermediate_size);
         let norm = |w: &mut Named, name: &str| -> Result<(Tensor, Tensor)> {
-            Ok((put(&w.take(&format!("{name}.weight"), &[d])?, &[d])?, put(&w.take(&format!("{name}.bias"), &[d])?, &[d])?))
+            Ok((
+                put(&w.take(&format!("{name}.weight"), &[d])?, &[d])?,
+                put(&w.take(&format!("{name}.bias"), &[d])?, &[d])?,
+            ))
         };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -296,18 +314,22 @@ impl TchDinov3 {
             },
             rope: Mutex::new(HashMap::new()),
             fused: match device {
-                Device::Cuda(i) if fusion.any() => match FusedKernels::new(i, kind, d, d / cfg.num_attention_heads, c, p) {
-                    Ok(k) => Some(k),
-                    Err(e) => {
-                        tracing::warn!("LibTorch forward without its fused kernels: {e:#}");
-                        None
+                Device::Cuda(i) if fusion.any() => {
+                    match FusedKernels::new(i, kind, d, d / cfg.num_attention_heads, c, p) {
+                        Ok(k) => Some(k),
+                        Err(e) => {
+                            tracing::warn!("LibTorch forward without its fused kernels: {e:#}");
+                            None
+                        }
                     }
-                },
+                }
                 _ => None,
             },
             fusion,
             attention: match Attention::of(settings.attention) {
-                Attention::Flash if kind == Kind::Float => bail!("attention = \"flash\" (SV_TCH_ATTN=flash): FlashAttention takes bf16 or f16, and this backbone runs in f32"),
+                Attention::Flash if kind == Kind::Float => bail!(
+                    "attention = \"flash\" (SV_TCH_ATTN=flash): FlashAttention takes bf16 or f16, and this backbone runs in f32"
+                ),
                 a => a,
             },
             gelu_tanh: match settings.gelu {
@@ -321,7 +343,11 @@ impl TchDinov3 {
     /// The LibTorch forward for a model on Burn's LibTorch backend in the `tch` build (not on
     /// autodiff backends: no gradients flow through it), on the device `settings` names
     /// whatever LibTorch device Burn loaded the weights on; `None` elsewhere.
-    pub fn for_backend<B: Backend>(cfg: &Dinov3Config, model: &Dinov3<B>, settings: &TchForwardConfig) -> Result<Option<Self>> {
+    pub fn for_backend<B: Backend>(
+        cfg: &Dinov3Config,
+        model: &Dinov3<B>,
+        settings: &TchForwardConfig,
+    ) -> Result<Option<Self>> {
         let libtorch = model.devices().first().is_some_and(|d| B::name(d).starts_with("libtorch") && !B::ad_enabled(d));
         if crate::backend_name() != "tch" || !libtorch {
             return Ok(None);
@@ -384,11 +410,19 @@ impl TchDinov3 {
         }
         let out = self.forward(&self.input(pixels, n, h, w)?)?;
         let f = out.features.f_to_device(Device::Cpu).step("copying features to the host")?;
-        Vec::<f32>::try_from(f.f_contiguous().step("features")?.f_view([-1i64]).step("features")?).step("reading features")
+        Vec::<f32>::try_from(f.f_contiguous().step("features")?.f_view([-1i64]).step("features")?)
+            .step("reading features")
     }
 
     /// The RoPE tables `(T, hd)` of a patch grid, in f32 (the fused kernel's) or the model's kind.
-    fn rope_tables(&self, gh: usize, gw: usize, prefix: usize, hd: usize, f32_tables: bool) -> Result<(Tensor, Tensor)> {
+    fn rope_tables(
+        &self,
+        gh: usize,
+        gw: usize,
+        prefix: usize,
+        hd: usize,
+        f32_tables: bool,
+    ) -> Result<(Tensor, Tensor)> {
         let mut cache = self.rope.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((c, s)) = cache.get(&(gh, gw, f32_tables)) {
             return Ok((c.shallow_clone(), s.shallow_clone()));
@@ -396,7 +430,12 @@ impl TchDinov3 {
         let (cos, sin) = rope_host(gh, gw, prefix, hd, self.rope_theta);
         let t = (prefix + gh * gw) as i64;
         let kind = if f32_tables { Kind::Float } else { self.kind };
-        let put = |v: &[f32]| Tensor::f_from_slice(v).and_then(|x| x.f_view([t, hd as i64])).and_then(|x| x.f_to_kind(kind)).and_then(|x| x.f_to_device(self.device));
+        let put = |v: &[f32]| {
+            Tensor::f_from_slice(v)
+                .and_then(|x| x.f_view([t, hd as i64]))
+                .and_then(|x| x.f_to_kind(kind))
+                .and_then(|x| x.f_to_device(self.device))
+        };
         let tables = (put(&cos).step("RoPE table")?, put(&sin).step("RoPE table")?);
         cache.insert((gh, gw, f32_tables), (tables.0.shallow_clone(), tables.1.shallow_clone()));
         Ok(tables)
@@ -405,7 +444,9 @@ impl TchDinov3 {
     /// The MLP of a block on normalised rows `(M, D)`: `(M, D)` before LayerScale.
     fn mlp(&self, blk: &TchBlock, h2: &Tensor, step: &dyn Fn(&str) -> String) -> Result<Tensor> {
         let hid = match &blk.gate {
-            None if self.gelu_tanh && !self.silu => tch_shim::addmm_gelu_tanh(&blk.up.1, h2, &blk.up.0).with_context(|| step("up_proj + GELU"))?,
+            None if self.gelu_tanh && !self.silu => {
+                tch_shim::addmm_gelu_tanh(&blk.up.1, h2, &blk.up.0).with_context(|| step("up_proj + GELU"))?
+            }
             gate => {
                 let mut hid = h2.f_linear(&blk.up.0, Some(&blk.up.1)).step(&step("up_proj"))?;
                 let act = |y: &mut Tensor| if self.silu { y.f_silu_() } else { y.f_gelu_("none") };
@@ -464,7 +505,11 @@ impl TchDinov3 {
                 x.reshape([b, c, gh, p, gw, p]).permute([0i64, 2, 4, 1, 3, 5]).reshape([b * gh * gw, c * p * p])
             }
         };
-        let patches = patches.f_linear(&self.patch_embed.0, Some(&self.patch_embed.1)).step("patch embedding")?.view([b, gh * gw, d]);
+        let patches = patches.f_linear(&self.patch_embed.0, Some(&self.patch_embed.1)).step("patch embedding")?.view([
+            b,
+            gh * gw,
+            d,
+        ]);
         let x = Tensor::f_cat(&[self.prefix_tokens.expand([b, prefix, d], false), patches], 1).step("tokens")?;
         lap("embed");
         let out = self.blocks(x, (b, t, prefix), (gh, gw), &mut lap)?;
@@ -477,14 +522,24 @@ impl TchDinov3 {
 
     /// The blocks and the final norm: tokens `(B, T, D)` → `(B, T, D)`, as LibTorch operators and
     /// the fused kernels of [`Self::fusion`].
-    fn blocks(&self, x: Tensor, (b, t, prefix): (i64, i64, i64), (gh, gw): (i64, i64), lap: &mut dyn FnMut(&'static str)) -> Result<Tensor> {
+    fn blocks(
+        &self,
+        x: Tensor,
+        (b, t, prefix): (i64, i64, i64),
+        (gh, gw): (i64, i64),
+        lap: &mut dyn FnMut(&'static str),
+    ) -> Result<Tensor> {
         let (d, heads) = (self.d as i64, self.heads as i64);
         let hd = d / heads;
         let m = b * t;
         let (rope_kernel, norm_kernel) = (self.kernels_for(|f| f.rope), self.kernels_for(|f| f.norm));
-        let (cos, sin) = self.rope_tables(gh as usize, gw as usize, prefix as usize, hd as usize, rope_kernel.is_some())?;
-        let rope = self.rope_form.unwrap_or(if 2 * m * d >= ROPE_HALVES_MIN { RopeForm::Halves } else { RopeForm::Roll });
-        let layer_norm = |x: &Tensor, n: &(Tensor, Tensor), what: &str| x.f_layer_norm([d], Some(&n.0), Some(&n.1), self.eps, true).step(what);
+        let (cos, sin) =
+            self.rope_tables(gh as usize, gw as usize, prefix as usize, hd as usize, rope_kernel.is_some())?;
+        let rope =
+            self.rope_form.unwrap_or(if 2 * m * d >= ROPE_HALVES_MIN { RopeForm::Halves } else { RopeForm::Roll });
+        let layer_norm = |x: &Tensor, n: &(Tensor, Tensor), what: &str| {
+            x.f_layer_norm([d], Some(&n.0), Some(&n.1), self.eps, true).step(what)
+        };
         let mut x = x.f_contiguous().step("tokens")?.view([m, d]);
         // With the fused norm, each block's normalised input comes out of the kernel that adds the
         // previous residual (the first block's from LibTorch's layer_norm).
@@ -519,7 +574,9 @@ impl TchDinov3 {
                     let half = hd / 2;
                     let out = (&qk * &cos).f_contiguous().step(&step("RoPE"))?;
                     for (dst, src) in [(0, half), (half, 0)] {
-                        out.narrow(-1, dst, half).f_addcmul_(&qk.narrow(-1, src, half), &sin.narrow(-1, dst, half)).in_place(&step("RoPE"))?;
+                        out.narrow(-1, dst, half)
+                            .f_addcmul_(&qk.narrow(-1, src, half), &sin.narrow(-1, dst, half))
+                            .in_place(&step("RoPE"))?;
                     }
                     out
                 };
@@ -531,7 +588,9 @@ impl TchDinov3 {
             lap("attention");
             let o = a.f_linear(&blk.o.0, Some(&blk.o.1)).step(&step("o_proj"))?;
             let h2 = match norm_kernel {
-                Some(k) => k.residual_norm(&mut x, &o, &blk.ls1, &blk.norm2, self.eps).with_context(|| step("residual + norm2"))?,
+                Some(k) => k
+                    .residual_norm(&mut x, &o, &blk.ls1, &blk.norm2, self.eps)
+                    .with_context(|| step("residual + norm2"))?,
                 None => {
                     x.f_addcmul_(&o, &blk.ls1).in_place(&step("residual"))?;
                     layer_norm(&x, &blk.norm2, &step("norm2"))?
@@ -543,7 +602,10 @@ impl TchDinov3 {
             match norm_kernel {
                 Some(k) => {
                     let next = self.layers.get(i + 1).map_or(&self.norm, |n| &n.norm1);
-                    h = Some(k.residual_norm(&mut x, &y, &blk.ls2, next, self.eps).with_context(|| step("residual + next norm"))?);
+                    h = Some(
+                        k.residual_norm(&mut x, &y, &blk.ls2, next, self.eps)
+                            .with_context(|| step("residual + next norm"))?,
+                    );
                 }
                 None => x.f_addcmul_(&y, &blk.ls2).in_place(&step("residual"))?,
             }

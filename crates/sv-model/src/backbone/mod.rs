@@ -25,10 +25,10 @@ use sv_core::PreprocessConfig;
 pub use cpu::CpuDinov3;
 pub use dinov3::{ActivationHook, Dinov3, Dinov3Config, Dinov3Output, NamedTensor, host, linear_tensors, tap};
 pub use forward::Forward;
-pub use settings::ForwardConfig;
 #[cfg(feature = "tch")]
 pub use libtorch::TchDinov3;
 pub use profile::report as profile_report;
+pub use settings::ForwardConfig;
 
 /// The burn dtype a backbone `dtype` names, refused where the compiled backend cannot run it.
 pub fn parse_dtype(name: &str) -> Result<DType> {
@@ -66,13 +66,25 @@ pub struct Backbone<B: Backend> {
 
 impl<B: Backend> Backbone<B> {
     /// A backbone of a loaded network; its forward is chosen here, once, from `settings`.
-    pub fn new(model: Dinov3<B>, config: Dinov3Config, id: String, random: bool, pad_to: usize, settings: &ForwardConfig) -> Result<Self> {
+    pub fn new(
+        model: Dinov3<B>,
+        config: Dinov3Config,
+        id: String,
+        random: bool,
+        pad_to: usize,
+        settings: &ForwardConfig,
+    ) -> Result<Self> {
         let forward = Forward::choose(&config, &model, settings)?;
         Ok(Self { model, config, id, random, pad_to, forward })
     }
 
     /// Features `[CLS, mean(patches)]` of encoded images, preprocessed with `pre`.
-    pub fn features_of_images(&self, images: &[&[u8]], pre: &PreprocessConfig, device: &B::Device) -> Result<Vec<Vec<f32>>> {
+    pub fn features_of_images(
+        &self,
+        images: &[&[u8]],
+        pre: &PreprocessConfig,
+        device: &B::Device,
+    ) -> Result<Vec<Vec<f32>>> {
         let n = images.len();
         if n == 0 {
             return Ok(Vec::new());
@@ -100,7 +112,12 @@ pub fn pixels<B: Backend>(images: &[&[u8]], pre: &PreprocessConfig, device: &B::
 }
 
 /// [`pixels`] with all-zero rows after the images up to `rows` rows (`rows >= images.len()`).
-fn padded_pixels<B: Backend>(images: &[&[u8]], pre: &PreprocessConfig, rows: usize, device: &B::Device) -> Result<Tensor<B, 4>> {
+fn padded_pixels<B: Backend>(
+    images: &[&[u8]],
+    pre: &PreprocessConfig,
+    rows: usize,
+    device: &B::Device,
+) -> Result<Tensor<B, 4>> {
     let mut data = sv_core::preprocess_batch(images, pre)?;
     data.resize(rows * pre.len(), 0.0);
     let s = pre.size as usize;

@@ -110,7 +110,13 @@ pub struct TchForwardConfig {
 
 impl Default for TchForwardConfig {
     fn default() -> Self {
-        Self { device: "auto".into(), fused: "default".into(), rope: TchRope::Auto, attention: TchAttention::Auto, gelu: TchGelu::Auto }
+        Self {
+            device: "auto".into(),
+            fused: "default".into(),
+            rope: TchRope::Auto,
+            attention: TchAttention::Auto,
+            gelu: TchGelu::Auto,
+        }
     }
 }
 
@@ -133,7 +139,8 @@ impl ForwardConfig {
     pub fn with_env(mut self) -> Result<Self> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         fn enum_of<T: serde::de::DeserializeOwned>(key: &str, v: &str) -> Result<T> {
-            serde_json::from_value(serde_json::Value::String(v.to_string())).with_context(|| format!("{key}={v:?} is not a valid value"))
+            serde_json::from_value(serde_json::Value::String(v.to_string()))
+                .with_context(|| format!("{key}={v:?} is not a valid value"))
         }
         if var("SV_CPU_KERNELS").as_deref() == Some("0") || var("SV_TCH_KERNELS").as_deref() == Some("0") {
             self.engine = Engine::Burn;
@@ -169,12 +176,17 @@ impl ForwardConfig {
     /// Check the values serde cannot: the LibTorch device and kernel set.
     pub fn validate(&self) -> Result<()> {
         let d = self.tch.device.as_str();
-        if !(matches!(d, "auto" | "cpu" | "cuda") || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok())) {
+        if !(matches!(d, "auto" | "cpu" | "cuda")
+            || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok()))
+        {
             bail!("backbone.forward.tch.device {d:?} is not auto, cpu, cuda or cuda:N");
         }
         for part in self.tch.fused.split(['+', ',']).map(str::trim) {
             if !matches!(part, "default" | "0" | "1" | "none" | "all" | "rope" | "norm" | "patches") {
-                bail!("backbone.forward.tch.fused {:?}: {part:?} is not rope, norm or patches (or default, none, all)", self.tch.fused);
+                bail!(
+                    "backbone.forward.tch.fused {:?}: {part:?} is not rope, norm or patches (or default, none, all)",
+                    self.tch.fused
+                );
             }
         }
         Ok(())
@@ -187,14 +199,23 @@ mod tests {
 
     #[test]
     fn configs_parse_as_enums_and_refuse_unknown_values() {
-        let c: ForwardConfig = toml::from_str("engine = \"burn\"\n[cpu]\ngemm = \"library\"\n[tch]\nfused = \"rope+norm\"\nattention = \"flash\"").unwrap();
+        let c: ForwardConfig = toml::from_str(
+            "engine = \"burn\"\n[cpu]\ngemm = \"library\"\n[tch]\nfused = \"rope+norm\"\nattention = \"flash\"",
+        )
+        .unwrap();
         assert_eq!((c.engine, c.cpu.gemm, c.tch.attention), (Engine::Burn, CpuGemm::Library, TchAttention::Flash));
         c.validate().unwrap();
         assert!(toml::from_str::<ForwardConfig>("[cpu]\ngemm = \"fast\"").is_err());
         assert!(toml::from_str::<ForwardConfig>("speed = 1").is_err());
-        let bad = ForwardConfig { tch: TchForwardConfig { fused: "rope+warp".into(), ..Default::default() }, ..Default::default() };
+        let bad = ForwardConfig {
+            tch: TchForwardConfig { fused: "rope+warp".into(), ..Default::default() },
+            ..Default::default()
+        };
         assert!(bad.validate().unwrap_err().to_string().contains("warp"));
-        let bad = ForwardConfig { tch: TchForwardConfig { device: "gpu".into(), ..Default::default() }, ..Default::default() };
+        let bad = ForwardConfig {
+            tch: TchForwardConfig { device: "gpu".into(), ..Default::default() },
+            ..Default::default()
+        };
         assert!(bad.validate().unwrap_err().to_string().contains("backbone.forward.tch.device"));
     }
 }

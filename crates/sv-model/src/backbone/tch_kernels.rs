@@ -194,14 +194,20 @@ fn vector_width(bytes: usize, d: usize, hd: usize, patch: usize) -> usize {
 pub fn compile(kind: Kind, d: usize, hd: usize, channels: usize, patch: usize) -> Result<Ptx> {
     let (bytes, code) = element(kind)?;
     if hd == 0 || d % hd != 0 || hd % 2 != 0 || patch == 0 {
-        bail!("fused kernels need an even head size dividing the width and a patch size (d {d}, head {hd}, patch {patch})");
+        bail!(
+            "fused kernels need an even head size dividing the width and a patch size (d {d}, head {hd}, patch {patch})"
+        );
     }
     // SAFETY: only tries to load the library (cudarc panics on first use of a missing one).
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        bail!("NVRTC (libnvrtc) cannot be loaded: put its folder (e.g. site-packages/nvidia/cu13/lib) on LD_LIBRARY_PATH");
+        bail!(
+            "NVRTC (libnvrtc) cannot be loaded: put its folder (e.g. site-packages/nvidia/cu13/lib) on LD_LIBRARY_PATH"
+        );
     }
     let vec = vector_width(bytes, d, hd, patch);
-    let src = format!("#define D {d}\n#define HD {hd}\n#define C {channels}\n#define P {patch}\n#define KIND {code}\n#define VEC {vec}\n{SOURCE}");
+    let src = format!(
+        "#define D {d}\n#define HD {hd}\n#define C {channels}\n#define P {patch}\n#define KIND {code}\n#define VEC {vec}\n{SOURCE}"
+    );
     let opts = CompileOptions { options: vec!["--std=c++14".into()], ..Default::default() };
     compile_ptx_with_opts(src, opts).map_err(|e| anyhow::anyhow!("NVRTC compiling the fused kernels: {e:?}"))
 }
@@ -228,7 +234,10 @@ pub struct FusedKernels {
 
 /// The launch shape of `n` threads in blocks of [`BLOCK`], and `n` as the kernels' `int`.
 fn blocks(n: i64, what: &str) -> Result<(LaunchConfig, i32)> {
-    let n32 = i32::try_from(n).ok().filter(|&n| n >= 0).with_context(|| format!("the {what} kernel's {n} threads exceed its 32-bit indices"))?;
+    let n32 = i32::try_from(n)
+        .ok()
+        .filter(|&n| n >= 0)
+        .with_context(|| format!("the {what} kernel's {n} threads exceed its 32-bit indices"))?;
     let grid = (n + BLOCK as i64 - 1) / BLOCK as i64;
     Ok((LaunchConfig { grid_dim: (grid.max(1) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }, n32))
 }
@@ -270,7 +279,12 @@ impl FusedKernels {
     fn address(&self, t: &Tensor, what: &str, device: Device, kind: Kind, numel: i64, vector: bool) -> Result<u64> {
         let ptr = t.data_ptr() as u64;
         let align = if vector { self.align } else { 4 };
-        if t.device() != device || t.kind() != kind || !t.is_contiguous() || t.numel() as i64 != numel || ptr % align != 0 {
+        if t.device() != device
+            || t.kind() != kind
+            || !t.is_contiguous()
+            || t.numel() as i64 != numel
+            || ptr % align != 0
+        {
             bail!(
                 "fused kernel input {what}: {:?} {:?} {:?} (contiguous: {}, address {ptr:#x}), expected {numel} contiguous {kind:?} values on {device:?} aligned to {align} bytes",
                 t.size(),
@@ -305,7 +319,14 @@ impl FusedKernels {
 
     /// `x += γ ⊙ y`, then `LayerNorm(x)` with `norm = (weight, bias)`, for `x`, `y` `(M, D)`
     /// (`x` in place); returns the normalised rows.
-    pub fn residual_norm(&self, x: &mut Tensor, y: &Tensor, gamma: &Tensor, norm: &(Tensor, Tensor), eps: f64) -> Result<Tensor> {
+    pub fn residual_norm(
+        &self,
+        x: &mut Tensor,
+        y: &Tensor,
+        gamma: &Tensor,
+        norm: &(Tensor, Tensor),
+        eps: f64,
+    ) -> Result<Tensor> {
         let device = x.device();
         let m = x.numel() as i64 / self.d;
         let out = Tensor::f_empty([m, self.d], (self.kind, device)).step("allocating the norm output")?;

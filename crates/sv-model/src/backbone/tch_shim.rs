@@ -11,8 +11,21 @@ use tch::Tensor;
 use torch_sys::C_tensor;
 
 unsafe extern "C" {
-    fn sv_addmm_gelu(bias: *const C_tensor, x: *const C_tensor, w: *const C_tensor, err: *mut c_char, err_len: usize) -> *mut C_tensor;
-    fn sv_attention(q: *const C_tensor, k: *const C_tensor, v: *const C_tensor, backend: c_int, err: *mut c_char, err_len: usize) -> *mut C_tensor;
+    fn sv_addmm_gelu(
+        bias: *const C_tensor,
+        x: *const C_tensor,
+        w: *const C_tensor,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> *mut C_tensor;
+    fn sv_attention(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        backend: c_int,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> *mut C_tensor;
 }
 
 /// A new tensor handle from the shim, or its error message.

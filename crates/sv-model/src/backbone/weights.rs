@@ -70,14 +70,15 @@ impl SafetensorsSource {
             vec!["model.safetensors".into()]
         } else if index_path.exists() {
             let text = std::fs::read_to_string(&index_path)?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not valid JSON", index_path.display()))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index_path.display()))?;
             let map = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())
                 .ok_or_else(|| anyhow!("{} has no `weight_map`", index_path.display()))?;
             for (k, f) in map {
-                let f = f.as_str().ok_or_else(|| anyhow!("{}: weight_map[{k}] is not a string", index_path.display()))?;
+                let f =
+                    f.as_str().ok_or_else(|| anyhow!("{}: weight_map[{k}] is not a string", index_path.display()))?;
                 shard_of.insert(k.clone(), f.to_string());
             }
             let mut fs: Vec<String> = shard_of.values().cloned().collect();
@@ -85,10 +86,7 @@ impl SafetensorsSource {
             fs.dedup();
             fs
         } else {
-            bail!(
-                "{} holds neither model.safetensors nor model.safetensors.index.json",
-                dir.display()
-            );
+            bail!("{} holds neither model.safetensors nor model.safetensors.index.json", dir.display());
         };
         let mut out = Self { dir: dir.to_path_buf(), files: HashMap::new(), index: BTreeMap::new() };
         for f in files {
@@ -103,10 +101,7 @@ fn to_f32(dtype: Dtype, data: &[u8], name: &str) -> Result<Vec<f32>> {
         Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         Dtype::F16 => data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         Dtype::BF16 => data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Dtype::F64 => data
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-            .collect(),
+        Dtype::F64 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect(),
         other => bail!("tensor {name} has dtype {other:?}; only f32/f16/bf16/f64 weights are supported"),
     })
 }
@@ -268,6 +263,7 @@ pub fn write_safetensors(path: &Path, tensors: &[Stored], metadata: Option<HashM
         .iter()
         .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b).map_err(|e| anyhow!("tensor {n}: {e}"))?)))
         .collect::<Result<_>>()?;
-    safetensors::serialize_to_file(views, metadata, path).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+    safetensors::serialize_to_file(views, metadata, path)
+        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
     Ok(())
 }

@@ -87,8 +87,10 @@ pub fn verify(dir: &Path) -> Result<Manifest> {
         return Err(BundleError::NotAFolder { bundle });
     }
     let path = dir.join(MANIFEST);
-    let text = std::fs::read_to_string(&path).map_err(|source| BundleError::NoManifest { bundle: bundle.clone(), source })?;
-    let m: Manifest = serde_json::from_str(&text).map_err(|source| BundleError::BadManifest { bundle: bundle.clone(), source })?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|source| BundleError::NoManifest { bundle: bundle.clone(), source })?;
+    let m: Manifest =
+        serde_json::from_str(&text).map_err(|source| BundleError::BadManifest { bundle: bundle.clone(), source })?;
     if m.format != FORMAT {
         return Err(BundleError::Format { bundle, found: m.format });
     }

@@ -164,13 +164,27 @@ pub fn open(dir: &Path) -> Result<BundleConfig, BundleError> {
 
 /// Build the bundle's classifier (raw probabilities; apply `score_map` on top), its backbone
 /// forward chosen from `settings`.
-pub fn load_model<B: Backend>(dir: &Path, cfg: &BundleConfig, settings: &ForwardConfig, device: &B::Device) -> Result<Classifier<B>, BundleError> {
+pub fn load_model<B: Backend>(
+    dir: &Path,
+    cfg: &BundleConfig,
+    settings: &ForwardConfig,
+    device: &B::Device,
+) -> Result<Classifier<B>, BundleError> {
     let load = || -> anyhow::Result<Classifier<B>> {
         let dtype = crate::backbone::parse_dtype(&cfg.dtype)?;
         let src = SafetensorsSource::open_file(&dir.join("backbone/model.safetensors"))?;
         let bb = Dinov3::load_as(&cfg.backbone, &src, device, dtype)?;
-        let head = cfg.head.load_tensors(&SafetensorsSource::open_file(&dir.join("head/model.safetensors"))?, device)?;
-        Ok(Classifier::new(bb, cfg.backbone.clone(), head, cfg.head.clone(), cfg.preprocess.clone(), cfg.precision.clone(), settings))
+        let head =
+            cfg.head.load_tensors(&SafetensorsSource::open_file(&dir.join("head/model.safetensors"))?, device)?;
+        Ok(Classifier::new(
+            bb,
+            cfg.backbone.clone(),
+            head,
+            cfg.head.clone(),
+            cfg.preprocess.clone(),
+            cfg.precision.clone(),
+            settings,
+        ))
     };
     load().map_err(|source| BundleError::Model { bundle: dir.to_path_buf(), source })
 }

@@ -52,13 +52,28 @@ fn run(mut cli: Cli) -> Result<()> {
     if cli.abuse {
         let res = rt.block_on(sv_tools::load::abuse(cli.addr, cli.max_body))?;
         for r in &res {
-            println!("{:<44} {:>5} {} {}", r.case, r.status.map(|s| s.to_string()).unwrap_or("-".into()), if r.well_formed { "ok " } else { "BAD" }, r.message.clone().unwrap_or_default());
+            println!(
+                "{:<44} {:>5} {} {}",
+                r.case,
+                r.status.map(|s| s.to_string()).unwrap_or("-".into()),
+                if r.well_formed { "ok " } else { "BAD" },
+                r.message.clone().unwrap_or_default()
+            );
             failed |= !r.well_formed;
         }
         out.insert("abuse".into(), serde_json::to_value(&res)?);
     }
-    let reps = rt.block_on(sv_tools::load::load(cli.addr, &cli.rates, Duration::from_secs_f64(cli.duration), cli.max_requests, 11))?;
-    println!("{:>7} {:>6} {:>6} {:>5} {:>5} {:>5} {:>9} {:>9} {:>8}", "rate", "sent", "ok", "4xx", "5xx", "conn", "p50 ms", "p99 ms", "ok/s");
+    let reps = rt.block_on(sv_tools::load::load(
+        cli.addr,
+        &cli.rates,
+        Duration::from_secs_f64(cli.duration),
+        cli.max_requests,
+        11,
+    ))?;
+    println!(
+        "{:>7} {:>6} {:>6} {:>5} {:>5} {:>5} {:>9} {:>9} {:>8}",
+        "rate", "sent", "ok", "4xx", "5xx", "conn", "p50 ms", "p99 ms", "ok/s"
+    );
     for r in &reps {
         println!(
             "{:>7.1} {:>6} {:>6} {:>5} {:>5} {:>5} {:>9.1} {:>9.1} {:>8.2}",

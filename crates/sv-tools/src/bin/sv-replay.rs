@@ -65,7 +65,14 @@ fn run(cli: Cli) -> Result<()> {
         timeout: Duration::from_secs(9),
         required_hash_fields: Vec::new(),
     };
-    println!("replaying {} challenges from {} ({} split, {} samples) as validator {}", cfg.count, store_path.display(), cli.split, samples.len(), d.hotkey);
+    println!(
+        "replaying {} challenges from {} ({} split, {} samples) as validator {}",
+        cfg.count,
+        store_path.display(),
+        cli.split,
+        samples.len(),
+        d.hotkey
+    );
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let r = rt.block_on(replay(&samples, &mut d, &cfg))?;
     println!(
@@ -81,7 +88,12 @@ fn run(cli: Cli) -> Result<()> {
         let bundle = sv_infer::Bundle::open(&b)?;
         let stage1 = bundle.stage1(&sv_train::Device::default())?;
         // As many simulated challenges as the live replay sent.
-        let sim_cfg = sv_train::simulator::SimulatorConfig { seed: cli.seed, challenges: cli.count.max(1), max_samples: 0, ..Default::default() };
+        let sim_cfg = sv_train::simulator::SimulatorConfig {
+            seed: cli.seed,
+            challenges: cli.count.max(1),
+            max_samples: 0,
+            ..Default::default()
+        };
         let est = sv_train::simulator::simulate_with(&samples, 16, &sim_cfg, &mut |imgs| stage1.scores(imgs))?;
         println!(
             "offline simulator estimate for {}: mean {:.4} (p10 {:.4}, p90 {:.4}); live - offline = {:+.4}",

@@ -262,6 +262,8 @@ fn main() -> Result<()> {
         // LibTorch forward on its own device (CUDA when there is one).
         #[cfg(feature = "tch")]
         "tch" | "burn-tch" => run_all::<burn::backend::LibTorch>(&args, Default::default()),
-        other => bail!("--backend {other:?} is not compiled in (cpu and ndarray always; flex, cuda and tch/burn-tch with the cargo features of the same names)"),
+        other => bail!(
+            "--backend {other:?} is not compiled in (cpu and ndarray always; flex, cuda and tch/burn-tch with the cargo features of the same names)"
+        ),
     }
 }

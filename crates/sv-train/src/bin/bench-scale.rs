@@ -53,7 +53,14 @@ fn stage<T>(out: &mut Vec<Stage>, name: &str, rows: usize, f: impl FnOnce() -> R
     let t = Instant::now();
     let v = f().with_context(|| format!("stage {name} at {rows} rows"))?;
     let s = Stage { name: name.to_string(), rows, seconds: t.elapsed().as_secs_f64(), peak_mib: peak_mib() };
-    println!("  {:<22} {:>8} rows {:>9.2} s {:>9.1} µs/row  peak {:>7.0} MiB", s.name, rows, s.seconds, s.seconds / rows as f64 * 1e6, s.peak_mib);
+    println!(
+        "  {:<22} {:>8} rows {:>9.2} s {:>9.1} µs/row  peak {:>7.0} MiB",
+        s.name,
+        rows,
+        s.seconds,
+        s.seconds / rows as f64 * 1e6,
+        s.peak_mib
+    );
     out.push(s);
     Ok(v)
 }
@@ -150,7 +157,15 @@ fn feature_stage(root: &Path, n: usize, out: &mut Vec<Stage>) -> Result<()> {
     let cfg = GenerateConfig { count: n, seed: 12, width: 160, height: 120, ..Default::default() };
     store.append_stream(generate::samples(&cfg))?;
     let device = Device::default();
-    let spec = BackboneSpec { weights: "random".into(), preset: "vit-tiny".into(), seed: 0, batch_size: 32, init_std: 0.3, dtype: "f32".into(), forward: Default::default() };
+    let spec = BackboneSpec {
+        weights: "random".into(),
+        preset: "vit-tiny".into(),
+        seed: 0,
+        batch_size: 32,
+        init_std: 0.3,
+        dtype: "f32".into(),
+        forward: Default::default(),
+    };
     let bb = sv_train::backbone::load::<InferBackend>(&spec, &device)?;
     let pre = sv_data::PreprocessConfig { size: 112, ..Default::default() };
     let dim = bb.config.feature_dim();
@@ -192,7 +207,14 @@ fn main() -> Result<()> {
     let _ = std::fs::remove_dir_all(&root);
     println!("\n| stage | rows | s | µs/row | peak MiB |\n|---|---|---|---|---|");
     for s in &all {
-        println!("| {} | {} | {:.2} | {:.1} | {:.0} |", s.name, s.rows, s.seconds, s.seconds / s.rows as f64 * 1e6, s.peak_mib);
+        println!(
+            "| {} | {} | {:.2} | {:.1} | {:.0} |",
+            s.name,
+            s.rows,
+            s.seconds,
+            s.seconds / s.rows as f64 * 1e6,
+            s.peak_mib
+        );
     }
     println!("\n| stage | per-row cost, larger / smaller |\n|---|---|");
     let mut names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();

@@ -19,7 +19,9 @@
 
 pub mod card;
 
-pub use sv_model::bundle::{BUNDLE_JSON, BundleConfig, DecisionSummary, Exits, KernelsInfo, Validation, load_model, manifest, open};
+pub use sv_model::bundle::{
+    BUNDLE_JSON, BundleConfig, DecisionSummary, Exits, KernelsInfo, Validation, load_model, manifest, open,
+};
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,16 +29,16 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 
-use sv_model::backbone::weights::write_safetensors;
-use sv_model::classifier::Classifier;
-use sv_model::kernel_cache as kernels;
 use crate::decision::{DecisionReport, ScoreMap, best_threshold};
-use sv_core::Metrics;
 use crate::quant::report::{Scales, run_store};
-use sv_model::quant::{Precision, StoredModel};
 use crate::simulator::{SimulatorConfig, challenge_stream, pick_samples};
 use crate::{Device, InferBackend};
 use card::{CardFacts, ModelCard};
+use sv_core::Metrics;
+use sv_model::backbone::weights::write_safetensors;
+use sv_model::classifier::Classifier;
+use sv_model::kernel_cache as kernels;
+use sv_model::quant::{Precision, StoredModel};
 
 /// Options of the export command.
 #[derive(Debug, Clone)]
@@ -118,7 +120,9 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         let dtype = opts.dtype.clone().unwrap_or_else(|| meta.backbone.dtype.clone());
         crate::backbone::parse_dtype(&dtype).context("export dtype")?;
         if opts.int8 && dtype != "f32" {
-            bail!("an INT8 export runs its dequantised layers in f32: pass --dtype f32 (the run's backbone is {dtype})");
+            bail!(
+                "an INT8 export runs its dequantised layers in f32: pass --dtype f32 (the run's backbone is {dtype})"
+            );
         }
         let precision = if opts.int8 { Scales::load(&opts.run)?.precision() } else { Precision::Fp32 };
         let stored = StoredModel::new(&fp32.backbone, &fp32.head, &precision);

@@ -34,4 +34,3 @@ impl<B: Backend> ActivationHook<B> for CalibrationHook {
         x
     }
 }
-

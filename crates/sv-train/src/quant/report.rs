@@ -10,13 +10,13 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use sv_data::{Sample, Store};
 
-use super::histogram::Method;
 use super::calibrate::CalibrationHook;
-use sv_model::quant::{Precision, StoredModel};
+use super::histogram::Method;
 use crate::classifier::Classifier;
 use crate::metrics::Metrics;
 use crate::simulator::{SimulatorConfig, simulate_with};
 use crate::{Device, InferBackend};
+use sv_model::quant::{Precision, StoredModel};
 
 /// Options of the quantize command.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -68,8 +68,9 @@ impl Scales {
     /// Read `<run>/int8/scales.json`.
     pub fn load(run: &Path) -> Result<Self> {
         let p = run.join("int8").join("scales.json");
-        let text = std::fs::read_to_string(&p)
-            .with_context(|| format!("{} is missing: run `sv-train quantize --run {}` first", p.display(), run.display()))?;
+        let text = std::fs::read_to_string(&p).with_context(|| {
+            format!("{} is missing: run `sv-train quantize --run {}` first", p.display(), run.display())
+        })?;
         serde_json::from_str(&text).with_context(|| format!("{} is not valid", p.display()))
     }
 }
@@ -114,7 +115,13 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
 
     // Calibration set: diverse over the training split's cached features.
     let t = Instant::now();
-    let ids = sv_data::similar::diverse_subset(&store, &meta.feature_column, Some("split = 'train'"), opts.samples, opts.seed)?;
+    let ids = sv_data::similar::diverse_subset(
+        &store,
+        &meta.feature_column,
+        Some("split = 'train'"),
+        opts.samples,
+        opts.seed,
+    )?;
     let calib = store.get(&ids)?;
     let mut strata = BTreeMap::new();
     for s in &calib {
@@ -157,7 +164,10 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
         let latency = t.elapsed().as_secs_f64() * 1e3 / val.len() as f64;
         let m = Metrics::compute(&probs, &labels);
         let sim = simulate_with(&val, opts.batch_size, &sim_cfg, &mut |imgs| model.probs(imgs, &device))?;
-        println!("{name:>22}: acc {:.4} mcc {:.4} reward {:.4} {:.1} ms/img {} bytes", m.accuracy, m.mcc, sim.reward_mean, latency, bytes);
+        println!(
+            "{name:>22}: acc {:.4} mcc {:.4} reward {:.4} {:.1} ms/img {} bytes",
+            m.accuracy, m.mcc, sim.reward_mean, latency, bytes
+        );
         rows.push(VariantReport {
             variant: name,
             accuracy: m.accuracy,

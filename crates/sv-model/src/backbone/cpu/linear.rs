@@ -183,7 +183,12 @@ impl<'a> SharedRows<'a> {
     /// # Safety
     /// Nothing else may touch the tile while it is written through the pointer.
     pub unsafe fn tile_ptr(&self, rows: Range<usize>, cols: Range<usize>) -> *mut f32 {
-        assert!(cols.start <= cols.end && cols.end <= self.width && rows.start <= rows.end && rows.end * self.width <= self.len);
+        assert!(
+            cols.start <= cols.end
+                && cols.end <= self.width
+                && rows.start <= rows.end
+                && rows.end * self.width <= self.len
+        );
         // SAFETY: in bounds (checked).
         unsafe { self.ptr.add(rows.start * self.width + cols.start) }
     }
@@ -242,7 +247,8 @@ pub(super) fn linear(
         }
         for r in r0..r1 {
             // SAFETY: rows and columns of this task's tile.
-            let (seg, seg2) = unsafe { (dst.seg(r, c0..c1), if w2.is_some() { dst2.seg(r, c0..c1) } else { &mut [][..] }) };
+            let (seg, seg2) =
+                unsafe { (dst.seg(r, c0..c1), if w2.is_some() { dst2.seg(r, c0..c1) } else { &mut [][..] }) };
             epi(r, c0..c1, seg, seg2);
         }
     });
@@ -271,7 +277,16 @@ fn gemm_rows(m: usize, k: usize, n: usize, x: &[f32], wt: &[f32], out: &mut [f32
 /// # Safety
 /// `dst` must hold `rows.end × n` values, and nothing else may touch the tile meanwhile.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_tile(dst: *mut f32, n: usize, rows: Range<usize>, cols: Range<usize>, k: usize, x: &[f32], wt: &[f32], par: Parallelism) {
+unsafe fn gemm_tile(
+    dst: *mut f32,
+    n: usize,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    k: usize,
+    x: &[f32],
+    wt: &[f32],
+    par: Parallelism,
+) {
     assert!(rows.end * k <= x.len() && k * n <= wt.len() && cols.end <= n && cols.start <= cols.end);
     // SAFETY: x and wt hold what is read (checked above); dst by the caller's contract.
     unsafe {
@@ -362,9 +377,12 @@ mod tests {
 
     #[test]
     fn plans_fill_the_threads_and_respect_alignment() {
-        for &(m, k, n, align, full, threads) in
-            &[(201, 384, 1152, 64, false, 16), (201, 384, 384, 16, true, 16), (3216, 384, 1536, 64, false, 2), (1, 8, 8, 4, false, 8)]
-        {
+        for &(m, k, n, align, full, threads) in &[
+            (201, 384, 1152, 64, false, 16),
+            (201, 384, 384, 16, true, 16),
+            (3216, 384, 1536, 64, false, 2),
+            (1, 8, 8, 4, false, 8),
+        ] {
             let t = Tiles::plan(m, k, n, align, full, threads);
             assert!(t.rows >= 1 && t.rows <= m && t.cols >= 1 && t.cols <= n, "{t:?}");
             if full {

@@ -20,8 +20,8 @@
 //! paths always hold the same numbers; `tests/parity.rs` holds both to transformers' output.
 
 mod attention;
-mod ops;
 mod linear;
+mod ops;
 
 use std::collections::HashMap;
 
@@ -34,8 +34,8 @@ use rayon::prelude::*;
 use super::dinov3::{Dinov3, Dinov3Config, rope_host};
 use super::settings::{CpuForwardConfig, CpuLayerNorm};
 use attention::attention;
-use ops::{activation, add_bias, add_into, gated, layer_norm, rope, scaled_residual};
 use linear::{Linear, SharedRows, Threading, Tiles, linear, par_rows};
+use ops::{activation, add_bias, add_into, gated, layer_norm, rope, scaled_residual};
 
 /// A model's tensors by checkpoint name, taken out one by one.
 struct Named(HashMap<String, Vec<f32>>);
@@ -166,8 +166,15 @@ impl CpuDinov3 {
     /// The CPU layout where this build's backend is the CPU one (ndarray) and the model is f32:
     /// where the Burn forward would run on the same cores, slower. Inference only: none on an
     /// autodiff backend (no gradients flow through it).
-    pub fn for_backend<B: Backend>(cfg: &Dinov3Config, model: &Dinov3<B>, settings: &CpuForwardConfig) -> Result<Option<Self>> {
-        if crate::backend_name() != "ndarray" || model.devices().first().is_some_and(B::ad_enabled) || model.dtype() != DType::F32 {
+    pub fn for_backend<B: Backend>(
+        cfg: &Dinov3Config,
+        model: &Dinov3<B>,
+        settings: &CpuForwardConfig,
+    ) -> Result<Option<Self>> {
+        if crate::backend_name() != "ndarray"
+            || model.devices().first().is_some_and(B::ad_enabled)
+            || model.dtype() != DType::F32
+        {
             return Ok(None);
         }
         Self::new(cfg, model).map(|m| Some(m.with_settings(*settings)))
@@ -248,18 +255,23 @@ impl CpuDinov3 {
         let mut attn = vec![0f32; m * d];
         let mut a = vec![0f32; m * d];
         let mut hid = vec![0f32; m * self.inter];
-        let mut gate = if self.layers.iter().any(|l| l.gate.is_some()) { vec![0f32; m * self.inter] } else { Vec::new() };
+        let mut gate =
+            if self.layers.iter().any(|l| l.gate.is_some()) { vec![0f32; m * self.inter] } else { Vec::new() };
         let (eps, i) = (self.eps, self.inter);
         // Tiles of the qkv output hold whole heads (RoPE rotates within a head). o and down end
         // with the residual and the next LayerNorm: inside the epilogue when their tiles are whole
         // rows, else (wide layers, where whole-row tiles would each read all of the weight) in a
         // pass of its own; the cost model picks.
-        let (p_qkv, p_up) = (Tiles::plan(m, d, 3 * d, head_align(hd), false, threads), Tiles::plan(m, d, i, 64, false, threads));
+        let (p_qkv, p_up) =
+            (Tiles::plan(m, d, 3 * d, head_align(hd), false, threads), Tiles::plan(m, d, i, 64, false, threads));
         let whole = self.settings.layer_norm == CpuLayerNorm::Fused;
-        let (p_o, p_down) = (Tiles::plan_residual(m, d, d, threads, whole), Tiles::plan_residual(m, i, d, threads, whole));
+        let (p_o, p_down) =
+            (Tiles::plan_residual(m, d, d, threads, whole), Tiles::plan_residual(m, i, d, threads, whole));
         let layers = [("embed", n * np, kp, d, p_embed), ("qkv", m, d, 3 * d, p_qkv), ("o", m, d, d, p_o)];
         for (layer, rows, k, n, tiles) in layers.into_iter().chain([("up", m, d, i, p_up), ("down", m, i, d, p_down)]) {
-            profile.plan(layer, || format!("({rows}, {k}) × ({k}, {n}) on {threads} threads: {tiles:?}, {} tasks", tiles.tasks(rows, n)));
+            profile.plan(layer, || {
+                format!("({rows}, {k}) × ({k}, {n}) on {threads} threads: {tiles:?}, {} tasks", tiles.tasks(rows, n))
+            });
         }
         profile.lap("embed");
 
@@ -291,15 +303,27 @@ impl CpuDinov3 {
             // MLP: up (and gate) GEMM + activation, down GEMM + LayerScale + residual, the next
             // block's LN₁ (or the final norm).
             match &blk.gate {
-                Some(g) => linear(threading, p_up, m, &y, &blk.up, &mut hid, Some((g, &mut gate)), |_, cols, up, gt| {
-                    gated(up, &blk.up.b[cols.clone()], gt, &g.b[cols], self.silu)
-                }),
+                Some(g) => {
+                    linear(threading, p_up, m, &y, &blk.up, &mut hid, Some((g, &mut gate)), |_, cols, up, gt| {
+                        gated(up, &blk.up.b[cols.clone()], gt, &g.b[cols], self.silu)
+                    })
+                }
                 None => linear(threading, p_up, m, &y, &blk.up, &mut hid, None, |_, cols, seg, _| {
                     activation(seg, &blk.up.b[cols], self.silu)
                 }),
             }
             profile.lap("up");
-            self.residual_norm(threading, p_down, m, &hid, (&blk.down, &blk.ls2[..]), next_norm, &mut a, &mut x, &mut y);
+            self.residual_norm(
+                threading,
+                p_down,
+                m,
+                &hid,
+                (&blk.down, &blk.ls2[..]),
+                next_norm,
+                &mut a,
+                &mut x,
+                &mut y,
+            );
             profile.lap("down");
         }
         // y = norm(x) now (the last block's epilogue, or the LayerNorm above without blocks).
@@ -389,7 +413,8 @@ mod tests {
         let (n, s) = (2, 48);
         let x: Vec<f32> = (0..n * 3 * s * s).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
         let fast = cpu.forward(&x, n, s, s).unwrap().features;
-        let burn = super::super::host(model.forward(Tensor::from_data(TensorData::new(x, [n, 3, s, s]), &device)).features);
+        let burn =
+            super::super::host(model.forward(Tensor::from_data(TensorData::new(x, [n, 3, s, s]), &device)).features);
         let err = fast.iter().zip(&burn).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         let scale = burn.iter().map(|v| v.abs()).fold(0f32, f32::max);
         assert_eq!(fast.len(), burn.len());
@@ -417,7 +442,8 @@ mod tests {
             let mean = row.iter().sum::<f64>() / d as f64;
             let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
             for c in 0..d {
-                want_y[r * d + c] = (row[c] - mean) / (var + cpu.eps as f64).sqrt() * blk.norm2.0[c] as f64 + blk.norm2.1[c] as f64;
+                want_y[r * d + c] =
+                    (row[c] - mean) / (var + cpu.eps as f64).sqrt() * blk.norm2.0[c] as f64 + blk.norm2.1[c] as f64;
             }
         }
         // Whole-row tiles (LayerNorm in the epilogue), narrow tiles (a pass of its own), the library.
@@ -429,8 +455,18 @@ mod tests {
             let (mut a, mut x, mut y) = (vec![0f32; m * d], x0.clone(), vec![f32::NAN; m * d]);
             cpu.residual_norm(threading, tiles, m, &input, (&blk.o, &blk.ls1[..]), &blk.norm2, &mut a, &mut x, &mut y);
             for i in 0..m * d {
-                assert!((x[i] as f64 - want_x[i]).abs() < 1e-4, "{threading:?} {tiles:?} x[{i}]: {} vs {}", x[i], want_x[i]);
-                assert!((y[i] as f64 - want_y[i]).abs() < 1e-3, "{threading:?} {tiles:?} y[{i}]: {} vs {}", y[i], want_y[i]);
+                assert!(
+                    (x[i] as f64 - want_x[i]).abs() < 1e-4,
+                    "{threading:?} {tiles:?} x[{i}]: {} vs {}",
+                    x[i],
+                    want_x[i]
+                );
+                assert!(
+                    (y[i] as f64 - want_y[i]).abs() < 1e-3,
+                    "{threading:?} {tiles:?} y[{i}]: {} vs {}",
+                    y[i],
+                    want_y[i]
+                );
             }
         }
     }
@@ -453,11 +489,16 @@ mod tests {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             for threading in [Threading::Tiles, Threading::Library] {
                 let got = pool.install(|| cpu.forward_with(&x, n, s, s, threading)).unwrap();
-                for (name, got, want) in [("features", &got.features, &want_f), ("last_hidden_state", &got.last_hidden_state, &want_h)] {
+                for (name, got, want) in
+                    [("features", &got.features, &want_f), ("last_hidden_state", &got.last_hidden_state, &want_h)]
+                {
                     assert_eq!(got.len(), want.len(), "{name}");
                     let err = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                     let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
-                    assert!(err <= 1e-4 * scale.max(1.0), "{threads} threads, {threading:?}: {name} differs by {err} (scale {scale})");
+                    assert!(
+                        err <= 1e-4 * scale.max(1.0),
+                        "{threads} threads, {threading:?}: {name} differs by {err} (scale {scale})"
+                    );
                 }
             }
         }
