@@ -5,6 +5,7 @@
 //! plotters' `ab_glyph` feature, so plots need no system fonts and no fontconfig (CI machines may
 //! have none). plotters must not get its `ttf` feature anywhere in the build: with it, plotters
 //! looks fonts up on the system instead of using the registered one.
+//! (Over 500 lines: the two chart kinds and their tests on degenerate data.)
 
 use std::path::Path;
 use std::sync::OnceLock;

@@ -1,9 +1,11 @@
-//! A training run end to end, and the evaluation of a saved checkpoint.
+//! A training run end to end (a saved checkpoint is re-evaluated in `evaluate.rs`).
 //!
 //! A run folder holds: `config.toml` (the experiment as given), `resolved.json` (the experiment
 //! with defaults filled in, the dataset version and the backbone id), `metrics.json`,
 //! `history.csv`, `predictions.csv`, `plots/{loss,metrics,roc}.png`, and `checkpoint/` (`head.mpk`, `head.json`,
 //! `meta.json`) which `sv-train evaluate` and the export read.
+//! (Over 500 lines: a run's orchestration in one place; re-evaluation and comparison live in
+//! `evaluate.rs`, the checkpoint format in `checkpoint.rs`.)
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

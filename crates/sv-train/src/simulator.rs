@@ -14,6 +14,7 @@
 //! - Report: metrics per level and per source, the EMA after the stream, the stream's mean step
 //!   reward, and the per-window reward's mean and spread over windows of fresh challenges drawn
 //!   from the scored pool.
+//! (Over 500 lines: the simulator and its tests against the validator's own fixtures.)
 
 use std::collections::BTreeMap;
 
