@@ -163,12 +163,10 @@ pub fn import_segments(segments_dir: &Path, log_path: &Path) -> Result<ImportRep
 mod tests {
     use super::*;
 
-    #[test]
-    fn appends_commit_and_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log = PredictionLog::open(dir.path().join("log")).unwrap();
-        assert_eq!(log.version().unwrap(), 0);
-        let rec = |i: i64| PredictionRecord {
+    /// A record whose image hash starts with `i` as 16 hex digits (the sample id) and whose
+    /// score is `i / 10`.
+    fn rec(i: i64) -> PredictionRecord {
+        PredictionRecord {
             ts_ms: i,
             image_sha256: format!("{i:016x}{:048x}", 0),
             stage: "stage1".into(),
@@ -180,7 +178,14 @@ mod tests {
             challenge_id: Some(format!("c{i}")),
             label: None,
             image: (i == 1).then(|| vec![1, 2, 3]),
-        };
+        }
+    }
+
+    #[test]
+    fn appends_commit_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PredictionLog::open(dir.path().join("log")).unwrap();
+        assert_eq!(log.version().unwrap(), 0);
         let v1 = log.append(&[rec(1), rec(2)]).unwrap();
         let v2 = log.append(&[rec(3)]).unwrap();
         assert!(v2 > v1);
@@ -196,19 +201,6 @@ mod tests {
     fn segments_import_once_and_mine_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let segs = dir.path().join("segments");
-        let rec = |i: i64| PredictionRecord {
-            ts_ms: i,
-            image_sha256: format!("{i:016x}{:048x}", 0),
-            stage: "stage1".into(),
-            score: i as f32 / 10.0,
-            confidence: 0.9,
-            latency_ms: 3.0,
-            model_version: "v1".into(),
-            validator_hotkey: None,
-            challenge_id: None,
-            label: None,
-            image: None,
-        };
         let mut w = sv_core::predlog::SegmentWriter::open(&segs).unwrap();
         w.append(&[rec(1), rec(2)]).unwrap();
         w.append(&[rec(3)]).unwrap();
