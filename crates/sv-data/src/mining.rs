@@ -27,22 +27,37 @@ pub struct Prediction {
     pub prob: f32,
 }
 
-/// Mining settings.
+/// Hard-case mining settings: the `[hard_negatives]` table of an experiment.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MiningConfig {
+    /// Mine-and-retrain rounds after the first training.
+    pub rounds: usize,
     /// A correct prediction with confidence `max(p, 1 − p)` below this is low-confidence.
     pub low_confidence: f32,
     /// At most this many cases of each kind (the most confidently wrong, or least confident, first).
     pub cap_per_kind: usize,
     /// Target share of hard cases in the balanced view.
     pub hard_fraction: f64,
+    /// Also mine this prediction log (CSV `id,prob` of a deployed model) for train rows.
+    pub prediction_log: Option<std::path::PathBuf>,
+    /// Seed of the balanced view's shuffle: set by the run for each round, not by configs.
+    #[serde(skip)]
     pub seed: u64,
 }
 
 impl Default for MiningConfig {
     fn default() -> Self {
-        Self { low_confidence: 0.6, cap_per_kind: 1000, hard_fraction: 0.3, seed: 0 }
+        Self { rounds: 1, low_confidence: 0.6, cap_per_kind: 1000, hard_fraction: 0.3, prediction_log: None, seed: 0 }
+    }
+}
+
+impl MiningConfig {
+    /// Check every value; errors name the field as the experiment writes it.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let check = sv_core::check;
+        check("hard_negatives.low_confidence", (0.5..=1.0).contains(&self.low_confidence), "must be in [0.5, 1]")?;
+        check("hard_negatives.hard_fraction", (0.0..1.0).contains(&self.hard_fraction), "must be in [0, 1)")
     }
 }
 

@@ -106,9 +106,10 @@ pub fn is_log(path: &Path) -> bool {
 /// a Lance log, or a folder of segments read in place.
 pub fn read_scores(path: &Path) -> Result<HashMap<String, f32>> {
     let id = |h: &str| h.chars().take(16).collect::<String>();
-    if !path.join("_versions").exists() && sv_core::predlog::is_segment_dir(path) {
+    let segments = if path.join("_versions").exists() { Vec::new() } else { sv_core::predlog::segments(path)? };
+    if !segments.is_empty() {
         let mut out = HashMap::new();
-        for seg in sv_core::predlog::segments(path)? {
+        for seg in segments {
             for r in sv_core::predlog::read_segment(&seg)? {
                 out.insert(id(&r.image_sha256), r.score);
             }

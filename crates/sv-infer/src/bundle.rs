@@ -23,8 +23,7 @@ impl Bundle {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, BundleError> {
         let dir = path.as_ref().to_path_buf();
         let config = sv_model::bundle::open(&dir)?;
-        let card = ModelCard::read(&dir.join("model_card.json"))
-            .map_err(|e| BundleError::Model { bundle: dir.clone(), source: e })?;
+        let card = ModelCard::read(&dir.join("model_card.json"))?;
         Ok(Self { dir, config, card })
     }
 

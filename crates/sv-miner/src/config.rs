@@ -118,11 +118,11 @@ impl MinerConfig {
     }
 
     /// The kernel cache root: the configured one, else the user's cache folder.
-    pub fn kernel_cache_root(&self) -> PathBuf {
-        if let Some(p) = &self.kernel_cache {
-            return p.clone();
+    pub fn kernel_cache_root(&self) -> Result<PathBuf> {
+        match &self.kernel_cache {
+            Some(p) => Ok(p.clone()),
+            None => sv_model::kernel_cache::default_root("sv-miner"),
         }
-        sv_model::kernel_cache::cache_home().join("sv-miner").join("kernels")
     }
 
     /// Check what can be checked before loading anything.

@@ -61,7 +61,7 @@ impl AppState {
         let allow = cfg.allowed()?;
         let bundle = Bundle::open(&cfg.bundle)?;
         // Kernel caches only save start-up time: without them the miner still serves.
-        match bundle.use_kernels(&cfg.kernel_cache_root(), cfg.bundle_kernels) {
+        match cfg.kernel_cache_root().and_then(|root| bundle.use_kernels(&root, cfg.bundle_kernels)) {
             Ok(k) => tracing::info!("{}", k.note),
             Err(e) => tracing::warn!("no kernel cache: {e:#}"),
         }

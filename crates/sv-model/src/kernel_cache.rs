@@ -25,23 +25,26 @@ pub const DIR: &str = "kernels";
 
 pub use crate::compiles_kernels;
 
-/// The user's kernel cache for this GPU, shared by the GPU runs of `sv-train` and carried into
-/// exports: `$SV_KERNEL_CACHE`, else `$XDG_CACHE_HOME/sv-train/kernels` or
-/// `~/.cache/sv-train/kernels`, then one folder a GPU model and driver ([`gpu_key`]).
-pub fn user_dir() -> PathBuf {
-    let base = match std::env::var_os("SV_KERNEL_CACHE") {
-        Some(p) => PathBuf::from(p),
-        None => cache_home().join("sv-train").join("kernels"),
-    };
-    base.join(gpu_key())
+/// The folder of this GPU's caches under a kernel-cache root: one folder a GPU model and driver
+/// ([`gpu_key`]).
+pub fn gpu_dir(root: &Path) -> PathBuf {
+    root.join(gpu_key())
 }
 
-/// The user's cache folder: `$XDG_CACHE_HOME`, else `~/.cache`, else the temp folder.
-pub fn cache_home() -> PathBuf {
+/// A tool's default kernel-cache root, `<cache home>/<tool>/kernels` (`sv-train`'s is shared by
+/// its GPU runs and carried into exports). Binaries may let a setting override it.
+pub fn default_root(tool: &str) -> Result<PathBuf> {
+    Ok(cache_home()?.join(tool).join("kernels"))
+}
+
+/// The user's cache folder: `$XDG_CACHE_HOME`, else `~/.cache`. Never a shared temp folder
+/// (another user could plant kernels there): without either, an error asks for a setting.
+pub fn cache_home() -> Result<PathBuf> {
     std::env::var_os("XDG_CACHE_HOME")
+        .filter(|p| !p.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
+        .or_else(|| std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".cache")))
+        .context("neither XDG_CACHE_HOME nor HOME is set: configure a kernel cache folder")
 }
 
 /// [`gpu`] as one path segment (`unknown-gpu` when it cannot be told).

@@ -20,6 +20,69 @@ use crate::backbone::{ActivationHook, Dinov3, Dinov3Config, NamedTensor, host};
 use crate::head::{Head, HeadConfig};
 pub use crate::int8::{dequantize_rows, quantize_rows};
 
+/// How a calibration picks an activation range (`amax`) from a histogram of `|x|`: ModelOpt's
+/// calibrators (sv-train's `quant::histogram` computes them). Written `max`, `entropy`, `mse`,
+/// `percentile` (99.99) or `percentile:<p>` in commands; stored as [`Self::name`].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Calibrator {
+    /// The largest magnitude seen.
+    Max,
+    /// A percentile of `|x|` (99.99 is the usual choice).
+    Percentile(f64),
+    /// TensorRT's KL-divergence search over 128 levels.
+    Entropy,
+    /// Minimum mean squared quantisation error.
+    Mse,
+}
+
+impl Calibrator {
+    /// A short name for reports and stored scales (`percentile-99.99`); parses back.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Max => "max".into(),
+            Self::Percentile(p) => format!("percentile-{p}"),
+            Self::Entropy => "entropy".into(),
+            Self::Mse => "mse".into(),
+        }
+    }
+}
+
+impl std::str::FromStr for Calibrator {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "max" => Self::Max,
+            "entropy" => Self::Entropy,
+            "mse" => Self::Mse,
+            "percentile" => Self::Percentile(99.99),
+            other => {
+                match other.strip_prefix("percentile:").or(other.strip_prefix("percentile-")).map(str::parse::<f64>) {
+                    Some(Ok(p)) if p > 0.0 && p <= 100.0 => Self::Percentile(p),
+                    _ => {
+                        return Err(format!(
+                            "unknown calibrator {other:?} (max, entropy, mse, percentile, percentile:<0-100>)"
+                        ));
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl TryFrom<String> for Calibrator {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Calibrator> for String {
+    fn from(c: Calibrator) -> String {
+        c.name()
+    }
+}
+
 /// Numeric precision of a model variant.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -31,7 +94,7 @@ pub enum Precision {
     Bf16,
     /// INT8 weights per output channel, activations per site with `amax` from `calibrator`.
     Int8 {
-        calibrator: String,
+        calibrator: Calibrator,
         amax: BTreeMap<String, f32>,
     },
 }
@@ -42,7 +105,7 @@ impl Precision {
             Self::Fp32 => "fp32".into(),
             Self::Fp16 => "fp16".into(),
             Self::Bf16 => "bf16".into(),
-            Self::Int8 { calibrator, .. } => format!("int8-{calibrator}"),
+            Self::Int8 { calibrator, .. } => format!("int8-{}", calibrator.name()),
         }
     }
 }
@@ -167,5 +230,26 @@ impl StoredModel {
         let bb = Dinov3::load(config, &MemorySource::new(dequantized(&self.backbone), "quantised backbone"), device)?;
         let hd = head.load_tensors(&MemorySource::new(dequantized(&self.head), "quantised head"), device)?;
         Ok((bb, hd))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calibrator_names_parse_and_round_trip() {
+        assert_eq!("percentile:99.9".parse(), Ok(Calibrator::Percentile(99.9)));
+        assert_eq!("percentile".parse(), Ok(Calibrator::Percentile(99.99)));
+        for c in [Calibrator::Max, Calibrator::Entropy, Calibrator::Mse, Calibrator::Percentile(99.9)] {
+            assert_eq!(c.name().parse(), Ok(c), "{}", c.name());
+            let json = serde_json::to_string(&Precision::Int8 { calibrator: c, amax: BTreeMap::new() }).unwrap();
+            assert!(json.contains(&format!("\"{}\"", c.name())), "{json}");
+            assert_eq!(serde_json::from_str::<Precision>(&json).unwrap().name(), format!("int8-{}", c.name()));
+        }
+        for bad in ["kl", "percentile:0", "percentile:101", "percentile:x"] {
+            let e = bad.parse::<Calibrator>().unwrap_err();
+            assert!(e.contains(bad) && e.contains("mse"), "{e}");
+        }
     }
 }

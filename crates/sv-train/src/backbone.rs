@@ -13,16 +13,73 @@ use hf_hub::RepoType;
 use sv_model::backbone::weights::{RandomSource, SafetensorsSource};
 pub use sv_model::backbone::*;
 
+/// Where a backbone's weights come from, written in configs as `random` (a preset with seeded
+/// weights), `hf:<repo>[@revision]` (the Hugging Face hub) or a local folder's path.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Weights {
+    Random,
+    Hub { repo: String, revision: Option<String> },
+    Dir(PathBuf),
+}
+
+impl std::str::FromStr for Weights {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "random" {
+            return Ok(Self::Random);
+        }
+        if let Some(rest) = s.strip_prefix("hf:") {
+            let (repo, revision) = match rest.split_once('@') {
+                Some((r, v)) => (r, Some(v.to_string())),
+                None => (rest, None),
+            };
+            if repo.is_empty() || revision.as_deref() == Some("") {
+                return Err(format!("backbone weights {s:?}: write hf:<repo> or hf:<repo>@<revision>"));
+            }
+            return Ok(Self::Hub { repo: repo.into(), revision });
+        }
+        if s.is_empty() {
+            return Err("backbone weights are empty: write `random`, `hf:<repo>` or a folder".into());
+        }
+        Ok(Self::Dir(PathBuf::from(s)))
+    }
+}
+
+impl TryFrom<String> for Weights {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Weights> for String {
+    fn from(w: Weights) -> String {
+        w.to_string()
+    }
+}
+
+impl std::fmt::Display for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Random => f.write_str("random"),
+            Self::Hub { repo, revision: None } => write!(f, "hf:{repo}"),
+            Self::Hub { repo, revision: Some(r) } => write!(f, "hf:{repo}@{r}"),
+            Self::Dir(d) => write!(f, "{}", d.display()),
+        }
+    }
+}
+
 /// Where the backbone comes from (the `[backbone]` table of an experiment).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackboneSpec {
     /// `random`, a local folder, or `hf:<repo>[@revision]`.
-    pub weights: String,
+    pub weights: Weights,
     /// Architecture preset for `random` weights (vits16, vits16plus, vitb16, vitl16, vith16plus,
     /// vit7b16, vit-tiny).
-    #[serde(default = "default_preset")]
-    pub preset: String,
+    #[serde(default)]
+    pub preset: Preset,
     /// Seed of `random` weights.
     #[serde(default)]
     pub seed: u64,
@@ -36,20 +93,13 @@ pub struct BackboneSpec {
     /// Float type of the backbone's weights and activations: `f32` (every backend), `bf16` or
     /// `f16` (the `cuda` build; about twice the throughput on tensor cores). Features are f32
     /// either way; a non-f32 dtype is part of the backbone id, so cached features never mix.
-    #[serde(default = "default_dtype")]
-    pub dtype: String,
+    #[serde(default)]
+    pub dtype: FloatType,
     /// How the forward runs (`[backbone.forward]`; defaults: the build's fastest).
     #[serde(default)]
     pub forward: ForwardConfig,
 }
 
-fn default_dtype() -> String {
-    "f32".into()
-}
-
-fn default_preset() -> String {
-    "vits16".into()
-}
 fn default_batch() -> usize {
     16
 }
@@ -93,9 +143,9 @@ pub fn fetch_hf(repo_id: &str, revision: Option<&str>) -> Result<PathBuf> {
 
 /// Load the backbone a spec names, its forward chosen from the spec's `forward` settings.
 pub fn load<B: Backend>(spec: &BackboneSpec, device: &B::Device) -> Result<Backbone<B>> {
-    let dtype = parse_dtype(&spec.dtype)?;
+    let dtype = spec.dtype.for_build()?;
     let (model, config, mut id, random) = load_weights::<B>(spec, device, dtype)?;
-    if dtype != DType::F32 {
+    if spec.dtype != FloatType::F32 {
         id = format!("{id}:{}", spec.dtype);
     }
     let pad_to = if sv_model::compiles_kernels() { spec.batch_size } else { 0 };
@@ -103,34 +153,30 @@ pub fn load<B: Backend>(spec: &BackboneSpec, device: &B::Device) -> Result<Backb
 }
 
 fn load_weights<B: Backend>(spec: &BackboneSpec, device: &B::Device, dtype: DType) -> Result<Loaded<B>> {
-    if spec.weights == "random" {
-        let config = Dinov3Config::preset(&spec.preset)?;
-        let src = RandomSource { seed: spec.seed, std: spec.init_std, layer_scale: config.layerscale_value as f32 };
-        let model = Dinov3::load_as(&config, &src, device, dtype)?;
-        return Ok((
-            model,
-            config,
-            format!("dinov3:random:{}:seed={}:std={}", spec.preset, spec.seed, spec.init_std),
-            true,
-        ));
-    }
-    if let Some(rest) = spec.weights.strip_prefix("hf:") {
-        let (repo, rev) = match rest.split_once('@') {
-            Some((r, v)) => (r, Some(v)),
-            None => (rest, None),
-        };
-        let dir = fetch_hf(repo, rev)?;
-        let (model, config) = load_dir(&dir, device, dtype)?;
-        let snapshot = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-        return Ok((model, config, format!("dinov3:hf:{repo}@{snapshot}"), false));
-    }
-    let dir = Path::new(&spec.weights);
+    let dir = match &spec.weights {
+        Weights::Random => return random_weights(spec, device, dtype),
+        Weights::Hub { repo, revision } => {
+            let dir = fetch_hf(repo, revision.as_deref())?;
+            let (model, config) = load_dir(&dir, device, dtype)?;
+            let snapshot = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+            return Ok((model, config, format!("dinov3:hf:{repo}@{snapshot}"), false));
+        }
+        Weights::Dir(dir) => dir,
+    };
     if !dir.is_dir() {
-        bail!("backbone weights {:?} are not `random`, `hf:<repo>` or an existing folder", spec.weights);
+        bail!("backbone weights {:?} are not `random`, `hf:<repo>` or an existing folder", dir.display().to_string());
     }
     let (model, config) = load_dir(dir, device, dtype)?;
     let fingerprint = dir_fingerprint(dir)?;
     Ok((model, config, format!("dinov3:dir:{}:{fingerprint}", dir.display()), false))
+}
+
+fn random_weights<B: Backend>(spec: &BackboneSpec, device: &B::Device, dtype: DType) -> Result<Loaded<B>> {
+    let config = Dinov3Config::preset(spec.preset);
+    let src = RandomSource { seed: spec.seed, std: spec.init_std, layer_scale: config.layerscale_value as f32 };
+    let model = Dinov3::load_as(&config, &src, device, dtype)?;
+    let id = format!("dinov3:random:{}:seed={}:std={}", spec.preset, spec.seed, spec.init_std);
+    Ok((model, config, id, true))
 }
 
 /// Size and modification time of the safetensors in a folder: changes when the weights do.
@@ -158,7 +204,7 @@ mod tests {
     /// A random f32 backbone of `preset` and the JPEGs of `count` procedural `width`×`height`
     /// scenes.
     fn random_backbone(
-        preset: &str,
+        preset: Preset,
         seed: u64,
         batch_size: usize,
         count: usize,
@@ -166,12 +212,12 @@ mod tests {
         height: u32,
     ) -> (Backbone<InferBackend>, Vec<Vec<u8>>) {
         let spec = BackboneSpec {
-            weights: "random".into(),
-            preset: preset.into(),
+            weights: Weights::Random,
+            preset,
             seed,
             batch_size,
             init_std: 0.3,
-            dtype: "f32".into(),
+            dtype: FloatType::F32,
             forward: ForwardConfig::default(),
         };
         let bb = load::<InferBackend>(&spec, &Device::default()).unwrap();
@@ -181,7 +227,7 @@ mod tests {
 
     #[test]
     fn padding_rows_change_nothing_in_the_real_ones() {
-        let (mut bb, imgs) = random_backbone("vit-tiny", 3, 8, 3, 64, 48);
+        let (mut bb, imgs) = random_backbone(Preset::VitTiny, 3, 8, 3, 64, 48);
         let device = Device::default();
         let refs: Vec<&[u8]> = imgs.iter().map(Vec::as_slice).collect();
         let pre = PreprocessConfig { size: 48, ..Default::default() };
@@ -202,7 +248,7 @@ mod tests {
 
     #[test]
     fn cpu_forward_gives_the_burn_forwards_features() {
-        for preset in ["vit-tiny", "vits16plus"] {
+        for preset in [Preset::VitTiny, Preset::Vits16plus] {
             let (mut bb, imgs) = random_backbone(preset, 5, 4, 3, 80, 64);
             let device = Device::default();
             assert!(matches!(bb.forward, Forward::Cpu(_)), "the CPU build loads the CPU forward");

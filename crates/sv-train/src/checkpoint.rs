@@ -102,6 +102,26 @@ pub fn load_head(checkpoint: &Path, device: &Device) -> Result<(Head<InferBacken
     Ok((head, meta))
 }
 
+/// The backbone a checkpoint was trained on, loaded again from its spec; refused when it no
+/// longer loads as the same id (other weights in the folder, another revision on the hub).
+pub fn backbone_of(
+    meta: &CheckpointMeta,
+    run: &Path,
+    device: &Device,
+) -> Result<crate::backbone::Backbone<InferBackend>, CheckpointError> {
+    let backbone = crate::backbone::load::<InferBackend>(&meta.backbone, device)
+        .map_err(|source| CheckpointError::Backbone { run: run.to_path_buf(), source })?;
+    if backbone.id != meta.backbone_id {
+        return Err(CheckpointError::BackboneChanged {
+            run: run.to_path_buf(),
+            trained: meta.backbone_id.clone(),
+            weights: meta.backbone.weights.to_string(),
+            now: backbone.id,
+        });
+    }
+    Ok(backbone)
+}
+
 /// The FP32 model of a run folder (its `checkpoint/` and the backbone it names), its forward
 /// chosen from the run's backbone spec.
 pub fn classifier_of_run(
@@ -110,16 +130,7 @@ pub fn classifier_of_run(
 ) -> Result<(Classifier<InferBackend>, CheckpointMeta), CheckpointError> {
     let ck = run.join("checkpoint");
     let (head, meta) = load_head(&ck, device)?;
-    let backbone = crate::backbone::load::<InferBackend>(&meta.backbone, device)
-        .map_err(|source| CheckpointError::Backbone { run: run.to_path_buf(), source })?;
-    if backbone.id != meta.backbone_id {
-        return Err(CheckpointError::BackboneChanged {
-            run: run.to_path_buf(),
-            trained: meta.backbone_id.clone(),
-            weights: meta.backbone.weights.clone(),
-            now: backbone.id,
-        });
-    }
+    let backbone = backbone_of(&meta, run, device)?;
     let head_config = read_head_config(&ck)?;
     let settings = meta.backbone.forward.clone();
     Ok((Classifier::fp32_of(backbone, head, head_config, meta.preprocess.clone(), &settings), meta))

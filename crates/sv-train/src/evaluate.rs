@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use sv_data::Store;
 
+use crate::Device;
 use crate::checkpoint;
 use crate::experiment::Experiment;
 use crate::features::{ensure_features, feature_set};
@@ -15,7 +16,6 @@ use crate::plots::bar_chart;
 use crate::run::{RunSummary, by_source, run_experiment};
 use crate::simulator::{SimReport, simulate};
 use crate::train::predict;
-use crate::{Device, InferBackend};
 
 /// What [`evaluate_checkpoint`] measured.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -37,15 +37,7 @@ pub fn evaluate_checkpoint(experiment: &Path, checkpoint: &Path) -> Result<Evalu
     let mut store = Store::open(&meta.dataset.store)
         .with_context(|| format!("the checkpoint's store {} cannot be opened", meta.dataset.store.display()))?
         .checkout(meta.dataset.version)?;
-    let backbone = crate::backbone::load::<InferBackend>(&meta.backbone, &device)?;
-    if backbone.id != meta.backbone_id {
-        bail!(
-            "the checkpoint was trained on backbone {} but {} loads as {}",
-            meta.backbone_id,
-            meta.backbone.weights,
-            backbone.id
-        );
-    }
+    let backbone = checkpoint::backbone_of(&meta, checkpoint.parent().unwrap_or(checkpoint), &device)?;
     let (features, _) =
         ensure_features(&mut store, &backbone, &meta.preprocess, meta.backbone.batch_size, false, &device)?;
     let mut splits = BTreeMap::new();

@@ -85,7 +85,7 @@ pub struct Experiment {
     pub curriculum: Option<CurriculumConfig>,
     /// Hard-negative mining rounds (absent = none).
     #[serde(default)]
-    pub hard_negatives: Option<HardNegSection>,
+    pub hard_negatives: Option<MiningConfig>,
     /// Knowledge distillation from a teacher (absent = plain BCE).
     #[serde(default)]
     pub distill: Option<DistillSection>,
@@ -108,45 +108,6 @@ pub struct AugmentSection {
 impl Default for AugmentSection {
     fn default() -> Self {
         Self { strategy: Strategy::None, copies: 1, seed: 0 }
-    }
-}
-
-/// The `[hard_negatives]` table.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HardNegSection {
-    /// Mine-and-retrain rounds after the first training.
-    pub rounds: usize,
-    /// Confidence `max(p, 1 − p)` below which a correct prediction counts as hard.
-    pub low_confidence: f32,
-    pub cap_per_kind: usize,
-    /// Target share of hard cases in the balanced view.
-    pub hard_fraction: f64,
-    /// Also mine this prediction log (CSV `id,prob` of a deployed model) for train rows.
-    pub prediction_log: Option<PathBuf>,
-}
-
-impl Default for HardNegSection {
-    fn default() -> Self {
-        let m = MiningConfig::default();
-        Self {
-            rounds: 1,
-            low_confidence: m.low_confidence,
-            cap_per_kind: m.cap_per_kind,
-            hard_fraction: m.hard_fraction,
-            prediction_log: None,
-        }
-    }
-}
-
-impl HardNegSection {
-    pub fn mining(&self, seed: u64) -> MiningConfig {
-        MiningConfig {
-            low_confidence: self.low_confidence,
-            cap_per_kind: self.cap_per_kind,
-            hard_fraction: self.hard_fraction,
-            seed,
-        }
     }
 }
 
@@ -197,10 +158,17 @@ impl Experiment {
     pub fn load(path: &Path) -> Result<(Self, String)> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("cannot read experiment file {}", path.display()))?;
-        let exp: Experiment =
-            toml::from_str(&text).with_context(|| format!("experiment file {} is invalid", path.display()))?;
-        exp.validate().with_context(|| format!("experiment file {} is invalid", path.display()))?;
+        let invalid = || format!("experiment file {} is invalid", path.display());
+        let exp = Self::parse(&text).with_context(invalid)?;
+        exp.validate().with_context(invalid)?;
         Ok((exp, text))
+    }
+
+    /// Deserialise an experiment's TOML; a value of the wrong kind or an unknown name is
+    /// reported with the path of its field (`backbone.dtype: unknown variant ...`).
+    pub fn parse(text: &str) -> Result<Self> {
+        let de = toml::Deserializer::parse(text)?;
+        serde_path_to_error::deserialize(de).map_err(|e| anyhow::anyhow!("{}: {}", e.path(), e.inner()))
     }
 
     /// Check every value; the error names the field and the reason. No value that parses can
@@ -213,7 +181,7 @@ impl Experiment {
             "must be non-empty and contain no path separators",
         )?;
         check("backbone.batch_size", self.backbone.batch_size > 0, "must be > 0")?;
-        crate::backbone::parse_dtype(&self.backbone.dtype).context("backbone.dtype")?;
+        self.backbone.dtype.for_build().context("backbone.dtype")?;
         let size = format!("preprocess.size {}", self.preprocess.size);
         check(
             &size,
@@ -239,7 +207,7 @@ impl Experiment {
             check("distill.temperature", d.temperature.is_finite() && d.temperature > 0.0, "must be finite and > 0")?;
             if let Some(b) = &tch.backbone {
                 check("distill.teacher.backbone.batch_size", b.batch_size > 0, "must be > 0")?;
-                crate::backbone::parse_dtype(&b.dtype).context("distill.teacher.backbone.dtype")?;
+                b.dtype.for_build().context("distill.teacher.backbone.dtype")?;
             }
             if let Some(h) = &tch.head {
                 h.validate().context("distill.teacher")?;
@@ -271,9 +239,7 @@ impl Experiment {
             }
         }
         if let Some(h) = &self.hard_negatives {
-            check("hard_negatives.low_confidence", (0.5..=1.0).contains(&h.low_confidence), "must be in [0.5, 1]")?;
-            unit("hard_negatives.hard_fraction", h.hard_fraction)?;
-            check("hard_negatives.hard_fraction", h.hard_fraction < 1.0, "must be < 1")?;
+            h.validate()?;
         }
         if self.simulator.enabled {
             self.simulator.validate()?;
@@ -284,5 +250,28 @@ impl Experiment {
     /// The train config with the experiment's seed applied.
     pub fn train_config(&self) -> TrainConfig {
         TrainConfig { seed: self.seed, ..self.train.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every shipped experiment parses into its typed configs (enums included) and validates.
+    #[test]
+    fn the_shipped_experiments_parse_and_validate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "toml") {
+                let (exp, _) = Experiment::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                assert!(!exp.name.is_empty());
+                n += 1;
+            }
+        }
+        assert!(n >= 5, "{n} experiments in {}", dir.display());
+        let e = Experiment::parse("name = \"x\"\n[backbone]\nweights = \"random\"\npreset = \"vit-huge\"").unwrap_err();
+        assert!(e.to_string().contains("backbone.preset") && e.to_string().contains("vit-huge"), "{e}");
     }
 }

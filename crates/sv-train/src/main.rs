@@ -47,7 +47,7 @@ enum Cmd {
         /// Default mse: on the procedural demo run it alone stayed within 1 point of FP32
         /// (see benchmarks/RESULTS.md); the report compares all four either way.
         #[arg(long, default_value = "mse")]
-        calibrator: String,
+        calibrator: sv_train::quant::Calibrator,
         /// Calibration samples (diverse subset of the training split).
         #[arg(long, default_value_t = 512)]
         samples: usize,
@@ -87,7 +87,7 @@ enum Cmd {
         force: bool,
         /// Backbone float type of the bundle: f32, bf16 or f16 (cuda build). Default: the run's.
         #[arg(long)]
-        dtype: Option<String>,
+        dtype: Option<sv_train::backbone::FloatType>,
         /// Largest batch to warm up and carry kernel caches for (cuda build; the miner's
         /// `cascade.batch.max_batch`); 0 carries none.
         #[arg(long, default_value_t = 16)]
@@ -117,8 +117,13 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     // GPU builds keep CubeCL's compiled kernels and autotune results across runs, one folder a
     // GPU model and driver; export copies them into the bundle.
+    // This binary's edge: `SV_KERNEL_CACHE` overrides the root.
     if sv_train::kernels::compiles_kernels() {
-        match sv_train::kernels::init(&sv_train::kernels::user_dir()) {
+        let root = match std::env::var_os("SV_KERNEL_CACHE") {
+            Some(p) => std::path::PathBuf::from(p),
+            None => sv_train::kernels::default_root("sv-train")?,
+        };
+        match sv_train::kernels::init(&sv_train::kernels::gpu_dir(&root)) {
             Some((ptx, tune)) => tracing::info!("kernel caches in {} and {}", ptx.display(), tune.display()),
             None => tracing::warn!("CubeCL's PTX cache is off: kernels are compiled anew in every process"),
         }
@@ -152,7 +157,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         (Some(Cmd::Quantize { run, calibrator, samples, sim_samples, seed }), _) => {
             let opts = sv_train::quant::report::QuantizeOptions {
-                calibrator: sv_train::quant::Method::parse(&calibrator)?,
+                calibrator,
                 samples,
                 sim_samples,
                 seed,

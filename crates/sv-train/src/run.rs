@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use sv_data::Store;
+use sv_data::mining::MiningConfig;
 
 use crate::backbone::Backbone;
 use crate::checkpoint::{self, CheckpointMeta, DatasetRef};
@@ -322,7 +323,7 @@ fn train_with_techniques<H: burn::tensor::backend::AutodiffBackend>(
                     row_of.push(i);
                 }
             }
-            let mcfg = hn.mining(exp.seed + round as u64);
+            let mcfg = MiningConfig { seed: exp.seed + round as u64, ..hn.clone() };
             let mined = sv_data::mining::mine(&preds, &mcfg);
             let counts: BTreeMap<String, usize> = mined
                 .iter()

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use sv_train::quant::{Histogram, Method};
+use sv_train::quant::{Calibrator, Histogram};
 
 fn data(name: &str) -> Vec<f32> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/calib").join(name);
@@ -44,11 +44,11 @@ fn calibrators_match_modelopt() {
         let differing = h.counts().iter().zip(&want).filter(|(a, b)| a != b).count();
         assert_eq!(differing, 0, "{name}: {differing} bins differ from ModelOpt's");
         for (key, method) in [
-            ("max", Method::Max),
-            ("percentile_99.9", Method::Percentile(99.9)),
-            ("percentile_99.99", Method::Percentile(99.99)),
-            ("entropy", Method::Entropy),
-            ("mse", Method::Mse),
+            ("max", Calibrator::Max),
+            ("percentile_99.9", Calibrator::Percentile(99.9)),
+            ("percentile_99.99", Calibrator::Percentile(99.99)),
+            ("entropy", Calibrator::Entropy),
+            ("mse", Calibrator::Mse),
         ] {
             let want = d[key].get("amax").and_then(|v| v.as_f64()).or_else(|| d[key].as_f64()).unwrap() as f32;
             let got = h.amax(method);

@@ -36,8 +36,8 @@ pub struct Dinov3Config {
     pub intermediate_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
-    #[serde(default = "default_act")]
-    pub hidden_act: String,
+    #[serde(default)]
+    pub hidden_act: Activation,
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
     #[serde(default = "default_rope")]
@@ -70,8 +70,65 @@ pub struct Dinov3Config {
     pub use_swiglu_ffn: Option<bool>,
 }
 
-fn default_act() -> String {
-    "gelu".into()
+/// The MLP's activation, `hidden_act` in `config.json` (`swish` is transformers' other name for
+/// SiLU; anything else is refused when the config is parsed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    #[default]
+    Gelu,
+    #[serde(alias = "swish")]
+    Silu,
+}
+
+/// The published DINOv3 ViT variants (for random weights; real checkpoints bring their own
+/// `config.json`), and `vit-tiny`, a small ViT of the same architecture for CPU demos and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    #[default]
+    Vits16,
+    Vits16plus,
+    Vitb16,
+    Vitl16,
+    Vith16plus,
+    Vit7b16,
+    #[serde(rename = "vit-tiny")]
+    VitTiny,
+}
+
+impl Preset {
+    pub const ALL: [Preset; 7] =
+        [Self::Vits16, Self::Vits16plus, Self::Vitb16, Self::Vitl16, Self::Vith16plus, Self::Vit7b16, Self::VitTiny];
+
+    /// The name configs and the command line use (`vits16`, `vit-tiny`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vits16 => "vits16",
+            Self::Vits16plus => "vits16plus",
+            Self::Vitb16 => "vitb16",
+            Self::Vitl16 => "vitl16",
+            Self::Vith16plus => "vith16plus",
+            Self::Vit7b16 => "vit7b16",
+            Self::VitTiny => "vit-tiny",
+        }
+    }
+}
+
+impl std::fmt::Display for Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Preset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+            let names: Vec<_> = Self::ALL.iter().map(|p| p.name()).collect();
+            format!("unknown DINOv3 preset {s:?} ({})", names.join(", "))
+        })
+    }
 }
 fn default_eps() -> f64 {
     1e-5
@@ -128,34 +185,27 @@ impl Dinov3Config {
         if self.head_dim() % 4 != 0 {
             bail!("head dim {} must be a multiple of 4 for 2-D RoPE", self.head_dim());
         }
-        if !matches!(self.hidden_act.as_str(), "gelu" | "silu" | "swish") {
-            bail!("hidden_act {:?} is not supported (gelu, silu)", self.hidden_act);
-        }
         Ok(())
     }
 
-    /// Presets of the published variants (for random weights; real checkpoints bring their
-    /// own `config.json`).
-    pub fn preset(name: &str) -> Result<Self> {
-        let (d, layers, heads, inter, gated) = match name {
-            "vits16" => (384, 12, 6, 1536, false),
-            "vits16plus" => (384, 12, 6, 1536, true),
-            "vitb16" => (768, 12, 12, 3072, false),
-            "vitl16" => (1024, 24, 16, 4096, false),
-            "vith16plus" => (1280, 32, 20, 5120, true),
-            "vit7b16" => (4096, 40, 32, 8192, true),
-            // A small ViT for CPU demos and tests: same architecture, fewer and narrower layers.
-            "vit-tiny" => (192, 4, 3, 768, false),
-            other => bail!(
-                "unknown DINOv3 preset {other:?} (vits16, vits16plus, vitb16, vitl16, vith16plus, vit7b16, vit-tiny)"
-            ),
+    /// The architecture of a preset.
+    pub fn preset(preset: Preset) -> Self {
+        let (d, layers, heads, inter, gated) = match preset {
+            Preset::Vits16 => (384, 12, 6, 1536, false),
+            Preset::Vits16plus => (384, 12, 6, 1536, true),
+            Preset::Vitb16 => (768, 12, 12, 3072, false),
+            Preset::Vitl16 => (1024, 24, 16, 4096, false),
+            Preset::Vith16plus => (1280, 32, 20, 5120, true),
+            Preset::Vit7b16 => (4096, 40, 32, 8192, true),
+            // Same architecture, fewer and narrower layers.
+            Preset::VitTiny => (192, 4, 3, 768, false),
         };
-        Ok(Self {
+        Self {
             hidden_size: d,
             intermediate_size: inter,
             num_hidden_layers: layers,
             num_attention_heads: heads,
-            hidden_act: if gated { "silu".into() } else { "gelu".into() },
+            hidden_act: if gated { Activation::Silu } else { Activation::Gelu },
             layer_norm_eps: 1e-5,
             rope_theta: 100.0,
             image_size: 224,
@@ -170,7 +220,7 @@ impl Dinov3Config {
             num_register_tokens: 4,
             use_gated_mlp: Some(gated),
             use_swiglu_ffn: None,
-        })
+        }
     }
 }
 
@@ -318,7 +368,7 @@ impl<B: Backend> Dinov3<B> {
             None
         };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        let silu_act = cfg.hidden_act != "gelu";
+        let silu_act = cfg.hidden_act == Activation::Silu;
         for i in 0..cfg.num_hidden_layers {
             let pre = format!("{layer}{i}");
             let a = |n: &str| format!("{pre}.attention.{n}");

@@ -27,22 +27,19 @@ use burn::tensor::backend::Backend;
 use tch::{Device, Kind, Tensor};
 
 use super::dinov3::{Dinov3, Dinov3Config, rope_host};
-use super::settings::{TchForwardConfig, TchGelu, TchRope};
+pub use super::settings::Fusion;
+use super::settings::{TchDevice, TchForwardConfig, TchGelu, TchRope};
 use super::tch_kernels::FusedKernels;
 use super::tch_shim::{self, Attention, Step};
 
-/// The device a forward config names (`device = "auto"`: CUDA 0 when LibTorch sees a GPU, else
-/// the CPU; `cpu`, `cuda`, `cuda:N`).
-pub fn device_of(name: &str) -> Result<Device> {
-    match name {
-        "" | "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => Ok(Device::Cuda(n)),
-            None => bail!("backbone.forward.tch.device {other:?} is not auto, cpu, cuda or cuda:N"),
-        },
-    }
+/// The LibTorch device a forward config names (`auto`: CUDA 0 when LibTorch sees a GPU, else
+/// the CPU).
+pub fn device_of(device: &TchDevice) -> Result<Device> {
+    Ok(match *device {
+        TchDevice::Auto => Device::cuda_if_available(),
+        TchDevice::Cpu => Device::Cpu,
+        TchDevice::Cuda(n) => Device::Cuda(n),
+    })
 }
 
 /// The LibTorch kind of a backbone dtype.
@@ -71,67 +68,6 @@ enum RopeForm {
 /// measured points, 0.15 M (ViT-S/16 batch 1, roll faster) and 79 M (ViT-B/16 batch 256, halves
 /// faster); batch 16 falls on either side by width (RESULTS.md has that row).
 const ROPE_HALVES_MIN: i64 = 1 << 22;
-
-/// Which of our fused kernels ([`FusedKernels`]) the forward runs. `SV_TCH_FUSED` sets it: `0`
-/// (none: LibTorch's operators only), `1` (all three) or a list of `rope`, `norm` and `patches`
-/// separated by `,` or `+`; unset, [`Fusion::DEFAULT`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fusion {
-    /// RoPE in place in the q/k/v GEMM's output, which attention reads as strided views.
-    pub rope: bool,
-    /// Each residual add with the LayerNorm after it.
-    pub norm: bool,
-    /// f32 pixels to patch rows in one pass.
-    pub patches: bool,
-}
-
-impl Fusion {
-    pub const NONE: Self = Self { rope: false, norm: false, patches: false };
-    pub const ALL: Self = Self { rope: true, norm: true, patches: true };
-    /// What runs when `SV_TCH_FUSED` is unset: all three, at every batch size. Measured on an H200
-    /// in bf16 (RESULTS.md, "vector loads"), each kernel alone is faster than LibTorch's passes at
-    /// ViT-B/16 batch 256 and all three together are fastest at both ViT-B/16 batch 256 (12,356
-    /// img/s against 7,696 with none) and ViT-S/16 batch 1 (1.28 ms against 1.94).
-    pub const DEFAULT: Self = Self::ALL;
-
-    /// The set a forward config's `fused` names (see [`Fusion`]).
-    pub fn parse(text: &str) -> Result<Self> {
-        match text {
-            "default" => return Ok(Self::DEFAULT),
-            "0" | "none" => return Ok(Self::NONE),
-            "1" | "all" => return Ok(Self::ALL),
-            _ => {}
-        }
-        let mut f = Self::NONE;
-        for part in text.split([',', '+']).map(str::trim) {
-            match part {
-                "rope" => f.rope = true,
-                "norm" => f.norm = true,
-                "patches" => f.patches = true,
-                other => bail!(
-                    "backbone.forward.tch.fused {text:?}: {other:?} is not rope, norm or patches (or default, 0, 1, none, all)"
-                ),
-            }
-        }
-        Ok(f)
-    }
-
-    /// Whether any kernel runs.
-    pub fn any(self) -> bool {
-        self.rope || self.norm || self.patches
-    }
-}
-
-impl std::fmt::Display for Fusion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let on: Vec<&str> = [(self.rope, "rope"), (self.norm, "norm"), (self.patches, "patches")]
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, n)| *n)
-            .collect();
-        if on.is_empty() { f.write_str("none") } else { f.write_str(&on.join(",")) }
-    }
-}
 
 /// One transformer block's weights on the device.
 struct TchBlock {
@@ -283,7 +219,7 @@ impl TchDinov3 {
             });
         }
         let (c, p) = (cfg.num_channels, cfg.patch_size);
-        let fusion = Fusion::parse(&settings.fused)?;
+        let fusion = settings.fused;
         let mut prefix = w.take("embeddings.cls_token", &[1, 1, d])?;
         if cfg.num_register_tokens > 0 {
             prefix.extend(w.take("embeddings.register_tokens", &[1, cfg.num_register_tokens, d])?);
@@ -301,7 +237,7 @@ impl TchDinov3 {
             heads: cfg.num_attention_heads,
             patch: p,
             eps: cfg.layer_norm_eps,
-            silu: cfg.hidden_act != "gelu",
+            silu: cfg.hidden_act == super::dinov3::Activation::Silu,
             rope_theta: cfg.rope_theta,
             patch_embed,
             prefix_tokens: put(&prefix, &[1, 1 + cfg.num_register_tokens, d])?,
@@ -616,24 +552,5 @@ impl TchDinov3 {
             None => layer_norm(&x, &self.norm, "final norm")?,
         };
         Ok(out.view([b, t, d]))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `SV_TCH_FUSED` names sets of kernels; anything else is an error naming it.
-    #[test]
-    fn fusion_sets_parse() {
-        assert_eq!(Fusion::parse("0").unwrap(), Fusion::NONE);
-        assert_eq!(Fusion::parse("all").unwrap(), Fusion::ALL);
-        assert_eq!(Fusion::parse("rope+norm").unwrap(), Fusion { rope: true, norm: true, patches: false });
-        let f = Fusion::parse("rope, patches").unwrap();
-        assert!(f.rope && f.patches && !f.norm, "{f}");
-        assert_eq!(f.to_string(), "rope,patches");
-        assert_eq!(Fusion::NONE.to_string(), "none");
-        let e = Fusion::parse("rope,layernorm").unwrap_err().to_string();
-        assert!(e.contains("\"layernorm\""), "{e}");
     }
 }

@@ -23,28 +23,70 @@ use burn::tensor::{DType, Tensor, TensorData};
 use sv_core::PreprocessConfig;
 
 pub use cpu::CpuDinov3;
-pub use dinov3::{ActivationHook, Dinov3, Dinov3Config, Dinov3Output, NamedTensor, host, linear_tensors, tap};
+pub use dinov3::{
+    Activation, ActivationHook, Dinov3, Dinov3Config, Dinov3Output, NamedTensor, Preset, host, linear_tensors, tap,
+};
 pub use forward::Forward;
 #[cfg(feature = "tch")]
 pub use libtorch::TchDinov3;
 pub use profile::report as profile_report;
 pub use settings::ForwardConfig;
 
-/// The burn dtype a backbone `dtype` names, refused where the compiled backend cannot run it.
-pub fn parse_dtype(name: &str) -> Result<DType> {
-    let dtype = match name {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        other => bail!("backbone dtype {other:?} is not f32, bf16 or f16"),
-    };
-    if dtype != DType::F32 && !matches!(crate::backend_name(), "cuda" | "tch") {
-        bail!(
-            "backbone dtype {name} needs the cuda (or tch) build; this build runs {} in f32 only",
-            crate::backend_name()
-        );
+/// The float type of a backbone's weights and activations (`dtype` in configs): `f32` runs
+/// everywhere, `bf16` and `f16` in the `cuda` and `tch` builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FloatType {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl FloatType {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        }
     }
-    Ok(dtype)
+
+    /// Burn's dtype for it.
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::Bf16 => DType::BF16,
+            Self::F16 => DType::F16,
+        }
+    }
+
+    /// Burn's dtype, refused where the compiled backend cannot run it.
+    pub fn for_build(self) -> Result<DType> {
+        if self != Self::F32 && !matches!(crate::backend_name(), "cuda" | "tch") {
+            bail!(
+                "backbone dtype {self} needs the cuda (or tch) build; this build runs {} in f32 only",
+                crate::backend_name()
+            );
+        }
+        Ok(self.dtype())
+    }
+}
+
+impl std::fmt::Display for FloatType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for FloatType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Self::F32, Self::Bf16, Self::F16]
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("float type {s:?} is not f32, bf16 or f16"))
+    }
 }
 
 /// A loaded backbone and what identifies it.

@@ -94,15 +94,137 @@ pub enum TchGelu {
     Exact,
 }
 
+/// Which of the LibTorch forward's fused CUDA kernels run (`tch_kernels::FusedKernels`), written
+/// `default`, `none` (or `0`: LibTorch's operators only), `all` (or `1`) or a list of `rope`,
+/// `norm` and `patches` separated by `,` or `+`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Fusion {
+    /// RoPE in place in the q/k/v GEMM's output, which attention reads as strided views.
+    pub rope: bool,
+    /// Each residual add with the LayerNorm after it.
+    pub norm: bool,
+    /// f32 pixels to patch rows in one pass.
+    pub patches: bool,
+}
+
+impl Fusion {
+    pub const NONE: Self = Self { rope: false, norm: false, patches: false };
+    pub const ALL: Self = Self { rope: true, norm: true, patches: true };
+    /// What runs unless a config says otherwise: all three, at every batch size. Measured on an H200
+    /// in bf16 (RESULTS.md, "vector loads"), each kernel alone is faster than LibTorch's passes at
+    /// ViT-B/16 batch 256 and all three together are fastest at both ViT-B/16 batch 256 (12,356
+    /// img/s against 7,696 with none) and ViT-S/16 batch 1 (1.28 ms against 1.94).
+    pub const DEFAULT: Self = Self::ALL;
+
+    /// The set a forward config's `fused` names (see [`Fusion`]); an error names the bad part.
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "default" => return Ok(Self::DEFAULT),
+            "0" | "none" => return Ok(Self::NONE),
+            "1" | "all" => return Ok(Self::ALL),
+            _ => {}
+        }
+        let mut f = Self::NONE;
+        for part in text.split([',', '+']).map(str::trim) {
+            match part {
+                "rope" => f.rope = true,
+                "norm" => f.norm = true,
+                "patches" => f.patches = true,
+                other => bail!(
+                    "backbone.forward.tch.fused {text:?}: {other:?} is not rope, norm or patches (or default, 0, 1, none, all)"
+                ),
+            }
+        }
+        Ok(f)
+    }
+
+    /// Whether any kernel runs.
+    pub fn any(self) -> bool {
+        self.rope || self.norm || self.patches
+    }
+}
+
+impl std::fmt::Display for Fusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on: Vec<&str> = [(self.rope, "rope"), (self.norm, "norm"), (self.patches, "patches")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect();
+        if on.is_empty() { f.write_str("none") } else { f.write_str(&on.join(",")) }
+    }
+}
+
+impl TryFrom<String> for Fusion {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s).map_err(|e| e.to_string())
+    }
+}
+
+impl From<Fusion> for String {
+    fn from(f: Fusion) -> String {
+        f.to_string()
+    }
+}
+
+/// The LibTorch forward's device, written `auto` (CUDA 0 when LibTorch sees a GPU, else the
+/// CPU), `cpu`, `cuda` or `cuda:N`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum TchDevice {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for TchDevice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+                Some(n) => Ok(Self::Cuda(n)),
+                None => Err(format!("backbone.forward.tch.device {other:?} is not auto, cpu, cuda or cuda:N")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for TchDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl TryFrom<String> for TchDevice {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<TchDevice> for String {
+    fn from(d: TchDevice) -> String {
+        d.to_string()
+    }
+}
+
 /// The LibTorch forward's switches (the `tch` build; other builds ignore them).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TchForwardConfig {
-    /// `auto` (CUDA 0 when LibTorch sees a GPU, else the CPU), `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
-    /// Our fused CUDA kernels: `default` (all three), `none`, `all`, or a set of `rope`, `norm`
-    /// and `patches` joined by `+` or `,`.
-    pub fused: String,
+    pub device: TchDevice,
+    /// Our fused CUDA kernels (all three unless set).
+    pub fused: Fusion,
     pub rope: TchRope,
     pub attention: TchAttention,
     pub gelu: TchGelu,
@@ -111,8 +233,8 @@ pub struct TchForwardConfig {
 impl Default for TchForwardConfig {
     fn default() -> Self {
         Self {
-            device: "auto".into(),
-            fused: "default".into(),
+            device: TchDevice::Auto,
+            fused: Fusion::DEFAULT,
             rope: TchRope::Auto,
             attention: TchAttention::Auto,
             gelu: TchGelu::Auto,
@@ -152,10 +274,10 @@ impl ForwardConfig {
             self.cpu.layer_norm = enum_of("SV_CPU_LN", &v)?;
         }
         if let Some(v) = var("SV_TCH_DEVICE") {
-            self.tch.device = v;
+            self.tch.device = enum_of("SV_TCH_DEVICE", &v)?;
         }
         if let Some(v) = var("SV_TCH_FUSED") {
-            self.tch.fused = v;
+            self.tch.fused = enum_of("SV_TCH_FUSED", &v)?;
         }
         if let Some(v) = var("SV_TCH_ROPE") {
             self.tch.rope = enum_of("SV_TCH_ROPE", &v)?;
@@ -169,27 +291,7 @@ impl ForwardConfig {
         if ["SV_PROFILE", "SV_CPU_PROFILE"].iter().any(|k| var(k).as_deref() == Some("1")) {
             self.profile = true;
         }
-        self.validate()?;
         Ok(self)
-    }
-
-    /// Check the values serde cannot: the LibTorch device and kernel set.
-    pub fn validate(&self) -> Result<()> {
-        let d = self.tch.device.as_str();
-        if !(matches!(d, "auto" | "cpu" | "cuda")
-            || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok()))
-        {
-            bail!("backbone.forward.tch.device {d:?} is not auto, cpu, cuda or cuda:N");
-        }
-        for part in self.tch.fused.split(['+', ',']).map(str::trim) {
-            if !matches!(part, "default" | "0" | "1" | "none" | "all" | "rope" | "norm" | "patches") {
-                bail!(
-                    "backbone.forward.tch.fused {:?}: {part:?} is not rope, norm or patches (or default, none, all)",
-                    self.tch.fused
-                );
-            }
-        }
-        Ok(())
     }
 }
 
@@ -200,22 +302,36 @@ mod tests {
     #[test]
     fn configs_parse_as_enums_and_refuse_unknown_values() {
         let c: ForwardConfig = toml::from_str(
-            "engine = \"burn\"\n[cpu]\ngemm = \"library\"\n[tch]\nfused = \"rope+norm\"\nattention = \"flash\"",
+            "engine = \"burn\"\n[cpu]\ngemm = \"library\"\n[tch]\nfused = \"rope+norm\"\nattention = \"flash\"\ndevice = \"cuda:1\"",
         )
         .unwrap();
         assert_eq!((c.engine, c.cpu.gemm, c.tch.attention), (Engine::Burn, CpuGemm::Library, TchAttention::Flash));
-        c.validate().unwrap();
+        assert_eq!(
+            (c.tch.fused, c.tch.device),
+            (Fusion { rope: true, norm: true, patches: false }, TchDevice::Cuda(1))
+        );
         assert!(toml::from_str::<ForwardConfig>("[cpu]\ngemm = \"fast\"").is_err());
         assert!(toml::from_str::<ForwardConfig>("speed = 1").is_err());
-        let bad = ForwardConfig {
-            tch: TchForwardConfig { fused: "rope+warp".into(), ..Default::default() },
-            ..Default::default()
-        };
-        assert!(bad.validate().unwrap_err().to_string().contains("warp"));
-        let bad = ForwardConfig {
-            tch: TchForwardConfig { device: "gpu".into(), ..Default::default() },
-            ..Default::default()
-        };
-        assert!(bad.validate().unwrap_err().to_string().contains("backbone.forward.tch.device"));
+        let e = toml::from_str::<ForwardConfig>("[tch]\nfused = \"rope+warp\"").unwrap_err().to_string();
+        assert!(e.contains("\"warp\""), "{e}");
+        let e = toml::from_str::<ForwardConfig>("[tch]\ndevice = \"gpu\"").unwrap_err().to_string();
+        assert!(e.contains("backbone.forward.tch.device"), "{e}");
+        // Round trip: what a run writes reads back the same.
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(toml::from_str::<ForwardConfig>(&text).unwrap(), c, "{text}");
+    }
+
+    /// `fused` names sets of kernels; anything else is an error naming it.
+    #[test]
+    fn fusion_sets_parse() {
+        assert_eq!(Fusion::parse("0").unwrap(), Fusion::NONE);
+        assert_eq!(Fusion::parse("all").unwrap(), Fusion::ALL);
+        assert_eq!(Fusion::parse("rope+norm").unwrap(), Fusion { rope: true, norm: true, patches: false });
+        let f = Fusion::parse("rope, patches").unwrap();
+        assert!(f.rope && f.patches && !f.norm, "{f}");
+        assert_eq!(f.to_string(), "rope,patches");
+        assert_eq!(Fusion::NONE.to_string(), "none");
+        let e = Fusion::parse("rope,layernorm").unwrap_err().to_string();
+        assert!(e.contains("\"layernorm\""), "{e}");
     }
 }

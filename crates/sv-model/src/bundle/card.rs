@@ -3,7 +3,7 @@
 //! freshness rule (SPEC §1: full reward to
 //! day 75, linear decay to zero at day 90, refresh at day 55–70).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 /// Days a submission stays fresh.
 pub const LIFETIME_DAYS: f64 = 90.0;
@@ -24,9 +24,10 @@ pub struct ModelCard {
 }
 
 impl ModelCard {
-    pub fn read(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid model card", path.display()))
+    pub fn read(path: &std::path::Path) -> Result<Self, super::BundleError> {
+        let io = |source| super::BundleError::Io { path: path.to_path_buf(), source };
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        serde_json::from_str(&text).map_err(|source| super::BundleError::Config { path: path.to_path_buf(), source })
     }
 }
 

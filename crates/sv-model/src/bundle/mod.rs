@@ -26,7 +26,7 @@ use burn::tensor::backend::Backend;
 use sv_core::PreprocessConfig;
 
 use crate::backbone::weights::SafetensorsSource;
-use crate::backbone::{Dinov3, Dinov3Config, ForwardConfig};
+use crate::backbone::{Dinov3, Dinov3Config, FloatType, ForwardConfig};
 use crate::classifier::Classifier;
 use crate::head::HeadConfig;
 use crate::quant::Precision;
@@ -83,7 +83,7 @@ impl Default for Exits {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Validation {
     pub backend: String,
-    pub dtype: String,
+    pub dtype: FloatType,
     pub samples: usize,
     /// Clean validation metrics of the exported model, recalibrated.
     pub metrics: sv_core::Metrics,
@@ -114,10 +114,6 @@ pub struct KernelsInfo {
     pub warm_seconds: f64,
 }
 
-fn f32_name() -> String {
-    "f32".into()
-}
-
 /// `bundle.json`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,8 +128,8 @@ pub struct BundleConfig {
     pub preprocess: PreprocessConfig,
     pub precision: Precision,
     /// Float type the backbone runs in: `f32` (every build), `bf16` or `f16` (the cuda build).
-    #[serde(default = "f32_name")]
-    pub dtype: String,
+    #[serde(default)]
+    pub dtype: FloatType,
     /// CubeCL kernel caches in `kernels/` (bundles exported by a cuda build).
     #[serde(default)]
     pub kernels: Option<KernelsInfo>,
@@ -171,7 +167,7 @@ pub fn load_model<B: Backend>(
     device: &B::Device,
 ) -> Result<Classifier<B>, BundleError> {
     let load = || -> anyhow::Result<Classifier<B>> {
-        let dtype = crate::backbone::parse_dtype(&cfg.dtype)?;
+        let dtype = cfg.dtype.for_build()?;
         let src = SafetensorsSource::open_file(&dir.join("backbone/model.safetensors"))?;
         let bb = Dinov3::load_as(&cfg.backbone, &src, device, dtype)?;
         let head =

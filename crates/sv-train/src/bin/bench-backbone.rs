@@ -21,7 +21,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use clap::Parser;
 use sv_train::backbone::settings::Engine;
-use sv_train::backbone::{BackboneSpec, Dinov3Config, Forward, ForwardConfig, host};
+use sv_train::backbone::{
+    Backbone, BackboneSpec, CpuDinov3, Dinov3Config, FloatType, Forward, ForwardConfig, Preset, Weights, host,
+};
 use sv_train::classifier::Classifier;
 use sv_train::head::HeadConfig;
 
@@ -36,10 +38,10 @@ struct Args {
     backend: String,
     /// Float type of weights and activations: f32, bf16 or f16 (bf16/f16 on cuda and tch).
     #[arg(long, default_value = "f32")]
-    dtype: String,
+    dtype: FloatType,
     /// Comma-separated presets (vit-tiny, vits16, vitb16, vitl16, ...).
-    #[arg(long, default_value = "vits16")]
-    presets: String,
+    #[arg(long, default_value = "vits16", value_delimiter = ',')]
+    presets: Vec<Preset>,
     /// Comma-separated batch sizes.
     #[arg(long, default_value = "1")]
     batches: String,
@@ -60,6 +62,15 @@ struct Args {
     /// `Classifier::logits_of_host_pixels` as the miner's stage 1 runs it.
     #[arg(long)]
     head: bool,
+}
+
+/// What a row times.
+enum Subject<B: Backend> {
+    Stage1(Classifier<B>),
+    Cpu(CpuDinov3),
+    #[cfg(feature = "tch")]
+    Tch(sv_train::backbone::TchDinov3, tch::Tensor),
+    Burn(Backbone<B>),
 }
 
 /// One timed configuration.
@@ -99,14 +110,14 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i]
 }
 
-fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize, threads: usize) -> Result<Row> {
+fn bench<B: Backend>(args: &Args, device: &B::Device, preset: Preset, batch: usize, threads: usize) -> Result<Row> {
     let spec = BackboneSpec {
-        weights: "random".into(),
-        preset: preset.into(),
+        weights: Weights::Random,
+        preset,
         seed: 0,
         batch_size: batch,
         init_std: 0.02,
-        dtype: args.dtype.clone(),
+        dtype: args.dtype,
         // The Burn backends' rows time Burn's forward, not the build's own; the switches come
         // from the `SV_*` variables (this binary's edge).
         forward: ForwardConfig {
@@ -121,22 +132,15 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
     let config = bb.config.clone();
     // `--head`: the miner's stage-1 path, through the classifier (which keeps the backbone's CPU
     // or LibTorch forward).
-    let (classifier, mut bb) = if args.head {
+    let (classifier, bb) = if args.head {
         let head_cfg = HeadConfig::new(config.feature_dim());
         let head = head_cfg.init::<B>(device);
         let pre = sv_data::PreprocessConfig { size: s as u32, ..Default::default() };
-        let c = Classifier::fp32_of(bb, head, head_cfg, pre, &spec.forward);
-        (Some(c), None)
+        (Some(Classifier::fp32_of(bb, head, head_cfg, pre, &spec.forward)), None)
     } else {
         (None, Some(bb))
     };
-    // `cpu`: the CPU forward on the host pixels; `tch`: the LibTorch forward on a tensor on its
-    // device; the others: Burn's forward on a device tensor.
-    let forward = match (&classifier, bb.as_mut()) {
-        (Some(c), _) => &c.forward,
-        (None, Some(bb)) => &bb.forward,
-        (None, None) => unreachable!("a backbone or a classifier"),
-    };
+    let forward = classifier.as_ref().map_or_else(|| &bb.as_ref().expect("a backbone").forward, |c| &c.forward);
     match (forward, args.backend.as_str()) {
         (Forward::Cpu(_), "cpu") => {}
         #[cfg(feature = "tch")]
@@ -150,36 +154,36 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
         Forward::Cpu(c) => Some(c.settings().variant()),
         _ => None,
     };
-    let cpu = match bb.as_mut().map(|b| std::mem::replace(&mut b.forward, Forward::Burn)) {
-        Some(Forward::Cpu(c)) => Some(c),
-        Some(f) => {
-            bb.as_mut().expect("taken from it").forward = f;
-            None
-        }
-        None => None,
-    };
-    #[cfg(feature = "tch")]
-    let tch = match bb.as_mut().map(|b| std::mem::replace(&mut b.forward, Forward::Burn)) {
-        Some(Forward::Tch(t)) => {
-            let input = t.input(&x, batch, s, s)?;
-            Some((t, input))
-        }
-        _ => None,
+    // What one timed call runs: the classifier's stage-1 path, the CPU forward on the host
+    // pixels, the LibTorch forward on a tensor on its device, or Burn's forward on a device tensor.
+    let subject = match (classifier, bb) {
+        (Some(c), _) => Subject::Stage1(c),
+        (None, Some(mut bb)) => match std::mem::replace(&mut bb.forward, Forward::Burn) {
+            Forward::Cpu(c) => Subject::Cpu(c),
+            #[cfg(feature = "tch")]
+            Forward::Tch(t) => {
+                let input = t.input(&x, batch, s, s)?;
+                Subject::Tch(t, input)
+            }
+            Forward::Burn => Subject::Burn(bb),
+        },
+        (None, None) => unreachable!("a backbone or a classifier"),
     };
     let run = || -> Result<()> {
-        if let Some(c) = &classifier {
-            let _ = host(c.logits_of_host_pixels(std::borrow::Cow::Borrowed(&x), batch, device)?);
-            return Ok(());
-        }
-        #[cfg(feature = "tch")]
-        if let Some((t, input)) = &tch {
-            let _ = t.forward(input)?.features.f_to_device(tch::Device::Cpu)?;
-            return Ok(());
-        }
-        if let Some(cpu) = &cpu {
-            let _ = cpu.forward(&x, batch, s, s)?;
-        } else if let Some(bb) = &bb {
-            let _ = bb.model.forward(input.clone()).features.into_data();
+        match &subject {
+            Subject::Stage1(c) => {
+                let _ = host(c.logits_of_host_pixels(std::borrow::Cow::Borrowed(&x), batch, device)?);
+            }
+            Subject::Cpu(cpu) => {
+                let _ = cpu.forward(&x, batch, s, s)?;
+            }
+            #[cfg(feature = "tch")]
+            Subject::Tch(t, input) => {
+                let _ = t.forward(input)?.features.f_to_device(tch::Device::Cpu)?;
+            }
+            Subject::Burn(bb) => {
+                let _ = bb.model.forward(input.clone()).features.into_data();
+            }
         }
         Ok(())
     };
@@ -211,8 +215,8 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
     Ok(Row {
         impl_: if args.head { format!("{impl_}+head") } else { impl_ },
         backend: args.backend.clone(),
-        dtype: args.dtype.clone(),
-        preset: preset.into(),
+        dtype: args.dtype.to_string(),
+        preset: preset.to_string(),
         batch,
         threads,
         first_s,
@@ -227,13 +231,13 @@ fn bench<B: Backend>(args: &Args, device: &B::Device, preset: &str, batch: usize
 }
 
 fn run_all<B: Backend>(args: &Args, device: B::Device) -> Result<()> {
-    if !matches!(args.backend.as_str(), "cuda" | "tch") && args.dtype != "f32" {
+    if !matches!(args.backend.as_str(), "cuda" | "tch") && args.dtype != FloatType::F32 {
         bail!("--dtype {} runs on the cuda and tch backends only", args.dtype);
     }
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     eprintln!("| backend | dtype | preset | batch | first s | p50 ms | p90 ms | img/s | TFLOP/s |");
     eprintln!("|---|---|---|---|---|---|---|---|---|");
-    for preset in args.presets.split(',').filter(|p| !p.is_empty()) {
+    for &preset in &args.presets {
         for batch in args.batches.split(',').filter(|b| !b.is_empty()) {
             let batch: usize = batch.parse().with_context(|| format!("--batches entry {batch:?} is not a number"))?;
             if batch == 0 {

@@ -158,12 +158,12 @@ fn feature_stage(root: &Path, n: usize, out: &mut Vec<Stage>) -> Result<()> {
     store.append_stream(generate::samples(&cfg))?;
     let device = Device::default();
     let spec = BackboneSpec {
-        weights: "random".into(),
-        preset: "vit-tiny".into(),
+        weights: sv_train::backbone::Weights::Random,
+        preset: sv_train::backbone::Preset::VitTiny,
         seed: 0,
         batch_size: 32,
         init_std: 0.3,
-        dtype: "f32".into(),
+        dtype: Default::default(),
         forward: Default::default(),
     };
     let bb = sv_train::backbone::load::<InferBackend>(&spec, &device)?;

@@ -29,6 +29,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 
+use crate::backbone::{FloatType, Weights};
 use crate::decision::{DecisionReport, ScoreMap, best_threshold};
 use crate::quant::report::{Scales, run_store};
 use crate::simulator::{SimulatorConfig, challenge_stream, pick_samples};
@@ -53,7 +54,7 @@ pub struct ExportOptions {
     pub description: Option<String>,
     pub exits: Exits,
     /// Backbone float type (`f32`, `bf16`, `f16`); `None`: the run's own.
-    pub dtype: Option<String>,
+    pub dtype: Option<FloatType>,
     /// On builds that compile GPU kernels, warm up every batch size 1..=this and carry the
     /// kernel caches in the bundle (0: no warm-up, no caches).
     pub warm_batch: usize,
@@ -112,14 +113,19 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     // adds the server's batch sizes), unless this process set them already; they are copied into
     // the bundle after the warm-up, so CubeCL never writes into the bundle itself.
     let kernel_dir = tmp.join(kernels::DIR);
-    let kernel_roots =
-        if kernels::compiles_kernels() && opts.warm_batch > 0 { kernels::init(&kernels::user_dir()) } else { None };
+    // (A no-op returning the folders in use when the process chose them already, as `sv-train`'s
+    // main does.)
+    let kernel_roots = if kernels::compiles_kernels() && opts.warm_batch > 0 {
+        kernels::init(&kernels::gpu_dir(&kernels::default_root("sv-train")?))
+    } else {
+        None
+    };
     let result = (|| -> Result<(BundleConfig, DecisionReport)> {
         let device = Device::default();
         let (fp32, meta) = crate::checkpoint::classifier_of_run(&opts.run, &device)?;
-        let dtype = opts.dtype.clone().unwrap_or_else(|| meta.backbone.dtype.clone());
-        crate::backbone::parse_dtype(&dtype).context("export dtype")?;
-        if opts.int8 && dtype != "f32" {
+        let dtype = opts.dtype.unwrap_or(meta.backbone.dtype);
+        dtype.for_build().context("export dtype")?;
+        if opts.int8 && dtype != FloatType::F32 {
             bail!(
                 "an INT8 export runs its dequantised layers in f32: pass --dtype f32 (the run's backbone is {dtype})"
             );
@@ -136,18 +142,18 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
             version: String::new(),
             model_name: String::new(),
             backbone_id: meta.backbone_id.clone(),
-            backbone_random: meta.backbone.weights == "random",
+            backbone_random: meta.backbone.weights == Weights::Random,
             backbone: fp32.backbone_config.clone(),
             head: fp32.head_config.clone(),
             preprocess: fp32.preprocess.clone(),
             precision: precision.clone(),
-            dtype: dtype.clone(),
+            dtype,
             kernels: None,
             score_map: ScoreMap::default(),
             exits: opts.exits,
             validation: Validation {
                 backend: crate::backend_name().into(),
-                dtype: dtype.clone(),
+                dtype,
                 samples: 0,
                 metrics: Metrics::compute(&[], &[]),
                 decision: DecisionSummary { reward_before: 0.0, reward_after: 0.0, candidates: 0 },

@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use sv_model::backbone::{ActivationHook, host};
 
-use super::histogram::{Histogram, Method};
+use super::histogram::{Calibrator, Histogram};
 
 /// Collects a histogram of `|x|` per site.
 #[derive(Debug, Clone, Default)]
@@ -22,7 +22,7 @@ impl CalibrationHook {
     }
 
     /// `amax` of every site with `method`.
-    pub fn amax(&self, method: Method) -> BTreeMap<String, f32> {
+    pub fn amax(&self, method: Calibrator) -> BTreeMap<String, f32> {
         self.histograms.iter().map(|(k, h)| (k.clone(), h.amax(method))).collect()
     }
 }

@@ -7,15 +7,15 @@
 //!   (`max / bins`, 2048 bins by default); a later batch with a larger maximum grows the range
 //!   by whole bins of the same width (`ceil(max / width)` bins), so earlier counts keep their
 //!   bins. Binning is `torch.histc`'s: `floor(x · bins / hi)`, the maximum in the last bin.
-//! - [`Method::Max`]: the largest `|x|` seen.
-//! - [`Method::Percentile`]`(p)`: the left edge of the first bin whose cumulative share reaches
+//! - [`Calibrator::Max`]: the largest `|x|` seen.
+//! - [`Calibrator::Percentile`]`(p)`: the left edge of the first bin whose cumulative share reaches
 //!   `p / 100` (`searchsorted` on the CDF, as ModelOpt does).
-//! - [`Method::Entropy`]: TensorRT's KL search. Bin 0 takes bin 1's count; for every candidate
+//! - [`Calibrator::Entropy`]: TensorRT's KL search. Bin 0 takes bin 1's count; for every candidate
 //!   `i` from bin 128 to the last, the reference is the first `i` bins with the outliers folded
 //!   into bin `i − 1`, the candidate is those bins merged into 128 levels and spread back
 //!   evenly over each level's non-empty bins; `KL(reference ‖ candidate)` is minimised (the last
 //!   minimum wins) and the threshold is the candidate's right bin edge.
-//! - [`Method::Mse`]: for every bin centre `c_i` from bin 128 on as `amax`, the mean over bins of
+//! - [`Calibrator::Mse`]: for every bin centre `c_i` from bin 128 on as `amax`, the mean over bins of
 //!   `count · (q(c) − c)²` with `q` the symmetric 8-bit fake quantiser (±127); the best centre.
 //!
 //! The reference values in `tests/fixtures/calib/` come from ModelOpt 0.47's own calibrator
@@ -23,45 +23,7 @@
 //! method passes its arguments to `fake_tensor_quant` in the wrong order (since ~0.29) and always
 //! answers bin 128; the reference and this code use the intended call.
 
-/// How a histogram becomes an `amax`.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// The largest magnitude seen.
-    Max,
-    /// A percentile of `|x|` (99.99 is the usual choice).
-    Percentile(f64),
-    /// TensorRT's KL-divergence search over 128 levels.
-    Entropy,
-    /// Minimum mean squared quantisation error.
-    Mse,
-}
-
-impl Method {
-    /// Parse `max`, `entropy`, `mse`, `percentile` (99.99) or `percentile:99.9`.
-    pub fn parse(s: &str) -> anyhow::Result<Self> {
-        Ok(match s {
-            "max" => Self::Max,
-            "entropy" => Self::Entropy,
-            "mse" => Self::Mse,
-            "percentile" => Self::Percentile(99.99),
-            other => match other.strip_prefix("percentile:").map(str::parse::<f64>) {
-                Some(Ok(p)) if p > 0.0 && p <= 100.0 => Self::Percentile(p),
-                _ => anyhow::bail!("unknown calibrator {other:?} (max, entropy, mse, percentile, percentile:<0-100>)"),
-            },
-        })
-    }
-
-    /// A short name for reports (`percentile-99.99`).
-    pub fn name(&self) -> String {
-        match self {
-            Self::Max => "max".into(),
-            Self::Percentile(p) => format!("percentile-{p}"),
-            Self::Entropy => "entropy".into(),
-            Self::Mse => "mse".into(),
-        }
-    }
-}
+pub use sv_model::quant::Calibrator;
 
 /// Levels of the signed 8-bit grid (narrow range: −127..127).
 pub const INT8_LEVELS: usize = 128;
@@ -146,15 +108,15 @@ impl Histogram {
     }
 
     /// The calibrated `amax` (0 when nothing non-zero was collected).
-    pub fn amax(&self, method: Method) -> f32 {
+    pub fn amax(&self, method: Calibrator) -> f32 {
         if self.counts.is_empty() {
             return 0.0;
         }
         match method {
-            Method::Max => self.max,
-            Method::Percentile(p) => self.percentile(p),
-            Method::Entropy => self.entropy(),
-            Method::Mse => self.mse(),
+            Calibrator::Max => self.max,
+            Calibrator::Percentile(p) => self.percentile(p),
+            Calibrator::Entropy => self.entropy(),
+            Calibrator::Mse => self.mse(),
         }
     }
 
@@ -270,7 +232,7 @@ mod tests {
         assert_eq!(h.counts().len(), 9);
         assert_eq!(h.counts()[..4], [1.0, 0.0, 1.0, 2.0]);
         assert_eq!(h.counts()[8], 1.0);
-        assert_eq!(h.amax(Method::Max), 2.1);
+        assert_eq!(h.amax(Calibrator::Max), 2.1);
         assert_eq!(h.total(), 5.0);
     }
 
@@ -283,8 +245,8 @@ mod tests {
         assert!(h.counts().iter().all(|&c| c == 100.0), "{:?}", h.counts());
         let width = 0.9995f32 / 10.0;
         // 45% is reached inside bin 4 (40% before it): its left edge.
-        assert!((h.amax(Method::Percentile(45.0)) - 4.0 * width).abs() < 1e-6);
-        assert!((h.amax(Method::Percentile(95.0)) - 9.0 * width).abs() < 1e-6);
+        assert!((h.amax(Calibrator::Percentile(45.0)) - 4.0 * width).abs() < 1e-6);
+        assert!((h.amax(Calibrator::Percentile(95.0)) - 9.0 * width).abs() < 1e-6);
     }
 
     #[test]
@@ -296,7 +258,7 @@ mod tests {
         for chunk in x.chunks(10_000) {
             h.collect(chunk);
         }
-        let (mx, ent, mse) = (h.amax(Method::Max), h.amax(Method::Entropy), h.amax(Method::Mse));
+        let (mx, ent, mse) = (h.amax(Calibrator::Max), h.amax(Calibrator::Entropy), h.amax(Calibrator::Mse));
         assert!((mx - (2.0 * n as f32).ln()).abs() < 1e-3);
         assert!(ent > 1.0 && ent < 0.9 * mx, "entropy amax {ent} of max {mx}");
         assert!(mse > 1.0 && mse < 0.9 * mx, "mse amax {mse} of max {mx}");
@@ -308,7 +270,5 @@ mod tests {
         assert_eq!(fake_quant(2.0, 1.0), 1.0);
         assert_eq!(fake_quant(-2.0, 1.0), -1.0);
         assert!((fake_quant(0.5, 1.0) - 64.0 / 127.0).abs() < 1e-7); // 63.5 rounds to even 64
-        assert_eq!(Method::parse("percentile:99.9").unwrap(), Method::Percentile(99.9));
-        assert!(Method::parse("kl").is_err());
     }
 }

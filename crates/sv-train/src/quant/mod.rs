@@ -8,5 +8,5 @@ pub mod histogram;
 pub mod report;
 
 pub use calibrate::CalibrationHook;
-pub use histogram::{Histogram, Method, fake_quant};
+pub use histogram::{Calibrator, Histogram, fake_quant};
 pub use sv_model::quant::{Precision, PrecisionHook, StoredModel, dequantize_rows, quantize_rows};

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use sv_data::{Sample, Store};
 
 use super::calibrate::CalibrationHook;
-use super::histogram::Method;
+use super::histogram::Calibrator;
 use crate::classifier::Classifier;
 use crate::metrics::Metrics;
 use crate::simulator::{SimulatorConfig, simulate_with};
@@ -22,7 +22,7 @@ use sv_model::quant::{Precision, StoredModel};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct QuantizeOptions {
     /// Calibrator whose scales `scales.json` keeps (export uses them).
-    pub calibrator: Method,
+    pub calibrator: Calibrator,
     /// Calibration samples (a diverse subset of the training split).
     pub samples: usize,
     /// Histogram bins.
@@ -35,7 +35,7 @@ pub struct QuantizeOptions {
 
 impl Default for QuantizeOptions {
     fn default() -> Self {
-        Self { calibrator: Method::Mse, samples: 512, bins: 2048, sim_samples: 100, batch_size: 16, seed: 0 }
+        Self { calibrator: Calibrator::Mse, samples: 512, bins: 2048, sim_samples: 100, batch_size: 16, seed: 0 }
     }
 }
 
@@ -53,7 +53,7 @@ pub struct VariantReport {
 /// What `scales.json` holds.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Scales {
-    pub calibrator: String,
+    pub calibrator: Calibrator,
     pub bins: usize,
     pub calibration_samples: usize,
     /// Activation `amax` per site.
@@ -62,7 +62,7 @@ pub struct Scales {
 
 impl Scales {
     pub fn precision(&self) -> Precision {
-        Precision::Int8 { calibrator: self.calibrator.clone(), amax: self.amax.clone() }
+        Precision::Int8 { calibrator: self.calibrator, amax: self.amax.clone() }
     }
 
     /// Read `<run>/int8/scales.json`.
@@ -143,13 +143,13 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
         bail!("the run's store has no validation rows to compare precisions on");
     }
     let labels: Vec<bool> = val.iter().map(|s| s.label == sv_data::Label::Roadwork).collect();
-    let methods = [Method::Max, Method::Percentile(99.99), Method::Entropy, Method::Mse];
+    let methods = [Calibrator::Max, Calibrator::Percentile(99.99), Calibrator::Entropy, Calibrator::Mse];
     let mut variants = vec![Precision::Fp32, Precision::Fp16, Precision::Bf16];
     let mut amax = BTreeMap::new();
     for m in methods {
         let a = hook.amax(m);
         amax.insert(m.name(), a.clone());
-        variants.push(Precision::Int8 { calibrator: m.name(), amax: a });
+        variants.push(Precision::Int8 { calibrator: m, amax: a });
     }
     // Four fresh challenges per sampled image (as export does), the same draws for every variant.
     let challenges = if opts.sim_samples == 0 { SimulatorConfig::default().challenges } else { 4 * opts.sim_samples };
@@ -195,7 +195,7 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
     let dir = run.join("int8");
     std::fs::create_dir_all(&dir)?;
     let scales = Scales {
-        calibrator: opts.calibrator.name(),
+        calibrator: opts.calibrator,
         bins: opts.bins,
         calibration_samples: calib.len(),
         amax: amax[&opts.calibrator.name()].clone(),

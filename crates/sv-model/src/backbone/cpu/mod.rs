@@ -150,7 +150,7 @@ impl CpuDinov3 {
             patch: p,
             channels: c,
             eps: cfg.layer_norm_eps as f32,
-            silu: cfg.hidden_act != "gelu",
+            silu: cfg.hidden_act == super::dinov3::Activation::Silu,
             rope_theta: cfg.rope_theta,
             patch_embed: Linear::from_out_in(
                 &w.take("embeddings.patch_embeddings.weight", d * c * p * p)?,
@@ -396,7 +396,7 @@ mod tests {
 
     /// A vit-tiny of random weights (a gated MLP with GELU where `gated`) and its CPU layout.
     fn tiny(seed: u64, layer_scale: f32, gated: bool) -> (Dinov3<burn_ndarray::NdArray<f32>>, CpuDinov3) {
-        let mut cfg = Dinov3Config::preset("vit-tiny").unwrap();
+        let mut cfg = Dinov3Config::preset(crate::backbone::Preset::VitTiny);
         if gated {
             cfg.use_gated_mlp = Some(true);
         }
