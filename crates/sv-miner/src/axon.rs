@@ -11,7 +11,7 @@
 //! for the local validator replay and tests.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use axum::http::HeaderMap;
 use schnorrkel::{PublicKey, Signature, signing_context};
@@ -25,6 +25,12 @@ pub const SIGNING_CONTEXT: &[u8] = b"substrate";
 pub const ALLOWED_DELTA_NS: i128 = 4_000_000_000;
 /// Header prefix of terminal-info fields.
 pub const HEADER_PREFIX: &str = "bt_header_";
+/// Largest `timeout` header accepted, seconds (validators send 12; the nonce window grows with it).
+pub const MAX_TIMEOUT_S: f64 = 60.0;
+/// Longest uuid accepted (bittensor sends `str(uuid.uuid1())`, 36 characters).
+pub const MAX_UUID_LEN: usize = 64;
+/// Longest hotkey accepted (an SS58 address of a 32-byte key is 47 or 48 characters).
+pub const MAX_HOTKEY_LEN: usize = 64;
 
 /// What a request's headers say about who sent it.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +51,16 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, String> {
         .map_err(|_| format!("header {name} is not ASCII"))
 }
 
+/// A header of at most `max` characters from `allowed`.
+fn bounded<'a>(h: &'a HeaderMap, name: &str, max: usize, allowed: fn(char) -> bool) -> Result<&'a str, String> {
+    let v = header(h, name)?;
+    if v.is_empty() || v.len() > max || !v.chars().all(allowed) {
+        let shown: String = v.chars().take(16).collect();
+        return Err(format!("header {name} ({} bytes, {shown:?}...) is not 1 to {max} allowed characters", v.len()));
+    }
+    Ok(v)
+}
+
 /// Parse the signed headers. An error names the missing or malformed header.
 pub fn parse_auth(h: &HeaderMap) -> Result<RequestAuth, String> {
     let nonce = header(h, "bt_header_dendrite_nonce")?;
@@ -52,24 +68,28 @@ pub fn parse_auth(h: &HeaderMap) -> Result<RequestAuth, String> {
         .trim()
         .parse::<u64>()
         .map_err(|_| format!("header bt_header_dendrite_nonce {nonce:?} is not an integer"))?;
-    let timeout_s = match h.get("timeout") {
-        Some(v) => {
-            let s = v.to_str().map_err(|_| "header timeout is not ASCII".to_string())?;
-            s.trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|t| t.is_finite() && *t >= 0.0)
-                .ok_or_else(|| format!("header timeout {s:?} is not a number"))?
-        }
-        None => 12.0,
-    };
+    let timeout_s =
+        match h.get("timeout") {
+            Some(v) => {
+                let s = v.to_str().map_err(|_| "header timeout is not ASCII".to_string())?;
+                let shown: String = s.chars().take(32).collect();
+                s.trim().parse::<f64>().ok().filter(|t| t.is_finite() && (0.0..=MAX_TIMEOUT_S).contains(t)).ok_or_else(
+                    || format!("header timeout {shown:?} is not a number of seconds in [0, {MAX_TIMEOUT_S}]"),
+                )?
+            }
+            None => 12.0,
+        };
+    let ss58 = |c: char| c.is_ascii_alphanumeric();
+    let hex = |c: char| c.is_ascii_hexdigit();
     Ok(RequestAuth {
-        dendrite_hotkey: header(h, "bt_header_dendrite_hotkey")?.to_string(),
+        dendrite_hotkey: bounded(h, "bt_header_dendrite_hotkey", MAX_HOTKEY_LEN, ss58)?.to_string(),
         nonce,
-        uuid: header(h, "bt_header_dendrite_uuid")?.to_string(),
-        signature: header(h, "bt_header_dendrite_signature")?.to_string(),
-        axon_hotkey: header(h, "bt_header_axon_hotkey")?.to_string(),
-        body_hash: header(h, "computed_body_hash")?.to_string(),
+        uuid: bounded(h, "bt_header_dendrite_uuid", MAX_UUID_LEN, |c| c.is_ascii_alphanumeric() || c == '-')?
+            .to_string(),
+        signature: bounded(h, "bt_header_dendrite_signature", 2 + 128, |c| c.is_ascii_hexdigit() || c == 'x')?
+            .to_string(),
+        axon_hotkey: bounded(h, "bt_header_axon_hotkey", MAX_HOTKEY_LEN, ss58)?.to_string(),
+        body_hash: bounded(h, "computed_body_hash", 64, hex)?.to_string(),
         timeout_s,
     })
 }
@@ -117,37 +137,90 @@ pub fn body_hash(body: &serde_json::Value, required_fields: &[String]) -> String
     sha3_hex(&cat)
 }
 
-/// Last accepted nonce per `hotkey:uuid`, bounded in size; check and update are one step, so
-/// two concurrent requests with the same nonce cannot both pass.
-#[derive(Default)]
+/// Last accepted nonce per (hotkey, uuid); check and update are one step, so two concurrent
+/// requests with the same nonce cannot both pass. Bounded by age and count: an entry whose last
+/// nonce is older than the widest first-nonce window (`ALLOWED_DELTA_NS` + [`MAX_TIMEOUT_S`]) is
+/// forgotten, which is safe because a replay of it would fail the first-nonce check anyway; when
+/// `capacity` fresh entries exist, new endpoints are refused (never a fresh entry forgotten).
+/// Keys are bounded by [`parse_auth`] (hotkey and uuid ≤ 64 characters), so the book holds at
+/// most about `capacity` × 200 bytes.
 pub struct NonceBook {
-    last: Mutex<HashMap<String, u64>>,
+    inner: Mutex<Book>,
+    capacity: usize,
 }
 
-/// Most endpoints remembered; beyond, entries older than the replay window are dropped.
-const MAX_ENDPOINTS: usize = 100_000;
+#[derive(Default)]
+struct Book {
+    last: HashMap<(String, String), u64>,
+    /// When entries were last pruned (ns).
+    pruned_ns: u128,
+}
+
+/// Endpoints remembered at most by default (about 20 MB).
+pub const DEFAULT_CAPACITY: usize = 100_000;
+/// The widest first-nonce window, ns.
+const WINDOW_MAX_NS: i128 = ALLOWED_DELTA_NS + (MAX_TIMEOUT_S as i128) * 1_000_000_000;
+
+impl Default for NonceBook {
+    fn default() -> Self {
+        Self::with_capacity(DEFAULT_CAPACITY)
+    }
+}
+
+/// Why a nonce was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NonceError {
+    /// Replayed, or too old (401 in bittensor's axon).
+    Stale(String),
+    /// The book is full of fresh endpoints (503: retry later).
+    Full,
+}
 
 impl NonceBook {
-    /// Accept `nonce` for `key` at `now_ns` and remember it, atomically, by the rule of
-    /// bittensor's `default_verify` for dendrites ≥ 7.2: a first nonce must be newer than
-    /// `now − (4 s + timeout)`, later ones strictly greater than the last accepted.
-    pub fn accept(&self, key: &str, nonce: u64, now_ns: u128, timeout_s: f64) -> Result<(), String> {
-        let mut last = self.last.lock().unwrap();
-        match last.get(key) {
-            Some(&prev) if nonce <= prev => return Err("Nonce is too old, a newer one was last processed".into()),
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self { inner: Mutex::new(Book::default()), capacity }
+    }
+
+    /// Endpoints remembered now.
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).last.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Accept `nonce` for (`hotkey`, `uuid`) at `now_ns` and remember it, atomically, by the rule
+    /// of bittensor's `default_verify` for dendrites ≥ 7.2: a first nonce must be newer than
+    /// `now − (4 s + timeout)`, later ones strictly greater than the last accepted. `timeout_s`
+    /// is clamped to [0, [`MAX_TIMEOUT_S`]] and the arithmetic saturates.
+    pub fn accept(&self, hotkey: &str, uuid: &str, nonce: u64, now_ns: u128, timeout_s: f64) -> Result<(), NonceError> {
+        let mut book = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = i128::try_from(now_ns).unwrap_or(i128::MAX);
+        let key = (hotkey.to_string(), uuid.to_string());
+        match book.last.get(&key) {
+            Some(&prev) if nonce <= prev => {
+                return Err(NonceError::Stale("Nonce is too old, a newer one was last processed".into()));
+            }
             Some(_) => {}
             None => {
-                let window = ALLOWED_DELTA_NS + (timeout_s * 1e9) as i128;
-                if (nonce as i128) <= now_ns as i128 - window {
-                    return Err("Nonce is too old, allowed delta exceeded".into());
+                let timeout_ns = (timeout_s.clamp(0.0, MAX_TIMEOUT_S) * 1e9) as i128;
+                if (nonce as i128) <= now.saturating_sub(ALLOWED_DELTA_NS.saturating_add(timeout_ns)) {
+                    return Err(NonceError::Stale("Nonce is too old, allowed delta exceeded".into()));
+                }
+                // Prune at most once a second, or when full.
+                let full = book.last.len() >= self.capacity;
+                if full || now_ns.saturating_sub(book.pruned_ns) > 1_000_000_000 {
+                    let horizon = now.saturating_sub(WINDOW_MAX_NS);
+                    book.last.retain(|_, n| *n as i128 > horizon);
+                    book.pruned_ns = now_ns;
+                }
+                if book.last.len() >= self.capacity {
+                    return Err(NonceError::Full);
                 }
             }
         }
-        if last.len() >= MAX_ENDPOINTS {
-            let horizon = now_ns.saturating_sub(3_600_000_000_000) as u64;
-            last.retain(|_, n| *n > horizon);
-        }
-        last.insert(key.to_string(), nonce);
+        book.last.insert(key, nonce);
         Ok(())
     }
 }
@@ -160,12 +233,75 @@ mod tests {
     fn nonces_must_increase_and_be_fresh() {
         let book = NonceBook::default();
         let now: u128 = 1_700_000_000_000_000_000;
-        assert!(book.accept("a:u", (now - 20_000_000_000) as u64, now, 12.0).is_err(), "older than 4 s + timeout");
-        assert!(book.accept("a:u", (now - 1_000_000_000) as u64, now, 12.0).is_ok());
-        assert!(book.accept("a:u", (now - 1_000_000_000) as u64, now, 12.0).is_err(), "replay");
-        assert!(book.accept("a:u", (now - 2_000_000_000) as u64, now, 12.0).is_err(), "older than the last");
-        assert!(book.accept("a:u", now as u64 + 1, now, 12.0).is_ok());
-        assert!(book.accept("a:other", now as u64, now, 12.0).is_ok(), "per uuid");
+        assert!(book.accept("a", "u", (now - 20_000_000_000) as u64, now, 12.0).is_err(), "older than 4 s + timeout");
+        assert!(book.accept("a", "u", (now - 1_000_000_000) as u64, now, 12.0).is_ok());
+        assert!(book.accept("a", "u", (now - 1_000_000_000) as u64, now, 12.0).is_err(), "replay");
+        assert!(book.accept("a", "u", (now - 2_000_000_000) as u64, now, 12.0).is_err(), "older than the last");
+        assert!(book.accept("a", "u", now as u64 + 1, now, 12.0).is_ok());
+        assert!(book.accept("a", "other", now as u64, now, 12.0).is_ok(), "per uuid");
+    }
+
+    /// M1: a huge timeout neither overflows (a debug build panicked under the lock, and every
+    /// later request failed) nor widens the first-nonce window past 4 s + 60 s.
+    #[test]
+    fn huge_timeouts_are_refused_and_clamped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("bt_header_dendrite_nonce", "1"),
+            ("bt_header_dendrite_hotkey", "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"),
+            ("bt_header_dendrite_uuid", "0b6d8a52-0000-11ef-9c1a-0242ac120002"),
+            ("bt_header_dendrite_signature", "0x00"),
+            ("bt_header_axon_hotkey", "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"),
+            ("computed_body_hash", "a7ffc6f8bf1ed76651c14756a061d662f580ff4de43b49fa82d80a4b80f8434a"),
+        ] {
+            h.insert(k, v.parse().unwrap());
+        }
+        assert_eq!(parse_auth(&h).unwrap().timeout_s, 12.0);
+        for bad in ["1e300", "61", "-1", "nan", "inf"] {
+            h.insert("timeout", bad.parse().unwrap());
+            let e = parse_auth(&h).unwrap_err();
+            assert!(e.contains("timeout") && e.contains("60"), "{bad}: {e}");
+        }
+        h.insert("timeout", "60".parse().unwrap());
+        assert_eq!(parse_auth(&h).unwrap().timeout_s, 60.0);
+
+        let book = NonceBook::default();
+        let now: u128 = 1_700_000_000_000_000_000;
+        let day_old = (now - 86_400_000_000_000) as u64;
+        for t in [1e300, f64::MAX, 3.0e9] {
+            assert!(book.accept("a", "u", day_old, now, t).is_err(), "a day-old first nonce with timeout {t}");
+        }
+        assert!(book.accept("a", "u", (now - 63_000_000_000) as u64, now, 1e300).is_ok(), "within 4 s + 60 s");
+        // The lock is still usable after the calls above.
+        assert!(book.accept("a", "u", now as u64, now, 12.0).is_ok());
+    }
+
+    /// M2: uuids and hotkeys are bounded before any work, and the book forgets by age and
+    /// refuses (never forgets) fresh endpoints beyond its capacity.
+    #[test]
+    fn the_nonce_book_is_bounded_by_age_and_count() {
+        let mut h = HeaderMap::new();
+        h.insert("bt_header_dendrite_nonce", "1".parse().unwrap());
+        h.insert("bt_header_dendrite_hotkey", "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY".parse().unwrap());
+        h.insert("bt_header_dendrite_uuid", "u".repeat(400_000).parse().unwrap());
+        let e = parse_auth(&h).unwrap_err();
+        assert!(e.contains("bt_header_dendrite_uuid") && e.contains("400000 bytes") && e.len() < 200, "{e}");
+        h.insert("bt_header_dendrite_uuid", "a;b".parse().unwrap());
+        assert!(parse_auth(&h).unwrap_err().contains("bt_header_dendrite_uuid"));
+
+        let book = NonceBook::with_capacity(100);
+        let t0: u128 = 1_700_000_000_000_000_000;
+        for i in 0..100u64 {
+            assert_eq!(book.accept("a", &format!("u{i}"), t0 as u64, t0, 12.0), Ok(()));
+        }
+        assert_eq!(book.accept("a", "new", t0 as u64, t0, 12.0), Err(NonceError::Full), "fresh entries stay");
+        assert!(book.accept("a", "u7", t0 as u64 + 1, t0, 12.0).is_ok(), "known endpoints go on");
+        // 65 s later every entry is past the widest window: they are forgotten, and a replay of
+        // an old request still fails the first-nonce check.
+        let later = t0 + 65_000_000_000;
+        assert_eq!(book.accept("a", "new", later as u64, later, 12.0), Ok(()));
+        assert_eq!(book.len(), 1);
+        assert!(matches!(book.accept("a", "u7", t0 as u64 + 1, later, 60.0), Err(NonceError::Stale(_))));
     }
 
     #[test]

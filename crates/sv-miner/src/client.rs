@@ -52,6 +52,19 @@ pub async fn raw(addr: SocketAddr, request: &[u8], timeout: Duration) -> Result<
     tokio::time::timeout(timeout, fut).await.map_err(|_| anyhow!("no response from {addr} within {timeout:?}"))?
 }
 
+/// Send raw bytes as a plain client does (Python's `http.client`: the whole request is written
+/// before anything is read): a failed write is an error, then the whole response is read.
+pub async fn raw_strict(addr: SocketAddr, request: &[u8], timeout: Duration) -> Result<HttpResponse> {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
+        s.write_all(request).await.context("the server stopped reading the request")?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.context("the answer was cut off")?;
+        parse(&buf)
+    };
+    tokio::time::timeout(timeout, fut).await.map_err(|_| anyhow!("no response from {addr} within {timeout:?}"))?
+}
+
 /// An HTTP/1.1 request with `Connection: close`.
 pub async fn request(
     addr: SocketAddr,

@@ -11,6 +11,9 @@
 //! prediction_log = "logs/predictions"
 //! log_images = false
 //! kernel_cache = "/var/cache/sv-miner/kernels"   # GPU build: CubeCL's caches, one folder a bundle version
+//! [connections]
+//! max = 1024                       # open connections at most; the longest-idle one makes room
+//! header_timeout_ms = 5000         # a request head must arrive within this (also the idle timeout)
 //! [cascade]
 //! vlm = { url = "http://127.0.0.1:8000", model = "Qwen/Qwen3-VL-8B-Instruct", deadline_ms = 2500 }
 //! ```
@@ -59,6 +62,8 @@ pub struct MinerConfig {
     pub kernel_cache: Option<PathBuf>,
     /// Start from the bundle's kernel caches (GPU build). Off: compile everything on start.
     pub bundle_kernels: bool,
+    /// Connection bounds (`[connections]`).
+    pub connections: crate::listen::ConnectionConfig,
     pub cascade: CascadeConfig,
 }
 
@@ -80,6 +85,7 @@ impl Default for MinerConfig {
             required_hash_fields: Vec::new(),
             kernel_cache: None,
             bundle_kernels: true,
+            connections: Default::default(),
             cascade: CascadeConfig::default(),
         }
     }
@@ -140,6 +146,6 @@ impl MinerConfig {
         if self.budget_ms >= 9000 {
             bail!("budget_ms {} is not under the validator's 9 s timeout", self.budget_ms);
         }
-        Ok(())
+        self.connections.validate()
     }
 }

@@ -3,11 +3,13 @@
 //! API for local tools, `/health` and Prometheus `/metrics`, input validation that refuses
 //! bad or hostile images before decoding ([`validate`]), and a prediction log written in the
 //! background as Arrow IPC segments ([`predlog`]; sv-data imports them). [`client`] is the validator side the replay and load tools of sv-tools use.
-//! `main.rs` only parses flags and calls [`server`].
+//! [`listen`] is the accept loop that bounds connections. `main.rs` only parses flags and calls
+//! [`server`].
 
 pub mod axon;
 pub mod client;
 pub mod config;
+pub mod listen;
 pub mod metrics;
 pub mod predlog;
 pub mod server;

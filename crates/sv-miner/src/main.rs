@@ -104,6 +104,15 @@ async fn shutdown_signal() {
 fn run(cli: Cli) -> Result<()> {
     let cfg = config(cli)?;
     let t = std::time::Instant::now();
+    // Each connection is a file: lift the soft limit (often 1,024) to the hard one, and check
+    // that the configured connections fit.
+    match sv_miner::listen::raise_nofile() {
+        Ok((before, now)) => {
+            tracing::info!("open-file limit {now} (was {before})");
+            sv_miner::listen::check_nofile(&cfg.connections, 1, now)?;
+        }
+        Err(e) => tracing::warn!("cannot read or raise the open-file limit: {e}"),
+    }
     let (state, log_thread) = sv_miner::server::AppState::from_config(&cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {

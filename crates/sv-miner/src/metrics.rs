@@ -1,8 +1,10 @@
 //! Prometheus metrics of the miner (`GET /metrics`).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
+
+use crate::listen::ConnCounters;
 
 /// The miner's metrics.
 pub struct Metrics {
@@ -21,6 +23,8 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Prediction-log records dropped because the writer fell behind.
     pub log_dropped: IntCounter,
+    /// Open connections, and connections the server closed by reason.
+    pub connections: ConnCounters,
 }
 
 impl Metrics {
@@ -49,6 +53,12 @@ impl Metrics {
         let cache_misses = IntCounter::new("sv_cache_misses_total", "Answers computed").unwrap();
         let errors = IntCounterVec::new(Opts::new("sv_errors_total", "Errors by kind"), &["kind"]).unwrap();
         let log_dropped = IntCounter::new("sv_predlog_dropped_total", "Prediction-log records dropped").unwrap();
+        let open = IntGauge::new("sv_connections_open", "Open client connections").unwrap();
+        let closed = IntCounterVec::new(
+            Opts::new("sv_connections_closed_total", "Connections the server closed, by reason"),
+            &["reason"],
+        )
+        .unwrap();
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -58,10 +68,23 @@ impl Metrics {
             Box::new(cache_misses.clone()),
             Box::new(errors.clone()),
             Box::new(log_dropped.clone()),
+            Box::new(open.clone()),
+            Box::new(closed.clone()),
         ] {
             registry.register(c).unwrap();
         }
-        Self { registry, requests, latency, stage_latency, batch_size, cache_hits, cache_misses, errors, log_dropped }
+        Self {
+            registry,
+            requests,
+            latency,
+            stage_latency,
+            batch_size,
+            cache_hits,
+            cache_misses,
+            errors,
+            log_dropped,
+            connections: ConnCounters { open, closed },
+        }
     }
 
     /// The text exposition format.

@@ -25,7 +25,7 @@ use sv_infer::cascade::CascadeError;
 use sv_infer::{Answer, Bundle, Cascade};
 use tokio::sync::Semaphore;
 
-use crate::axon::{self, NonceBook};
+use crate::axon::{self, NonceBook, NonceError};
 use crate::config::MinerConfig;
 use crate::metrics::Metrics;
 use crate::predlog::LogSender;
@@ -52,6 +52,7 @@ pub struct AppState {
     pub log: Option<LogSender>,
     pub started: Instant,
     pub in_flight: Semaphore,
+    pub connections: crate::listen::ConnectionConfig,
 }
 
 impl AppState {
@@ -88,6 +89,7 @@ impl AppState {
             log,
             started: Instant::now(),
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            connections: cfg.connections.clone(),
         };
         Ok((Arc::new(state), handle))
     }
@@ -101,19 +103,61 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), refuse_large_bodies))
         .with_state(state)
 }
 
-/// Serve until `shutdown` resolves, then finish in-flight requests.
+/// Serve until `shutdown` resolves, then finish in-flight requests (see [`crate::listen`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server failed")
+    let counters = state.metrics.connections.clone();
+    let cfg = state.connections.clone();
+    crate::listen::serve(listener, router(state), &cfg, counters, shutdown).await.context("server failed")
+}
+
+/// Most bytes of an over-size body read and thrown away before its 413, so that a client that
+/// sends its whole body before reading (Python's `http.client`) reads the answer instead of a
+/// reset; a larger declared body is refused without reading.
+pub const DRAIN_MAX: u64 = 64 << 20;
+
+/// Refuse a request whose declared `Content-Length` exceeds the body bound with a 413 before
+/// its handler runs (nginx's way: the body is drained, within [`DRAIN_MAX`] and
+/// [`BODY_DEADLINE`], and the connection closed after the answer). Bodies without a length
+/// are bounded while they are read ([`read_body`]).
+async fn refuse_large_bodies(
+    State(st): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let Some(n) = declared.filter(|n| *n > st.max_body as u64) else {
+        return next.run(req).await;
+    };
+    let route = match req.uri().path() {
+        "/v1/challenge" => "challenge",
+        p if p == format!("/{}", axon::SYNAPSE) => "axon",
+        _ => "other",
+    };
+    if n <= DRAIN_MAX {
+        use http_body_util::BodyExt;
+        let mut body = req.into_body();
+        let _ = tokio::time::timeout(BODY_DEADLINE, async { while let Some(Ok(_)) = body.frame().await {} }).await;
+    }
+    let f = fail(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body of {n} bytes exceeds {} bytes", st.max_body),
+    );
+    let mut close = HeaderMap::new();
+    close.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    fail_response(&st, route, f, close)
 }
 
 /// A refused request.
@@ -285,10 +329,12 @@ async fn axon_inner(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Va
     let msg = axon::message(auth.nonce, &auth.dendrite_hotkey, &st.hotkey, &auth.uuid, &auth.body_hash);
     axon::verify_signature(&auth.dendrite_hotkey, &msg, &auth.signature)
         .map_err(|m| fail(StatusCode::UNAUTHORIZED, "bad_signature", format!("Not Verified with error: {m}")))?;
-    let key = format!("{}:{}", auth.dendrite_hotkey, auth.uuid);
-    st.nonces
-        .accept(&key, auth.nonce, now_ns(), auth.timeout_s)
-        .map_err(|m| fail(StatusCode::UNAUTHORIZED, "bad_nonce", format!("Not Verified with error: {m}")))?;
+    st.nonces.accept(&auth.dendrite_hotkey, &auth.uuid, auth.nonce, now_ns(), auth.timeout_s).map_err(|e| match e {
+        NonceError::Stale(m) => fail(StatusCode::UNAUTHORIZED, "bad_nonce", format!("Not Verified with error: {m}")),
+        NonceError::Full => {
+            fail(StatusCode::SERVICE_UNAVAILABLE, "nonce_book_full", "too many fresh endpoints; retry shortly")
+        }
+    })?;
     let bytes = read_body(body, st.max_body).await?;
     let mut body: Value = serde_json::from_slice(&bytes)
         .map_err(|e| fail(StatusCode::BAD_REQUEST, "bad_json", format!("the body is not JSON: {e}")))?;

@@ -15,7 +15,7 @@ use base64::Engine;
 use image::{ImageFormat, RgbImage};
 use serde_json::json;
 
-use sv_miner::client::{HttpResponse, raw, request};
+use sv_miner::client::{HttpResponse, raw, raw_strict, request};
 
 /// One rate's numbers.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -192,6 +192,18 @@ pub async fn abuse(addr: SocketAddr, max_body: usize) -> Result<Vec<AbuseResult>
         let r = request(addr, "POST", "/v1/challenge", &h, &b, Duration::from_secs(30)).await;
         out.push(judge(name, r));
     }
+    // An oversized body that a plain client sends whole before reading (Python's http.client):
+    // the 413 must reach it, not a reset.
+    let big = max_body + (4 << 20);
+    let mut req = format!(
+        "POST /v1/challenge HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {big}\r\n\r\n"
+    )
+    .into_bytes();
+    req.resize(req.len() + big, b'a');
+    let r = raw_strict(addr, &req, Duration::from_secs(30)).await;
+    let mut whole = judge("oversized body sent whole before reading", r);
+    whole.well_formed &= whole.status == Some(413);
+    out.push(whole);
     // The axon route without a signature, and bytes that are not HTTP.
     let r = request(addr, "POST", "/ImageSynapse", &h, b"{}", Duration::from_secs(10)).await;
     out.push(judge("unsigned ImageSynapse", r));
