@@ -46,12 +46,16 @@ def main():
     cfg = os.path.join(work, "miner.toml")
     open(cfg, "w").write("[cascade]\ncache_ttl_s = 0\n")
     base = f"http://127.0.0.1:{a.port}"
+    # The JSON API lives on the admin listener (the next port here).
+    admin = f"127.0.0.1:{a.port + 1}"
+    api = f"http://{admin}"
     for i, mode in enumerate(a.mode):
         name, _, extra = mode.partition(":")
         if name != "restart" or cache is None:
             cache = os.path.join(work, f"kcache-{i}-{name}")
         log = open(os.path.join(work, f"miner-{name}.log"), "w")
-        cmd = [a.miner, "--bundle", a.bundle, "--host", "127.0.0.1", "--port", str(a.port), "--hotkey", HOTKEY,
+        cmd = [a.miner, "--bundle", a.bundle, "--host", "127.0.0.1", "--port", str(a.port), "--admin-addr", admin,
+               "--hotkey", HOTKEY,
                "--kernel-cache", cache, "--config", cfg] + shlex.split(extra)
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -70,19 +74,19 @@ def main():
             if ready is None:
                 raise SystemExit(f"mode {name}: not ready after {a.timeout} s")
             t1 = time.perf_counter()
-            status, answer = post(base + "/v1/challenge", {"type": "image", "data": image})
+            status, answer = post(api + "/v1/challenge", {"type": "image", "data": image})
             first = time.perf_counter() - t0
             first_latency = time.perf_counter() - t1
             seconds = []
             for _ in range(20):
                 t = time.perf_counter()
-                post(base + "/v1/challenge", {"type": "image", "data": image, "challenge_id": str(t)})
+                post(api + "/v1/challenge", {"type": "image", "data": image, "challenge_id": str(t)})
                 seconds.append(time.perf_counter() - t)
             seconds.sort()
             load = None
             if a.load and i == len(a.mode) - 1:
                 out = os.path.join(work, "load.json")
-                r = subprocess.run([a.load, "--addr", f"127.0.0.1:{a.port}", "--rates", a.rates, "--duration", a.duration,
+                r = subprocess.run([a.load, "--addr", f"127.0.0.1:{a.port}", "--admin-addr", admin, "--rates", a.rates, "--duration", a.duration,
                                     "--max-requests", "100000", "--json", out], capture_output=True, text=True)
                 print(r.stdout + r.stderr, file=sys.stderr)
                 load = json.load(open(out)).get("load") if os.path.exists(out) else None

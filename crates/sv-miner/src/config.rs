@@ -7,7 +7,8 @@
 //! hotkey = "5F..."                 # this miner's hotkey (SS58)
 //! allow = ["5G..."]                # validator hotkeys allowed to query
 //! allow_file = "validators.txt"    # one SS58 per line, '#' comments
-//! open_json_api = false            # /v1/challenge answers loopback clients only unless true
+//! admin_addr = "127.0.0.1:8092"     # JSON API, /metrics, /health details (loopback unless admin_public)
+//! admin_token_file = "/etc/sv-miner/admin-token"   # bearer token; required with admin_public = true
 //! prediction_log = "logs/predictions"
 //! log_images = false
 //! kernel_cache = "/var/cache/sv-miner/kernels"   # GPU build: CubeCL's caches, one folder a bundle version
@@ -41,8 +42,15 @@ pub struct MinerConfig {
     pub allow: Vec<String>,
     /// A file of allowed hotkeys, one a line (merged with `allow`).
     pub allow_file: Option<PathBuf>,
-    /// Serve `/v1/challenge` to non-loopback clients too (it has no signature).
-    pub open_json_api: bool,
+    /// The admin listener, `HOST:PORT`: the unsigned JSON API (`/v1/challenge`), `/metrics`,
+    /// `/health` with details. Loopback unless `admin_public`; empty: no admin listener. The
+    /// axon port serves the axon protocol and a bare `/health` only.
+    pub admin_addr: String,
+    /// Allow a non-loopback `admin_addr` (it then needs `admin_token_file`).
+    pub admin_public: bool,
+    /// A file holding the admin listener's bearer token (at least 16 characters; requests then
+    /// need `Authorization: Bearer <token>`). Required when `admin_public`.
+    pub admin_token_file: Option<PathBuf>,
     /// Folder of the prediction log's Arrow IPC segments (none: no logging); `sv-data
     /// import-predlog` moves them into a Lance log.
     pub prediction_log: Option<PathBuf>,
@@ -76,7 +84,9 @@ impl Default for MinerConfig {
             hotkey: String::new(),
             allow: Vec::new(),
             allow_file: None,
-            open_json_api: false,
+            admin_addr: "127.0.0.1:8092".into(),
+            admin_public: false,
+            admin_token_file: None,
             prediction_log: None,
             log_images: false,
             max_body_bytes: 16 * 1024 * 1024,
@@ -123,6 +133,42 @@ impl MinerConfig {
         Ok(out)
     }
 
+    /// The admin listener's address (`None`: no admin listener), refused when it is not loopback
+    /// and `admin_public` is off, or public without a token.
+    pub fn admin_socket(&self) -> Result<Option<std::net::SocketAddr>> {
+        if self.admin_addr.trim().is_empty() {
+            return Ok(None);
+        }
+        let addr: std::net::SocketAddr = self
+            .admin_addr
+            .trim()
+            .parse()
+            .with_context(|| format!("admin_addr {:?} is not HOST:PORT with an IP host", self.admin_addr))?;
+        if !addr.ip().to_canonical().is_loopback() {
+            if !self.admin_public {
+                bail!(
+                    "admin_addr {addr} is not a loopback address: the admin routes are unsigned; pass --admin-public                      and --admin-token-file to open them wider"
+                );
+            }
+            if self.admin_token_file.is_none() {
+                bail!("admin_addr {addr} is public: it needs admin_token_file (--admin-token-file)");
+            }
+        }
+        Ok(Some(addr))
+    }
+
+    /// The admin bearer token from `admin_token_file`, if any.
+    pub fn admin_token(&self) -> Result<Option<String>> {
+        let Some(f) = &self.admin_token_file else { return Ok(None) };
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read admin token file {}", f.display()))?;
+        let token = text.trim().to_string();
+        if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
+            bail!("admin token file {}: the token must be at least 16 printable ASCII characters", f.display());
+        }
+        Ok(Some(token))
+    }
+
     /// The kernel cache root: the configured one, else the user's cache folder.
     pub fn kernel_cache_root(&self) -> Result<PathBuf> {
         match &self.kernel_cache {
@@ -146,6 +192,36 @@ impl MinerConfig {
         if self.budget_ms >= 9000 {
             bail!("budget_ms {} is not under the validator's 9 s timeout", self.budget_ms);
         }
+        self.admin_socket()?;
         self.connections.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// H3: the unsigned admin routes stay on loopback unless opened on purpose, with a token.
+    #[test]
+    fn the_admin_listener_is_loopback_unless_opened_with_a_token() {
+        let c = MinerConfig::default();
+        assert_eq!(c.admin_socket().unwrap().unwrap().to_string(), "127.0.0.1:8092");
+        let wide = MinerConfig { admin_addr: "0.0.0.0:8092".into(), ..Default::default() };
+        assert!(wide.admin_socket().unwrap_err().to_string().contains("--admin-public"));
+        let public = MinerConfig { admin_public: true, ..wide.clone() };
+        assert!(public.admin_socket().unwrap_err().to_string().contains("admin_token_file"));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "short").unwrap();
+        let with_token = MinerConfig { admin_token_file: Some(f.clone()), ..public };
+        assert!(with_token.admin_socket().unwrap().is_some());
+        assert!(with_token.admin_token().unwrap_err().to_string().contains("16"));
+        std::fs::write(&f, "a-token-long-enough-0123\n").unwrap();
+        assert_eq!(with_token.admin_token().unwrap().as_deref(), Some("a-token-long-enough-0123"));
+        let v6 = MinerConfig { admin_addr: "[::1]:9000".into(), ..Default::default() };
+        assert!(v6.admin_socket().unwrap().is_some());
+        let off = MinerConfig { admin_addr: String::new(), ..Default::default() };
+        assert!(off.admin_socket().unwrap().is_none());
+        assert!(MinerConfig { admin_addr: "localhost".into(), ..Default::default() }.admin_socket().is_err());
     }
 }

@@ -28,9 +28,16 @@ struct Cli {
     /// File of allowed validator hotkeys, one a line.
     #[arg(long)]
     allow_file: Option<PathBuf>,
-    /// Serve the unsigned JSON API to non-loopback clients too.
+    /// Admin listener HOST:PORT (JSON API, /metrics, /health details; default 127.0.0.1:8092;
+    /// "" for none).
     #[arg(long)]
-    open_json_api: bool,
+    admin_addr: Option<String>,
+    /// Allow a non-loopback --admin-addr (needs --admin-token-file).
+    #[arg(long)]
+    admin_public: bool,
+    /// File holding the admin listener's bearer token.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
     /// Lance folder to log every prediction to.
     #[arg(long)]
     prediction_log: Option<PathBuf>,
@@ -68,7 +75,13 @@ fn config(cli: Cli) -> Result<MinerConfig> {
     if cli.allow_file.is_some() {
         c.allow_file = cli.allow_file;
     }
-    c.open_json_api |= cli.open_json_api;
+    if let Some(v) = cli.admin_addr {
+        c.admin_addr = v;
+    }
+    c.admin_public |= cli.admin_public;
+    if cli.admin_token_file.is_some() {
+        c.admin_token_file = cli.admin_token_file;
+    }
     if cli.prediction_log.is_some() {
         c.prediction_log = cli.prediction_log;
     }
@@ -109,7 +122,8 @@ fn run(cli: Cli) -> Result<()> {
     match sv_miner::listen::raise_nofile() {
         Ok((before, now)) => {
             tracing::info!("open-file limit {now} (was {before})");
-            sv_miner::listen::check_nofile(&cfg.connections, 1, now)?;
+            let listeners = if cfg.admin_socket()?.is_some() { 2 } else { 1 };
+            sv_miner::listen::check_nofile(&cfg.connections, listeners, now)?;
         }
         Err(e) => tracing::warn!("cannot read or raise the open-file limit: {e}"),
     }
@@ -119,8 +133,20 @@ fn run(cli: Cli) -> Result<()> {
         let addr = format!("{}:{}", cfg.host, cfg.port);
         let listener =
             tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let admin = match cfg.admin_socket()? {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on admin address {a}"))?,
+            ),
+            None => None,
+        };
+        let admin_at = match &admin {
+            Some(l) => format!("admin on {}", l.local_addr()?),
+            None => "no admin listener".into(),
+        };
         println!(
-            "sv-miner {} serving bundle {} (model {}) on {} for {} allowed validators; ready in {:.1}s",
+            "sv-miner {} serving bundle {} (model {}) on {} for {} allowed validators, {admin_at}; ready in {:.1}s",
             env!("CARGO_PKG_VERSION"),
             cfg.bundle.display(),
             state.cascade.version,
@@ -128,7 +154,7 @@ fn run(cli: Cli) -> Result<()> {
             state.allow.len(),
             t.elapsed().as_secs_f64()
         );
-        sv_miner::server::serve(listener, state, shutdown_signal()).await
+        sv_miner::server::serve(listener, admin, state, shutdown_signal()).await
     })?;
     if let Some(h) = log_thread {
         let _ = h.join();

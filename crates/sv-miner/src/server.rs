@@ -1,5 +1,8 @@
-//! The HTTP server: the axon route `POST /ImageSynapse`, the plain JSON API
-//! `POST /v1/challenge`, `GET /health` and `GET /metrics`.
+//! The HTTP server, two listeners: the axon port serves the axon route `POST /ImageSynapse`
+//! and a bare `GET /health`; the admin listener (loopback by default, a bearer token when
+//! opened wider) serves the unsigned JSON API `POST /v1/challenge`, `GET /metrics` and
+//! `GET /health` with details. Behind a reverse proxy every client looks local, so the axon
+//! port carries nothing unsigned but the bare health check.
 //!
 //! Every failure is answered with a status and a JSON `{"message": ...}` and counted by kind;
 //! nothing a client sends can panic a handler or hold the server: bodies are read under a size
@@ -7,14 +10,13 @@
 //! their header before decoding, and every answer is computed under the latency budget.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -41,7 +43,8 @@ pub struct AppState {
     pub cascade: Cascade,
     pub hotkey: String,
     pub allow: HashSet<String>,
-    pub open_json_api: bool,
+    /// The admin listener's bearer token (`None`: none asked).
+    pub admin_token: Option<String>,
     pub log_images: bool,
     pub max_body: usize,
     pub max_side: u32,
@@ -78,7 +81,7 @@ impl AppState {
             cascade,
             hotkey: cfg.hotkey.clone(),
             allow,
-            open_json_api: cfg.open_json_api,
+            admin_token: cfg.admin_token()?,
             log_images: cfg.log_images,
             max_body: cfg.max_body_bytes,
             max_side: cfg.max_side,
@@ -95,27 +98,75 @@ impl AppState {
     }
 }
 
-/// The routes.
+/// The axon port's routes: the axon protocol and a bare health check.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(&format!("/{}", axon::SYNAPSE), post(image_synapse))
-        .route("/v1/challenge", post(challenge))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .route("/health", get(health_bare))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), refuse_large_bodies))
         .with_state(state)
 }
 
-/// Serve until `shutdown` resolves, then finish in-flight requests (see [`crate::listen`]).
+/// The admin listener's routes: the JSON API, metrics and health details, behind the bearer
+/// token when one is configured.
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/challenge", post(challenge))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), refuse_large_bodies))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+/// Refuse an admin request without the configured bearer token (401), comparing in constant time.
+async fn require_token(
+    State(st): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = &st.admin_token else { return next.run(req).await };
+    let given = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
+    let want = format!("Bearer {token}");
+    let same = given.len() == want.len() && given.iter().zip(want.as_bytes()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0;
+    if same {
+        return next.run(req).await;
+    }
+    let f = fail(StatusCode::UNAUTHORIZED, "admin_token", "admin routes need Authorization: Bearer <token>");
+    fail_response(&st, "admin", f, HeaderMap::new())
+}
+
+/// Serve the axon port (and the admin listener, if any) until `shutdown` resolves, then finish
+/// in-flight requests (see [`crate::listen`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    admin: Option<tokio::net::TcpListener>,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let counters = state.metrics.connections.clone();
     let cfg = state.connections.clone();
-    crate::listen::serve(listener, router(state), &cfg, counters, shutdown).await.context("server failed")
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let trigger = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let axon = crate::listen::serve(listener, router(state.clone()), &cfg, counters.clone(), stopped(stop_rx.clone()));
+    let admin = async {
+        match admin {
+            Some(l) => crate::listen::serve(l, admin_router(state), &cfg, counters, stopped(stop_rx)).await,
+            None => Ok(()),
+        }
+    };
+    let (axon, admin) = tokio::join!(axon, admin);
+    trigger.abort();
+    axon.context("the axon listener failed")?;
+    admin.context("the admin listener failed")
 }
 
 /// Most bytes of an over-size body read and thrown away before its 413, so that a client that
@@ -375,11 +426,7 @@ struct ChallengeRequest {
     challenge_id: Option<String>,
 }
 
-async fn challenge(
-    State(st): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Body,
-) -> Response {
+async fn challenge(State(st): State<Arc<AppState>>, body: Body) -> Response {
     let t = Instant::now();
     let route = "challenge";
     let Ok(_permit) = st.in_flight.try_acquire() else {
@@ -387,13 +434,6 @@ async fn challenge(
         return fail_response(&st, route, f, HeaderMap::new());
     };
     let result = async {
-        if !st.open_json_api && !peer.ip().is_loopback() {
-            return Err(fail(
-                StatusCode::FORBIDDEN,
-                "not_loopback",
-                "the JSON API answers loopback clients only (see open_json_api)",
-            ));
-        }
         let bytes = read_body(body, st.max_body).await?;
         let req: ChallengeRequest = serde_json::from_slice(&bytes).map_err(|e| {
             fail(StatusCode::BAD_REQUEST, "bad_json", format!("expected {{type, data, challenge_id}}: {e}"))
@@ -424,6 +464,12 @@ async fn challenge(
         }
         Err(f) => fail_response(&st, route, f, HeaderMap::new()),
     }
+}
+
+/// The axon port's health check: a status and nothing else.
+async fn health_bare(State(st): State<Arc<AppState>>) -> Response {
+    st.metrics.requests.with_label_values(&["health", "200"]).inc();
+    axum::Json(json!({ "status": "ok" })).into_response()
 }
 
 async fn health(State(st): State<Arc<AppState>>) -> Response {

@@ -161,8 +161,9 @@ fn crc32(data: &[u8]) -> u32 {
     !c
 }
 
-/// Send the bad-input corpus; `max_body` is the server's body bound.
-pub async fn abuse(addr: SocketAddr, max_body: usize) -> Result<Vec<AbuseResult>> {
+/// Send the bad-input corpus: JSON cases to the admin listener at `addr`, protocol cases to the
+/// axon port at `axon`; `max_body` is the server's body bound.
+pub async fn abuse(axon: SocketAddr, addr: SocketAddr, max_body: usize) -> Result<Vec<AbuseResult>> {
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let good = sv_data::generate::sample(
         &sv_data::generate::GenerateConfig { width: 224, height: 224, ..Default::default() },
@@ -205,19 +206,30 @@ pub async fn abuse(addr: SocketAddr, max_body: usize) -> Result<Vec<AbuseResult>
     whole.well_formed &= whole.status == Some(413);
     out.push(whole);
     // The axon route without a signature, and bytes that are not HTTP.
-    let r = request(addr, "POST", "/ImageSynapse", &h, b"{}", Duration::from_secs(10)).await;
+    let r = request(axon, "POST", "/ImageSynapse", &h, b"{}", Duration::from_secs(10)).await;
     out.push(judge("unsigned ImageSynapse", r));
-    let r = raw(addr, b"\x16\x03\x01\x00\xa5 not http at all\r\n\r\n", Duration::from_secs(10)).await;
+    let r = raw(axon, b"\x16\x03\x01\x00\xa5 not http at all\r\n\r\n", Duration::from_secs(10)).await;
     let mut garbage = judge("bytes that are not HTTP", r);
     garbage.well_formed = matches!(garbage.status, Some(s) if (400..500).contains(&s));
     out.push(garbage);
-    let health = request(addr, "GET", "/health", &[], b"", Duration::from_secs(10)).await;
-    out.push(AbuseResult {
-        case: "health after the corpus".into(),
-        status: health.as_ref().ok().map(|r| r.status),
-        message: None,
-        well_formed: matches!(health, Ok(ref r) if r.status == 200),
-    });
+    // Nothing unsigned on the axon port: the JSON API and metrics live on the admin listener.
+    for (method, path) in [("POST", "/v1/challenge"), ("GET", "/metrics")] {
+        let r = request(axon, method, path, &h, &body(b64(&good)), Duration::from_secs(10)).await;
+        let mut j = judge(&format!("{path} on the axon port"), r);
+        j.well_formed &= j.status == Some(404);
+        out.push(j);
+    }
+    for (name, at, details) in [("axon", axon, false), ("admin", addr, true)] {
+        let health = request(at, "GET", "/health", &[], b"", Duration::from_secs(10)).await;
+        let ok = matches!(health, Ok(ref r) if r.status == 200
+            && r.json().is_ok_and(|v| v["status"] == "ok" && v.get("model_version").is_some() == details));
+        out.push(AbuseResult {
+            case: format!("health on the {name} port after the corpus"),
+            status: health.as_ref().ok().map(|r| r.status),
+            message: None,
+            well_formed: ok,
+        });
+    }
     Ok(out)
 }
 

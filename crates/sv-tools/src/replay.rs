@@ -17,6 +17,13 @@ use sv_data::{Label, Sample};
 
 use sv_miner::client::{Dendrite, request};
 
+/// The local validator's key from a seed text (SHA-256 of it): what `sv-replay
+/// --validator-seed` and `sv-load --probe-seed` sign with.
+pub fn dendrite(seed: &str) -> Result<Dendrite> {
+    use sha2::Digest;
+    Dendrite::from_seed(sha2::Sha256::digest(seed.as_bytes()).into())
+}
+
 /// Settings of a replay.
 #[derive(Debug, Clone)]
 pub struct ReplayConfig {

@@ -85,7 +85,9 @@ fn miner_serves_the_protocol_and_survives_bad_input() {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
-    let server = rt.spawn(serve(listener, state, async {
+    let admin_listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let admin: SocketAddr = admin_listener.local_addr().unwrap();
+    let server = rt.spawn(serve(listener, Some(admin_listener), state, async {
         let _ = rx.await;
     }));
     let t = Duration::from_secs(30);
@@ -131,32 +133,33 @@ fn miner_serves_the_protocol_and_survives_bad_input() {
         assert_eq!(r.status, 403);
         assert_eq!(r.header("bt_header_axon_status_code"), Some("403"));
 
-        // The JSON API (loopback).
+        // The JSON API, on the admin listener only.
         let body =
             serde_json::to_vec(&serde_json::json!({"type": "image", "data": image_b64(5), "challenge_id": "c1"}))
                 .unwrap();
-        let r = request(addr, "POST", "/v1/challenge", &[], &body, t).await.unwrap();
+        assert_eq!(request(addr, "POST", "/v1/challenge", &[], &body, t).await.unwrap().status, 404);
+        let r = request(admin, "POST", "/v1/challenge", &[], &body, t).await.unwrap();
         assert_eq!(r.status, 200);
         let v = r.json().unwrap();
         assert!(v["prediction"].as_f64().is_some() && v["latency_ms"].as_f64().is_some());
         assert!(v["model_version"].as_str().unwrap().starts_with("miner-"));
         // The same image again comes from the cache.
-        let r = request(addr, "POST", "/v1/challenge", &[], &body, t).await.unwrap();
+        let r = request(admin, "POST", "/v1/challenge", &[], &body, t).await.unwrap();
         assert_eq!(r.json().unwrap()["prediction"], v["prediction"]);
 
         // Every bad input gets a well-formed answer, and the server keeps serving.
-        let abuse = sv_tools::load::abuse(addr, 1 << 20).await.unwrap();
+        let abuse = sv_tools::load::abuse(addr, admin, 1 << 20).await.unwrap();
         for a in &abuse {
             assert!(a.well_formed, "{a:?}");
         }
         // Rates a debug build keeps up with (the full load test runs on a release build).
-        let reps = sv_tools::load::load(addr, &[1.0, 2.0], Duration::from_secs(2), 30, 3).await.unwrap();
+        let reps = sv_tools::load::load(admin, &[1.0, 2.0], Duration::from_secs(2), 30, 3).await.unwrap();
         for r in &reps {
             assert_eq!(r.connection_errors + r.status_5xx, 0, "{r:?}");
             assert_eq!(r.ok, r.sent, "{r:?}");
         }
 
-        let m = request(addr, "GET", "/metrics", &[], b"", t).await.unwrap();
+        let m = request(admin, "GET", "/metrics", &[], b"", t).await.unwrap();
         let text = String::from_utf8(m.body).unwrap();
         assert!(text.contains(r#"sv_requests_total{route="axon",status="200"} 1"#), "{text}");
         assert!(text.contains(r#"sv_requests_total{route="axon",status="401"} 3"#), "{text}");
@@ -176,4 +179,30 @@ fn miner_serves_the_protocol_and_survives_bad_input() {
     let rows = sv_data::predlog::PredictionLog::open(&lance).unwrap().scores().unwrap();
     assert_eq!(rows.len(), imported.records);
     assert!(rows.len() >= 3 + 6, "{} logged predictions", rows.len());
+
+    // An admin listener with a bearer token: nothing without it, everything with it.
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "s3cret-token-of-24-chars\n").unwrap();
+    let cfg = MinerConfig { admin_token_file: Some(token_file), prediction_log: None, ..cfg };
+    let (state, _) = AppState::from_config(&cfg).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let admin_listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let admin = admin_listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(serve(listener, Some(admin_listener), state, async {
+        let _ = rx.await;
+    }));
+    rt.block_on(async {
+        let t = Duration::from_secs(30);
+        for bad in [None, Some("Bearer wrong-token-of-24-chars!"), Some("s3cret-token-of-24-chars")] {
+            let h: Vec<(String, String)> = bad.map(|v| ("authorization".into(), v.into())).into_iter().collect();
+            let r = request(admin, "GET", "/metrics", &h, b"", t).await.unwrap();
+            assert_eq!(r.status, 401, "{bad:?}");
+        }
+        let h = [("authorization".to_string(), "Bearer s3cret-token-of-24-chars".to_string())];
+        assert_eq!(request(admin, "GET", "/metrics", &h, b"", t).await.unwrap().status, 200);
+    });
+    tx.send(()).unwrap();
+    rt.block_on(server).unwrap().unwrap();
 }

@@ -11,9 +11,12 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(name = "sv-load", about = "Load and bad-input tests against a running sv-miner (loopback only)")]
 struct Cli {
-    /// Miner address (loopback), e.g. 127.0.0.1:8091.
+    /// The miner's axon address (loopback), e.g. 127.0.0.1:8091.
     #[arg(long)]
     addr: SocketAddr,
+    /// The miner's admin listener (the JSON API the load goes to).
+    #[arg(long, default_value = "127.0.0.1:8092")]
+    admin_addr: SocketAddr,
     /// Requests per second, one step each.
     #[arg(long, value_delimiter = ',', default_values_t = vec![2.0, 4.0, 8.0, 16.0, 32.0])]
     rates: Vec<f64>,
@@ -29,6 +32,19 @@ struct Cli {
     /// Also send the bad-input corpus.
     #[arg(long)]
     abuse: bool,
+    /// Also run the connection attacks (idle flood, slow headers, junk signatures) with probes.
+    #[arg(long)]
+    attack: bool,
+    /// Sign attack-time probes as the validator of this seed (sv-replay's key: `sv-replay
+    /// --print-hotkey` names it; the miner must allow it).
+    #[arg(long)]
+    probe_seed: Option<String>,
+    /// The miner's hotkey (for signed probes).
+    #[arg(long)]
+    miner_hotkey: Option<String>,
+    /// The validator hotkey junk signatures claim (an allowed one makes the miner verify them).
+    #[arg(long, default_value = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY")]
+    junk_hotkey: String,
     /// The server's body bound (for the oversized case).
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     max_body: usize,
@@ -38,8 +54,10 @@ struct Cli {
 }
 
 fn run(mut cli: Cli) -> Result<()> {
-    if !cli.addr.ip().is_loopback() {
-        bail!("sv-load only targets loopback addresses (got {})", cli.addr);
+    for a in [cli.addr, cli.admin_addr] {
+        if !a.ip().is_loopback() {
+            bail!("sv-load only targets loopback addresses (got {a})");
+        }
     }
     if cli.short {
         cli.rates = vec![1.0, 2.0, 4.0];
@@ -50,7 +68,7 @@ fn run(mut cli: Cli) -> Result<()> {
     let mut failed = false;
     let mut out = serde_json::Map::new();
     if cli.abuse {
-        let res = rt.block_on(sv_tools::load::abuse(cli.addr, cli.max_body))?;
+        let res = rt.block_on(sv_tools::load::abuse(cli.addr, cli.admin_addr, cli.max_body))?;
         for r in &res {
             println!(
                 "{:<44} {:>5} {} {}",
@@ -63,8 +81,59 @@ fn run(mut cli: Cli) -> Result<()> {
         }
         out.insert("abuse".into(), serde_json::to_value(&res)?);
     }
+    if cli.attack {
+        // Each attack connection is a file here too.
+        if let Err(e) = sv_miner::listen::raise_nofile() {
+            eprintln!("cannot raise the open-file limit: {e}");
+        }
+        let cfg =
+            if cli.short { sv_tools::attack::AttackConfig::short() } else { sv_tools::attack::AttackConfig::full() };
+        let prober = match (&cli.probe_seed, &cli.miner_hotkey) {
+            (Some(seed), Some(hotkey)) => Some(sv_tools::attack::Prober {
+                dendrite: sv_tools::replay::dendrite(seed)?,
+                miner_hotkey: hotkey.clone(),
+            }),
+            (None, None) => None,
+            _ => bail!("--probe-seed and --miner-hotkey go together"),
+        };
+        let reps = rt.block_on(sv_tools::attack::attack(cli.addr, prober, &cli.junk_hotkey, &cfg))?;
+        println!(
+            "{:<16} {:>6} {:>5} {:>7} {:>5} {:>9} {:>9} {:>9} {:>7} {:>5} {:>9} {:>9}",
+            "attack",
+            "units",
+            "cut",
+            "health",
+            "fail",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "signed",
+            "fail",
+            "p50 ms",
+            "p99 ms"
+        );
+        for r in &reps {
+            println!(
+                "{:<16} {:>6} {:>5} {:>7} {:>5} {:>9.1} {:>9.1} {:>9.1} {:>7} {:>5} {:>9.1} {:>9.1}",
+                r.attack,
+                r.attack_units,
+                r.attack_cut,
+                r.health_probes,
+                r.health_failures,
+                r.health_p50_ms,
+                r.health_p99_ms,
+                r.health_max_ms,
+                r.signed_probes,
+                r.signed_failures,
+                r.signed_p50_ms,
+                r.signed_p99_ms
+            );
+            failed |= !r.passed();
+        }
+        out.insert("attack".into(), serde_json::json!({ "config": cfg, "results": reps }));
+    }
     let reps = rt.block_on(sv_tools::load::load(
-        cli.addr,
+        cli.admin_addr,
         &cli.rates,
         Duration::from_secs_f64(cli.duration),
         cli.max_requests,
@@ -86,7 +155,10 @@ fn run(mut cli: Cli) -> Result<()> {
         std::fs::write(&p, serde_json::to_string_pretty(&out)?)?;
     }
     if failed {
-        bail!("a bad input got a non-4xx answer or a dropped connection, or a load request lost its connection");
+        bail!(
+            "a bad input got a non-4xx answer or a dropped connection, a load request lost its connection, or a \
+             probe failed (or /health took a second) under attack"
+        );
     }
     Ok(())
 }

@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use sha2::{Digest, Sha256};
-use sv_miner::client::Dendrite;
 use sv_tools::replay::{ReplayConfig, replay};
 
 #[derive(Parser)]
@@ -44,12 +42,8 @@ struct Cli {
     json: Option<PathBuf>,
 }
 
-fn dendrite(seed: &str) -> Result<Dendrite> {
-    Dendrite::from_seed(Sha256::digest(seed.as_bytes()).into())
-}
-
 fn run(cli: Cli) -> Result<()> {
-    let mut d = dendrite(&cli.validator_seed)?;
+    let mut d = sv_tools::replay::dendrite(&cli.validator_seed)?;
     if cli.print_hotkey {
         println!("{}", d.hotkey);
         return Ok(());
