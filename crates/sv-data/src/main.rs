@@ -26,6 +26,9 @@ enum Cmd {
         /// The Lance prediction log (created when absent).
         #[arg(long)]
         log: PathBuf,
+        /// Versions of the log older than this many hours are deleted after the import.
+        #[arg(long, default_value_t = 24.0)]
+        keep_hours: f64,
         #[arg(long)]
         json: bool,
     },
@@ -198,17 +201,24 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::ImportPredlog { segments, log, json } => {
-            let r = sv_data::predlog::import_segments(&segments, &log)?;
+        Cmd::ImportPredlog { segments, log, keep_hours, json } => {
+            if !(keep_hours.is_finite() && keep_hours >= 0.0) {
+                anyhow::bail!("--keep-hours {keep_hours} must be a number of hours >= 0");
+            }
+            let keep = std::time::Duration::from_secs_f64(keep_hours * 3600.0);
+            let r = sv_data::predlog::import_segments(&segments, &log, keep)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!(
-                    "imported {} records from {} segments into {} (version {}); {} unreadable segments left in place",
+                    "imported {} records from {} segments into {} in {} commits (version {}; {} old versions \
+                     deleted); {} unreadable segments left in place",
                     r.records,
                     r.segments,
                     log.display(),
+                    r.commits,
                     r.version,
+                    r.compaction.old_versions,
                     r.skipped.len()
                 );
             }

@@ -1,7 +1,9 @@
 //! The prediction log as a Lance dataset, so hard cases from deployment can be mined later
 //! (SPEC: active learning). The miner writes Arrow IPC segments ([`sv_core::predlog`]) without
-//! linking Lance; [`import_segments`] (`sv-data import-predlog`) commits them here, one commit a
-//! segment, and moves each imported segment into `imported/` beside them.
+//! linking Lance; [`import_segments`] (`sv-data import-predlog`) commits them here, as few
+//! commits as memory allows (one per [`IMPORT_CHUNK_BYTES`] of segments), moves each imported
+//! segment into `imported/` beside them, then compacts the log's files and deletes versions older
+//! than a retention period, so that versions and files stay bounded however often it runs.
 //!
 //! Columns: those of [`sv_core::predlog::schema`]. [`read_scores`] gives sv-train's
 //! hard-negative mining `id → score` of a Lance log or of a segment folder, where `id` is the
@@ -55,6 +57,43 @@ impl PredictionLog {
             .block_on(Dataset::write(reader, uri.as_str(), Some(params)))
             .with_context(|| format!("cannot append {} predictions to {}", records.len(), self.path.display()))?;
         Ok(ds.version().version)
+    }
+
+    /// Compact small data files (Lance `compact_files`) and delete versions older than `keep`
+    /// (`cleanup_old_versions`; the latest always stays). Nothing to do before the first append.
+    pub fn compact(&mut self, keep: std::time::Duration) -> Result<crate::store::CompactReport> {
+        use lance::dataset::optimize::{CompactionOptions, compact_files};
+        if !self.path.join("_versions").exists() {
+            return Ok(Default::default());
+        }
+        let uri = crate::store::uri(&self.path)?;
+        let older = chrono::TimeDelta::from_std(keep).context("retention period out of range")?;
+        self.rt
+            .block_on(async {
+                let mut ds = Dataset::open(&uri).await?;
+                let opts = CompactionOptions {
+                    target_rows_per_fragment: crate::store::COMPACT_FRAGMENT_ROWS,
+                    ..Default::default()
+                };
+                let m = compact_files(&mut ds, opts, None).await?;
+                let stats = ds.cleanup_old_versions(older, Some(false), Some(false)).await?;
+                anyhow::Ok(crate::store::CompactReport {
+                    fragments_removed: m.fragments_removed,
+                    fragments_added: m.fragments_added,
+                    old_versions: stats.old_versions,
+                    bytes_removed: stats.bytes_removed,
+                })
+            })
+            .with_context(|| format!("cannot compact the prediction log {}", self.path.display()))
+    }
+
+    /// Versions the log keeps now.
+    pub fn versions(&self) -> Result<usize> {
+        if !self.path.join("_versions").exists() {
+            return Ok(0);
+        }
+        let uri = crate::store::uri(&self.path)?;
+        Ok(self.rt.block_on(async { anyhow::Ok(Dataset::open(&uri).await?.versions().await?.len()) })?)
     }
 
     /// Current version (0 before the first append).
@@ -129,16 +168,43 @@ pub struct ImportReport {
     pub skipped: Vec<String>,
     /// The log's version after the import.
     pub version: u64,
+    /// Commits this import made.
+    pub commits: usize,
+    /// What the compaction after it did.
+    pub compaction: crate::store::CompactReport,
 }
 
-/// Commit every finished segment of `segments_dir` into the Lance log at `log_path` (one
-/// commit a segment, oldest first), moving each committed segment into `imported/` under
-/// `segments_dir`; a segment that does not read is reported and left in place. Running it again
+/// Segment bytes read into memory before they are committed together.
+pub const IMPORT_CHUNK_BYTES: u64 = 256 << 20;
+
+/// Commit every finished segment of `segments_dir` into the Lance log at `log_path` (oldest
+/// first, one commit per [`IMPORT_CHUNK_BYTES`] of segments), moving each committed segment into
+/// `imported/` under `segments_dir`; a segment that does not read is reported and left in place.
+/// Then the log is compacted and versions older than `keep` are deleted. Running it again
 /// imports only what arrived since.
-pub fn import_segments(segments_dir: &Path, log_path: &Path) -> Result<ImportReport> {
+pub fn import_segments(segments_dir: &Path, log_path: &Path, keep: std::time::Duration) -> Result<ImportReport> {
     let mut log = PredictionLog::open(log_path)?;
     let done = segments_dir.join("imported");
     let mut rep = ImportReport::default();
+    let mut chunk: Vec<(PathBuf, Vec<PredictionRecord>)> = Vec::new();
+    let mut chunk_bytes = 0u64;
+    let mut commit = |chunk: &mut Vec<(PathBuf, Vec<PredictionRecord>)>, rep: &mut ImportReport| -> Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<PredictionRecord> = chunk.iter_mut().flat_map(|(_, r)| std::mem::take(r)).collect();
+        log.append(&records)?;
+        rep.commits += 1;
+        rep.records += records.len();
+        std::fs::create_dir_all(&done).with_context(|| format!("cannot create {}", done.display()))?;
+        for (seg, _) in chunk.drain(..) {
+            let to = done.join(seg.file_name().expect("a segment has a file name"));
+            std::fs::rename(&seg, &to)
+                .with_context(|| format!("imported {} but cannot move it to {}", seg.display(), to.display()))?;
+            rep.segments += 1;
+        }
+        Ok(())
+    };
     for seg in sv_core::predlog::segments(segments_dir)? {
         let records = match sv_core::predlog::read_segment(&seg) {
             Ok(r) => r,
@@ -148,14 +214,16 @@ pub fn import_segments(segments_dir: &Path, log_path: &Path) -> Result<ImportRep
                 continue;
             }
         };
-        log.append(&records)?;
-        std::fs::create_dir_all(&done).with_context(|| format!("cannot create {}", done.display()))?;
-        let to = done.join(seg.file_name().expect("a segment has a file name"));
-        std::fs::rename(&seg, &to)
-            .with_context(|| format!("imported {} but cannot move it to {}", seg.display(), to.display()))?;
-        rep.segments += 1;
-        rep.records += records.len();
+        chunk_bytes += seg.metadata().map(|m| m.len()).unwrap_or(0);
+        chunk.push((seg, records));
+        if chunk_bytes >= IMPORT_CHUNK_BYTES {
+            commit(&mut chunk, &mut rep)?;
+            chunk_bytes = 0;
+        }
     }
+    commit(&mut chunk, &mut rep)?;
+    drop(commit);
+    rep.compaction = log.compact(keep)?;
     rep.version = log.version()?;
     Ok(rep)
 }
@@ -209,13 +277,37 @@ mod tests {
         assert_eq!(read_scores(&segs).unwrap().get(&format!("{:016x}", 3)).copied(), Some(0.3));
         std::fs::write(segs.join("seg-0000000000000-0-999999.arrow"), b"torn").unwrap();
         let log = dir.path().join("log");
-        let r = import_segments(&segs, &log).unwrap();
+        let r = import_segments(&segs, &log, std::time::Duration::from_secs(3600)).unwrap();
         assert_eq!((r.segments, r.records, r.skipped.len()), (2, 3, 1));
+        assert_eq!(r.commits, 1, "both segments in one commit");
         assert_eq!(PredictionLog::open(&log).unwrap().scores().unwrap().len(), 3);
         // Only the unreadable segment is left; a second import adds nothing.
         assert_eq!(sv_core::predlog::segments(&segs).unwrap().len(), 1);
-        let again = import_segments(&segs, &log).unwrap();
+        let again = import_segments(&segs, &log, std::time::Duration::from_secs(3600)).unwrap();
         assert_eq!((again.segments, again.records), (0, 0));
         assert_eq!(PredictionLog::open(&log).unwrap().scores().unwrap().len(), 3);
+    }
+
+    /// H2: an import every so often (here 30 of them) leaves one commit's worth of versions and
+    /// compacted files, never one version per request, and every record.
+    #[test]
+    fn repeated_imports_keep_versions_and_files_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = dir.path().join("segments");
+        let log = dir.path().join("log");
+        let mut w = sv_core::predlog::SegmentWriter::open(&segs).unwrap();
+        w.set_durable(false);
+        for round in 0..30 {
+            for k in 0..3 {
+                w.append(&[rec(round * 10 + k)]).unwrap();
+            }
+            let r = import_segments(&segs, &log, std::time::Duration::ZERO).unwrap();
+            assert_eq!((r.segments, r.commits), (3, 1));
+        }
+        let l = PredictionLog::open(&log).unwrap();
+        assert_eq!(l.scores().unwrap().len(), 90);
+        assert!(l.versions().unwrap() <= 2, "{} versions", l.versions().unwrap());
+        let data_files = std::fs::read_dir(log.join("data")).unwrap().count();
+        assert!(data_files <= 4, "{data_files} data files after compaction");
     }
 }

@@ -15,6 +15,9 @@
 //! [connections]
 //! max = 1024                       # open connections at most; the longest-idle one makes room
 //! header_timeout_ms = 5000         # a request head must arrive within this (also the idle timeout)
+//! [predlog]
+//! batch = 64                       # a segment every 64 records or 10 s, whichever first
+//! quota_bytes = 21474836480        # waiting segments on disk: beyond, no images; beyond 2x, no records
 //! [cascade]
 //! vlm = { url = "http://127.0.0.1:8000", model = "Qwen/Qwen3-VL-8B-Instruct", deadline_ms = 2500 }
 //! ```
@@ -72,6 +75,8 @@ pub struct MinerConfig {
     pub bundle_kernels: bool,
     /// Connection bounds (`[connections]`).
     pub connections: crate::listen::ConnectionConfig,
+    /// The prediction log's bounds (`[predlog]`).
+    pub predlog: crate::predlog::PredlogConfig,
     pub cascade: CascadeConfig,
 }
 
@@ -96,6 +101,7 @@ impl Default for MinerConfig {
             kernel_cache: None,
             bundle_kernels: true,
             connections: Default::default(),
+            predlog: Default::default(),
             cascade: CascadeConfig::default(),
         }
     }
@@ -193,6 +199,7 @@ impl MinerConfig {
             bail!("budget_ms {} is not under the validator's 9 s timeout", self.budget_ms);
         }
         self.admin_socket()?;
+        self.predlog.validate()?;
         self.connections.validate()
     }
 }

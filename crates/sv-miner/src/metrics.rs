@@ -5,6 +5,7 @@ use prometheus::{
 };
 
 use crate::listen::ConnCounters;
+use crate::predlog::LogCounters;
 
 /// The miner's metrics.
 pub struct Metrics {
@@ -21,8 +22,8 @@ pub struct Metrics {
     pub cache_misses: IntCounter,
     /// Errors by kind (bad_base64, too_large, bad_signature, ...).
     pub errors: IntCounterVec,
-    /// Prediction-log records dropped because the writer fell behind.
-    pub log_dropped: IntCounter,
+    /// The prediction log: records written and dropped, write failures, the last commit.
+    pub predlog: LogCounters,
     /// Open connections, and connections the server closed by reason.
     pub connections: ConnCounters,
 }
@@ -52,7 +53,29 @@ impl Metrics {
         let cache_hits = IntCounter::new("sv_cache_hits_total", "Answers served from the content cache").unwrap();
         let cache_misses = IntCounter::new("sv_cache_misses_total", "Answers computed").unwrap();
         let errors = IntCounterVec::new(Opts::new("sv_errors_total", "Errors by kind"), &["kind"]).unwrap();
-        let log_dropped = IntCounter::new("sv_predlog_dropped_total", "Prediction-log records dropped").unwrap();
+        let predlog = LogCounters {
+            dropped: IntCounterVec::new(
+                Opts::new("sv_predlog_dropped_total", "Prediction-log records dropped, by reason"),
+                &["reason"],
+            )
+            .unwrap(),
+            images_left_out: IntCounterVec::new(
+                Opts::new("sv_predlog_images_left_out_total", "Logged images left out of their record, by reason"),
+                &["reason"],
+            )
+            .unwrap(),
+            records_written: IntCounter::new("sv_predlog_records_total", "Prediction-log records written").unwrap(),
+            write_failures: IntCounter::new("sv_predlog_write_failures_total", "Prediction-log write failures")
+                .unwrap(),
+            last_commit: IntGauge::new(
+                "sv_predlog_last_commit_timestamp_seconds",
+                "Unix time of the last prediction-log segment written",
+            )
+            .unwrap(),
+            segments: IntGauge::new("sv_predlog_segments", "Prediction-log segments waiting for import").unwrap(),
+            segment_bytes: IntGauge::new("sv_predlog_segment_bytes", "Bytes of the segments waiting for import")
+                .unwrap(),
+        };
         let open = IntGauge::new("sv_connections_open", "Open client connections").unwrap();
         let closed = IntCounterVec::new(
             Opts::new("sv_connections_closed_total", "Connections the server closed, by reason"),
@@ -67,7 +90,13 @@ impl Metrics {
             Box::new(cache_hits.clone()),
             Box::new(cache_misses.clone()),
             Box::new(errors.clone()),
-            Box::new(log_dropped.clone()),
+            Box::new(predlog.dropped.clone()),
+            Box::new(predlog.images_left_out.clone()),
+            Box::new(predlog.records_written.clone()),
+            Box::new(predlog.write_failures.clone()),
+            Box::new(predlog.last_commit.clone()),
+            Box::new(predlog.segments.clone()),
+            Box::new(predlog.segment_bytes.clone()),
             Box::new(open.clone()),
             Box::new(closed.clone()),
         ] {
@@ -82,7 +111,7 @@ impl Metrics {
             cache_hits,
             cache_misses,
             errors,
-            log_dropped,
+            predlog,
             connections: ConnCounters { open, closed },
         }
     }

@@ -37,6 +37,8 @@ use crate::validate::{check_image, decode_base64};
 pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
 /// Requests processed at once; more get 503.
 pub const MAX_IN_FLIGHT: usize = 256;
+/// Characters of a challenge id kept in the prediction log.
+pub const MAX_CHALLENGE_ID: usize = 128;
 
 /// Shared state of the handlers.
 pub struct AppState {
@@ -70,9 +72,10 @@ impl AppState {
             Err(e) => tracing::warn!("no kernel cache: {e:#}"),
         }
         let cascade = Cascade::start(&bundle, &cfg.cascade).context("cannot start the cascade")?;
+        let metrics = Metrics::new();
         let (log, handle) = match &cfg.prediction_log {
             Some(p) => {
-                let (s, h) = crate::predlog::start(p.clone(), 64, Duration::from_secs(2))?;
+                let (s, h) = crate::predlog::start(p.clone(), &cfg.predlog, metrics.predlog.clone())?;
                 (Some(s), Some(h))
             }
             None => (None, None),
@@ -88,7 +91,7 @@ impl AppState {
             budget: Duration::from_millis(cfg.budget_ms),
             required_hash_fields: cfg.required_hash_fields.clone(),
             nonces: NonceBook::default(),
-            metrics: Metrics::new(),
+            metrics,
             log,
             started: Instant::now(),
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
@@ -309,13 +312,12 @@ async fn answer(
             latency_ms: ms as f32,
             model_version: st.cascade.version.clone(),
             validator_hotkey: validator.map(str::to_string),
-            challenge_id: challenge_id.map(str::to_string),
+            // Bounded: a client's id must not grow the log (uuid:nonce of the axon is ~60).
+            challenge_id: challenge_id.map(|c| c.chars().take(MAX_CHALLENGE_ID).collect()),
             label: None,
             image: st.log_images.then(|| bytes.as_ref().clone()),
         };
-        if !log.send(rec) {
-            st.metrics.log_dropped.inc();
-        }
+        log.send(rec); // a dropped record is counted by the sender
     }
     Ok((a, ms))
 }

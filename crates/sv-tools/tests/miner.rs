@@ -174,7 +174,7 @@ fn miner_serves_the_protocol_and_survives_bad_input() {
     // Every answered image is in the log after shutdown: 1 axon + 2 JSON + 6 load (+ damaged
     // ones). The miner wrote segments; sv-data imports them into a Lance log.
     let lance = log.with_extension("lance");
-    let imported = sv_data::predlog::import_segments(&log, &lance).unwrap();
+    let imported = sv_data::predlog::import_segments(&log, &lance, Duration::from_secs(3600)).unwrap();
     assert!(imported.skipped.is_empty(), "{imported:?}");
     let rows = sv_data::predlog::PredictionLog::open(&lance).unwrap().scores().unwrap();
     assert_eq!(rows.len(), imported.records);
