@@ -113,8 +113,9 @@ pub struct Cascade {
     vlm: Option<Endpoint>,
     caption: Option<Endpoint>,
     cache: ScoreCache<Answer>,
-    /// Decodes at once: a 4096² image takes ~200 MB as floats, so decoding is bounded.
-    decode_slots: tokio::sync::Semaphore,
+    /// Decodes at once: a 4096² image takes ~200 MB as floats, so decoding is bounded. A slot
+    /// is held until its decode ends, even when the caller has given up meanwhile.
+    decode_slots: Arc<tokio::sync::Semaphore>,
     pub version: String,
 }
 
@@ -150,7 +151,7 @@ impl Cascade {
                 Duration::from_secs(cfg.cache_ttl_s),
                 if cfg.cache_ttl_s == 0 { 0 } else { cfg.cache_entries },
             ),
-            decode_slots: tokio::sync::Semaphore::new(DECODE_SLOTS),
+            decode_slots: Arc::new(tokio::sync::Semaphore::new(DECODE_SLOTS)),
             version: bundle.version().to_string(),
         })
     }
@@ -159,13 +160,25 @@ impl Cascade {
         self.cache.len()
     }
 
+    /// Whether stage 1 can answer: `Err` names why not (its thread is gone).
+    pub fn health(&self) -> Result<(), String> {
+        self.batcher.health()
+    }
+
+    /// Stage-1 batches that failed (a panic in the forward included) since start.
+    pub fn stage1_failures(&self) -> u64 {
+        self.batcher.failures()
+    }
+
     /// Answer one encoded image.
     pub async fn predict(&self, bytes: Arc<Vec<u8>>) -> Result<Answer, CascadeError> {
         self.predict_by(bytes, Instant::now() + Duration::from_secs(3600)).await
     }
 
     /// Answer one encoded image for a caller who waits until `deadline`: stage 1 is skipped
-    /// (an error) when its turn comes after it.
+    /// (overloaded) when its turn comes after it, and the remote stages get what is left of it
+    /// (less [`REMOTE_MARGIN`]; none when less than [`REMOTE_MIN`] is left): a remote stage cut
+    /// off is dropped and the best answer so far, stage 1's, stands.
     pub async fn predict_by(&self, bytes: Arc<Vec<u8>>, deadline: Instant) -> Result<Answer, CascadeError> {
         let key: [u8; 32] = Sha256::digest(bytes.as_slice()).into();
         if let Some(mut a) = self.cache.get(&key) {
@@ -175,12 +188,19 @@ impl Cascade {
         let t = Instant::now();
         let pre = self.pre.clone();
         let b = bytes.clone();
-        let slot = self.decode_slots.acquire().await.map_err(|_| CascadeError::Internal("decoder closed".into()))?;
-        let pixels = tokio::task::spawn_blocking(move || sv_core::preprocess_bytes(&b, &pre))
-            .await
-            .map_err(|e| CascadeError::Internal(format!("preprocessing task failed: {e}")))?
-            .map_err(|e| CascadeError::BadImage(format!("{e:#}")))?;
-        drop(slot);
+        let slot = match tokio::time::timeout_at(deadline.into(), self.decode_slots.clone().acquire_owned()).await {
+            Err(_) => return Err(CascadeError::Overloaded),
+            Ok(r) => r.map_err(|_| CascadeError::Internal("decoder closed".into()))?,
+        };
+        // The slot moves into the decode: dropping this future (a caller that gave up) does not
+        // free it while the decode still runs.
+        let pixels = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            sv_core::preprocess_bytes(&b, &pre)
+        })
+        .await
+        .map_err(|e| CascadeError::Internal(format!("preprocessing task failed: {e}")))?
+        .map_err(|e| CascadeError::BadImage(format!("{e:#}")))?;
         let scored = self.batcher.score(pixels, deadline).await.map_err(|e| match e {
             BatchError::Overloaded => CascadeError::Overloaded,
             BatchError::Failed(m) => CascadeError::Internal(m),
@@ -197,10 +217,18 @@ impl Cascade {
             cached: false,
         };
         let uncertain = s1 >= self.exits.low && s1 <= self.exits.high;
-        if uncertain && (self.vlm.is_some() || self.caption.is_some()) {
+        let until = deadline.checked_sub(REMOTE_MARGIN).unwrap_or(deadline);
+        let time_left = until.saturating_duration_since(Instant::now());
+        if uncertain && (self.vlm.is_some() || self.caption.is_some()) && time_left < REMOTE_MIN {
+            for (stage, ep) in [(Stage::Vlm, &self.vlm), (Stage::Caption, &self.caption)] {
+                if ep.is_some() {
+                    answer.dropped.push((stage, format!("no time left ({} ms)", time_left.as_millis())));
+                }
+            }
+        } else if uncertain && (self.vlm.is_some() || self.caption.is_some()) {
             let (v, c) = tokio::join!(
-                run_stage(self.vlm.as_ref(), &bytes, VLM_PROMPT, 4, |a| parse_yes_no(a)),
-                run_stage(self.caption.as_ref(), &bytes, CAPTION_PROMPT, 96, |a| Ok(keyword_score(a))),
+                run_stage(self.vlm.as_ref(), &bytes, VLM_PROMPT, 4, until, |a| parse_yes_no(a)),
+                run_stage(self.caption.as_ref(), &bytes, CAPTION_PROMPT, 96, until, |a| Ok(keyword_score(a))),
             );
             let mut parts = vec![(Stage::Stage1, s1)];
             for (stage, r) in [(Stage::Vlm, v), (Stage::Caption, c)] {
@@ -228,18 +256,26 @@ impl Cascade {
     }
 }
 
+/// Time kept back from the caller's deadline for answering once the remote stages are done.
+pub const REMOTE_MARGIN: Duration = Duration::from_millis(200);
+/// Remote stages are not asked with less time than this left.
+pub const REMOTE_MIN: Duration = Duration::from_millis(300);
+
+/// Ask a remote stage, within its own deadline and `until`, whichever comes first.
 async fn run_stage(
     ep: Option<&Endpoint>,
     image: &[u8],
     prompt: &str,
     max_tokens: u32,
+    until: Instant,
     parse: impl Fn(&str) -> Result<f32>,
 ) -> Option<(Result<f32, String>, f64)> {
     let ep = ep?;
     let t = Instant::now();
-    let r = match ep.ask(prompt, image, max_tokens).await {
-        Err(e) => Err(format!("{e:#}")),
-        Ok(text) => parse(&text).map_err(|e| format!("{e:#}")),
+    let r = match tokio::time::timeout_at(until.into(), ep.ask(prompt, image, max_tokens)).await {
+        Err(_) => Err(format!("cut at the request's deadline after {} ms", t.elapsed().as_millis())),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Ok(Ok(text)) => parse(&text).map_err(|e| format!("{e:#}")),
     };
     Some((r, t.elapsed().as_secs_f64() * 1e3))
 }

@@ -313,4 +313,20 @@ fn remote_stages_ensemble_and_fall_back() {
         assert!(a.dropped[0].1.contains(why), "{path}: {:?}", a.dropped);
         assert!(t.elapsed() < Duration::from_secs(5), "{path} respected its deadline");
     }
+
+    // The caller's deadline cuts a remote stage still within its own (10 s): stage 1's answer
+    // comes back before the deadline instead of none at all.
+    let cfg = CascadeConfig {
+        exits: Some(Exits { low: 0.0, high: 1.0 }),
+        vlm: Some(ep("slow", 10_000)),
+        cache_ttl_s: 0,
+        ..Default::default()
+    };
+    let c = Cascade::start(&bundle, &cfg).unwrap();
+    let t = std::time::Instant::now();
+    let deadline = t + Duration::from_millis(1500);
+    let a = rt.block_on(c.predict_by(image.clone(), deadline)).unwrap();
+    assert!(std::time::Instant::now() < deadline, "answered {:?} after the start", t.elapsed());
+    assert_eq!((a.prediction, a.stages.as_str()), (s1, "stage1"));
+    assert!(a.dropped[0].1.contains("deadline"), "{:?}", a.dropped);
 }

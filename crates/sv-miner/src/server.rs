@@ -274,7 +274,10 @@ async fn answer(
         message: e.message,
     })?;
     let bytes = Arc::new(bytes);
-    let a = match tokio::time::timeout(st.budget, st.cascade.predict_by(bytes.clone(), t + st.budget)).await {
+    // The cascade keeps to the budget itself (stage 1's answer stands when a remote stage runs
+    // late); the outer bound is a safety net a little past it.
+    let net = st.budget + Duration::from_millis(500);
+    let a = match tokio::time::timeout(net, st.cascade.predict_by(bytes.clone(), t + st.budget)).await {
         Err(_) => {
             return Err(fail(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -468,21 +471,32 @@ async fn challenge(State(st): State<Arc<AppState>>, body: Body) -> Response {
     }
 }
 
+/// The status `/health` reports: 503 when stage 1 cannot answer.
+fn health_status(st: &AppState) -> (StatusCode, String) {
+    match st.cascade.health() {
+        Ok(()) => (StatusCode::OK, "ok".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
 /// The axon port's health check: a status and nothing else.
 async fn health_bare(State(st): State<Arc<AppState>>) -> Response {
-    st.metrics.requests.with_label_values(&["health", "200"]).inc();
-    axum::Json(json!({ "status": "ok" })).into_response()
+    let (code, _) = health_status(&st);
+    st.metrics.requests.with_label_values(&["health", code.as_str()]).inc();
+    (code, axum::Json(json!({ "status": if code.is_success() { "ok" } else { "unavailable" } }))).into_response()
 }
 
 async fn health(State(st): State<Arc<AppState>>) -> Response {
-    st.metrics.requests.with_label_values(&["health", "200"]).inc();
-    axum::Json(json!({
-        "status": "ok",
+    let (code, status) = health_status(&st);
+    st.metrics.requests.with_label_values(&["health", code.as_str()]).inc();
+    let body = axum::Json(json!({
+        "status": status,
+        "stage1_failed_batches": st.cascade.stage1_failures(),
         "model_version": st.cascade.version,
         "uptime_s": st.started.elapsed().as_secs_f64(),
         "cache_entries": st.cascade.cache_len(),
-    }))
-    .into_response()
+    }));
+    (code, body).into_response()
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
