@@ -13,4 +13,5 @@ pub mod listen;
 pub mod metrics;
 pub mod predlog;
 pub mod server;
+pub mod serving;
 pub mod validate;

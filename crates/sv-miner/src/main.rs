@@ -149,12 +149,32 @@ fn run(cli: Cli) -> Result<()> {
             "sv-miner {} serving bundle {} (model {}) on {} for {} allowed validators, {admin_at}; ready in {:.1}s",
             env!("CARGO_PKG_VERSION"),
             cfg.bundle.display(),
-            state.cascade.version,
+            state.models.current().cascade.version,
             listener.local_addr()?,
             state.allow.len(),
             t.elapsed().as_secs_f64()
         );
-        sv_miner::server::serve(listener, admin, state, shutdown_signal()).await
+        // SIGHUP reloads the configured bundle (as POST /admin/reload with no body does).
+        #[cfg(unix)]
+        let hup = {
+            let st = state.clone();
+            tokio::spawn(async move {
+                let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    let _ = sv_miner::server::reload_now(st.clone(), None).await;
+                }
+            })
+        };
+        let served = sv_miner::server::serve(listener, admin, state, shutdown_signal()).await;
+        // The signal task holds the state too: end it, so the prediction log's sender drops.
+        #[cfg(unix)]
+        {
+            hup.abort();
+            let _ = hup.await;
+        }
+        served
     })?;
     if let Some(h) = log_thread {
         let _ = h.join();

@@ -1,7 +1,8 @@
 //! Prometheus metrics of the miner (`GET /metrics`).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::listen::ConnCounters;
@@ -26,6 +27,12 @@ pub struct Metrics {
     pub predlog: LogCounters,
     /// Open connections, and connections the server closed by reason.
     pub connections: ConnCounters,
+    /// The serving model: `sv_model_info{version}` 1, its age and days left of its 90.
+    pub model_info: IntGaugeVec,
+    pub model_age_days: Gauge,
+    pub model_days_left: Gauge,
+    /// Reloads by result (`ok`, `failed`).
+    pub reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -82,8 +89,19 @@ impl Metrics {
             &["reason"],
         )
         .unwrap();
+        let model_info =
+            IntGaugeVec::new(Opts::new("sv_model_info", "The serving model's version (value 1)"), &["version"])
+                .unwrap();
+        let model_age_days = Gauge::new("sv_model_age_days", "Days since the serving model was submitted").unwrap();
+        let model_days_left = Gauge::new("sv_model_days_left", "Days left of the serving model's 90-day life").unwrap();
+        let reloads =
+            IntCounterVec::new(Opts::new("sv_model_reloads_total", "Model reloads by result"), &["result"]).unwrap();
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(model_info.clone()),
+            Box::new(model_age_days.clone()),
+            Box::new(model_days_left.clone()),
+            Box::new(reloads.clone()),
             Box::new(latency.clone()),
             Box::new(stage_latency.clone()),
             Box::new(batch_size.clone()),
@@ -113,6 +131,20 @@ impl Metrics {
             errors,
             predlog,
             connections: ConnCounters { open, closed },
+            model_info,
+            model_age_days,
+            model_days_left,
+            reloads,
+        }
+    }
+
+    /// Point the model gauges at `serving` (called before each scrape).
+    pub fn set_model(&self, serving: &crate::serving::Serving) {
+        self.model_info.reset();
+        self.model_info.with_label_values(&[serving.cascade.version.as_str()]).set(1);
+        if let Some(f) = serving.freshness() {
+            self.model_age_days.set(f.age_days);
+            self.model_days_left.set(f.days_left);
         }
     }
 

@@ -24,13 +24,14 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sv_core::predlog::PredictionRecord;
 use sv_infer::cascade::CascadeError;
-use sv_infer::{Answer, Bundle, Cascade};
+use sv_infer::{Answer, Bundle};
 use tokio::sync::Semaphore;
 
 use crate::axon::{self, NonceBook, NonceError};
 use crate::config::MinerConfig;
 use crate::metrics::Metrics;
 use crate::predlog::LogSender;
+use crate::serving::{Models, Serving};
 use crate::validate::{check_image, decode_base64};
 
 /// Longest a client may take to send its body.
@@ -42,7 +43,8 @@ pub const MAX_CHALLENGE_ID: usize = 128;
 
 /// Shared state of the handlers.
 pub struct AppState {
-    pub cascade: Cascade,
+    /// The serving model; replaced whole by a reload.
+    pub models: Models,
     pub hotkey: String,
     pub allow: HashSet<String>,
     /// The admin listener's bearer token (`None`: none asked).
@@ -66,12 +68,13 @@ impl AppState {
         cfg.validate()?;
         let allow = cfg.allowed()?;
         let bundle = Bundle::open(&cfg.bundle)?;
-        // Kernel caches only save start-up time: without them the miner still serves.
+        // Kernel caches only save start-up time: without them the miner still serves. (CubeCL
+        // reads its cache settings once a process: a reloaded model uses the same folder.)
         match cfg.kernel_cache_root().and_then(|root| bundle.use_kernels(&root, cfg.bundle_kernels)) {
             Ok(k) => tracing::info!("{}", k.note),
             Err(e) => tracing::warn!("no kernel cache: {e:#}"),
         }
-        let cascade = Cascade::start(&bundle, &cfg.cascade).context("cannot start the cascade")?;
+        let first = Serving::load(&cfg.bundle, &cfg.cascade).context("cannot start the cascade")?;
         let metrics = Metrics::new();
         let (log, handle) = match &cfg.prediction_log {
             Some(p) => {
@@ -81,7 +84,7 @@ impl AppState {
             None => (None, None),
         };
         let state = Self {
-            cascade,
+            models: Models::new(first, cfg.cascade.clone()),
             hotkey: cfg.hotkey.clone(),
             allow,
             admin_token: cfg.admin_token()?,
@@ -111,13 +114,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The admin listener's routes: the JSON API, metrics and health details, behind the bearer
-/// token when one is configured.
+/// The admin listener's routes: the JSON API, metrics, health details and `POST /admin/reload`,
+/// behind the bearer token when one is configured.
 pub fn admin_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/challenge", post(challenge))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/admin/reload", post(reload))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), refuse_large_bodies))
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
@@ -264,8 +268,10 @@ async fn answer(
     b64: &str,
     validator: Option<&str>,
     challenge_id: Option<&str>,
-) -> Result<(Answer, f64), Fail> {
+) -> Result<(Answer, f64, Arc<Serving>), Fail> {
     let t = Instant::now();
+    // This request's model from start to end, whatever a reload does meanwhile.
+    let serving = st.models.current();
     let bytes =
         decode_base64(b64).map_err(|e| Fail { status: StatusCode::BAD_REQUEST, kind: e.kind, message: e.message })?;
     check_image(&bytes, st.max_side).map_err(|e| Fail {
@@ -277,7 +283,7 @@ async fn answer(
     // The cascade keeps to the budget itself (stage 1's answer stands when a remote stage runs
     // late); the outer bound is a safety net a little past it.
     let net = st.budget + Duration::from_millis(500);
-    let a = match tokio::time::timeout(net, st.cascade.predict_by(bytes.clone(), t + st.budget)).await {
+    let a = match tokio::time::timeout(net, serving.cascade.predict_by(bytes.clone(), t + st.budget)).await {
         Err(_) => {
             return Err(fail(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -313,7 +319,7 @@ async fn answer(
             score: a.prediction,
             confidence: a.confidence,
             latency_ms: ms as f32,
-            model_version: st.cascade.version.clone(),
+            model_version: serving.cascade.version.clone(),
             validator_hotkey: validator.map(str::to_string),
             // Bounded: a client's id must not grow the log (uuid:nonce of the axon is ~60).
             challenge_id: challenge_id.map(|c| c.chars().take(MAX_CHALLENGE_ID).collect()),
@@ -322,7 +328,7 @@ async fn answer(
         };
         log.send(rec); // a dropped record is counted by the sender
     }
-    Ok((a, ms))
+    Ok((a, ms, serving))
 }
 
 /// Headers every axon answer carries: the request's `bt_header_*` and the axon's status.
@@ -410,7 +416,7 @@ async fn axon_inner(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Va
         .and_then(Value::as_str)
         .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "bad_json", "the synapse has no string field `image`"))?;
     let challenge_id = format!("{}:{}", auth.uuid, auth.nonce);
-    let (a, _) = answer(st, image, Some(auth.dendrite_hotkey.as_str()), Some(challenge_id.as_str())).await?;
+    let (a, _, _) = answer(st, image, Some(auth.dendrite_hotkey.as_str()), Some(challenge_id.as_str())).await?;
     let obj = body.as_object_mut().expect("checked object");
     obj.insert("prediction".into(), json!(a.prediction));
     let mut ax = obj.get("axon").cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
@@ -450,12 +456,12 @@ async fn challenge(State(st): State<Arc<AppState>>, body: Body) -> Response {
                 format!("type {:?} is not supported (image)", req.kind),
             ));
         }
-        let (a, ms) = answer(&st, &req.data, None, req.challenge_id.as_deref()).await?;
+        let (a, ms, serving) = answer(&st, &req.data, None, req.challenge_id.as_deref()).await?;
         Ok(json!({
             "prediction": a.prediction,
             "confidence": a.confidence,
             "latency_ms": ms,
-            "model_version": st.cascade.version,
+            "model_version": serving.cascade.version,
             "stages": a.stages,
             "challenge_id": req.challenge_id,
         }))
@@ -471,9 +477,57 @@ async fn challenge(State(st): State<Arc<AppState>>, body: Body) -> Response {
     }
 }
 
+/// `POST /admin/reload`, body `{"bundle": "<dir>"}` or empty (the configured bundle again): load,
+/// verify and warm the bundle beside the serving model, then switch (see [`crate::serving`]).
+async fn reload(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+    let dir = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Req {
+            bundle: std::path::PathBuf,
+        }
+        match serde_json::from_slice::<Req>(&body) {
+            Ok(r) => Some(r.bundle),
+            Err(e) => {
+                let f = fail(StatusCode::BAD_REQUEST, "bad_json", format!("expected {{\"bundle\": \"<dir>\"}}: {e}"));
+                return fail_response(&st, "reload", f, HeaderMap::new());
+            }
+        }
+    };
+    let result = reload_now(st.clone(), dir).await;
+    match result {
+        Ok(r) => {
+            st.metrics.requests.with_label_values(&["reload", "200"]).inc();
+            axum::Json(r).into_response()
+        }
+        Err(e) => {
+            fail_response(&st, "reload", fail(StatusCode::UNPROCESSABLE_ENTITY, "reload_failed", e), HeaderMap::new())
+        }
+    }
+}
+
+/// Reload off the async workers; counted by result. What SIGHUP and the admin route call.
+pub async fn reload_now(
+    st: Arc<AppState>,
+    dir: Option<std::path::PathBuf>,
+) -> Result<crate::serving::Reloaded, String> {
+    let s = st.clone();
+    let r = tokio::task::spawn_blocking(move || s.models.reload(dir.as_deref()))
+        .await
+        .map_err(|e| format!("the reload task failed: {e}"))
+        .and_then(|r| r.map_err(|e| format!("{e:#}")));
+    st.metrics.reloads.with_label_values(&[if r.is_ok() { "ok" } else { "failed" }]).inc();
+    if let Err(e) = &r {
+        tracing::error!("{e}");
+    }
+    r
+}
+
 /// The status `/health` reports: 503 when stage 1 cannot answer.
 fn health_status(st: &AppState) -> (StatusCode, String) {
-    match st.cascade.health() {
+    match st.models.current().cascade.health() {
         Ok(()) => (StatusCode::OK, "ok".into()),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
@@ -489,18 +543,24 @@ async fn health_bare(State(st): State<Arc<AppState>>) -> Response {
 async fn health(State(st): State<Arc<AppState>>) -> Response {
     let (code, status) = health_status(&st);
     st.metrics.requests.with_label_values(&["health", code.as_str()]).inc();
+    let serving = st.models.current();
+    let fresh = serving.freshness();
     let body = axum::Json(json!({
         "status": status,
-        "stage1_failed_batches": st.cascade.stage1_failures(),
-        "model_version": st.cascade.version,
+        "stage1_failed_batches": serving.cascade.stage1_failures(),
+        "model_version": serving.cascade.version,
+        "bundle": serving.dir,
+        "model_age_days": fresh.as_ref().map(|f| f.age_days),
+        "model_days_left": fresh.as_ref().map(|f| f.days_left),
         "uptime_s": st.started.elapsed().as_secs_f64(),
-        "cache_entries": st.cascade.cache_len(),
+        "cache_entries": serving.cascade.cache_len(),
     }));
     (code, body).into_response()
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     st.metrics.requests.with_label_values(&["metrics", "200"]).inc();
+    st.metrics.set_model(&st.models.current());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render()).into_response()
 }
 

@@ -14,7 +14,27 @@ use sv_miner::server::{AppState, serve};
 
 const MINER_HOTKEY: &str = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"; // //Bob
 
-fn trained_bundle(dir: &std::path::Path) -> PathBuf {
+/// Export `run` as a bundle at `out`.
+fn export(run: &std::path::Path, out: &std::path::Path) {
+    sv_train::export::export(&sv_train::export::ExportOptions {
+        run: run.to_path_buf(),
+        out: out.to_path_buf(),
+        hotkey: MINER_HOTKEY.into(),
+        int8: false,
+        model_name: None,
+        description: None,
+        exits: Default::default(),
+        sim_samples: 16,
+        force: false,
+        dtype: None,
+        warm_batch: 16,
+        seed: 0,
+    })
+    .unwrap();
+}
+
+/// A trained run's bundle, and the run.
+fn trained_bundle(dir: &std::path::Path) -> (PathBuf, PathBuf) {
     let toml = format!(
         r#"
 name = "miner"
@@ -42,21 +62,17 @@ enabled = false
     std::fs::write(&exp, toml).unwrap();
     let s = sv_train::run::run_experiment(&exp).unwrap();
     let out = dir.join("bundle");
-    sv_train::export::export(&sv_train::export::ExportOptions {
-        run: s.run_dir,
-        out: out.clone(),
-        hotkey: MINER_HOTKEY.into(),
-        int8: false,
-        model_name: None,
-        description: None,
-        exits: Default::default(),
-        sim_samples: 16,
-        force: false,
-        dtype: None,
-        warm_batch: 16,
-        seed: 0,
-    })
-    .unwrap();
+    export(&s.run_dir, &out);
+    (out, s.run_dir)
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
     out
 }
 
@@ -68,7 +84,21 @@ fn image_b64(seed: u64) -> String {
 #[test]
 fn miner_serves_the_protocol_and_survives_bad_input() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = trained_bundle(dir.path());
+    let (bundle, run) = trained_bundle(dir.path());
+    // A second export of the run (another version: the version has the second it was made) for
+    // the reload, and a copy of it with one file changed.
+    std::thread::sleep(Duration::from_millis(1100));
+    let bundle2 = dir.path().join("bundle2");
+    export(&run, &bundle2);
+    let v2 = sv_infer::Bundle::open(&bundle2).unwrap().config.version;
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(broken.join("head")).unwrap();
+    for e in walk(&bundle2) {
+        let to = broken.join(e.strip_prefix(&bundle2).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&e, &to).unwrap();
+    }
+    std::fs::write(broken.join("head/config.json"), b"{}").unwrap();
     let mut validator = Dendrite::from_seed(Sha256::digest(b"validator").into()).unwrap();
     let mut stranger = Dendrite::from_seed(Sha256::digest(b"stranger").into()).unwrap();
     let log = dir.path().join("predlog");
@@ -166,6 +196,43 @@ fn miner_serves_the_protocol_and_survives_bad_input() {
         assert!(text.contains("sv_cache_hits_total 1"), "{text}");
         assert!(text.contains(r#"sv_errors_total{kind="too_large"} 1"#), "{text}");
         assert!(text.contains("sv_batch_size_count"), "{text}");
+        let left: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("sv_model_days_left "))
+            .and_then(|v| v.parse().ok())
+            .expect("sv_model_days_left");
+        assert!((89.0..=90.0).contains(&left), "a fresh model has 89-90 days left: {left}");
+
+        // A model swap under steady load: no request fails or runs late, and the version in the
+        // answers switches.
+        let v1 = v["model_version"].as_str().unwrap().to_string();
+        assert_ne!(v1, v2);
+        let steady = tokio::spawn(sv_tools::load::load(admin, &[4.0], Duration::from_secs(3), 12, 21));
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let ask = serde_json::json!({ "bundle": bundle2 }).to_string();
+        let r = request(admin, "POST", "/admin/reload", &[], ask.as_bytes(), t).await.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json().unwrap()["model_version"], v2.as_str());
+        assert_eq!(r.json().unwrap()["previous"], v1.as_str());
+        let rep = steady.await.unwrap().unwrap();
+        assert_eq!((rep[0].ok, rep[0].status_5xx, rep[0].connection_errors), (rep[0].sent, 0, 0), "{rep:?}");
+        assert!(rep[0].p99_ms < 6000.0, "late answers during the reload: {rep:?}");
+        let fresh = serde_json::to_vec(&serde_json::json!({"type": "image", "data": image_b64(77)})).unwrap();
+        let r = request(admin, "POST", "/v1/challenge", &[], &fresh, t).await.unwrap();
+        assert_eq!(r.json().unwrap()["model_version"], v2.as_str());
+
+        // A broken bundle: refused, naming the file; the model stays.
+        let ask = serde_json::json!({ "bundle": broken }).to_string();
+        let r = request(admin, "POST", "/admin/reload", &[], ask.as_bytes(), t).await.unwrap();
+        let msg = r.json().unwrap()["message"].as_str().unwrap().to_string();
+        assert_eq!(r.status, 422, "{msg}");
+        assert!(msg.contains("head/config.json") && msg.contains(&v2), "{msg}");
+        let r = request(admin, "POST", "/v1/challenge", &[], &fresh, t).await.unwrap();
+        assert_eq!((r.status, r.json().unwrap()["model_version"].clone()), (200, v2.as_str().into()));
+        let m = request(admin, "GET", "/metrics", &[], b"", t).await.unwrap();
+        let text = String::from_utf8(m.body).unwrap();
+        assert!(text.contains(r#"sv_model_reloads_total{result="failed"} 1"#), "{text}");
+        assert!(text.contains(&format!(r#"sv_model_info{{version="{v2}"}} 1"#)), "{text}");
     });
     tx.send(()).unwrap();
     rt.block_on(server).unwrap().unwrap();
