@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod listen;
 pub mod metrics;
+pub mod peers;
 pub mod predlog;
 pub mod server;
 pub mod serving;

@@ -33,6 +33,12 @@ pub struct Metrics {
     pub model_days_left: Gauge,
     /// Reloads by result (`ok`, `failed`).
     pub reloads: IntCounterVec,
+    /// Axon requests by validator (allowed hotkeys by name, the rest as `other`) and status.
+    pub validator_requests: IntCounterVec,
+    /// Answers by the stages that made them (`stage1`, `stage1+vlm`, ...).
+    pub exits: IntCounterVec,
+    /// Confidence `max(p, 1 − p)` of answers.
+    pub confidence: Histogram,
 }
 
 impl Metrics {
@@ -96,8 +102,27 @@ impl Metrics {
         let model_days_left = Gauge::new("sv_model_days_left", "Days left of the serving model's 90-day life").unwrap();
         let reloads =
             IntCounterVec::new(Opts::new("sv_model_reloads_total", "Model reloads by result"), &["result"]).unwrap();
+        let validator_requests = IntCounterVec::new(
+            Opts::new(
+                "sv_validator_requests_total",
+                "Axon requests by validator hotkey (allowed ones; others as other) and status",
+            ),
+            &["hotkey", "status"],
+        )
+        .unwrap();
+        let exits =
+            IntCounterVec::new(Opts::new("sv_stage_exits_total", "Answers by the stages that made them"), &["stages"])
+                .unwrap();
+        let confidence = Histogram::with_opts(
+            HistogramOpts::new("sv_answer_confidence", "Confidence max(p, 1 - p) of answers")
+                .buckets(vec![0.55, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]),
+        )
+        .unwrap();
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(validator_requests.clone()),
+            Box::new(exits.clone()),
+            Box::new(confidence.clone()),
             Box::new(model_info.clone()),
             Box::new(model_age_days.clone()),
             Box::new(model_days_left.clone()),
@@ -135,6 +160,9 @@ impl Metrics {
             model_age_days,
             model_days_left,
             reloads,
+            validator_requests,
+            exits,
+            confidence,
         }
     }
 

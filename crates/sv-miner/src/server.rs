@@ -55,6 +55,8 @@ pub struct AppState {
     pub budget: Duration,
     pub required_hash_fields: Vec<String>,
     pub nonces: NonceBook,
+    /// Per-address limits on failed signature checks.
+    pub bad_signatures: crate::peers::BadSignatures,
     pub metrics: Metrics,
     pub log: Option<LogSender>,
     pub started: Instant,
@@ -94,6 +96,7 @@ impl AppState {
             budget: Duration::from_millis(cfg.budget_ms),
             required_hash_fields: cfg.required_hash_fields.clone(),
             nonces: NonceBook::default(),
+            bad_signatures: Default::default(),
             metrics,
             log,
             started: Instant::now(),
@@ -308,6 +311,8 @@ async fn answer(
             st.metrics.stage_latency.with_label_values(&[stage.as_str()]).observe(stage_ms / 1e3);
         }
     }
+    st.metrics.confidence.observe(a.confidence as f64);
+    st.metrics.exits.with_label_values(&[a.stages.as_str()]).inc();
     for (stage, _) in &a.dropped {
         st.metrics.errors.with_label_values(&[&format!("{}_dropped", stage.as_str())]).inc();
     }
@@ -353,14 +358,28 @@ fn axon_headers(req: &HeaderMap, status: StatusCode, message: &str, process_time
     h
 }
 
-async fn image_synapse(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+async fn image_synapse(
+    State(st): State<Arc<AppState>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let t = Instant::now();
     let route = "axon";
     let Ok(_permit) = st.in_flight.try_acquire() else {
         let f = fail(StatusCode::SERVICE_UNAVAILABLE, "too_many_requests", "too many requests in flight");
         return fail_response(&st, route, f, HeaderMap::new());
     };
-    let result = axon_inner(&st, &headers, body).await;
+    let result = axon_inner(&st, peer.ip().to_canonical(), &headers, body).await;
+    if let Some(hk) = headers.get("bt_header_dendrite_hotkey").and_then(|v| v.to_str().ok()) {
+        // One label an allowed validator, one for everyone else: bounded cardinality.
+        let who = if st.allow.contains(hk) { hk } else { "other" };
+        let code = match &result {
+            Ok(_) => "200",
+            Err(f) => f.status.as_str(),
+        };
+        st.metrics.validator_requests.with_label_values(&[who, code]).inc();
+    }
     let secs = t.elapsed().as_secs_f64();
     st.metrics.latency.with_label_values(&[route]).observe(secs);
     match result {
@@ -377,7 +396,7 @@ async fn image_synapse(State(st): State<Arc<AppState>>, headers: HeaderMap, body
     }
 }
 
-async fn axon_inner(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Value, Fail> {
+async fn axon_inner(st: &AppState, peer: std::net::IpAddr, headers: &HeaderMap, body: Body) -> Result<Value, Fail> {
     let t = Instant::now();
     let auth = axon::parse_auth(headers).map_err(|m| fail(StatusCode::BAD_REQUEST, "bad_headers", m))?;
     // bittensor's axon order: blacklist, then signature and nonce.
@@ -389,8 +408,14 @@ async fn axon_inner(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Va
         ));
     }
     let msg = axon::message(auth.nonce, &auth.dendrite_hotkey, &st.hotkey, &auth.uuid, &auth.body_hash);
-    axon::verify_signature(&auth.dendrite_hotkey, &msg, &auth.signature)
-        .map_err(|m| fail(StatusCode::UNAUTHORIZED, "bad_signature", format!("Not Verified with error: {m}")))?;
+    // A peer that keeps sending bad signatures is refused before the verification it would cost.
+    if !st.bad_signatures.allowed(peer, &auth.dendrite_hotkey, Instant::now()) {
+        return Err(fail(StatusCode::TOO_MANY_REQUESTS, "bad_signature_rate", "too many bad signatures; slow down"));
+    }
+    axon::verify_signature(&auth.dendrite_hotkey, &msg, &auth.signature).map_err(|m| {
+        st.bad_signatures.failed(peer, &auth.dendrite_hotkey, Instant::now());
+        fail(StatusCode::UNAUTHORIZED, "bad_signature", format!("Not Verified with error: {m}"))
+    })?;
     st.nonces.accept(&auth.dendrite_hotkey, &auth.uuid, auth.nonce, now_ns(), auth.timeout_s).map_err(|e| match e {
         NonceError::Stale(m) => fail(StatusCode::UNAUTHORIZED, "bad_nonce", format!("Not Verified with error: {m}")),
         NonceError::Full => {
