@@ -56,7 +56,16 @@ impl Bundle {
                 (0, "the bundle's kernel caches are turned off: compiling on first use".to_string())
             }
             (Some(k), Some(gpu)) if k.gpu.as_deref() == Some(gpu.as_str()) => {
-                match kernels::install(&self.dir.join(kernels::DIR), &dir) {
+                // Checked against the manifest as they are copied: the bundle was verified when
+                // it was opened, but the files could have changed since.
+                let expect = sv_model::bundle::manifest::verify(&self.dir).map_err(anyhow::Error::from).map(|m| {
+                    let prefix = format!("{}/", kernels::DIR);
+                    m.files
+                        .into_iter()
+                        .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|r| (r.to_string(), v)))
+                        .collect()
+                });
+                match expect.and_then(|e| kernels::install(&self.dir.join(kernels::DIR), &dir, Some(&e))) {
                     Ok(n) => (n, format!("kernel caches of the bundle ({} files, {n} new here) for {gpu}", k.files)),
                     Err(e) => (
                         0,

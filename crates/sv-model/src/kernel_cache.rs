@@ -114,7 +114,8 @@ pub fn current_dirs() -> Option<(PathBuf, PathBuf)> {
 /// Copy CubeCL's own cache folders (`cuda/` under the PTX root, `autotune/` under the autotune
 /// root; nothing else those roots may hold) into `to`. Returns the files copied.
 pub fn collect(roots: &(PathBuf, PathBuf), to: &Path) -> Result<usize> {
-    Ok(install(&roots.0.join("cuda"), &to.join("cuda"))? + install(&roots.1.join("autotune"), &to.join("autotune"))?)
+    Ok(install(&roots.0.join("cuda"), &to.join("cuda"), None)?
+        + install(&roots.1.join("autotune"), &to.join("autotune"), None)?)
 }
 
 /// The GPU kernels are compiled for, e.g. `NVIDIA H100 80GB HBM3 (sm_90, driver 12080)`: CubeCL's caches are
@@ -170,9 +171,14 @@ pub fn files(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Copy the cache files of `from` into `to`. A file `to` already has is kept, not replaced: it
-/// holds what `from` had plus what was compiled since. Returns the number of files copied.
-pub fn install(from: &Path, to: &Path) -> Result<usize> {
+/// Copy the cache files of `from` that `to` lacks. Each goes through a temporary file in the
+/// target folder, created new (never through a file or link someone left there) and renamed into
+/// place, so a process killed halfway leaves no truncated cache file; with `expect` (relative
+/// path → SHA-256 hex, from the bundle's manifest), a copy whose bytes differ is removed and is
+/// an error naming the file. Returns how many files were copied.
+pub fn install(from: &Path, to: &Path, expect: Option<&std::collections::BTreeMap<String, String>>) -> Result<usize> {
+    use sha2::Digest;
+    use std::io::Write;
     let mut copied = 0;
     for rel in files(from)? {
         let dst = to.join(&rel);
@@ -182,11 +188,27 @@ pub fn install(from: &Path, to: &Path) -> Result<usize> {
         if let Some(parent) = dst.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        // Copy then rename, so a process killed halfway leaves no truncated cache file.
-        let part = dst.with_extension(format!("partial-{}", std::process::id()));
-        std::fs::copy(from.join(&rel), &part)
-            .with_context(|| format!("cannot copy kernel cache file {rel} into {}", to.display()))?;
-        std::fs::rename(&part, &dst).with_context(|| format!("cannot move {} into place", part.display()))?;
+        let part = dst.with_extension(format!("partial-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+        let copy = || -> Result<()> {
+            let bytes = std::fs::read(from.join(&rel))?;
+            if let Some(want) = expect.map(|m| m.get(&rel)) {
+                let got = hex::encode(sha2::Sha256::digest(&bytes));
+                match want {
+                    Some(w) if *w == got => {}
+                    Some(w) => anyhow::bail!("kernel cache file {rel} has SHA-256 {got}, the manifest says {w}"),
+                    None => anyhow::bail!("kernel cache file {rel} is not in the manifest"),
+                }
+            }
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&part)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&part, &dst)?;
+            Ok(())
+        };
+        if let Err(e) = copy() {
+            let _ = std::fs::remove_file(&part);
+            return Err(e.context(format!("cannot install kernel cache file {rel} into {}", to.display())));
+        }
         copied += 1;
     }
     Ok(copied)
@@ -239,15 +261,15 @@ mod tests {
         // The miner's folder already has a PTX cache that grew since.
         std::fs::create_dir_all(to.join("cuda/0.10.0/ptx")).unwrap();
         std::fs::write(to.join("cuda/0.10.0/ptx/toc.json.log"), "bundle ptx + more").unwrap();
-        assert_eq!(install(&from, &to).unwrap(), 1);
+        assert_eq!(install(&from, &to, None).unwrap(), 1);
         assert_eq!(
             std::fs::read_to_string(to.join("autotune/0.10.0/device-0-0-cuda/matmul-tune.json.log")).unwrap(),
             "bundle tune"
         );
         assert_eq!(std::fs::read_to_string(to.join("cuda/0.10.0/ptx/toc.json.log")).unwrap(), "bundle ptx + more");
         assert!(!to.join("autotune/0.10.0/device-0-0-cuda/matmul-tune.json.lock").exists());
-        assert_eq!(install(&from, &to).unwrap(), 0, "a second install copies nothing");
-        assert_eq!(install(&tmp.path().join("absent"), &to).unwrap(), 0);
+        assert_eq!(install(&from, &to, None).unwrap(), 0, "a second install copies nothing");
+        assert_eq!(install(&tmp.path().join("absent"), &to, None).unwrap(), 0);
 
         // `collect` takes CubeCL's two folders and nothing else under the roots.
         std::fs::write(from.join("unrelated.txt"), "not a cache").unwrap();
@@ -257,6 +279,29 @@ mod tests {
             files(&bundle).unwrap(),
             files(&from).unwrap().into_iter().filter(|f| f != "unrelated.txt").collect::<Vec<_>>()
         );
+    }
+
+    /// Copies are checked against the manifest's hashes: a changed file is refused by name and
+    /// nothing of it is left in the cache.
+    #[test]
+    fn installs_are_checked_against_the_manifest() {
+        use sha2::Digest;
+        let tmp = tempfile::tempdir().unwrap();
+        let (from, to) = (tmp.path().join("bundle"), tmp.path().join("cache"));
+        std::fs::create_dir_all(from.join("cuda")).unwrap();
+        std::fs::write(from.join("cuda/a.log"), "ptx a").unwrap();
+        std::fs::write(from.join("cuda/b.log"), "ptx b").unwrap();
+        let sha = |b: &[u8]| hex::encode(sha2::Sha256::digest(b));
+        let mut expect: std::collections::BTreeMap<String, String> =
+            [("cuda/a.log".to_string(), sha(b"ptx a")), ("cuda/b.log".to_string(), sha(b"ptx b"))].into();
+        std::fs::write(from.join("cuda/b.log"), "ptx b, changed after export").unwrap();
+        let e = format!("{:#}", install(&from, &to, Some(&expect)).unwrap_err());
+        assert!(e.contains("cuda/b.log") && e.contains("manifest"), "{e}");
+        assert!(!to.join("cuda/b.log").exists());
+        let left: Vec<_> = std::fs::read_dir(to.join("cuda")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("a.log")], "no partial copy left");
+        expect.insert("cuda/b.log".into(), sha(b"ptx b, changed after export"));
+        assert_eq!(install(&from, &to, Some(&expect)).unwrap(), 1);
     }
 
     #[test]

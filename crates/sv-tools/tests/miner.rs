@@ -16,6 +16,15 @@ const MINER_HOTKEY: &str = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"; /
 
 /// Export `run` as a bundle at `out`.
 fn export(run: &std::path::Path, out: &std::path::Path) {
+    export_with(run, out, false, None).unwrap();
+}
+
+fn export_with(
+    run: &std::path::Path,
+    out: &std::path::Path,
+    force: bool,
+    dtype: Option<sv_train::backbone::FloatType>,
+) -> anyhow::Result<sv_train::export::ExportReport> {
     sv_train::export::export(&sv_train::export::ExportOptions {
         run: run.to_path_buf(),
         out: out.to_path_buf(),
@@ -25,12 +34,11 @@ fn export(run: &std::path::Path, out: &std::path::Path) {
         description: None,
         exits: Default::default(),
         sim_samples: 16,
-        force: false,
-        dtype: None,
+        force,
+        dtype,
         warm_batch: 16,
         seed: 0,
     })
-    .unwrap();
 }
 
 /// A trained run's bundle, and the run.
@@ -246,6 +254,24 @@ fn miner_serves_the_protocol_and_survives_bad_input() {
     let rows = sv_data::predlog::PredictionLog::open(&lance).unwrap().scores().unwrap();
     assert_eq!(rows.len(), imported.records);
     assert!(rows.len() >= 3 + 6, "{} logged predictions", rows.len());
+
+    // `export --force` onto a bundle: replaced whole, nothing left aside; a failed one (a dtype
+    // this build cannot run) leaves the old bundle as it was.
+    std::thread::sleep(Duration::from_millis(1100));
+    export_with(&run, &bundle2, true, None).unwrap();
+    let v3 = sv_infer::Bundle::open(&bundle2).unwrap().config.version;
+    assert_ne!(v3, v2);
+    if sv_train::backend_name() == "ndarray" {
+        let e = export_with(&run, &bundle2, true, Some(sv_train::backbone::FloatType::Bf16)).unwrap_err();
+        assert!(format!("{e:#}").contains("bf16"), "{e:#}");
+        assert_eq!(sv_infer::Bundle::open(&bundle2).unwrap().config.version, v3);
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "left beside the bundles: {left:?}");
 
     // An admin listener with a bearer token: nothing without it, everything with it.
     let token_file = dir.path().join("admin-token");

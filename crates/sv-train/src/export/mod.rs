@@ -247,10 +247,28 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
             return Err(e);
         }
     };
-    if opts.out.exists() {
-        std::fs::remove_dir_all(&opts.out).with_context(|| format!("cannot replace {}", opts.out.display()))?;
+    // Replace atomically enough for a reader: the old bundle is moved aside (one rename), the new
+    // one moved in (another), and only then is the old one removed; if the second rename fails,
+    // the old bundle goes back. At no point is there neither.
+    let aside = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let old = if opts.out.exists() {
+        std::fs::rename(&opts.out, &aside).with_context(|| format!("cannot move {} aside", opts.out.display()))?;
+        Some(aside)
+    } else {
+        None
+    };
+    if let Err(e) = std::fs::rename(&tmp, &opts.out) {
+        if let Some(a) = &old {
+            let _ = std::fs::rename(a, &opts.out);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(anyhow::Error::from(e).context(format!("cannot move the bundle into {}", opts.out.display())));
     }
-    std::fs::rename(&tmp, &opts.out).with_context(|| format!("cannot move the bundle into {}", opts.out.display()))?;
+    if let Some(a) = old
+        && let Err(e) = std::fs::remove_dir_all(&a)
+    {
+        tracing::warn!("the replaced bundle stays at {}: {e}", a.display());
+    }
     let m = manifest::verify(&opts.out)?;
     Ok(ExportReport {
         bundle: opts.out.clone(),
