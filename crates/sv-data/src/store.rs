@@ -469,18 +469,61 @@ impl Store {
 
     /// Append a stream of samples in one commit, skipping duplicates by SHA-256. The stream is
     /// written in batches while it is read; if it yields an error, nothing is committed and the
-    /// error is returned.
+    /// error is returned. Holds the store's write lock ([`Store::lock_writes`]) from reading the
+    /// stored hashes to the commit, so two appends at once cannot store one image twice.
     pub fn append_stream<I>(&mut self, samples: I) -> Result<AppendReport>
     where
         I: Iterator<Item = Result<Sample>> + Send + 'static,
     {
+        let _lock = self.lock_writes()?;
         let seen = Arc::new(Mutex::new(self.hashes()?));
         self.append_stream_dedup(samples, &seen)
     }
 
+    /// Take the store's write lock (an advisory `flock` on `_sv_write.lock` in the store folder),
+    /// waiting for another process or handle that holds it (said once in the log), then read the
+    /// latest version: what a writer that deduplicates against the stored rows must do before it
+    /// reads them. Released when the guard drops (or the process ends).
+    pub fn lock_writes(&mut self) -> Result<WriteLock> {
+        let path = self.path.join(WRITE_LOCK);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open the write lock {}", path.display()))?;
+        let lock = WriteLock::acquire(file, &path)?;
+        self.reload()?;
+        Ok(lock)
+    }
+
+    /// Tag `version` as `name` (a run that trained on it, an export that read it): compaction
+    /// never removes a tagged version. Tagging the same version again is a no-op.
+    pub fn tag(&mut self, name: &str, version: u64) -> Result<()> {
+        if let Some(v) = self.tags()?.get(name) {
+            if *v == version {
+                return Ok(());
+            }
+            bail!("tag {name} of {} already names version {v}, not {version}", self.path.display());
+        }
+        self.rt
+            .block_on(self.dataset.tags().create(name, version))
+            .with_context(|| format!("cannot tag version {version} of {} as {name}", self.path.display()))
+    }
+
+    /// Tags and the versions they name.
+    pub fn tags(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let tags = self
+            .rt
+            .block_on(self.dataset.tags().list())
+            .with_context(|| format!("cannot list the tags of {}", self.path.display()))?;
+        Ok(tags.into_iter().map(|(k, t)| (k, t.version)).collect())
+    }
+
     /// [`Store::append_stream`] with the SHA-256 of the stored images given (see
     /// [`Store::hashes`]) and kept up to date, so that a caller appending in many chunks reads
-    /// the hashes once instead of once per chunk.
+    /// the hashes once instead of once per chunk. The caller holds [`Store::lock_writes`] from
+    /// before it reads the hashes to its last chunk.
     pub fn append_stream_dedup<I>(&mut self, samples: I, seen: &Arc<Mutex<HashSet<String>>>) -> Result<AppendReport>
     where
         I: Iterator<Item = Result<Sample>> + Send + 'static,
@@ -720,6 +763,45 @@ impl Store {
             .block_on(async { self.dataset.update_metadata(owned.iter().map(|(k, v)| (k.as_str(), v.as_str()))).await })
             .with_context(|| format!("cannot update metadata of {}", self.path.display()))?;
         Ok(self.version())
+    }
+}
+
+/// Any text as a valid tag name: letters, digits, `.`, `-` and `_` kept, the rest `_`, no dot at
+/// either end.
+pub fn tag_name(text: &str) -> String {
+    let s: String =
+        text.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect();
+    let s = s.trim_matches('.').to_string();
+    if s.is_empty() || s.ends_with(".lock") { format!("{s}_") } else { s }
+}
+
+/// The write lock's file in a store folder.
+pub const WRITE_LOCK: &str = "_sv_write.lock";
+
+/// A held store write lock; dropping it releases the lock.
+pub struct WriteLock {
+    _file: std::fs::File,
+}
+
+impl WriteLock {
+    #[cfg(unix)]
+    fn acquire(file: std::fs::File, path: &Path) -> Result<Self> {
+        use std::os::unix::io::AsRawFd;
+        let fd = file.as_raw_fd();
+        // SAFETY: flock on a descriptor this function owns (through `file`).
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            tracing::info!("waiting for another writer of {} to finish", path.parent().unwrap_or(path).display());
+            // SAFETY: as above.
+            if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+                return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+        Ok(Self { _file: file })
+    }
+
+    #[cfg(not(unix))]
+    fn acquire(file: std::fs::File, _path: &Path) -> Result<Self> {
+        Ok(Self { _file: file })
     }
 }
 

@@ -107,6 +107,10 @@ fn miner_serves_the_protocol_and_survives_bad_input() {
         std::fs::copy(&e, &to).unwrap();
     }
     std::fs::write(broken.join("head/config.json"), b"{}").unwrap();
+    // The run and each export tagged the dataset version they read (compaction keeps it).
+    let tags = sv_data::Store::open(dir.path().join("store")).unwrap().tags().unwrap();
+    assert!(tags.keys().any(|k| k.starts_with("run-miner-")), "{tags:?}");
+    assert_eq!(tags.keys().filter(|k| k.starts_with("export-miner-")).count(), 2, "{tags:?}");
     let mut validator = Dendrite::from_seed(Sha256::digest(b"validator").into()).unwrap();
     let mut stranger = Dendrite::from_seed(Sha256::digest(b"stranger").into()).unwrap();
     let log = dir.path().join("predlog");

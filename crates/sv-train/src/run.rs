@@ -402,6 +402,11 @@ pub fn run_loaded(exp: Experiment, text: &str) -> Result<RunSummary> {
         val: val.len(),
         test: test.len(),
     };
+    // The version this run trained on stays through any later `sv-data compact` (a tag).
+    let tag = format!("run-{}", sv_data::store::tag_name(&run_dir.file_name().unwrap_or_default().to_string_lossy()));
+    if let Err(e) = store.tag(&tag, dataset.version) {
+        tracing::warn!("the run's dataset version is not tagged (compaction may remove it): {e:#}");
+    }
     let resolved = serde_json::json!({ "experiment": exp, "dataset": dataset, "backbone_id": backbone.id });
     std::fs::write(run_dir.join("resolved.json"), serde_json::to_string_pretty(&resolved)?)?;
 

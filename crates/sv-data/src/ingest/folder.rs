@@ -103,6 +103,8 @@ pub fn ingest_folder(store: &mut Store, dir: &Path, opts: &IngestOptions) -> Res
 /// path is already a stored sample's origin were committed by an earlier (maybe interrupted)
 /// ingest and are not read again; duplicates by SHA-256 are skipped across chunks.
 fn run(store: &mut Store, mut jobs: Vec<Job>, opts: &IngestOptions) -> Result<IngestReport> {
+    // Held until the last chunk: another ingest waits instead of storing the same images twice.
+    let _lock = store.lock_writes()?;
     let before = store.version();
     let skipped: SkipLog = Arc::new(Mutex::new(Vec::new()));
     let done = store.origins()?;

@@ -187,6 +187,12 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
 
         let stamp = chrono::Utc::now();
         let version = format!("{}-{}", meta.experiment, stamp.format("%Y%m%d%H%M%S"));
+        // The dataset version the export read stays through compaction (a tag).
+        let tagged = sv_data::Store::open(&meta.dataset.store)
+            .and_then(|mut s| s.tag(&format!("export-{}", sv_data::store::tag_name(&version)), meta.dataset.version));
+        if let Err(e) = tagged {
+            tracing::warn!("the export's dataset version is not tagged (compaction may remove it): {e:#}");
+        }
         let model_name = opts.model_name.clone().unwrap_or_else(|| format!("streetvision-{}", meta.experiment));
         let card = ModelCard {
             model_name: model_name.clone(),
