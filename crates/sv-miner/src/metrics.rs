@@ -118,6 +118,18 @@ impl Metrics {
                 .buckets(vec![0.55, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]),
         )
         .unwrap();
+        // Known label values start at 0, so that a rule or panel on them has a series from the
+        // first scrape (Prometheus's advice for counters with labels).
+        for (vec, values) in [
+            (&closed, &["evicted_idle", "refused_busy", "lifetime", "shutdown", "accept_error"][..]),
+            (&predlog.dropped, &["queue_full", "queue_bytes", "over_quota", "write_failed"][..]),
+            (&predlog.images_left_out, &["too_large", "over_quota"][..]),
+            (&reloads, &["ok", "failed"][..]),
+        ] {
+            for v in values {
+                vec.with_label_values(&[v]);
+            }
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(validator_requests.clone()),
