@@ -48,6 +48,12 @@ impl Calibrator {
     }
 }
 
+impl std::fmt::Display for Calibrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
 impl std::str::FromStr for Calibrator {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -70,18 +76,7 @@ impl std::str::FromStr for Calibrator {
     }
 }
 
-impl TryFrom<String> for Calibrator {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Calibrator> for String {
-    fn from(c: Calibrator) -> String {
-        c.name()
-    }
-}
+sv_core::serde_as_string!(Calibrator);
 
 /// Numeric precision of a model variant.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

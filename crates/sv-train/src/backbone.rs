@@ -46,18 +46,7 @@ impl std::str::FromStr for Weights {
     }
 }
 
-impl TryFrom<String> for Weights {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Weights> for String {
-    fn from(w: Weights) -> String {
-        w.to_string()
-    }
-}
+sv_core::serde_as_string!(Weights);
 
 impl std::fmt::Display for Weights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

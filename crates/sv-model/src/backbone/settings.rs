@@ -145,6 +145,13 @@ impl Fusion {
     }
 }
 
+impl std::str::FromStr for Fusion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s).map_err(|e| e.to_string())
+    }
+}
+
 impl std::fmt::Display for Fusion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let on: Vec<&str> = [(self.rope, "rope"), (self.norm, "norm"), (self.patches, "patches")]
@@ -156,18 +163,7 @@ impl std::fmt::Display for Fusion {
     }
 }
 
-impl TryFrom<String> for Fusion {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        Self::parse(&s).map_err(|e| e.to_string())
-    }
-}
-
-impl From<Fusion> for String {
-    fn from(f: Fusion) -> String {
-        f.to_string()
-    }
-}
+sv_core::serde_as_string!(Fusion);
 
 /// The LibTorch forward's device, written `auto` (CUDA 0 when LibTorch sees a GPU, else the
 /// CPU), `cpu`, `cuda` or `cuda:N`.
@@ -205,18 +201,7 @@ impl std::fmt::Display for TchDevice {
     }
 }
 
-impl TryFrom<String> for TchDevice {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<TchDevice> for String {
-    fn from(d: TchDevice) -> String {
-        d.to_string()
-    }
-}
+sv_core::serde_as_string!(TchDevice);
 
 /// The LibTorch forward's switches (the `tch` build; other builds ignore them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
