@@ -160,6 +160,11 @@ impl Cascade {
         self.cache.len()
     }
 
+    /// Decodes running now (at most [`DECODE_SLOTS`]), counting those whose caller gave up.
+    pub fn decodes_running(&self) -> usize {
+        DECODE_SLOTS - self.decode_slots.available_permits()
+    }
+
     /// Whether stage 1 can answer: `Err` names why not (its thread is gone).
     pub fn health(&self) -> Result<(), String> {
         self.batcher.health()

@@ -330,3 +330,33 @@ fn remote_stages_ensemble_and_fall_back() {
     assert_eq!((a.prediction, a.stages.as_str()), (s1, "stage1"));
     assert!(a.dropped[0].1.contains("deadline"), "{:?}", a.dropped);
 }
+
+/// M3: a decode slot is held until its decode ends, even when its caller has given up, so
+/// callers that time out cannot start more than `DECODE_SLOTS` decodes of large images at once.
+#[test]
+fn decode_slots_outlive_callers_that_gave_up() {
+    let f = fixture();
+    let bundle = Bundle::open(&f.bundle).unwrap();
+    let c = Arc::new(Cascade::start(&bundle, &CascadeConfig { cache_ttl_s: 0, ..Default::default() }).unwrap());
+    let cfg = sv_data::generate::GenerateConfig { width: 4096, height: 4096, seed: 3, ..Default::default() };
+    let big = Arc::new(sv_data::generate::sample(&cfg, 0).unwrap().image);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let callers: Vec<_> = (0..8)
+            .map(|_| {
+                let (c, big) = (c.clone(), big.clone());
+                tokio::spawn(async move { tokio::time::timeout(Duration::from_millis(50), c.predict(big)).await })
+            })
+            .collect();
+        for t in callers {
+            assert!(t.await.unwrap().is_err(), "a 4096² decode takes longer than 50 ms");
+        }
+        // Every caller has given up; the decodes they started still hold their slots.
+        assert_eq!(c.decodes_running(), sv_infer::cascade::DECODE_SLOTS);
+        let t = std::time::Instant::now();
+        while c.decodes_running() > 0 && t.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(c.decodes_running(), 0, "the slots come back when the decodes end");
+    });
+}
