@@ -97,6 +97,16 @@ pub fn stream(preds: &[f32], labels: &[bool], cfg: &SimulatorConfig) -> (Vec<f64
 
 /// Rewards of `cfg.windows` windows of `cfg.window` challenges drawn from a scored pool (label
 /// 50/50, then a random challenge of that label), sorted.
+/// A challenge's label as the validator draws it: roadwork or not with even odds, or the only
+/// class there is (the rng is not drawn from then).
+fn draw_label(rng: &mut StdRng, pos: &[usize], neg: &[usize]) -> bool {
+    match (pos.is_empty(), neg.is_empty()) {
+        (true, _) => false,
+        (_, true) => true,
+        _ => rng.random_bool(0.5),
+    }
+}
+
 pub fn sample_rewards(preds: &[f32], labels: &[bool], cfg: &SimulatorConfig) -> Vec<f64> {
     let pos: Vec<usize> = (0..labels.len()).filter(|&i| labels[i]).collect();
     let neg: Vec<usize> = (0..labels.len()).filter(|&i| !labels[i]).collect();
@@ -107,13 +117,7 @@ pub fn sample_rewards(preds: &[f32], labels: &[bool], cfg: &SimulatorConfig) -> 
         p.clear();
         y.clear();
         for _ in 0..cfg.window {
-            let label = if pos.is_empty() {
-                false
-            } else if neg.is_empty() {
-                true
-            } else {
-                rng.random_bool(0.5)
-            };
+            let label = draw_label(&mut rng, &pos, &neg);
             let pool = if label { &pos } else { &neg };
             if pool.is_empty() {
                 break;
@@ -234,13 +238,7 @@ pub fn challenge_stream(
         Ok(())
     };
     for _ in 0..cfg.challenges {
-        let label = if pos.is_empty() {
-            false
-        } else if neg.is_empty() {
-            true
-        } else {
-            rng.random_bool(0.5)
-        };
+        let label = draw_label(&mut rng, &pos, &neg);
         let pool = if label { &pos } else { &neg };
         let i = pool[rng.random_range(0..pool.len())];
         let level = rng.random_range(0..=3u8);
