@@ -80,8 +80,9 @@ pub fn write(dir: &Path) -> Result<Manifest> {
     Ok(m)
 }
 
-/// Check a bundle against its manifest. Errors name the offending file.
-pub fn verify(dir: &Path) -> Result<Manifest> {
+/// Read a bundle's manifest and check it is the one export wrote (format, canonical text),
+/// without hashing the files it lists: for a caller that checks the files it reads itself.
+pub fn read(dir: &Path) -> Result<Manifest> {
     let bundle = dir.to_path_buf();
     if !dir.is_dir() {
         return Err(BundleError::NotAFolder { bundle });
@@ -97,6 +98,13 @@ pub fn verify(dir: &Path) -> Result<Manifest> {
     if m.canonical() != text {
         return Err(BundleError::ManifestEdited { bundle });
     }
+    Ok(m)
+}
+
+/// Check a bundle against its manifest. Errors name the offending file.
+pub fn verify(dir: &Path) -> Result<Manifest> {
+    let m = read(dir)?;
+    let bundle = dir.to_path_buf();
     let present = files(dir)?;
     for rel in &present {
         match m.files.get(rel) {
