@@ -222,15 +222,16 @@ impl Cascade {
             cached: false,
         };
         let uncertain = s1 >= self.exits.low && s1 <= self.exits.high;
+        let escalate = uncertain && (self.vlm.is_some() || self.caption.is_some());
         let until = deadline.checked_sub(REMOTE_MARGIN).unwrap_or(deadline);
         let time_left = until.saturating_duration_since(Instant::now());
-        if uncertain && (self.vlm.is_some() || self.caption.is_some()) && time_left < REMOTE_MIN {
+        if escalate && time_left < REMOTE_MIN {
             for (stage, ep) in [(Stage::Vlm, &self.vlm), (Stage::Caption, &self.caption)] {
                 if ep.is_some() {
                     answer.dropped.push((stage, format!("no time left ({} ms)", time_left.as_millis())));
                 }
             }
-        } else if uncertain && (self.vlm.is_some() || self.caption.is_some()) {
+        } else if escalate {
             let (v, c) = tokio::join!(
                 run_stage(self.vlm.as_ref(), &bytes, VLM_PROMPT, 4, until, |a| parse_yes_no(a)),
                 run_stage(self.caption.as_ref(), &bytes, CAPTION_PROMPT, 96, until, |a| Ok(keyword_score(a))),
