@@ -20,6 +20,16 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 /// File name suffix of a segment.
 pub const SUFFIX: &str = ".arrow";
 
+/// `stage` of a record made by the miner's shadow model (`--shadow`): `shadow:` and the shadow
+/// cascade's stages. Such a record scores the same request as the serving record with the same
+/// `challenge_id` (or, without one, the same `image_sha256`); it was never sent to anyone.
+pub const SHADOW_PREFIX: &str = "shadow:";
+
+/// Whether a record's `stage` marks a shadow score (see [`SHADOW_PREFIX`]).
+pub fn is_shadow(stage: &str) -> bool {
+    stage.starts_with(SHADOW_PREFIX)
+}
+
 /// One logged prediction.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PredictionRecord {
@@ -77,7 +87,8 @@ pub fn to_batch(records: &[PredictionRecord]) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema(), cols)?)
 }
 
-/// Records of a batch of [`schema`] (columns found by name).
+/// Records of a batch of [`schema`] (columns found by name; without an `image` column, as a
+/// scan that leaves the bytes out reads it, every `image` is `None`).
 pub fn from_batch(b: &RecordBatch) -> Result<Vec<PredictionRecord>> {
     fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T> {
         b.column_by_name(name)
@@ -101,7 +112,10 @@ pub fn from_batch(b: &RecordBatch) -> Result<Vec<PredictionRecord>> {
     let hk = col::<StringArray>(b, "validator_hotkey")?;
     let cid = col::<StringArray>(b, "challenge_id")?;
     let label = col::<Int32Array>(b, "label")?;
-    let image = col::<BinaryArray>(b, "image")?;
+    let image = match b.column_by_name("image") {
+        Some(_) => Some(col::<BinaryArray>(b, "image")?),
+        None => None,
+    };
     let opt = |a: &StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_string());
     Ok((0..b.num_rows())
         .map(|i| PredictionRecord {
@@ -115,7 +129,7 @@ pub fn from_batch(b: &RecordBatch) -> Result<Vec<PredictionRecord>> {
             validator_hotkey: opt(hk, i),
             challenge_id: opt(cid, i),
             label: label.is_valid(i).then(|| label.value(i)),
-            image: image.is_valid(i).then(|| image.value(i).to_vec()),
+            image: image.filter(|a| a.is_valid(i)).map(|a| a.value(i).to_vec()),
         })
         .collect())
 }

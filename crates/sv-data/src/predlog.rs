@@ -142,21 +142,63 @@ pub fn is_log(path: &Path) -> bool {
 }
 
 /// `sample id → latest score` of a log (sample ids are the first 16 hex digits of the SHA-256):
-/// a Lance log, or a folder of segments read in place.
+/// a Lance log, or a folder of segments read in place. Shadow scores (`--shadow`) are left out:
+/// they are not what the validators were sent.
 pub fn read_scores(path: &Path) -> Result<HashMap<String, f32>> {
-    let id = |h: &str| h.chars().take(16).collect::<String>();
-    let segments = if path.join("_versions").exists() { Vec::new() } else { sv_core::predlog::segments(path)? };
-    if !segments.is_empty() {
-        let mut out = HashMap::new();
-        for seg in segments {
-            for r in sv_core::predlog::read_segment(&seg)? {
-                out.insert(id(&r.image_sha256), r.score);
-            }
+    let mut out = HashMap::new();
+    for_each_batch(path, |records| {
+        for r in records.into_iter().filter(|r| !sv_core::predlog::is_shadow(&r.stage)) {
+            out.insert(r.image_sha256.chars().take(16).collect::<String>(), r.score);
         }
-        return Ok(out);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Columns read by [`for_each_batch`]: every one but the image bytes.
+const SCAN_COLUMNS: [&str; 10] = [
+    "ts_ms",
+    "image_sha256",
+    "stage",
+    "score",
+    "confidence",
+    "latency_ms",
+    "model_version",
+    "validator_hotkey",
+    "challenge_id",
+    "label",
+];
+
+/// Every record of a log, a batch at a time, without the image bytes: a Lance log (scanned in
+/// its batches, oldest fragment first) or a folder of the miner's segments (one segment at a
+/// time, oldest first). Memory holds one batch, however long the log.
+pub fn for_each_batch(path: &Path, mut f: impl FnMut(Vec<PredictionRecord>) -> Result<()>) -> Result<()> {
+    if !path.join("_versions").exists() {
+        let segments = sv_core::predlog::segments(path)?;
+        if segments.is_empty() {
+            anyhow::bail!("{} is neither a Lance prediction log nor a folder of log segments", path.display());
+        }
+        for seg in segments {
+            let mut records = sv_core::predlog::read_segment(&seg)?;
+            records.iter_mut().for_each(|r| r.image = None);
+            f(records)?;
+        }
+        return Ok(());
     }
     let log = PredictionLog::open(path)?;
-    Ok(log.scores()?.into_iter().map(|(h, s, _)| (id(&h), s)).collect())
+    let uri = crate::store::uri(path)?;
+    log.rt
+        .block_on(async {
+            let ds = Dataset::open(&uri).await?;
+            let mut sc = ds.scan();
+            sc.project(&SCAN_COLUMNS)?;
+            let mut stream = sc.try_into_stream().await?;
+            while let Some(b) = stream.try_next().await? {
+                f(sv_core::predlog::from_batch(&b)?)?;
+            }
+            anyhow::Ok(())
+        })
+        .with_context(|| format!("cannot read the prediction log {}", path.display()))
 }
 
 /// What [`import_segments`] did.
@@ -264,6 +306,20 @@ mod tests {
         assert_eq!(m.get(&format!("{:016x}", 2)).copied(), Some(0.2));
         assert_eq!(m.len(), 3);
         assert!(is_log(&dir.path().join("log")));
+        // A shadow score of the same image is not what was sent: mining reads the served one.
+        let shadow = PredictionRecord { stage: "shadow:stage1".into(), score: 0.9, ..rec(2) };
+        log.append(&[shadow]).unwrap();
+        let m = read_scores(&dir.path().join("log")).unwrap();
+        assert_eq!(m.get(&format!("{:016x}", 2)).copied(), Some(0.2));
+        let mut seen = Vec::new();
+        for_each_batch(&dir.path().join("log"), |b| {
+            seen.extend(b);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 4);
+        assert!(seen.iter().all(|r| r.image.is_none()), "images are not read");
+        assert!(seen.iter().any(|r| r.stage == "shadow:stage1" && r.challenge_id.as_deref() == Some("c2")));
     }
 
     #[test]

@@ -2,6 +2,12 @@
 //! the first waiting request, gathers more for up to `window` or until `max_batch`, and runs
 //! them as one forward pass, so throughput grows with load while a lone request waits at most
 //! `window`. A full queue refuses at once (the server answers 503) instead of stalling.
+//!
+//! The model thread supervises itself: a panic in a forward fails that batch only; anything
+//! that would end the thread (a panic outside the forward) is caught, reported by [`Batcher::health`]
+//! (the server's `/health` answers 503), counted, and stage 1 is loaded again on the same thread
+//! and queue. While it reloads, waiting requests are refused at once; a reload that fails is
+//! retried with a backoff from [`RESTART_BACKOFF_MIN`] doubling to [`RESTART_BACKOFF_MAX`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,6 +15,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
+use std::sync::Mutex;
 use tokio::sync::oneshot;
 
 use crate::bundle::Stage1;
@@ -66,11 +73,20 @@ pub struct Batcher {
 /// What the model thread reports about itself.
 #[derive(Default)]
 struct Health {
-    /// Cleared when the thread ends, however it ends.
+    /// Set while stage 1 is loaded and serving; cleared while it restarts and when the thread
+    /// ends, however it ends.
     alive: AtomicBool,
     /// Batches that failed, a panic in the forward included.
     failures: AtomicU64,
+    /// Times stage 1 stopped and was started again.
+    restarts: AtomicU64,
+    /// Why stage 1 last stopped (for `/health`).
+    last_stop: Mutex<String>,
 }
+
+/// First wait before loading stage 1 again after a failed reload; doubles up to the max.
+pub const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(500);
+pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Clears `alive` when the model thread ends (a panic unwinds through it too).
 struct AliveGuard(Arc<Health>);
@@ -83,10 +99,10 @@ impl Drop for AliveGuard {
 
 impl Batcher {
     /// Start the model thread. `load` builds stage 1 on that thread (so the model never has to
-    /// cross threads); its error is returned here.
+    /// cross threads); its error is returned here. It is called again to restart stage 1.
     pub fn spawn<F>(load: F, cfg: BatchConfig) -> Result<Self>
     where
-        F: FnOnce() -> Result<Stage1> + Send + 'static,
+        F: Fn() -> Result<Stage1> + Send + 'static,
     {
         Self::spawn_scorer(move || load().map(|s| move |px: &[Vec<f32>]| s.scores_of_pixels(px)), cfg)
     }
@@ -94,19 +110,19 @@ impl Batcher {
     /// [`Self::spawn`] with any scoring function (what stage 1 does with a batch of pixels).
     pub fn spawn_scorer<F, S>(load: F, cfg: BatchConfig) -> Result<Self>
     where
-        F: FnOnce() -> Result<S> + Send + 'static,
+        F: Fn() -> Result<S> + Send + 'static,
         S: FnMut(&[Vec<f32>]) -> Result<Vec<f32>>,
     {
         let (tx, rx) = sync_channel::<Job>(cfg.queue.max(1));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-        let health = Arc::new(Health { alive: AtomicBool::new(true), failures: AtomicU64::new(0) });
+        let health = Arc::new(Health { alive: AtomicBool::new(true), ..Default::default() });
         let h = health.clone();
         std::thread::Builder::new().name("sv-stage1".into()).spawn(move || {
             let _alive = AliveGuard(h.clone());
             match load() {
                 Ok(stage1) => {
                     let _ = ready_tx.send(Ok(()));
-                    run(stage1, rx, cfg, &h);
+                    supervise(stage1, &load, &rx, cfg, &h);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(format!("{e:#}")));
@@ -117,9 +133,18 @@ impl Batcher {
         Ok(Self { tx, health })
     }
 
-    /// `Err` when the model thread is gone: nothing can be scored.
+    /// `Err` while stage 1 cannot score (stopped, restarting, or its thread gone), with why.
     pub fn health(&self) -> Result<(), String> {
-        if self.health.alive.load(Ordering::Acquire) { Ok(()) } else { Err("the stage-1 thread has stopped".into()) }
+        if self.health.alive.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let why = self.health.last_stop.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        Err(format!("the stage-1 thread has stopped ({why}); restarts so far: {}", self.restarts()))
+    }
+
+    /// Times stage 1 stopped and was started again since start.
+    pub fn restarts(&self) -> u64 {
+        self.health.restarts.load(Ordering::Relaxed)
     }
 
     /// Batches that failed since start.
@@ -141,7 +166,78 @@ impl Batcher {
     }
 }
 
-fn run(mut score: impl FnMut(&[Vec<f32>]) -> Result<Vec<f32>>, rx: Receiver<Job>, cfg: BatchConfig, health: &Health) {
+/// The text of a panic payload.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+}
+
+/// Run stage 1 until every [`Batcher`] handle is gone; when it stops any other way, load it
+/// again (with a backoff while loading fails) and go on with the same queue.
+fn supervise<F, S>(first: S, load: &F, rx: &Receiver<Job>, cfg: BatchConfig, health: &Health)
+where
+    F: Fn() -> Result<S>,
+    S: FnMut(&[Vec<f32>]) -> Result<Vec<f32>>,
+{
+    let mut scorer = Some(first);
+    let mut backoff = RESTART_BACKOFF_MIN;
+    loop {
+        let s = match scorer.take() {
+            Some(s) => s,
+            None => {
+                let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
+                    .unwrap_or_else(|p| Err(anyhow!("panicked: {}", panic_text(p.as_ref()))));
+                match loaded {
+                    Ok(s) => {
+                        tracing::info!("stage 1 restarted (restart {})", health.restarts.load(Ordering::Relaxed));
+                        backoff = RESTART_BACKOFF_MIN;
+                        s
+                    }
+                    Err(e) => {
+                        let why = format!("{e:#}");
+                        tracing::error!("cannot restart stage 1: {why}; next try in {} ms", backoff.as_millis());
+                        *health.last_stop.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            format!("restart failed: {why}");
+                        if !refuse_for(rx, backoff) {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+                        continue;
+                    }
+                }
+            }
+        };
+        health.alive.store(true, Ordering::Release);
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(s, rx, cfg, health))) {
+            // Every handle dropped: the model is being replaced or the server stops.
+            Ok(()) => return,
+            Err(p) => {
+                let why = format!("panicked outside the forward: {}", panic_text(p.as_ref()));
+                // Report first (a payload whose drop panics must not skip it), then count.
+                health.alive.store(false, Ordering::Release);
+                *health.last_stop.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = why.clone();
+                health.restarts.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("stage 1 stopped ({why}); loading it again");
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(p)));
+            }
+        }
+    }
+}
+
+/// Refuse what arrives for `wait` (stage 1 is restarting); `false` when every handle is gone.
+fn refuse_for(rx: &Receiver<Job>, wait: Duration) -> bool {
+    let until = Instant::now() + wait;
+    loop {
+        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(j) => {
+                let _ = j.reply.send(Err(BatchError::Failed("stage 1 is restarting".into())));
+            }
+            Err(RecvTimeoutError::Timeout) => return true,
+            Err(RecvTimeoutError::Disconnected) => return false,
+        }
+    }
+}
+
+fn run(mut score: impl FnMut(&[Vec<f32>]) -> Result<Vec<f32>>, rx: &Receiver<Job>, cfg: BatchConfig, health: &Health) {
     let window = Duration::from_millis(cfg.window_ms);
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -168,10 +264,8 @@ fn run(mut score: impl FnMut(&[Vec<f32>]) -> Result<Vec<f32>>, rx: Receiver<Job>
         let n = jobs.len();
         let pixels: Vec<Vec<f32>> = jobs.iter_mut().map(|j| std::mem::take(&mut j.pixels)).collect();
         // A panic in the forward fails this batch, not the thread.
-        let scored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| score(&pixels))).unwrap_or_else(|p| {
-            let what = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-            Err(anyhow!("stage 1 panicked: {}", what.unwrap_or_default()))
-        });
+        let scored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| score(&pixels)))
+            .unwrap_or_else(|p| Err(anyhow!("stage 1 panicked: {}", panic_text(p.as_ref()))));
         match scored {
             Ok(scores) => {
                 for (j, s) in jobs.into_iter().zip(scores) {
@@ -215,23 +309,63 @@ mod tests {
         assert_eq!((b.failures(), b.health()), (1, Ok(())));
     }
 
-    /// When the model thread is gone, `health` says so (the server's /health then answers 503).
+    /// Issue 25 (item 4): when the model thread stops (here: a panic that escapes the forward's
+    /// own guard), `health` says so (the server's `/health` then answers 503), the stop is
+    /// counted, and stage 1 is loaded again on the same queue. A reload that fails is retried
+    /// after a backoff, during which requests are refused at once with the reason; once loaded,
+    /// requests are scored again.
     #[test]
-    fn a_stopped_model_thread_is_reported() {
+    fn a_stopped_model_thread_is_reported_counted_and_restarted() {
         let cfg = BatchConfig { max_batch: 1, window_ms: 0, queue: 4 };
-        // A scorer that ends the thread the way an unexpected panic outside the forward would.
-        let b = Batcher::spawn_scorer(
-            || Ok(|_: &[Vec<f32>]| -> Result<Vec<f32>> { std::panic::resume_unwind(Box::new(AbortThread)) }),
-            cfg,
-        )
-        .unwrap();
+        let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // Loads after the first wait for the test's word: `true` loads, `false` fails.
+        let (gate, gate_rx) = std::sync::mpsc::channel::<bool>();
+        let gate_rx = Mutex::new(gate_rx);
+        let l = loads.clone();
+        let load = move || {
+            if l.fetch_add(1, Ordering::SeqCst) > 0 && !gate_rx.lock().unwrap().recv().unwrap_or(false) {
+                anyhow::bail!("the GPU is gone");
+            }
+            Ok(|px: &[Vec<f32>]| -> Result<Vec<f32>> {
+                if px[0][0] < 0.0 {
+                    // Ends the thread the way an unexpected panic outside the forward would.
+                    std::panic::resume_unwind(Box::new(AbortThread));
+                }
+                Ok(px.iter().map(|p| p[0]).collect())
+            })
+        };
+        let b = Batcher::spawn_scorer(load, cfg).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let _ = rt.block_on(b.score(vec![1.0], Instant::now() + Duration::from_secs(10)));
-        let t = Instant::now();
-        while b.health().is_ok() && t.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(b.health().unwrap_err().contains("stopped"));
+        let later = || Instant::now() + Duration::from_secs(10);
+        let wait_for = |what: &dyn Fn() -> bool| {
+            let t = Instant::now();
+            while !what() && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(what(), "timed out");
+        };
+        assert_eq!(rt.block_on(b.score(vec![0.5], later())).unwrap().score, 0.5);
+        assert!(rt.block_on(b.score(vec![-1.0], later())).is_err());
+        wait_for(&|| b.health().is_err());
+        let e = b.health().unwrap_err();
+        assert!(
+            e.contains("stopped") && e.contains("the model thread ends") && e.contains("restarts so far: 1"),
+            "{e}"
+        );
+        assert_eq!(b.restarts(), 1);
+        // The first reload fails: health names why, and requests are refused while it waits.
+        gate.send(false).unwrap();
+        wait_for(&|| b.health().is_err_and(|e| e.contains("restart failed: the GPU is gone")));
+        // (Within the 500 ms backoff; bounded so that a slow machine fails instead of hanging.)
+        let refused =
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), b.score(vec![0.25], later())).await });
+        let refused = refused.expect("refused at once while restarting").unwrap_err();
+        assert_eq!(refused, BatchError::Failed("stage 1 is restarting".into()));
+        // The next one loads: scoring resumes on the same handle.
+        gate.send(true).unwrap();
+        wait_for(&|| b.health().is_ok());
+        assert_eq!(rt.block_on(b.score(vec![0.25], later())).unwrap().score, 0.25);
+        assert_eq!((b.restarts(), loads.load(Ordering::SeqCst)), (1, 3));
     }
 
     /// A panic payload whose drop panics again: unwinding out of `catch_unwind`'s handler ends the

@@ -175,6 +175,11 @@ impl Cascade {
         self.batcher.failures()
     }
 
+    /// Times stage 1's thread stopped and was loaded again since start.
+    pub fn stage1_restarts(&self) -> u64 {
+        self.batcher.restarts()
+    }
+
     /// Answer one encoded image.
     pub async fn predict(&self, bytes: Arc<Vec<u8>>) -> Result<Answer, CascadeError> {
         self.predict_by(bytes, Instant::now() + Duration::from_secs(3600)).await

@@ -18,6 +18,9 @@
 //! [predlog]
 //! batch = 64                       # a segment every 64 records or 10 s, whichever first
 //! quota_bytes = 21474836480        # waiting segments on disk: beyond, no images; beyond 2x, no records
+//! [shadow]                         # a candidate model scored beside the serving one, off the response path
+//! bundle = "bundles/candidate"
+//! every = 10                       # every 10th answered request; `sv-train shadow-report <log>` compares
 //! [cascade]
 //! vlm = { url = "http://127.0.0.1:8000", model = "Qwen/Qwen3-VL-8B-Instruct", deadline_ms = 2500 }
 //! ```
@@ -77,6 +80,8 @@ pub struct MinerConfig {
     pub connections: crate::listen::ConnectionConfig,
     /// The prediction log's bounds (`[predlog]`).
     pub predlog: crate::predlog::PredlogConfig,
+    /// A candidate bundle scored beside the serving one (`[shadow]`; none: no shadow).
+    pub shadow: Option<crate::shadow::ShadowConfig>,
     pub cascade: CascadeConfig,
 }
 
@@ -102,6 +107,7 @@ impl Default for MinerConfig {
             bundle_kernels: true,
             connections: Default::default(),
             predlog: Default::default(),
+            shadow: None,
             cascade: CascadeConfig::default(),
         }
     }
@@ -200,6 +206,9 @@ impl MinerConfig {
         }
         self.admin_socket()?;
         self.predlog.validate()?;
+        if let Some(s) = &self.shadow {
+            s.validate()?;
+        }
         self.connections.validate()
     }
 }

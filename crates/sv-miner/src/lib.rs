@@ -3,7 +3,8 @@
 //! API for local tools, `/health` and Prometheus `/metrics`, input validation that refuses
 //! bad or hostile images before decoding ([`validate`]), and a prediction log written in the
 //! background as Arrow IPC segments ([`predlog`]; sv-data imports them). [`client`] is the validator side the replay and load tools of sv-tools use.
-//! [`listen`] is the accept loop that bounds connections. `main.rs` only parses flags and calls
+//! [`listen`] is the accept loop that bounds connections; [`serving`] swaps models without
+//! downtime and [`shadow`] scores a candidate model beside the serving one. `main.rs` only parses flags and calls
 //! [`server`].
 
 pub mod axon;
@@ -15,4 +16,5 @@ pub mod peers;
 pub mod predlog;
 pub mod server;
 pub mod serving;
+pub mod shadow;
 pub mod validate;

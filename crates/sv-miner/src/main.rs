@@ -50,6 +50,13 @@ struct Cli {
     /// Leave the bundle's kernel caches out: compile every kernel on start.
     #[arg(long)]
     no_bundle_kernels: bool,
+    /// A candidate bundle to score beside the serving one, off the response path (logged with
+    /// stage `shadow:...`; compare with `sv-train shadow-report <log>`).
+    #[arg(long)]
+    shadow: Option<PathBuf>,
+    /// Score every k-th answered request with the shadow bundle (default 10).
+    #[arg(long)]
+    shadow_every: Option<u64>,
 }
 
 fn config(cli: Cli) -> Result<MinerConfig> {
@@ -89,6 +96,13 @@ fn config(cli: Cli) -> Result<MinerConfig> {
     c.bundle_kernels &= !cli.no_bundle_kernels;
     if cli.kernel_cache.is_some() {
         c.kernel_cache = cli.kernel_cache;
+    }
+    if let Some(b) = cli.shadow {
+        c.shadow = Some(sv_miner::shadow::ShadowConfig { bundle: b, ..c.shadow.unwrap_or_default() });
+    }
+    if let Some(k) = cli.shadow_every {
+        let Some(s) = c.shadow.as_mut() else { anyhow::bail!("--shadow-every needs --shadow <bundle> (or [shadow])") };
+        s.every = k;
     }
     // This binary's edge: `SV_*` variables may override stage 1's forward settings.
     c.cascade.forward = c.cascade.forward.clone().with_env()?;
@@ -145,8 +159,12 @@ fn run(cli: Cli) -> Result<()> {
             Some(l) => format!("admin on {}", l.local_addr()?),
             None => "no admin listener".into(),
         };
+        let shadow = match &state.shadow {
+            Some(s) => format!(" (shadow {})", s.version()),
+            None => String::new(),
+        };
         println!(
-            "sv-miner {} serving bundle {} (model {}) on {} for {} allowed validators, {admin_at}; ready in {:.1}s",
+            "sv-miner {} serving bundle {} (model {}{shadow}) on {} for {} allowed validators, {admin_at}; ready in {:.1}s",
             env!("CARGO_PKG_VERSION"),
             cfg.bundle.display(),
             state.models.current().cascade.version,

@@ -39,6 +39,12 @@ pub struct Metrics {
     pub exits: IntCounterVec,
     /// Confidence `max(p, 1 − p)` of answers.
     pub confidence: Histogram,
+    /// The serving model's stage 1 since it was loaded: failed batches, and times its thread
+    /// stopped and was loaded again.
+    pub stage1_failed_batches: IntGauge,
+    pub stage1_restarts: IntGauge,
+    /// The shadow model's comparison (`--shadow`).
+    pub shadow: crate::shadow::ShadowCounters,
 }
 
 impl Metrics {
@@ -118,6 +124,36 @@ impl Metrics {
                 .buckets(vec![0.55, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]),
         )
         .unwrap();
+        let stage1_failed_batches =
+            IntGauge::new("sv_stage1_failed_batches", "Stage-1 batches that failed since the serving model was loaded")
+                .unwrap();
+        let stage1_restarts = IntGauge::new(
+            "sv_stage1_restarts",
+            "Times the serving model's stage-1 thread stopped and was loaded again",
+        )
+        .unwrap();
+        let shadow = crate::shadow::ShadowCounters {
+            requests: IntCounterVec::new(
+                Opts::new("sv_shadow_requests_total", "Requests picked for the shadow model, by result"),
+                &["result"],
+            )
+            .unwrap(),
+            decisions: IntCounterVec::new(
+                Opts::new(
+                    "sv_shadow_decisions_total",
+                    "Shadow scores by whether their rounded decision agrees with the served one",
+                ),
+                &["agree"],
+            )
+            .unwrap(),
+            abs_diff: Histogram::with_opts(
+                HistogramOpts::new("sv_shadow_abs_diff", "|shadow score - served score|")
+                    .buckets(vec![0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5]),
+            )
+            .unwrap(),
+            info: IntGaugeVec::new(Opts::new("sv_shadow_info", "The shadow model's version (value 1)"), &["version"])
+                .unwrap(),
+        };
         // Known label values start at 0, so that a rule or panel on them has a series from the
         // first scrape (Prometheus's advice for counters with labels).
         for (vec, values) in [
@@ -125,6 +161,8 @@ impl Metrics {
             (&predlog.dropped, &["queue_full", "queue_bytes", "over_quota", "write_failed"][..]),
             (&predlog.images_left_out, &["too_large", "over_quota"][..]),
             (&reloads, &["ok", "failed"][..]),
+            (&shadow.requests, &["scored", "busy", "failed"][..]),
+            (&shadow.decisions, &["yes", "no"][..]),
         ] {
             for v in values {
                 vec.with_label_values(&[v]);
@@ -135,6 +173,12 @@ impl Metrics {
             Box::new(validator_requests.clone()),
             Box::new(exits.clone()),
             Box::new(confidence.clone()),
+            Box::new(stage1_failed_batches.clone()),
+            Box::new(stage1_restarts.clone()),
+            Box::new(shadow.requests.clone()),
+            Box::new(shadow.decisions.clone()),
+            Box::new(shadow.abs_diff.clone()),
+            Box::new(shadow.info.clone()),
             Box::new(model_info.clone()),
             Box::new(model_age_days.clone()),
             Box::new(model_days_left.clone()),
@@ -175,6 +219,9 @@ impl Metrics {
             validator_requests,
             exits,
             confidence,
+            stage1_failed_batches,
+            stage1_restarts,
+            shadow,
         }
     }
 
@@ -182,6 +229,8 @@ impl Metrics {
     pub fn set_model(&self, serving: &crate::serving::Serving) {
         self.model_info.reset();
         self.model_info.with_label_values(&[serving.cascade.version.as_str()]).set(1);
+        self.stage1_failed_batches.set(serving.cascade.stage1_failures() as i64);
+        self.stage1_restarts.set(serving.cascade.stage1_restarts() as i64);
         if let Some(f) = serving.freshness() {
             self.model_age_days.set(f.age_days);
             self.model_days_left.set(f.days_left);

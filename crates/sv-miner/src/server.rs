@@ -59,6 +59,8 @@ pub struct AppState {
     pub bad_signatures: crate::peers::BadSignatures,
     pub metrics: Metrics,
     pub log: Option<LogSender>,
+    /// A candidate model scored beside the serving one (`--shadow`).
+    pub shadow: Option<Arc<crate::shadow::Shadow>>,
     pub started: Instant,
     pub in_flight: Semaphore,
     pub connections: crate::listen::ConnectionConfig,
@@ -78,6 +80,11 @@ impl AppState {
         }
         let first = Serving::load(&cfg.bundle, &cfg.cascade).context("cannot start the cascade")?;
         let metrics = Metrics::new();
+        let budget = Duration::from_millis(cfg.budget_ms);
+        let shadow = match &cfg.shadow {
+            Some(s) => Some(Arc::new(crate::shadow::Shadow::load(s, &cfg.cascade, budget, metrics.shadow.clone())?)),
+            None => None,
+        };
         let (log, handle) = match &cfg.prediction_log {
             Some(p) => {
                 let (s, h) = crate::predlog::start(p.clone(), &cfg.predlog, metrics.predlog.clone())?;
@@ -93,12 +100,13 @@ impl AppState {
             log_images: cfg.log_images,
             max_body: cfg.max_body_bytes,
             max_side: cfg.max_side,
-            budget: Duration::from_millis(cfg.budget_ms),
+            budget,
             required_hash_fields: cfg.required_hash_fields.clone(),
             nonces: NonceBook::default(),
             bad_signatures: Default::default(),
             metrics,
             log,
+            shadow,
             started: Instant::now(),
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
             connections: cfg.connections.clone(),
@@ -316,22 +324,37 @@ async fn answer(
     for (stage, _) in &a.dropped {
         st.metrics.errors.with_label_values(&[&format!("{}_dropped", stage.as_str())]).inc();
     }
+    if st.log.is_none() && st.shadow.is_none() {
+        return Ok((a, ms, serving));
+    }
+    let image_sha256 = hex::encode(Sha256::digest(bytes.as_slice()));
+    // Bounded: a client's id must not grow the log (uuid:nonce of the axon is ~60).
+    let challenge_id: Option<String> = challenge_id.map(|c| c.chars().take(MAX_CHALLENGE_ID).collect());
     if let Some(log) = &st.log {
         let rec = PredictionRecord {
             ts_ms: (now_ns() / 1_000_000) as i64,
-            image_sha256: hex::encode(Sha256::digest(bytes.as_slice())),
+            image_sha256: image_sha256.clone(),
             stage: if a.cached { format!("cache:{}", a.stages) } else { a.stages.clone() },
             score: a.prediction,
             confidence: a.confidence,
             latency_ms: ms as f32,
             model_version: serving.cascade.version.clone(),
             validator_hotkey: validator.map(str::to_string),
-            // Bounded: a client's id must not grow the log (uuid:nonce of the axon is ~60).
-            challenge_id: challenge_id.map(|c| c.chars().take(MAX_CHALLENGE_ID).collect()),
+            challenge_id: challenge_id.clone(),
             label: None,
             image: st.log_images.then(|| bytes.as_ref().clone()),
         };
         log.send(rec); // a dropped record is counted by the sender
+    }
+    if let Some(shadow) = &st.shadow {
+        let served = crate::shadow::Served {
+            score: a.prediction,
+            model_version: serving.cascade.version.clone(),
+            image_sha256,
+            validator_hotkey: validator.map(str::to_string),
+            challenge_id,
+        };
+        shadow.observe(bytes, served, st.log.clone());
     }
     Ok((a, ms, serving))
 }
@@ -573,12 +596,14 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
     let body = axum::Json(json!({
         "status": status,
         "stage1_failed_batches": serving.cascade.stage1_failures(),
+        "stage1_restarts": serving.cascade.stage1_restarts(),
         "model_version": serving.cascade.version,
         "bundle": serving.dir,
         "model_age_days": fresh.as_ref().map(|f| f.age_days),
         "model_days_left": fresh.as_ref().map(|f| f.days_left),
         "uptime_s": st.started.elapsed().as_secs_f64(),
         "cache_entries": serving.cascade.cache_len(),
+        "shadow_version": st.shadow.as_ref().map(|s| s.version()),
     }));
     (code, body).into_response()
 }

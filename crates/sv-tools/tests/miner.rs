@@ -277,11 +277,19 @@ fn miner_serves_the_protocol_and_survives_bad_input() {
         .collect();
     assert!(left.is_empty(), "left beside the bundles: {left:?}");
 
-    // An admin listener with a bearer token: nothing without it, everything with it.
+    // An admin listener with a bearer token: nothing without it, everything with it. This miner
+    // also runs a shadow model (the re-exported bundle2) on every second request.
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, "s3cret-token-of-24-chars\n").unwrap();
-    let cfg = MinerConfig { admin_token_file: Some(token_file), prediction_log: None, ..cfg };
-    let (state, _) = AppState::from_config(&cfg).unwrap();
+    let shadow_log = dir.path().join("shadow-log");
+    let shadow = sv_miner::shadow::ShadowConfig { bundle: bundle2.clone(), every: 2, ..Default::default() };
+    let cfg = MinerConfig {
+        admin_token_file: Some(token_file),
+        prediction_log: Some(shadow_log.clone()),
+        shadow: Some(shadow),
+        ..cfg
+    };
+    let (state, log_thread) = AppState::from_config(&cfg).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let admin_listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
@@ -290,7 +298,7 @@ fn miner_serves_the_protocol_and_survives_bad_input() {
     let server = rt.spawn(serve(listener, Some(admin_listener), state, async {
         let _ = rx.await;
     }));
-    rt.block_on(async {
+    let served_version = rt.block_on(async {
         let t = Duration::from_secs(30);
         for bad in [None, Some("Bearer wrong-token-of-24-chars!"), Some("s3cret-token-of-24-chars")] {
             let h: Vec<(String, String)> = bad.map(|v| ("authorization".into(), v.into())).into_iter().collect();
@@ -299,7 +307,47 @@ fn miner_serves_the_protocol_and_survives_bad_input() {
         }
         let h = [("authorization".to_string(), "Bearer s3cret-token-of-24-chars".to_string())];
         assert_eq!(request(admin, "GET", "/metrics", &h, b"", t).await.unwrap().status, 200);
+        // Shadow mode: 8 answered requests, 4 of them scored again by the shadow after the answer.
+        let mut served_version = String::new();
+        for i in 0..8 {
+            let body =
+                serde_json::json!({"type": "image", "data": image_b64(200 + i), "challenge_id": format!("s{i}")});
+            let r = request(admin, "POST", "/v1/challenge", &h, body.to_string().as_bytes(), t).await.unwrap();
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            served_version = r.json().unwrap()["model_version"].as_str().unwrap().to_string();
+        }
+        let metric = |text: &str, name: &str| -> f64 {
+            text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(-1.0)
+        };
+        let started = std::time::Instant::now();
+        let text = loop {
+            let m = request(admin, "GET", "/metrics", &h, b"", t).await.unwrap();
+            let text = String::from_utf8(m.body).unwrap();
+            if metric(&text, r#"sv_shadow_requests_total{result="scored"}"#) >= 4.0 || started.elapsed().as_secs() > 60
+            {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(metric(&text, r#"sv_shadow_requests_total{result="scored"}"#), 4.0, "{text}");
+        assert_eq!(metric(&text, r#"sv_shadow_decisions_total{agree="yes"}"#), 4.0, "same weights agree: {text}");
+        assert!(text.contains(&format!(r#"sv_shadow_info{{version="{v3}"}} 1"#)), "{text}");
+        served_version
     });
     tx.send(()).unwrap();
     rt.block_on(server).unwrap().unwrap();
+    drop(rt);
+    log_thread.unwrap().join().unwrap();
+    // The report pairs each shadow score with its served answer by challenge id: bundle2 is the
+    // same run exported again, so every pair agrees exactly.
+    let r = sv_train::shadow::report(&shadow_log, &Default::default()).unwrap();
+    assert_eq!((r.served_records, r.shadow_records, r.unpaired_shadow), (8, 4, 0), "{r:?}");
+    let c = &r.comparisons[0];
+    assert_eq!(
+        (c.served_version.as_str(), c.shadow_version.as_str(), c.pairs),
+        (served_version.as_str(), v3.as_str(), 4)
+    );
+    assert_eq!((c.agreement, c.max_abs_shift, c.labelled), (1.0, 0.0, 0), "{c:?}");
+    // Mining reads only what was served.
+    assert_eq!(sv_data::predlog::read_scores(&shadow_log).unwrap().len(), 8);
 }

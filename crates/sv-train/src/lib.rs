@@ -7,7 +7,8 @@
 //! distillation ([`techniques`]), the validator simulator ([`simulator`]), experiment files
 //! that turn into reproducible run folders ([`experiment`], [`run`], [`checkpoint`],
 //! [`evaluate`]), INT8
-//! calibration ([`quant`]) and the export of a run as a servable bundle ([`export`]). The
+//! calibration ([`quant`]), the export of a run as a servable bundle ([`export`]) and the
+//! comparison of a shadow model with the serving one on a miner's live traffic ([`shadow`]). The
 //! `sv-train` binary is a thin CLI.
 
 pub mod backbone;
@@ -22,6 +23,7 @@ pub mod features;
 pub mod plots;
 pub mod quant;
 pub mod run;
+pub mod shadow;
 pub mod simulator;
 pub mod techniques;
 pub mod train;

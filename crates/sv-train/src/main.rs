@@ -57,6 +57,16 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Compare a shadow model (sv-miner --shadow) with the served one on a prediction log (a
+    /// Lance log or the miner's segment folder): agreement, score shift, and the reward each
+    /// would have earned where labels exist.
+    ShadowReport {
+        /// The prediction log.
+        log: PathBuf,
+        /// Also write shadow_report.{json,txt,png} here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Export a run as a bundle that sv-infer / sv-miner serve.
     Export {
         #[arg(long)]
@@ -208,6 +218,14 @@ fn run(cli: Cli) -> Result<()> {
                 r.decision.reward_before,
                 r.decision.reward_after
             );
+        }
+        (Some(Cmd::ShadowReport { log, out }), _) => {
+            let r = sv_train::shadow::report(&log, &sv_train::simulator::SimulatorConfig::default())?;
+            print!("{}", r.render());
+            if let Some(dir) = out {
+                r.write(&dir)?;
+                println!("written to {}", dir.display());
+            }
         }
         (Some(Cmd::Card { bundle }), _) => {
             print!("{}", sv_train::export::describe(&bundle, chrono::Utc::now().timestamp())?);
