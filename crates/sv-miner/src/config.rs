@@ -80,6 +80,9 @@ pub struct MinerConfig {
     pub connections: crate::listen::ConnectionConfig,
     /// The prediction log's bounds (`[predlog]`).
     pub predlog: crate::predlog::PredlogConfig,
+    /// Who may query beyond the allow list (`[blacklist]`: the base miner's rules over the
+    /// synced metagraph).
+    pub blacklist: crate::access::BlacklistConfig,
     /// A candidate bundle scored beside the serving one (`[shadow]`; none: no shadow).
     pub shadow: Option<crate::shadow::ShadowConfig>,
     pub cascade: CascadeConfig,
@@ -107,6 +110,7 @@ impl Default for MinerConfig {
             bundle_kernels: true,
             connections: Default::default(),
             predlog: Default::default(),
+            blacklist: Default::default(),
             shadow: None,
             cascade: CascadeConfig::default(),
         }
@@ -206,6 +210,7 @@ impl MinerConfig {
         }
         self.admin_socket()?;
         self.predlog.validate()?;
+        self.blacklist.validate()?;
         if let Some(s) = &self.shadow {
             s.validate()?;
         }

@@ -7,6 +7,7 @@
 //! downtime and [`shadow`] scores a candidate model beside the serving one. `main.rs` only parses flags and calls
 //! [`server`].
 
+pub mod access;
 pub mod axon;
 pub mod client;
 pub mod config;

@@ -169,7 +169,7 @@ fn run(cli: Cli) -> Result<()> {
             cfg.bundle.display(),
             state.models.current().cascade.version,
             listener.local_addr()?,
-            state.allow.len(),
+            state.access.allow_list().len(),
             t.elapsed().as_secs_f64()
         );
         // SIGHUP reloads the configured bundle (as POST /admin/reload with no body does).

@@ -9,7 +9,6 @@
 //! bound and a deadline, in-flight requests are bounded (503 beyond), images are checked from
 //! their header before decoding, and every answer is computed under the latency budget.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +26,7 @@ use sv_infer::cascade::CascadeError;
 use sv_infer::{Answer, Bundle};
 use tokio::sync::Semaphore;
 
+use crate::access::Verdict;
 use crate::axon::{self, NonceBook, NonceError};
 use crate::config::MinerConfig;
 use crate::metrics::Metrics;
@@ -46,7 +46,8 @@ pub struct AppState {
     /// The serving model; replaced whole by a reload.
     pub models: Models,
     pub hotkey: String,
-    pub allow: HashSet<String>,
+    /// Who may query the axon: the allow/deny overrides and the synced metagraph.
+    pub access: crate::access::Access,
     /// The admin listener's bearer token (`None`: none asked).
     pub admin_token: Option<String>,
     pub log_images: bool,
@@ -95,7 +96,7 @@ impl AppState {
         let state = Self {
             models: Models::new(first, cfg.cascade.clone()),
             hotkey: cfg.hotkey.clone(),
-            allow,
+            access: crate::access::Access::new(cfg.blacklist.clone(), allow),
             admin_token: cfg.admin_token()?,
             log_images: cfg.log_images,
             max_body: cfg.max_body_bytes,
@@ -389,14 +390,11 @@ async fn image_synapse(
 ) -> Response {
     let t = Instant::now();
     let route = "axon";
-    let Ok(_permit) = st.in_flight.try_acquire() else {
-        let f = fail(StatusCode::SERVICE_UNAVAILABLE, "too_many_requests", "too many requests in flight");
-        return fail_response(&st, route, f, HeaderMap::new());
-    };
     let result = axon_inner(&st, peer.ip().to_canonical(), &headers, body).await;
     if let Some(hk) = headers.get("bt_header_dendrite_hotkey").and_then(|v| v.to_str().ok()) {
-        // One label an allowed validator, one for everyone else: bounded cardinality.
-        let who = if st.allow.contains(hk) { hk } else { "other" };
+        // One label a validator (the allow list's, and permit holders: at most 64 a subnet),
+        // one for everyone else: bounded cardinality.
+        let who = if st.access.is_named(hk) { hk } else { "other" };
         let code = match &result {
             Ok(_) => "200",
             Err(f) => f.status.as_str(),
@@ -423,13 +421,24 @@ async fn axon_inner(st: &AppState, peer: std::net::IpAddr, headers: &HeaderMap, 
     let t = Instant::now();
     let auth = axon::parse_auth(headers).map_err(|m| fail(StatusCode::BAD_REQUEST, "bad_headers", m))?;
     // bittensor's axon order: blacklist, then signature and nonce.
-    if !st.allow.contains(&auth.dendrite_hotkey) {
+    let rank = match st.access.decide(&auth.dendrite_hotkey) {
+        Verdict::Refuse(why) => {
+            return Err(fail(StatusCode::FORBIDDEN, "not_allowed", format!("Forbidden. Key is blacklisted: {why}.")));
+        }
+        Verdict::Answer { rank, .. } => rank,
+    };
+    // Priority: under load the lowest stakes are shed first (see `access`).
+    let taken = MAX_IN_FLIGHT - st.in_flight.available_permits();
+    if taken >= crate::access::slots_for(rank, MAX_IN_FLIGHT) {
         return Err(fail(
-            StatusCode::FORBIDDEN,
-            "not_allowed",
-            format!("Forbidden. Key is blacklisted: hotkey {} is not an allowed validator.", auth.dendrite_hotkey),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shed_low_stake",
+            "the miner is busy: requests of lower-stake validators are shed first; retry",
         ));
     }
+    let Ok(_permit) = st.in_flight.try_acquire() else {
+        return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "too_many_requests", "too many requests in flight"));
+    };
     let msg = axon::message(auth.nonce, &auth.dendrite_hotkey, &st.hotkey, &auth.uuid, &auth.body_hash);
     // A peer that keeps sending bad signatures is refused before the verification it would cost.
     if !st.bad_signatures.allowed(peer, &auth.dendrite_hotkey, Instant::now()) {
