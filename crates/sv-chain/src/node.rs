@@ -38,9 +38,54 @@ impl Node {
         })
     }
 
+    /// A node answering a recorded metagraph (`tests/fixtures/recorded_metagraph.json`: a real
+    /// node's answers), under `netuid`, with the hotkeys of its first validator-permit holders
+    /// replaced by `validators` (SS58): keys whose secrets a test holds, in a real metagraph.
+    pub fn from_recorded(recorded: &Value, netuid: u16, validators: &[String]) -> anyhow::Result<Arc<Self>> {
+        let field = |k: &str| recorded.get(k).ok_or_else(|| anyhow::anyhow!("the recording has no {k}"));
+        let hex_neurons = field("get_neurons_lite")?.as_str().unwrap_or_default();
+        let mut neurons = crate::metagraph::decode_neurons(&hex::decode(hex_neurons.trim_start_matches("0x"))?)
+            .map_err(|e| anyhow::anyhow!("the recorded neurons: {e}"))?;
+        let holders: Vec<usize> = (0..neurons.len()).filter(|&i| neurons[i].validator_permit).collect();
+        anyhow::ensure!(
+            validators.len() <= holders.len(),
+            "{} validators asked, the recording has {} permit holders",
+            validators.len(),
+            holders.len()
+        );
+        for (v, &i) in validators.iter().zip(&holders) {
+            neurons[i].hotkey = sv_core::ss58::decode(v)?;
+        }
+        for n in &mut neurons {
+            n.netuid = netuid;
+        }
+        let node = Self::new(
+            field("chain_getHeader")?.clone(),
+            field("block_hash")?.as_str().unwrap_or_default(),
+            netuid,
+            "0x",
+        );
+        node.set_neurons_from(&neurons);
+        Ok(node)
+    }
+
     /// Replace the neurons (the next sync sees them).
     pub fn set_neurons(&self, hex: &str) {
         *self.neurons.lock().unwrap_or_else(PoisonError::into_inner) = hex.to_string();
+    }
+
+    /// Replace the neurons with these.
+    pub fn set_neurons_from(&self, neurons: &[crate::metagraph::NeuronLite]) {
+        self.set_neurons(&format!("0x{}", hex::encode(crate::metagraph::encode::neurons(neurons))));
+    }
+
+    /// The neurons it answers now.
+    pub fn neurons(&self) -> Vec<crate::metagraph::NeuronLite> {
+        let hex_neurons = self.neurons.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        hex::decode(hex_neurons.trim_start_matches("0x"))
+            .ok()
+            .and_then(|b| crate::metagraph::decode_neurons(&b).ok())
+            .unwrap_or_default()
     }
 
     /// Close every connection and refuse new ones (`true`), or serve again.
@@ -81,7 +126,12 @@ impl Node {
 
 /// Serve `node` on `127.0.0.1:0`; returns the `ws://` URL.
 pub async fn serve(node: Arc<Node>) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    serve_on(node, "127.0.0.1:0").await
+}
+
+/// Serve `node` on `addr`; returns the `ws://` URL.
+pub async fn serve_on(node: Arc<Node>, addr: &str) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr: SocketAddr = listener.local_addr()?;
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {

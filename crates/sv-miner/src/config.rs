@@ -18,6 +18,13 @@
 //! [predlog]
 //! batch = 64                       # a segment every 64 records or 10 s, whichever first
 //! quota_bytes = 21474836480        # waiting segments on disk: beyond, no images; beyond 2x, no records
+//! [chain]                          # validators from the subnet's metagraph (else: the allow list alone)
+//! network = "finney"               # finney (netuid 72), test (323) or local; endpoint/netuid override
+//! sync_every_blocks = 25           # resync every 25 blocks (5 min); a failed sync keeps the last one
+//! [blacklist]                      # the base miner's rules over the metagraph
+//! force_validator_permit = true
+//! min_stake = 0.0
+//! deny = []
 //! [shadow]                         # a candidate model scored beside the serving one, off the response path
 //! bundle = "bundles/candidate"
 //! every = 10                       # every 10th answered request; `sv-train shadow-report <log>` compares
@@ -25,9 +32,8 @@
 //! vlm = { url = "http://127.0.0.1:8000", model = "Qwen/Qwen3-VL-8B-Instruct", deadline_ms = 2500 }
 //! ```
 //!
-//! Allowed validators are a static set today. A chain metagraph client plugs in by producing
-//! the same set — hotkeys with a validator permit and stake above a threshold, refreshed every
-//! few minutes — and swapping it into `AppState::allow` (which would then sit behind a lock).
+//! With `[chain]`, the axon answers the subnet's validators as NATIX's base miner does (see
+//! [`crate::access`]); `allow` and `deny` are overrides.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -80,6 +86,9 @@ pub struct MinerConfig {
     pub connections: crate::listen::ConnectionConfig,
     /// The prediction log's bounds (`[predlog]`).
     pub predlog: crate::predlog::PredlogConfig,
+    /// The chain to follow (`[chain]`, or `--network`): validators come from the subnet's
+    /// metagraph, synced at start and every few blocks. None: the allow list alone.
+    pub chain: Option<sv_chain::ChainConfig>,
     /// Who may query beyond the allow list (`[blacklist]`: the base miner's rules over the
     /// synced metagraph).
     pub blacklist: crate::access::BlacklistConfig,
@@ -110,6 +119,7 @@ impl Default for MinerConfig {
             bundle_kernels: true,
             connections: Default::default(),
             predlog: Default::default(),
+            chain: None,
             blacklist: Default::default(),
             shadow: None,
             cascade: CascadeConfig::default(),
@@ -211,6 +221,9 @@ impl MinerConfig {
         self.admin_socket()?;
         self.predlog.validate()?;
         self.blacklist.validate()?;
+        if let Some(c) = &self.chain {
+            c.validate()?;
+        }
         if let Some(s) = &self.shadow {
             s.validate()?;
         }

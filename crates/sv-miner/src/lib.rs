@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod axon;
+pub mod chainsync;
 pub mod client;
 pub mod config;
 pub mod listen;

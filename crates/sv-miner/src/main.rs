@@ -25,6 +25,18 @@ struct Cli {
     /// Allowed validator hotkeys, comma-separated.
     #[arg(long, value_delimiter = ',')]
     allow: Vec<String>,
+    /// Follow this network's metagraph for validators (finney: netuid 72, test: 323, local).
+    #[arg(long, value_enum)]
+    network: Option<sv_chain::Network>,
+    /// Subtensor endpoint (ws:// or wss://), overriding the network's.
+    #[arg(long)]
+    chain_endpoint: Option<String>,
+    /// Netuid, overriding the network's.
+    #[arg(long)]
+    netuid: Option<u16>,
+    /// Hotkeys always refused, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    deny: Vec<String>,
     /// File of allowed validator hotkeys, one a line.
     #[arg(long)]
     allow_file: Option<PathBuf>,
@@ -82,6 +94,19 @@ fn config(cli: Cli) -> Result<MinerConfig> {
     if cli.allow_file.is_some() {
         c.allow_file = cli.allow_file;
     }
+    if cli.network.is_some() || cli.chain_endpoint.is_some() || cli.netuid.is_some() {
+        let chain = c.chain.get_or_insert_with(Default::default);
+        if let Some(n) = cli.network {
+            chain.network = n;
+        }
+        if cli.chain_endpoint.is_some() {
+            chain.endpoint = cli.chain_endpoint;
+        }
+        if cli.netuid.is_some() {
+            chain.netuid = cli.netuid;
+        }
+    }
+    c.blacklist.deny.extend(cli.deny);
     if let Some(v) = cli.admin_addr {
         c.admin_addr = v;
     }
@@ -155,6 +180,20 @@ fn run(cli: Cli) -> Result<()> {
             ),
             None => None,
         };
+        // The metagraph: a first sync now, then the background task (which holds the state: it
+        // is ended at shutdown, as the signal task is).
+        let (follow, sync_task) = match &cfg.chain {
+            Some(chain) => (
+                format!(
+                    "validators of netuid {} from {} (+{} allowed hotkeys)",
+                    chain.netuid(),
+                    chain.endpoint(),
+                    state.access.allow_list().len()
+                ),
+                Some(sv_miner::chainsync::start(state.clone(), chain).await?),
+            ),
+            None => (format!("{} allowed validators", state.access.allow_list().len()), None),
+        };
         let admin_at = match &admin {
             Some(l) => format!("admin on {}", l.local_addr()?),
             None => "no admin listener".into(),
@@ -164,12 +203,11 @@ fn run(cli: Cli) -> Result<()> {
             None => String::new(),
         };
         println!(
-            "sv-miner {} serving bundle {} (model {}{shadow}) on {} for {} allowed validators, {admin_at}; ready in {:.1}s",
+            "sv-miner {} serving bundle {} (model {}{shadow}) on {} for {follow}, {admin_at}; ready in {:.1}s",
             env!("CARGO_PKG_VERSION"),
             cfg.bundle.display(),
             state.models.current().cascade.version,
             listener.local_addr()?,
-            state.access.allow_list().len(),
             t.elapsed().as_secs_f64()
         );
         // SIGHUP reloads the configured bundle (as POST /admin/reload with no body does).
@@ -191,6 +229,10 @@ fn run(cli: Cli) -> Result<()> {
         {
             hup.abort();
             let _ = hup.await;
+        }
+        if let Some(t) = sync_task {
+            t.abort();
+            let _ = t.await;
         }
         served
     })?;

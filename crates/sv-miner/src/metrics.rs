@@ -45,6 +45,8 @@ pub struct Metrics {
     pub stage1_restarts: IntGauge,
     /// The shadow model's comparison (`--shadow`).
     pub shadow: crate::shadow::ShadowCounters,
+    /// The synced metagraph (`[chain]`).
+    pub metagraph: crate::chainsync::MetagraphCounters,
 }
 
 impl Metrics {
@@ -154,6 +156,20 @@ impl Metrics {
             info: IntGaugeVec::new(Opts::new("sv_shadow_info", "The shadow model's version (value 1)"), &["version"])
                 .unwrap(),
         };
+        let metagraph = crate::chainsync::MetagraphCounters {
+            syncs: IntCounterVec::new(Opts::new("sv_metagraph_syncs_total", "Metagraph syncs by result"), &["result"])
+                .unwrap(),
+            block: IntGauge::new("sv_metagraph_block", "Block of the metagraph in force (0: none)").unwrap(),
+            neurons: IntGauge::new("sv_metagraph_neurons", "Neurons in the metagraph in force").unwrap(),
+            validators: IntGauge::new("sv_metagraph_validators", "Validator-permit holders in the metagraph in force")
+                .unwrap(),
+            age_seconds: IntGauge::new(
+                "sv_metagraph_age_seconds",
+                "Seconds since the metagraph in force was synced (-1: never)",
+            )
+            .unwrap(),
+        };
+        metagraph.age_seconds.set(-1);
         // Known label values start at 0, so that a rule or panel on them has a series from the
         // first scrape (Prometheus's advice for counters with labels).
         for (vec, values) in [
@@ -163,6 +179,7 @@ impl Metrics {
             (&reloads, &["ok", "failed"][..]),
             (&shadow.requests, &["scored", "busy", "failed"][..]),
             (&shadow.decisions, &["yes", "no"][..]),
+            (&metagraph.syncs, &["ok", "failed"][..]),
         ] {
             for v in values {
                 vec.with_label_values(&[v]);
@@ -179,6 +196,11 @@ impl Metrics {
             Box::new(shadow.decisions.clone()),
             Box::new(shadow.abs_diff.clone()),
             Box::new(shadow.info.clone()),
+            Box::new(metagraph.syncs.clone()),
+            Box::new(metagraph.block.clone()),
+            Box::new(metagraph.neurons.clone()),
+            Box::new(metagraph.validators.clone()),
+            Box::new(metagraph.age_seconds.clone()),
             Box::new(model_info.clone()),
             Box::new(model_age_days.clone()),
             Box::new(model_days_left.clone()),
@@ -222,6 +244,7 @@ impl Metrics {
             stage1_failed_batches,
             stage1_restarts,
             shadow,
+            metagraph,
         }
     }
 

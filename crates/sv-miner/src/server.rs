@@ -620,6 +620,9 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     st.metrics.requests.with_label_values(&["metrics", "200"]).inc();
     st.metrics.set_model(&st.models.current());
+    if let Some((_, age, _, _)) = st.access.metagraph(Instant::now()) {
+        st.metrics.metagraph.age_seconds.set(age as i64);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render()).into_response()
 }
 

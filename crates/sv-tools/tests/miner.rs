@@ -351,3 +351,106 @@ fn miner_serves_the_protocol_and_survives_bad_input() {
     // Mining reads only what was served.
     assert_eq!(sv_data::predlog::read_scores(&shadow_log).unwrap().len(), 8);
 }
+
+/// Issue 26: validators come from a synced metagraph (a real node's recorded answer served over a
+/// WebSocket, one permit holder's hotkey replaced by this test's validator), not an allow list:
+/// the validator is answered, an unregistered hotkey and one without a permit are refused as the
+/// base miner refuses them, a hotkey that gains a permit is answered after the next sync without a
+/// restart, an outage keeps the last metagraph, and without a first sync or an allow list the
+/// miner does not start.
+#[test]
+fn miner_answers_the_validators_of_a_synced_metagraph() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, _) = trained_bundle(dir.path());
+    let mut validator = Dendrite::from_seed(Sha256::digest(b"validator").into()).unwrap();
+    let mut stranger = Dendrite::from_seed(Sha256::digest(b"stranger").into()).unwrap();
+    let mut newcomer = Dendrite::from_seed(Sha256::digest(b"newcomer").into()).unwrap();
+    let recorded: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../sv-chain/tests/fixtures/recorded_metagraph.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let node = sv_chain::node::Node::from_recorded(&recorded, 72, std::slice::from_ref(&validator.hotkey)).unwrap();
+    // The newcomer is registered without a permit (a neuron of the recording that has none).
+    let mut neurons = node.neurons();
+    let spot = neurons.iter().position(|n| !n.validator_permit).unwrap();
+    neurons[spot].hotkey = sv_core::ss58::decode(&newcomer.hotkey).unwrap();
+    node.set_neurons_from(&neurons);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (url, _node_task) = rt.block_on(sv_chain::node::serve(node.clone())).unwrap();
+    let chain = sv_chain::ChainConfig { endpoint: Some(url.clone()), netuid: Some(72), ..Default::default() };
+    let cfg = MinerConfig {
+        bundle,
+        hotkey: MINER_HOTKEY.into(),
+        chain: Some(chain.clone()),
+        max_body_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let (state, _) = AppState::from_config(&cfg).unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let admin_listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let admin: SocketAddr = admin_listener.local_addr().unwrap();
+    let sync_task = rt.block_on(sv_miner::chainsync::start(state.clone(), &chain)).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(serve(listener, Some(admin_listener), state.clone(), async {
+        let _ = rx.await;
+    }));
+    let t = Duration::from_secs(30);
+    let block = recorded["block"].as_u64().unwrap();
+    rt.block_on(async {
+        let ask = |d: &mut Dendrite, seed: u64| d.image_synapse(MINER_HOTKEY, addr, &image_b64(seed), 12.0, &[]);
+        let (h, b) = ask(&mut validator, 1);
+        let r = request(addr, "POST", "/ImageSynapse", &h, &b, t).await.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let (h, b) = ask(&mut stranger, 2);
+        let r = request(addr, "POST", "/ImageSynapse", &h, &b, t).await.unwrap();
+        assert_eq!(r.status, 403);
+        assert_eq!(r.json().unwrap()["message"], "Forbidden. Key is blacklisted: Unrecognized hotkey.");
+        let (h, b) = ask(&mut newcomer, 3);
+        let r = request(addr, "POST", "/ImageSynapse", &h, &b, t).await.unwrap();
+        assert_eq!(r.status, 403);
+        assert_eq!(r.json().unwrap()["message"], "Forbidden. Key is blacklisted: Non-validator hotkey.");
+
+        // The newcomer gains a permit on chain: answered after the next sync, no restart.
+        neurons[spot].validator_permit = true;
+        node.set_neurons_from(&neurons);
+        let rpc = sv_chain::rpc::Rpc::new(&url, Duration::from_secs(10));
+        assert_eq!(sv_miner::chainsync::sync_once(&state, &rpc, 72).await.unwrap(), block);
+        let (h, b) = ask(&mut newcomer, 4);
+        let r = request(addr, "POST", "/ImageSynapse", &h, &b, t).await.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+        // The node goes down: the sync fails, is counted, and the last metagraph stays in force.
+        node.set_down(true);
+        assert!(sv_miner::chainsync::sync_once(&state, &rpc, 72).await.is_err());
+        let (h, b) = ask(&mut validator, 5);
+        assert_eq!(request(addr, "POST", "/ImageSynapse", &h, &b, t).await.unwrap().status, 200);
+        let text = String::from_utf8(request(admin, "GET", "/metrics", &[], b"", t).await.unwrap().body).unwrap();
+        for want in [
+            format!("sv_metagraph_block {block}"),
+            "sv_metagraph_neurons 1024".into(),
+            "sv_metagraph_validators 13".into(),
+            r#"sv_metagraph_syncs_total{result="ok"} 2"#.into(),
+            r#"sv_metagraph_syncs_total{result="failed"} 1"#.into(),
+            format!(r#"sv_validator_requests_total{{hotkey="{}",status="200"}} 2"#, validator.hotkey),
+            // The stranger, and the newcomer before its permit.
+            r#"sv_validator_requests_total{hotkey="other",status="403"} 2"#.into(),
+            format!(r#"sv_validator_requests_total{{hotkey="{}",status="200"}} 1"#, newcomer.hotkey),
+        ] {
+            assert!(text.contains(&want), "{want} not in\n{text}");
+        }
+        assert!(text.lines().any(|l| l.starts_with("sv_metagraph_age_seconds ") && !l.ends_with("-1")), "{text}");
+    });
+    sync_task.abort();
+    tx.send(()).unwrap();
+    rt.block_on(server).unwrap().unwrap();
+
+    // No first sync and no allow list: the miner refuses to start, naming why.
+    let (state, _) = AppState::from_config(&cfg).unwrap();
+    let e = rt.block_on(sv_miner::chainsync::start(state, &chain)).unwrap_err();
+    assert!(format!("{e:#}").contains("does not start without a first sync"), "{e:#}");
+}
