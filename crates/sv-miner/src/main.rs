@@ -9,6 +9,8 @@ use sv_miner::config::MinerConfig;
 #[derive(Parser)]
 #[command(name = "sv-miner", version, about = "StreetVision miner: serves a bundle over the Bittensor axon protocol")]
 struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
     /// Miner config TOML (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -69,6 +71,75 @@ struct Cli {
     /// Score every k-th answered request with the shadow bundle (default 10).
     #[arg(long)]
     shadow_every: Option<u64>,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Register this miner with NATIX as register.sh does: a fresh timestamp signed with the
+    /// hotkey, POSTed with the uid and model repo, then the status polled until final.
+    RegisterNatix {
+        #[command(flatten)]
+        wallet: sv_chain::wallet::WalletArgs,
+        /// The miner's uid on the subnet.
+        #[arg(long)]
+        uid: u16,
+        /// The model's Hugging Face repo (user/name).
+        #[arg(long)]
+        repo: String,
+        /// The hotkey (SS58) the wallet's hotkey must be.
+        #[arg(long)]
+        hotkey: Option<String>,
+        /// NATIX's base URL.
+        #[arg(long, default_value = sv_chain::natix::DEFAULT_BASE)]
+        natix_url: String,
+        /// Print the JSON it would POST; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Seconds between status polls, and in all.
+        #[arg(long, default_value_t = 3)]
+        poll_s: u64,
+        #[arg(long, default_value_t = 180)]
+        timeout_s: u64,
+    },
+}
+
+fn register_natix(cmd: Cmd) -> Result<()> {
+    let Cmd::RegisterNatix { wallet, uid, repo, hotkey, natix_url, dry_run, poll_s, timeout_s } = cmd;
+    let file = wallet.hotkey_file()?;
+    let hk = wallet.load()?;
+    if let Some(want) = &hotkey {
+        hk.expect(want, &file)?;
+    }
+    anyhow::ensure!(
+        repo.split('/').count() == 2 && !repo.starts_with('/') && !repo.ends_with('/'),
+        "--repo {repo:?} is not a Hugging Face repo id (user/name)"
+    );
+    let reg = sv_chain::natix::registration(&hk, uid, &repo, chrono::Utc::now().timestamp());
+    if dry_run {
+        println!("{}", serde_json::to_string_pretty(&reg)?);
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+        let (status, answer) = sv_chain::natix::submit(&client, &natix_url, &reg).await?;
+        println!("registration sent for uid {uid} (hotkey {}): HTTP {status} {answer}", hk.ss58());
+        let every = std::time::Duration::from_secs(poll_s.max(1));
+        let out = sv_chain::natix::wait(&client, &natix_url, uid, every, std::time::Duration::from_secs(timeout_s), |v| {
+            println!("status: {v}")
+        })
+        .await?;
+        match out {
+            sv_chain::natix::Outcome::Succeeded(_) => {
+                println!("registration succeeded for uid {uid}");
+                Ok(())
+            }
+            sv_chain::natix::Outcome::Failed { reason, .. } => anyhow::bail!("registration failed for uid {uid}: {reason}"),
+            sv_chain::natix::Outcome::TimedOut { .. } => anyhow::bail!(
+                "no final status after {timeout_s} s; check later: curl {natix_url}/participants/registration-status/{uid}"
+            ),
+        }
+    })
 }
 
 fn config(cli: Cli) -> Result<MinerConfig> {
@@ -153,7 +224,10 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing in-flight requests and flushing the prediction log");
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(mut cli: Cli) -> Result<()> {
+    if let Some(cmd) = cli.cmd.take() {
+        return register_natix(cmd);
+    }
     let cfg = config(cli)?;
     let t = std::time::Instant::now();
     // Each connection is a file: lift the soft limit (often 1,024) to the hard one, and check
@@ -247,5 +321,14 @@ fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every flag and subcommand parses (clap's own consistency checks).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }
