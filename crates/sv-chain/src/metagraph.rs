@@ -5,8 +5,10 @@
 //! neuron_info.rs`), decoded here field by field in the order bt_decode's `NeuronInfoLite`
 //! decodes it (a test checks our reading against bt_decode's on the same bytes).
 //!
-//! Stake is the sum of the neuron's `stake` entries (alpha, in rao), in units of 10⁹ rao as the
-//! SDK's `NeuronInfoLite.total_stake` gives it.
+//! Stake is the SDK's `metagraph.S`: `SubnetInfoRuntimeApi_get_subnet_state(netuid)`'s
+//! `total_stake` (alpha plus tao weighted by the chain; `tao_stake` on the root subnet), read at
+//! the same block, as `Metagraph._get_all_stakes_from_chain` reads it. Where that call fails (an
+//! older runtime), the neuron's own alpha stake stands in, and [`Metagraph::stake_source`] says so.
 
 use parity_scale_codec::{Compact, Decode, Input};
 use serde_json::json;
@@ -167,6 +169,58 @@ pub fn decode_neurons(bytes: &[u8]) -> Result<Vec<NeuronLite>, String> {
     Ok(out)
 }
 
+/// The stakes of `Option<SubnetState>` (subtensor's `rpc_info/show_subnet.rs`), by uid, in rao:
+/// `total_stake`, or `tao_stake` for the root subnet (netuid 0), as the SDK's metagraph takes them.
+/// `None` when the subnet does not exist.
+pub fn decode_subnet_stakes(bytes: &[u8]) -> Result<Option<Vec<u64>>, String> {
+    fn vec_of<I: Input, T>(
+        i: &mut I,
+        what: &str,
+        mut item: impl FnMut(&mut I) -> Result<T, parity_scale_codec::Error>,
+    ) -> Result<Vec<T>, String> {
+        let n = <Compact<u32>>::decode(i).map_err(|e| format!("{what}: {e}"))?.0 as usize;
+        let mut out = Vec::with_capacity(n.min(4096));
+        for _ in 0..n {
+            out.push(item(i).map_err(|e| format!("{what}: {e}"))?);
+        }
+        Ok(out)
+    }
+    let mut i = bytes;
+    match u8::decode(&mut i).map_err(|e| format!("option tag: {e}"))? {
+        0 => return Ok(None),
+        1 => {}
+        t => return Err(format!("option tag {t}")),
+    }
+    let netuid = compact_u16(&mut i).map_err(|e| format!("netuid: {e}"))?;
+    vec_of(&mut i, "hotkeys", <[u8; 32]>::decode)?;
+    vec_of(&mut i, "coldkeys", <[u8; 32]>::decode)?;
+    vec_of(&mut i, "active", bool::decode)?;
+    vec_of(&mut i, "validator_permit", bool::decode)?;
+    for what in ["pruning_score"] {
+        vec_of(&mut i, what, compact_u16)?;
+    }
+    vec_of(&mut i, "last_update", compact_u64)?;
+    vec_of(&mut i, "emission", compact_u64)?;
+    for what in ["dividends", "incentives", "consensus", "trust", "rank"] {
+        vec_of(&mut i, what, compact_u16)?;
+    }
+    vec_of(&mut i, "block_at_registration", compact_u64)?;
+    vec_of(&mut i, "alpha_stake", compact_u64)?;
+    let tao = vec_of(&mut i, "tao_stake", compact_u64)?;
+    let total = vec_of(&mut i, "total_stake", compact_u64)?;
+    vec_of(&mut i, "emission_history", |i| {
+        let n = <Compact<u32>>::decode(i)?.0;
+        for _ in 0..n {
+            compact_u64(i)?;
+        }
+        Ok(())
+    })?;
+    if !i.is_empty() {
+        return Err(format!("{} bytes left after the subnet state", i.len()));
+    }
+    Ok(Some(if netuid == 0 { tao } else { total }))
+}
+
 /// A subnet's neurons at one block.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Metagraph {
@@ -174,6 +228,17 @@ pub struct Metagraph {
     pub block: u64,
     pub block_hash: String,
     pub neurons: Vec<NeuronLite>,
+    /// `metagraph.S` by uid, in rao.
+    pub stake_rao: Vec<u64>,
+    /// Where the stakes came from: `subnet_state` (as the SDK) or `neurons` (the fallback).
+    pub stake_source: &'static str,
+}
+
+impl Metagraph {
+    /// Neuron `i`'s stake in units (rao / 10⁹), as the SDK's `metagraph.S[i]`.
+    pub fn stake(&self, i: usize) -> f64 {
+        self.stake_rao.get(i).map_or(0.0, |r| *r as f64 / RAO)
+    }
 }
 
 /// Why a sync failed.
@@ -223,7 +288,30 @@ pub async fn sync(rpc: &Rpc, netuid: u16) -> Result<Metagraph, SyncError> {
     if neurons.is_empty() {
         return Err(SyncError::NoSubnet { url: rpc.url().into(), netuid });
     }
-    Ok(Metagraph { netuid, block, block_hash, neurons })
+    let state = rpc.call("state_call", json!(["SubnetInfoRuntimeApi_get_subnet_state", args, block_hash])).await;
+    let stakes = state
+        .map_err(|e| e.to_string())
+        .and_then(|v| hex_bytes(&v))
+        .and_then(|b| decode_subnet_stakes(&b))
+        .and_then(|s| s.ok_or_else(|| "no subnet state".to_string()))
+        .and_then(|s| {
+            if s.len() == neurons.len() {
+                Ok(s)
+            } else {
+                Err(format!("{} stakes for {} neurons", s.len(), neurons.len()))
+            }
+        });
+    let (stake_rao, stake_source) = match stakes {
+        Ok(s) => (s, "subnet_state"),
+        Err(e) => {
+            tracing::warn!(
+                "SubnetInfoRuntimeApi_get_subnet_state({netuid}) on {}: {e}; using the neurons' own stake",
+                rpc.url()
+            );
+            (neurons.iter().map(|n| n.stake.iter().map(|(_, s)| s).sum()).collect(), "neurons")
+        }
+    };
+    Ok(Metagraph { netuid, block, block_hash, neurons, stake_rao, stake_source })
 }
 
 /// Encoding, for tests and local servers: the exact inverse of [`decode_neurons`].

@@ -22,6 +22,8 @@ pub struct Node {
     /// The netuid it knows, and its `Vec<NeuronInfoLite>` as `0x` hex.
     pub netuid: u16,
     neurons: Mutex<String>,
+    /// `SubnetInfoRuntimeApi_get_subnet_state`'s answer (`None`: the runtime lacks the call).
+    subnet_state: Mutex<Option<String>>,
     down: AtomicBool,
     calls: AtomicU64,
 }
@@ -33,6 +35,7 @@ impl Node {
             block_hash: block_hash.to_string(),
             netuid,
             neurons: Mutex::new(neurons_hex.to_string()),
+            subnet_state: Mutex::new(None),
             down: AtomicBool::new(false),
             calls: AtomicU64::new(0),
         })
@@ -66,7 +69,14 @@ impl Node {
             "0x",
         );
         node.set_neurons_from(&neurons);
+        // Stakes are by uid: still those of the edited neurons.
+        node.set_subnet_state(recorded.get("get_subnet_state").and_then(Value::as_str));
         Ok(node)
+    }
+
+    /// Answer `SubnetInfoRuntimeApi_get_subnet_state` with this (`None`: as a runtime without it).
+    pub fn set_subnet_state(&self, hex: Option<&str>) {
+        *self.subnet_state.lock().unwrap_or_else(PoisonError::into_inner) = hex.map(str::to_string);
     }
 
     /// Replace the neurons (the next sync sees them).
@@ -105,7 +115,10 @@ impl Node {
             "state_call" => {
                 let f = params.get(0).and_then(Value::as_str).unwrap_or("");
                 let args = params.get(1).and_then(Value::as_str).unwrap_or("");
-                if f != "NeuronInfoRuntimeApi_get_neurons_lite" {
+                let state = self.subnet_state.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                let known = f == "NeuronInfoRuntimeApi_get_neurons_lite"
+                    || (f == "SubnetInfoRuntimeApi_get_subnet_state" && state.is_some());
+                if !known {
                     return Err((-32000, format!("Client error: Execution failed: {f} is not recorded")));
                 }
                 let netuid = hex::decode(args.trim_start_matches("0x"))
@@ -113,10 +126,10 @@ impl Node {
                     .filter(|b| b.len() == 2)
                     .map(|b| u16::from_le_bytes([b[0], b[1]]))
                     .ok_or((-32602, format!("Invalid params: {args:?} is not a SCALE u16")))?;
-                if netuid == self.netuid {
-                    Ok(json!(self.neurons.lock().unwrap_or_else(PoisonError::into_inner).clone()))
-                } else {
-                    Ok(json!("0x00")) // an empty Vec: no such subnet
+                match (netuid == self.netuid, f == "SubnetInfoRuntimeApi_get_subnet_state") {
+                    (true, false) => Ok(json!(self.neurons.lock().unwrap_or_else(PoisonError::into_inner).clone())),
+                    (true, true) => Ok(json!(state)),
+                    (false, _) => Ok(json!("0x00")), // an empty Vec, or None: no such subnet
                 }
             }
             _ => Err((-32601, "Method not found".into())),

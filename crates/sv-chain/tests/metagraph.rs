@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sv_chain::metagraph::{decode_neurons, encode, sync};
+use sv_chain::metagraph::{decode_neurons, decode_subnet_stakes, encode, sync};
 use sv_chain::node::{Node, serve};
 use sv_chain::rpc::{Rpc, RpcError};
 
@@ -101,6 +101,15 @@ fn a_real_nodes_answer_reads_as_the_sdk_reads_it() {
         assert_eq!(n.axon.ip_str().as_deref(), w["axon"].as_str(), "uid {}", n.uid);
     }
     assert_eq!(got.iter().filter(|n| n.validator_permit).count(), 12);
+    // metagraph.S: the subnet state's total stake, as the SDK's metagraph reads it.
+    let s = decode_subnet_stakes(&unhex(rec["get_subnet_state"].as_str().unwrap())).unwrap().unwrap();
+    let want_s: Vec<u64> = want.iter().map(|w| w["S_rao"].as_u64().unwrap()).collect();
+    assert_eq!(s, want_s);
+    assert!(
+        got.iter().zip(&s).any(|(n, s)| n.stake.iter().map(|x| x.1).sum::<u64>() != *s),
+        "S is not the alpha stake alone"
+    );
+    assert_eq!(decode_subnet_stakes(&[0]).unwrap(), None);
     assert!(got.iter().filter(|n| n.axon.ip_str().is_some()).count() > 100);
 }
 
@@ -112,6 +121,13 @@ fn syncs_over_a_websocket_through_an_outage() {
     let rec = fixture("recorded_metagraph.json");
     let hex_neurons = rec["get_neurons_lite"].as_str().unwrap();
     let node = Node::new(rec["chain_getHeader"].clone(), rec["block_hash"].as_str().unwrap(), 1, hex_neurons);
+    node.set_subnet_state(rec["get_subnet_state"].as_str());
+    let sdk_s: Vec<u64> = fixture("recorded_metagraph_sdk.json")["neurons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["S_rao"].as_u64().unwrap())
+        .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (url, _task) = serve(node.clone()).await.unwrap();
@@ -122,6 +138,7 @@ fn syncs_over_a_websocket_through_an_outage() {
             (rec["block"].as_u64().unwrap(), rec["block_hash"].as_str().unwrap())
         );
         assert_eq!(m.neurons, decode_neurons(&unhex(hex_neurons)).unwrap());
+        assert_eq!((m.stake_source, &m.stake_rao), ("subnet_state", &sdk_s));
         // Another netuid: no such subnet.
         let e = sync(&rpc, 72).await.unwrap_err();
         assert!(e.to_string().contains("subnet 72 does not exist"), "{e}");
@@ -137,7 +154,11 @@ fn syncs_over_a_websocket_through_an_outage() {
         changed[flipped].validator_permit = true;
         node.set_neurons(&format!("0x{}", hex::encode(encode::neurons(&changed))));
         node.set_down(false);
+        // A runtime without the subnet-state call: the neurons' own stake stands in, said so.
+        node.set_subnet_state(None);
         let m2 = sync(&rpc, 1).await.unwrap();
+        assert_eq!(m2.stake_source, "neurons");
+        assert_eq!(m2.stake_rao[0], m2.neurons[0].stake.iter().map(|x| x.1).sum::<u64>());
         assert!(m2.neurons[flipped].validator_permit);
         assert_eq!(
             m2.neurons.iter().filter(|n| n.validator_permit).count(),

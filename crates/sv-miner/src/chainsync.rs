@@ -42,8 +42,9 @@ pub fn members_of(m: &Metagraph) -> Members {
         by_hotkey: m
             .neurons
             .iter()
-            .map(|n| {
-                let member = Member { uid: n.uid, validator_permit: n.validator_permit, stake: n.total_stake() };
+            .enumerate()
+            .map(|(i, n)| {
+                let member = Member { uid: n.uid, validator_permit: n.validator_permit, stake: m.stake(i) };
                 (n.hotkey_ss58(), member)
             })
             .collect(),
