@@ -8,7 +8,8 @@
 //! that turn into reproducible run folders ([`experiment`], [`run`], [`checkpoint`],
 //! [`evaluate`]), INT8
 //! calibration ([`quant`]), the export of a run as a servable bundle ([`export`]) and the
-//! comparison of a shadow model with the serving one on a miner's live traffic ([`shadow`]). The
+//! comparison of a shadow model with the serving one on a miner's live traffic ([`shadow`]), and the
+//! upload of a bundle to a Hugging Face model repo ([`publish`]). The
 //! `sv-train` binary is a thin CLI.
 
 pub mod backbone;
@@ -21,6 +22,7 @@ pub mod experiment;
 pub mod export;
 pub mod features;
 pub mod plots;
+pub mod publish;
 pub mod quant;
 pub mod run;
 pub mod shadow;

@@ -67,6 +67,23 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Upload a bundle to a Hugging Face model repo (token from HF_TOKEN; HF_ENDPOINT for another
+    /// Hub): checks the manifest, the card's hotkey and the 90-day life first, reads the card back.
+    Publish {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// user/name
+        #[arg(long)]
+        repo: String,
+        /// The miner's hotkey (SS58): the card's submitted_by must be it.
+        #[arg(long)]
+        hotkey: String,
+        #[arg(long, default_value = "main")]
+        revision: String,
+        /// Commit message (default: Upload <model> (<version>)).
+        #[arg(long)]
+        message: Option<String>,
+    },
     /// Export a run as a bundle that sv-infer / sv-miner serve.
     Export {
         #[arg(long)]
@@ -218,6 +235,31 @@ fn run(cli: Cli) -> Result<()> {
                 r.decision.reward_before,
                 r.decision.reward_after
             );
+        }
+        (Some(Cmd::Publish { bundle, repo, hotkey, revision, message }), _) => {
+            // This binary's edge: the token and the Hub's address come from the environment, as
+            // huggingface_hub reads them.
+            let token = std::env::var("HF_TOKEN").map_err(|_| {
+                anyhow::anyhow!("HF_TOKEN is not set: a write token from huggingface.co/settings/tokens")
+            })?;
+            let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
+            let r = sv_train::publish::publish(&sv_train::publish::PublishOptions {
+                bundle,
+                repo,
+                hotkey,
+                endpoint,
+                token,
+                revision,
+                message,
+                now: chrono::Utc::now().timestamp(),
+            })?;
+            match &r.commit {
+                Some(c) => println!(
+                    "published {} files to {} (commit {c}; {} through LFS, {} bytes uploaded, {} unchanged); model_card.json read back",
+                    r.files, r.repo, r.lfs_files, r.uploaded_bytes, r.unchanged
+                ),
+                None => println!("{} already holds all {} files: nothing to commit", r.repo, r.files),
+            }
         }
         (Some(Cmd::ShadowReport { log, out }), _) => {
             let r = sv_train::shadow::report(&log, &sv_train::simulator::SimulatorConfig::default())?;
