@@ -8,27 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use prometheus::{IntCounterVec, IntGauge};
 use sv_chain::ChainConfig;
 use sv_chain::metagraph::Metagraph;
 use sv_chain::rpc::Rpc;
 
 use crate::access::{Member, Members};
 use crate::server::AppState;
-
-/// The metagraph's metrics (`/metrics`).
-#[derive(Clone)]
-pub struct MetagraphCounters {
-    /// Syncs by result (`ok`, `failed`).
-    pub syncs: IntCounterVec,
-    /// Block of the metagraph in force (0: none yet).
-    pub block: IntGauge,
-    /// Neurons and validator-permit holders in it.
-    pub neurons: IntGauge,
-    pub validators: IntGauge,
-    /// Seconds since it was synced (set at each scrape; -1: never).
-    pub age_seconds: IntGauge,
-}
 
 /// Wait after a failed sync before the next try.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(60);

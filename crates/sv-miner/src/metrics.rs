@@ -8,6 +8,20 @@ use prometheus::{
 use crate::listen::ConnCounters;
 use crate::predlog::LogCounters;
 
+/// The metagraph's metrics (`/metrics`).
+#[derive(Clone)]
+pub struct MetagraphCounters {
+    /// Syncs by result (`ok`, `failed`).
+    pub syncs: IntCounterVec,
+    /// Block of the metagraph in force (0: none yet).
+    pub block: IntGauge,
+    /// Neurons and validator-permit holders in it.
+    pub neurons: IntGauge,
+    pub validators: IntGauge,
+    /// Seconds since it was synced (set at each scrape; -1: never).
+    pub age_seconds: IntGauge,
+}
+
 /// The miner's metrics.
 pub struct Metrics {
     pub registry: Registry,
@@ -46,7 +60,7 @@ pub struct Metrics {
     /// The shadow model's comparison (`--shadow`).
     pub shadow: crate::shadow::ShadowCounters,
     /// The synced metagraph (`[chain]`).
-    pub metagraph: crate::chainsync::MetagraphCounters,
+    pub metagraph: MetagraphCounters,
 }
 
 impl Metrics {
@@ -156,7 +170,7 @@ impl Metrics {
             info: IntGaugeVec::new(Opts::new("sv_shadow_info", "The shadow model's version (value 1)"), &["version"])
                 .unwrap(),
         };
-        let metagraph = crate::chainsync::MetagraphCounters {
+        let metagraph = MetagraphCounters {
             syncs: IntCounterVec::new(Opts::new("sv_metagraph_syncs_total", "Metagraph syncs by result"), &["result"])
                 .unwrap(),
             block: IntGauge::new("sv_metagraph_block", "Block of the metagraph in force (0: none)").unwrap(),
