@@ -7,7 +7,8 @@ hf_hub_download reads our model_card.json back as it is in the bundle.
 
     HF_HUB_DISABLE_XET=1 python compare_hub_uploads.py BUNDLE SV_TRAIN HOTKEY
 
-Needs huggingface_hub (CI installs 2.4.0 in its own venv). huggingface_hub also sends
+Needs huggingface_hub (CI installs 2.4.0 in its own venv). The LFS uploads and verifies, which
+huggingface_hub runs from a thread pool in any order, are compared as a set. huggingface_hub also sends
 POST /api/validate-yaml for a README.md (an early check of its metadata; the commit checks it
 again), which we do not: it is left out of the comparison, as are the downloads.
 """
@@ -58,6 +59,11 @@ def normalise(log_path, repo):
             "auth": "authorization" in h,
             "body": b,
         })
+    # huggingface_hub uploads LFS objects from a thread pool: their PUTs and verifies come in any
+    # order. Compare that phase as a set, in place.
+    lfs = [i for i, r in enumerate(out) if r["path"].startswith("/__lfs/") or r["path"].endswith("/objects/verify")]
+    for i, r in zip(lfs, sorted((out[i] for i in lfs), key=lambda r: json.dumps(r, sort_keys=True))):
+        out[i] = r
     return out
 
 

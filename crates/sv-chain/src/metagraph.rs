@@ -43,17 +43,6 @@ impl AxonInfo {
             _ => format!("/ipv6/{}:{}", std::net::Ipv6Addr::from(self.ip), self.port),
         })
     }
-
-    /// `ip:port` as text (`None` when the axon is not served: ip 0).
-    pub fn address(&self) -> Option<String> {
-        if self.ip == 0 {
-            return None;
-        }
-        Some(match self.ip_type {
-            4 => format!("{}:{}", std::net::Ipv4Addr::from(self.ip as u32), self.port),
-            _ => format!("[{}]:{}", std::net::Ipv6Addr::from(self.ip), self.port),
-        })
-    }
 }
 
 /// One neuron of `get_neurons_lite`.

@@ -3,8 +3,12 @@
 //! `chain_getBlockHash`, `state_call` of `NeuronInfoRuntimeApi_get_neurons_lite`) from answers
 //! given to it — typically a real node's answers recorded by bittensor's own tests. It can be
 //! taken down (every connection is closed at once) and brought back, and its neurons replaced,
-//! to exercise a client through an outage and a metagraph change. Any other method gets
-//! JSON-RPC's "method not found".
+//! to exercise a client through an outage and a metagraph change. With [`Node::accept_extrinsics`]
+//! it also answers what signing a transaction reads (runtime version, genesis hash, finalized
+//! head, metadata, nonce, `Axons` storage) and takes `author_submitExtrinsic`: a `serve_axon`
+//! whose signature verifies against the payload the node rebuilds from its own state is applied
+//! to its `Axons` storage (and the nonce moves on); any other is refused as a real node refuses
+//! it (`1010`, "Invalid Transaction"). Any other method gets JSON-RPC's "method not found".
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +30,18 @@ pub struct Node {
     subnet_state: Mutex<Option<String>>,
     down: AtomicBool,
     calls: AtomicU64,
+    chain: Mutex<Option<Chain>>,
+}
+
+/// What the node needs to check and apply transactions.
+struct Chain {
+    metadata_hex: String,
+    spec_version: u32,
+    tx_version: u32,
+    genesis: [u8; 32],
+    nonces: std::collections::HashMap<[u8; 32], u32>,
+    /// `Axons` storage: key (hex with 0x) → value (hex with 0x).
+    axons: std::collections::HashMap<String, String>,
 }
 
 impl Node {
@@ -38,6 +54,7 @@ impl Node {
             subnet_state: Mutex::new(None),
             down: AtomicBool::new(false),
             calls: AtomicU64::new(0),
+            chain: Mutex::new(None),
         })
     }
 
@@ -79,6 +96,20 @@ impl Node {
         *self.subnet_state.lock().unwrap_or_else(PoisonError::into_inner) = hex.map(str::to_string);
     }
 
+    /// Answer what signing reads and accept `serve_axon` extrinsics (see the module docs), with
+    /// the runtime's metadata (`Option<OpaqueMetadata>` as `Metadata_metadata_at_version`
+    /// answers it) and versions.
+    pub fn accept_extrinsics(&self, metadata_hex: &str, spec_version: u32, tx_version: u32, genesis: [u8; 32]) {
+        *self.chain.lock().unwrap_or_else(PoisonError::into_inner) = Some(Chain {
+            metadata_hex: metadata_hex.to_string(),
+            spec_version,
+            tx_version,
+            genesis,
+            nonces: Default::default(),
+            axons: Default::default(),
+        });
+    }
+
     /// Replace the neurons (the next sync sees them).
     pub fn set_neurons(&self, hex: &str) {
         *self.neurons.lock().unwrap_or_else(PoisonError::into_inner) = hex.to_string();
@@ -109,6 +140,9 @@ impl Node {
     }
 
     fn answer(&self, method: &str, params: &Value) -> Result<Value, (i64, String)> {
+        if let Some(v) = self.answer_chain(method, params) {
+            return v;
+        }
         match method {
             "chain_getHeader" => Ok(self.header.clone()),
             "chain_getBlockHash" => Ok(json!(self.block_hash)),
@@ -134,6 +168,125 @@ impl Node {
             }
             _ => Err((-32601, "Method not found".into())),
         }
+    }
+}
+
+impl Node {
+    /// The calls of signing and submitting, when [`Node::accept_extrinsics`] was called.
+    fn answer_chain(&self, method: &str, params: &Value) -> Option<Result<Value, (i64, String)>> {
+        let mut guard = self.chain.lock().unwrap_or_else(PoisonError::into_inner);
+        let chain = guard.as_mut()?;
+        let arg = |i: usize| params.get(i).and_then(Value::as_str).unwrap_or("").to_string();
+        Some(match method {
+            "state_getRuntimeVersion" => {
+                Ok(json!({ "specVersion": chain.spec_version, "transactionVersion": chain.tx_version }))
+            }
+            "chain_getBlockHash" if params.get(0).and_then(Value::as_u64) == Some(0) => {
+                Ok(json!(format!("0x{}", hex::encode(chain.genesis))))
+            }
+            "chain_getFinalizedHead" => Ok(json!(self.block_hash)),
+            "state_call" if arg(0) == "Metadata_metadata_at_version" => Ok(json!(chain.metadata_hex)),
+            "state_call" if arg(0) == "AccountNonceApi_account_nonce" => {
+                let pk: Option<[u8; 32]> =
+                    hex::decode(arg(1).trim_start_matches("0x")).ok().and_then(|b| b.try_into().ok());
+                match pk {
+                    Some(pk) => Ok(json!(format!(
+                        "0x{}",
+                        hex::encode(chain.nonces.get(&pk).copied().unwrap_or(0).to_le_bytes())
+                    ))),
+                    None => Err((-32602, "Invalid params: not an account".into())),
+                }
+            }
+            "state_getStorage" => Ok(chain.axons.get(&arg(0)).map_or(Value::Null, |v| json!(v))),
+            "author_submitExtrinsic" => self.apply(chain, &arg(0)),
+            _ => return None,
+        })
+    }
+
+    /// Check a submitted `serve_axon` as the runtime would (signature over the payload rebuilt
+    /// from this node's state, nonce) and apply it.
+    fn apply(&self, chain: &mut Chain, hex_xt: &str) -> Result<Value, (i64, String)> {
+        use parity_scale_codec::{Compact, Decode};
+        let invalid = |why: &str| (1010, format!("Invalid Transaction: {why}"));
+        let bytes = hex::decode(hex_xt.trim_start_matches("0x"))
+            .map_err(|_| (-32602, "Invalid params: not hex".to_string()))?;
+        let mut i = bytes.as_slice();
+        let len = <Compact<u32>>::decode(&mut i).map_err(|_| invalid("bad length"))?.0 as usize;
+        if len != i.len() || i.len() < 2 + 32 + 1 + 64 || i[0] != 0x84 || i[1] != 0 || i[34] != 1 {
+            return Err(invalid("not a signed format-4 extrinsic"));
+        }
+        let pk: [u8; 32] = i[2..34].try_into().expect("32 bytes");
+        let sig: [u8; 64] = i[35..99].try_into().expect("64 bytes");
+        let rest = &i[99..];
+        let runtime =
+            crate::metadata::read(&hex::decode(chain.metadata_hex.trim_start_matches("0x")).unwrap_or_default())
+                .map_err(|e| invalid(&e))?;
+        // Split the extra from the call by the runtime's extensions (era, nonce, tip, mode).
+        let mut r = rest;
+        let mut era = None;
+        let mut nonce = None;
+        for e in &runtime.extensions {
+            match e.identifier.as_str() {
+                "CheckMortality" => {
+                    let n = if r.first() == Some(&0) { 1 } else { 2 };
+                    era = Some(r[..n].to_vec());
+                    r = &r[n..];
+                }
+                "CheckNonce" => nonce = Some(<Compact<u32>>::decode(&mut r).map_err(|_| invalid("nonce"))?.0),
+                "ChargeTransactionPayment" => {
+                    <Compact<u64>>::decode(&mut r).map_err(|_| invalid("tip"))?;
+                }
+                "CheckMetadataHash" => r = &r[1..],
+                _ => {}
+            }
+        }
+        let extra = &rest[..rest.len() - r.len()];
+        let call = r;
+        let want_nonce = chain.nonces.get(&pk).copied().unwrap_or(0);
+        if nonce != Some(want_nonce) {
+            return Err(invalid(if nonce.unwrap_or(0) < want_nonce {
+                "Transaction is outdated"
+            } else {
+                "Transaction will be valid in the future"
+            }));
+        }
+        let mut add = Vec::new();
+        add.extend_from_slice(&chain.spec_version.to_le_bytes());
+        add.extend_from_slice(&chain.tx_version.to_le_bytes());
+        add.extend_from_slice(&chain.genesis);
+        if era.as_deref() != Some(&[0][..]) {
+            add.extend_from_slice(&hex::decode(self.block_hash.trim_start_matches("0x")).unwrap_or_default());
+        } else {
+            add.extend_from_slice(&chain.genesis);
+        }
+        add.push(0);
+        let mut payload = [call, extra, &add].concat();
+        if payload.len() > 256 {
+            payload = crate::extrinsic::blake2_256(&payload).to_vec();
+        }
+        let ok = schnorrkel::PublicKey::from_bytes(&pk)
+            .ok()
+            .zip(schnorrkel::Signature::from_bytes(&sig).ok())
+            .is_some_and(|(pk, sig)| pk.verify_simple(b"substrate", &payload, &sig).is_ok());
+        if !ok {
+            return Err(invalid("Transaction has a bad signature"));
+        }
+        let (pallet, index, _) =
+            runtime.call("SubtensorModule", "serve_axon").ok_or_else(|| invalid("no serve_axon"))?;
+        if call.len() != 30 || call[0] != pallet || call[1] != index {
+            return Err(invalid("Transaction call is not expected (this node applies serve_axon only)"));
+        }
+        let netuid = u16::from_le_bytes([call[2], call[3]]);
+        let block = u64::from_str_radix(
+            self.header.get("number").and_then(Value::as_str).unwrap_or("0x0").trim_start_matches("0x"),
+            16,
+        )
+        .unwrap_or(0);
+        let mut value = block.to_le_bytes().to_vec();
+        value.extend_from_slice(&call[4..]);
+        chain.axons.insert(crate::serve::axons_key(netuid, &pk), format!("0x{}", hex::encode(value)));
+        chain.nonces.insert(pk, want_nonce + 1);
+        Ok(json!(format!("0x{}", hex::encode(crate::extrinsic::blake2_256(&bytes)))))
     }
 }
 

@@ -64,6 +64,23 @@ struct Cli {
     /// Leave the bundle's kernel caches out: compile every kernel on start.
     #[arg(long)]
     no_bundle_kernels: bool,
+    /// After the first metagraph sync, publish this miner's address on chain (serve_axon) unless
+    /// the chain already has it; needs --wallet-name (and --network or --chain-endpoint).
+    #[arg(long)]
+    serve_axon: bool,
+    /// The address validators reach, for --serve-axon (default: asked of checkip.amazonaws.com).
+    #[arg(long)]
+    external_ip: Option<std::net::IpAddr>,
+    /// The port validators reach, for --serve-axon (default: --port).
+    #[arg(long)]
+    external_port: Option<u16>,
+    /// The wallet whose hotkey signs --serve-axon (bittensor's names).
+    #[arg(long = "wallet-name")]
+    wallet_name: Option<String>,
+    #[arg(long = "wallet-hotkey", default_value = "default")]
+    wallet_hotkey: String,
+    #[arg(long = "wallet-path")]
+    wallet_path: Option<PathBuf>,
     /// A candidate bundle to score beside the serving one, off the response path (logged with
     /// stage `shadow:...`; compare with `sv-train shadow-report <log>`).
     #[arg(long)]
@@ -73,8 +90,56 @@ struct Cli {
     shadow_every: Option<u64>,
 }
 
+/// The chain to talk to (as the run flags name it).
+#[derive(clap::Args)]
+struct ChainArgs {
+    /// finney (netuid 72), test (netuid 323) or local.
+    #[arg(long, value_enum, default_value = "finney")]
+    network: sv_chain::Network,
+    /// Subtensor endpoint (ws:// or wss://), overriding the network's.
+    #[arg(long)]
+    chain_endpoint: Option<String>,
+    /// Netuid, overriding the network's.
+    #[arg(long)]
+    netuid: Option<u16>,
+}
+
+impl ChainArgs {
+    fn config(&self) -> sv_chain::ChainConfig {
+        sv_chain::ChainConfig {
+            network: self.network,
+            endpoint: self.chain_endpoint.clone(),
+            netuid: self.netuid,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(clap::Subcommand)]
 enum Cmd {
+    /// Publish this miner's ip:port on chain (the serve_axon extrinsic, signed by the hotkey), as
+    /// the bittensor SDK's axon.serve does; nothing is sent when the chain already has it.
+    ServeAxon {
+        #[command(flatten)]
+        wallet: sv_chain::wallet::WalletArgs,
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// The address validators reach (default: asked of checkip.amazonaws.com).
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        /// The axon port validators reach.
+        #[arg(long, default_value_t = 8091)]
+        port: u16,
+        /// The hotkey (SS58) the wallet's hotkey must be.
+        #[arg(long)]
+        hotkey: Option<String>,
+        /// Print the signed call; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Seconds to wait for the chain to show the new axon.
+        #[arg(long, default_value_t = 120)]
+        wait_s: u64,
+    },
     /// Register this miner with NATIX as register.sh does: a fresh timestamp signed with the
     /// hotkey, POSTed with the uid and model repo, then the status polled until final.
     RegisterNatix {
@@ -103,8 +168,82 @@ enum Cmd {
     },
 }
 
+fn serve_axon(
+    wallet: sv_chain::wallet::WalletArgs,
+    chain: ChainArgs,
+    ip: Option<std::net::IpAddr>,
+    port: u16,
+    hotkey: Option<String>,
+    dry_run: bool,
+    wait_s: u64,
+) -> Result<()> {
+    let file = wallet.hotkey_file()?;
+    let hk = wallet.load()?;
+    if let Some(want) = &hotkey {
+        hk.expect(want, &file)?;
+    }
+    let cfg = chain.config();
+    cfg.validate()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let ip = match ip {
+            Some(ip) => ip,
+            None => {
+                let url = "https://checkip.amazonaws.com";
+                let text = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(15))
+                    .build()?
+                    .get(url)
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())
+                    .map_err(|e| anyhow::anyhow!("cannot detect the external address from {url} ({e}): pass --ip"))?
+                    .text()
+                    .await?;
+                text.trim().parse().map_err(|_| anyhow::anyhow!("{url} answered {text:?}, not an address: pass --ip"))?
+            }
+        };
+        let rpc = sv_chain::rpc::Rpc::new(cfg.endpoint(), cfg.timeout());
+        let args = sv_chain::serve::axon_args(cfg.netuid(), ip, port, sv_chain::serve::SDK_AXON_VERSION);
+        let wait = std::time::Duration::from_secs(wait_s);
+        match sv_chain::serve::serve_axon(&rpc, &hk, args, dry_run, wait).await? {
+            sv_chain::serve::Served::Already(a) => println!(
+                "netuid {} already has {} at {} for {}: nothing sent",
+                cfg.netuid(),
+                a.ip_str().unwrap_or_default(),
+                a.block,
+                hk.ss58()
+            ),
+            sv_chain::serve::Served::DryRun(s) => println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "call": "SubtensorModule.serve_axon",
+                    "args": args,
+                    "hotkey": hk.ss58(),
+                    "call_hex": hex::encode(&s.call),
+                    "extrinsic_hex": format!("0x{}", hex::encode(&s.bytes)),
+                    "signing_payload_hex": hex::encode(&s.payload),
+                }))?
+            ),
+            sv_chain::serve::Served::Submitted { tx_hash, seen: Some(a) } => println!(
+                "served {} on netuid {} for {} (extrinsic {tx_hash}; the chain shows it since block {})",
+                a.ip_str().unwrap_or_default(),
+                cfg.netuid(),
+                hk.ss58(),
+                a.block
+            ),
+            sv_chain::serve::Served::Submitted { tx_hash, seen: None } => anyhow::bail!(
+                "submitted {tx_hash}, but the chain did not show the new axon within {wait_s} s: check with btcli or rerun"
+            ),
+        }
+        Ok(())
+    })
+}
+
 fn register_natix(cmd: Cmd) -> Result<()> {
-    let Cmd::RegisterNatix { wallet, uid, repo, hotkey, natix_url, dry_run, poll_s, timeout_s } = cmd;
+    let Cmd::RegisterNatix { wallet, uid, repo, hotkey, natix_url, dry_run, poll_s, timeout_s } = cmd else {
+        unreachable!("called for register-natix")
+    };
     let file = wallet.hotkey_file()?;
     let hk = wallet.load()?;
     if let Some(want) = &hotkey {
@@ -225,10 +364,30 @@ async fn shutdown_signal() {
 }
 
 fn run(mut cli: Cli) -> Result<()> {
-    if let Some(cmd) = cli.cmd.take() {
-        return register_natix(cmd);
+    match cli.cmd.take() {
+        Some(Cmd::ServeAxon { wallet, chain, ip, port, hotkey, dry_run, wait_s }) => {
+            return serve_axon(wallet, chain, ip, port, hotkey, dry_run, wait_s);
+        }
+        Some(cmd) => return register_natix(cmd),
+        None => {}
     }
+    let serve_on_start = match (cli.serve_axon, &cli.wallet_name) {
+        (false, _) => None,
+        (true, None) => anyhow::bail!("--serve-axon needs --wallet-name (and --wallet-hotkey) to sign with"),
+        (true, Some(name)) => Some((
+            sv_chain::wallet::WalletArgs {
+                name: name.clone(),
+                hotkey: cli.wallet_hotkey.clone(),
+                path: cli.wallet_path.clone(),
+            },
+            cli.external_ip,
+            cli.external_port,
+        )),
+    };
     let cfg = config(cli)?;
+    if serve_on_start.is_some() && cfg.chain.is_none() {
+        anyhow::bail!("--serve-axon needs the chain: --network or --chain-endpoint (or [chain])");
+    }
     let t = std::time::Instant::now();
     // Each connection is a file: lift the soft limit (often 1,024) to the hard one, and check
     // that the configured connections fit.
@@ -268,6 +427,38 @@ fn run(mut cli: Cli) -> Result<()> {
             ),
             None => (format!("{} allowed validators", state.access.allow_list().len()), None),
         };
+        if let (Some((wallet, ip, port)), Some(chain)) = (serve_on_start, &cfg.chain) {
+            // The wallet's hotkey must be the one requests are signed for.
+            let hk = wallet.load()?;
+            hk.expect(&cfg.hotkey, &wallet.hotkey_file()?)?;
+            let ip = match ip {
+                Some(ip) => ip,
+                None => {
+                    let text = reqwest::get("https://checkip.amazonaws.com").await?.text().await?;
+                    text.trim()
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("cannot detect the external address: pass --external-ip"))?
+                }
+            };
+            let rpc = sv_chain::rpc::Rpc::new(chain.endpoint(), chain.timeout());
+            let args = sv_chain::serve::axon_args(
+                chain.netuid(),
+                ip,
+                port.unwrap_or(cfg.port),
+                sv_chain::serve::SDK_AXON_VERSION,
+            );
+            match sv_chain::serve::serve_axon(&rpc, &hk, args, false, std::time::Duration::from_secs(120)).await {
+                Ok(sv_chain::serve::Served::Already(_)) => tracing::info!("the chain already has this axon"),
+                Ok(sv_chain::serve::Served::Submitted { seen: Some(a), .. }) => {
+                    tracing::info!("axon served on chain: {}", a.ip_str().unwrap_or_default())
+                }
+                Ok(other) => tracing::warn!("serve_axon: {other:?}"),
+                // Serving goes on: the operator sees why validators may not find this miner.
+                Err(e) => {
+                    tracing::error!("serve_axon failed: {e:#}; validators query only miners whose axon is served")
+                }
+            }
+        }
         let admin_at = match &admin {
             Some(l) => format!("admin on {}", l.local_addr()?),
             None => "no admin listener".into(),
