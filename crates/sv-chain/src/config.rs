@@ -74,7 +74,7 @@ impl ChainConfig {
 
     /// Time between metagraph syncs.
     pub fn sync_interval(&self) -> Duration {
-        Duration::from_secs(self.sync_every_blocks * BLOCK_SECONDS)
+        Duration::from_secs(self.sync_every_blocks.saturating_mul(BLOCK_SECONDS))
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -84,7 +84,11 @@ impl ChainConfig {
             e.starts_with("ws://") || e.starts_with("wss://"),
             "must be a ws:// or wss:// URL",
         )?;
-        sv_core::check("chain.sync_every_blocks", self.sync_every_blocks >= 1, "must be at least 1")?;
+        sv_core::check(
+            "chain.sync_every_blocks",
+            (1..=7200).contains(&self.sync_every_blocks),
+            "must be 1 to 7200 (a day)",
+        )?;
         sv_core::check("chain.timeout_s", (1..=600).contains(&self.timeout_s), "must be 1..=600")
     }
 }

@@ -154,7 +154,7 @@ pub fn read(option_bytes: &[u8]) -> R<Runtime> {
     }
     // The type registry.
     let n = compact(&mut i, "types")?;
-    let mut types: HashMap<u32, Def> = HashMap::with_capacity(n as usize);
+    let mut types: HashMap<u32, Def> = HashMap::with_capacity((n as usize).min(4096));
     for _ in 0..n {
         let id = compact(&mut i, "type id")?;
         strings(&mut i, "type path")?;

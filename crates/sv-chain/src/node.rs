@@ -229,14 +229,14 @@ impl Node {
             match e.identifier.as_str() {
                 "CheckMortality" => {
                     let n = if r.first() == Some(&0) { 1 } else { 2 };
-                    era = Some(r[..n].to_vec());
+                    era = Some(r.get(..n).ok_or_else(|| invalid("era"))?.to_vec());
                     r = &r[n..];
                 }
                 "CheckNonce" => nonce = Some(<Compact<u32>>::decode(&mut r).map_err(|_| invalid("nonce"))?.0),
                 "ChargeTransactionPayment" => {
                     <Compact<u64>>::decode(&mut r).map_err(|_| invalid("tip"))?;
                 }
-                "CheckMetadataHash" => r = &r[1..],
+                "CheckMetadataHash" => r = r.get(1..).ok_or_else(|| invalid("metadata hash mode"))?,
                 _ => {}
             }
         }

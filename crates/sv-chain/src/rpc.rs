@@ -32,9 +32,22 @@ pub enum RpcError {
     Protocol { url: String, method: String, reason: String },
 }
 
+/// `url` as it may be logged: without user info and query (paid providers put keys there).
+pub fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let rest = match rest.split_once('/') {
+        Some((host, path)) => format!("{}/{path}", host.rsplit('@').next().unwrap_or(host)),
+        None => rest.rsplit('@').next().unwrap_or(rest).to_string(),
+    };
+    if scheme.is_empty() { rest } else { format!("{scheme}://{rest}") }
+}
+
 /// A client of one node.
 pub struct Rpc {
     url: String,
+    /// `url` without secrets, for messages.
+    shown: String,
     timeout: Duration,
     conn: tokio::sync::Mutex<Option<Ws>>,
     next_id: AtomicU64,
@@ -46,11 +59,18 @@ pub const MAX_MESSAGE: usize = 64 << 20;
 impl Rpc {
     /// A client of `url` (`ws://` or `wss://`); nothing is opened until the first call.
     pub fn new(url: &str, timeout: Duration) -> Self {
-        Self { url: url.to_string(), timeout, conn: tokio::sync::Mutex::new(None), next_id: AtomicU64::new(1) }
+        Self {
+            url: url.to_string(),
+            shown: redact(url),
+            timeout,
+            conn: tokio::sync::Mutex::new(None),
+            next_id: AtomicU64::new(1),
+        }
     }
 
+    /// The endpoint as messages show it ([`redact`]).
     pub fn url(&self) -> &str {
-        &self.url
+        &self.shown
     }
 
     /// Call `method` with `params` and return its `result`.
@@ -65,8 +85,8 @@ impl Rpc {
         let secs = self.timeout.as_secs();
         let answer = tokio::time::timeout(self.timeout, exchange(ws, req, id)).await;
         let answer = match answer {
-            Err(_) => Err(RpcError::Timeout { url: self.url.clone(), method: method.into(), secs }),
-            Ok(Err(reason)) => Err(RpcError::Transport { url: self.url.clone(), method: method.into(), reason }),
+            Err(_) => Err(RpcError::Timeout { url: self.shown.clone(), method: method.into(), secs }),
+            Ok(Err(reason)) => Err(RpcError::Transport { url: self.shown.clone(), method: method.into(), reason }),
             Ok(Ok(v)) => Ok(v),
         };
         let v = match answer {
@@ -80,7 +100,7 @@ impl Rpc {
         drop(conn);
         if let Some(err) = v.get("error") {
             return Err(RpcError::Server {
-                url: self.url.clone(),
+                url: self.shown.clone(),
                 method: method.into(),
                 code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
                 message: err.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
@@ -89,7 +109,7 @@ impl Rpc {
         match v.get("result") {
             Some(r) => Ok(r.clone()),
             None => Err(RpcError::Protocol {
-                url: self.url.clone(),
+                url: self.shown.clone(),
                 method: method.into(),
                 reason: "the answer has neither result nor error".into(),
             }),
@@ -100,7 +120,7 @@ impl Rpc {
         let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE))
             .max_frame_size(Some(MAX_MESSAGE));
-        let fail = |reason: String| RpcError::Connect { url: self.url.clone(), reason };
+        let fail = |reason: String| RpcError::Connect { url: self.shown.clone(), reason };
         let connect = tokio_tungstenite::connect_async_with_config(self.url.as_str(), Some(cfg), false);
         match tokio::time::timeout(self.timeout, connect).await {
             Err(_) => Err(fail(format!("no handshake within {} s", self.timeout.as_secs()))),
@@ -126,5 +146,15 @@ async fn exchange(ws: &mut Ws, req: String, id: u64) -> Result<Value, String> {
         if v.get("id").and_then(Value::as_u64) == Some(id) {
             return Ok(v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn endpoints_are_logged_without_their_secrets() {
+        assert_eq!(super::redact("wss://user:key@node.example:443/ws?apikey=s3cret"), "wss://node.example:443/ws");
+        assert_eq!(super::redact("ws://127.0.0.1:9944"), "ws://127.0.0.1:9944");
+        assert_eq!(super::redact("wss://node.example?token=x"), "wss://node.example");
     }
 }

@@ -126,7 +126,8 @@ pub async fn serve_axon(
     let tx_hash = tx.as_str().unwrap_or_default().to_string();
     let until = tokio::time::Instant::now() + wait;
     loop {
-        if let Some(a) = current_axon(rpc, args.netuid, &pk).await?
+        // A failed read while waiting does not undo the submission: the axon is not seen yet.
+        if let Ok(Some(a)) = current_axon(rpc, args.netuid, &pk).await
             && same(&a, &args)
         {
             return Ok(Served::Submitted { tx_hash, seen: Some(a) });

@@ -6,8 +6,9 @@
 //! The model thread supervises itself: a panic in a forward fails that batch only; anything
 //! that would end the thread (a panic outside the forward) is caught, reported by [`Batcher::health`]
 //! (the server's `/health` answers 503), counted, and stage 1 is loaded again on the same thread
-//! and queue. While it reloads, waiting requests are refused at once; a reload that fails is
-//! retried with a backoff from [`RESTART_BACKOFF_MIN`] doubling to [`RESTART_BACKOFF_MAX`].
+//! and queue. Requests that arrive while it loads wait in the queue (and are skipped once their
+//! deadline passes); a load that fails is retried with a backoff from [`RESTART_BACKOFF_MIN`]
+//! doubling to [`RESTART_BACKOFF_MAX`], during which requests are refused at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -78,7 +79,7 @@ struct Health {
     alive: AtomicBool,
     /// Batches that failed, a panic in the forward included.
     failures: AtomicU64,
-    /// Times stage 1 stopped and was started again.
+    /// Times stage 1 stopped (each followed by loading it again).
     restarts: AtomicU64,
     /// Why stage 1 last stopped (for `/health`).
     last_stop: Mutex<String>,

@@ -128,8 +128,21 @@ impl Cascade {
         let b = bundle.clone();
         let max_batch = cfg.batch.max_batch;
         let forward = cfg.forward.clone();
+        let loaded_once = std::sync::atomic::AtomicBool::new(false);
         let batcher = Batcher::spawn(
             move || {
+                // A restart reads the weights again: only if the folder still holds this very
+                // bundle, verified (a re-export into it needs a reload, which swaps the model whole).
+                if loaded_once.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    let now = Bundle::open(&b.dir)?;
+                    anyhow::ensure!(
+                        now.config.version == b.config.version,
+                        "bundle {} now holds version {}, not the serving {}: reload it instead",
+                        b.dir.display(),
+                        now.config.version,
+                        b.config.version
+                    );
+                }
                 let stage1 = b.stage1_with(&sv_model::Device::default(), &forward)?;
                 let secs = stage1.warm(max_batch).context("stage-1 warm-up failed")?;
                 tracing::info!("stage 1 warmed up in {secs:.2} s");

@@ -84,6 +84,7 @@ pub async fn start(st: Arc<AppState>, cfg: &ChainConfig) -> Result<tokio::task::
             }
         }
     }
+    let first_failed = last.is_some();
     if let Some(e) = last {
         if st.access.allow_list().is_empty() {
             bail!("{e:#}; the miner does not start without a first sync unless an allow list is given (--allow)");
@@ -95,7 +96,7 @@ pub async fn start(st: Arc<AppState>, cfg: &ChainConfig) -> Result<tokio::task::
     }
     let every = cfg.sync_interval();
     Ok(tokio::spawn(async move {
-        let mut wait = every;
+        let mut wait = if first_failed { RETRY_AFTER_FAILURE.min(every) } else { every };
         loop {
             tokio::time::sleep(wait).await;
             wait = match sync_once(&st, &rpc, netuid).await {

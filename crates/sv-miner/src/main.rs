@@ -168,6 +168,25 @@ enum Cmd {
     },
 }
 
+/// This machine's address as the internet sees it (asked of checkip.amazonaws.com, 15 s at most).
+async fn external_ip() -> Result<std::net::IpAddr> {
+    let url = "https://checkip.amazonaws.com";
+    let text = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(15))
+        .build()?
+        .get(url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| {
+            anyhow::anyhow!("cannot detect the external address from {url} ({e}): pass it (--ip, --external-ip)")
+        })?
+        .text()
+        .await?;
+    let t = text.trim();
+    t.parse().map_err(|_| anyhow::anyhow!("{url} answered {t:?}, not an address: pass it (--ip, --external-ip)"))
+}
+
 fn serve_axon(
     wallet: sv_chain::wallet::WalletArgs,
     chain: ChainArgs,
@@ -188,20 +207,7 @@ fn serve_axon(
     rt.block_on(async {
         let ip = match ip {
             Some(ip) => ip,
-            None => {
-                let url = "https://checkip.amazonaws.com";
-                let text = reqwest::Client::builder()
-                    .timeout(std::time::Duration::from_secs(15))
-                    .build()?
-                    .get(url)
-                    .send()
-                    .await
-                    .and_then(|r| r.error_for_status())
-                    .map_err(|e| anyhow::anyhow!("cannot detect the external address from {url} ({e}): pass --ip"))?
-                    .text()
-                    .await?;
-                text.trim().parse().map_err(|_| anyhow::anyhow!("{url} answered {text:?}, not an address: pass --ip"))?
-            }
+            None => external_ip().await?,
         };
         let rpc = sv_chain::rpc::Rpc::new(cfg.endpoint(), cfg.timeout());
         let args = sv_chain::serve::axon_args(cfg.netuid(), ip, port, sv_chain::serve::SDK_AXON_VERSION);
@@ -420,7 +426,7 @@ fn run(mut cli: Cli) -> Result<()> {
                 format!(
                     "validators of netuid {} from {} (+{} allowed hotkeys)",
                     chain.netuid(),
-                    chain.endpoint(),
+                    sv_chain::rpc::redact(chain.endpoint()),
                     state.access.allow_list().len()
                 ),
                 Some(sv_miner::chainsync::start(state.clone(), chain).await?),
@@ -431,23 +437,17 @@ fn run(mut cli: Cli) -> Result<()> {
             // The wallet's hotkey must be the one requests are signed for.
             let hk = wallet.load()?;
             hk.expect(&cfg.hotkey, &wallet.hotkey_file()?)?;
-            let ip = match ip {
-                Some(ip) => ip,
-                None => {
-                    let text = reqwest::get("https://checkip.amazonaws.com").await?.text().await?;
-                    text.trim()
-                        .parse()
-                        .map_err(|_| anyhow::anyhow!("cannot detect the external address: pass --external-ip"))?
-                }
-            };
             let rpc = sv_chain::rpc::Rpc::new(chain.endpoint(), chain.timeout());
-            let args = sv_chain::serve::axon_args(
-                chain.netuid(),
-                ip,
-                port.unwrap_or(cfg.port),
-                sv_chain::serve::SDK_AXON_VERSION,
-            );
-            match sv_chain::serve::serve_axon(&rpc, &hk, args, false, std::time::Duration::from_secs(120)).await {
+            let served = async {
+                let ip = match ip {
+                    Some(ip) => ip,
+                    None => external_ip().await?,
+                };
+                let port = port.unwrap_or(cfg.port);
+                let args = sv_chain::serve::axon_args(chain.netuid(), ip, port, sv_chain::serve::SDK_AXON_VERSION);
+                sv_chain::serve::serve_axon(&rpc, &hk, args, false, std::time::Duration::from_secs(120)).await
+            };
+            match served.await {
                 Ok(sv_chain::serve::Served::Already(_)) => tracing::info!("the chain already has this axon"),
                 Ok(sv_chain::serve::Served::Submitted { seen: Some(a), .. }) => {
                     tracing::info!("axon served on chain: {}", a.ip_str().unwrap_or_default())

@@ -427,18 +427,20 @@ async fn axon_inner(st: &AppState, peer: std::net::IpAddr, headers: &HeaderMap, 
         }
         Verdict::Answer { rank, .. } => rank,
     };
-    // Priority: under load the lowest stakes are shed first (see `access`).
+    // Priority: under load the lowest stakes are shed first (see `access`). The slot is taken
+    // first and given back when it is past this caller's share, so that concurrent callers
+    // cannot all pass the check.
+    let Ok(_permit) = st.in_flight.try_acquire() else {
+        return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "too_many_requests", "too many requests in flight"));
+    };
     let taken = MAX_IN_FLIGHT - st.in_flight.available_permits();
-    if taken >= crate::access::slots_for(rank, MAX_IN_FLIGHT) {
+    if taken > crate::access::slots_for(rank, MAX_IN_FLIGHT) {
         return Err(fail(
             StatusCode::SERVICE_UNAVAILABLE,
             "shed_low_stake",
             "the miner is busy: requests of lower-stake validators are shed first; retry",
         ));
     }
-    let Ok(_permit) = st.in_flight.try_acquire() else {
-        return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "too_many_requests", "too many requests in flight"));
-    };
     let msg = axon::message(auth.nonce, &auth.dendrite_hotkey, &st.hotkey, &auth.uuid, &auth.body_hash);
     // A peer that keeps sending bad signatures is refused before the verification it would cost.
     if !st.bad_signatures.allowed(peer, &auth.dendrite_hotkey, Instant::now()) {

@@ -70,6 +70,9 @@ fn ask(addr: SocketAddr, request: &str, limit: Duration) -> String {
     out
 }
 
+/// Serialises the tests of this file.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 const HEALTH: &str = "GET /health HTTP/1.1\r\nHost: miner\r\nConnection: close\r\n\r\n";
 
 /// Whether the server has closed `s` (end of stream or reset) within `limit`.
@@ -90,6 +93,9 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
 
 #[test]
 fn an_idle_flood_does_not_starve_new_requests() {
+    // One test at a time: the idle-flood test lowers the process's open-file limit, which
+    // every test's sockets count against.
+    let _one = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     // The process's soft open-file limit at 512, as a miner started by hand has 1,024: 300 idle
     // clients and as many server-side sockets would not fit.
     let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -123,6 +129,9 @@ fn an_idle_flood_does_not_starve_new_requests() {
 
 #[test]
 fn slow_headers_and_idle_keepalives_are_cut_off() {
+    // One test at a time: the idle-flood test lowers the process's open-file limit, which
+    // every test's sockets count against.
+    let _one = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let cfg = ConnectionConfig { header_timeout_ms: 800, ..Default::default() };
     let server = start(cfg, Duration::ZERO);
 
@@ -158,6 +167,9 @@ fn slow_headers_and_idle_keepalives_are_cut_off() {
 
 #[test]
 fn busy_connections_are_never_evicted_and_shutdown_ends_them() {
+    // One test at a time: the idle-flood test lowers the process's open-file limit, which
+    // every test's sockets count against.
+    let _one = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let cfg = ConnectionConfig { max: 4, shutdown_grace_ms: 300, ..Default::default() };
     let mut server = start(cfg, Duration::from_secs(30));
     let mut busy = Vec::new();

@@ -3,7 +3,7 @@
 //! `HfApi.upload_folder` makes (2.4.0 with Xet off, which the Hub still accepts; CI compares the
 //! two request logs on a local recording server):
 //!
-//! 1. `POST /api/repos/create` (`409`: it exists);
+//! 1. `POST /api/repos/create` (`409`: it exists; `403`: fine when the repo exists);
 //! 2. `POST /api/models/{repo}/preupload/{rev}` with each file's size and first 512 bytes: the Hub
 //!    answers which go through LFS and which it already has;
 //! 3. for LFS files, `POST /{repo}.git/info/lfs/objects/batch`, then each object `PUT` to the URL
@@ -24,8 +24,8 @@ use base64::Engine;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-/// What to publish where.
-#[derive(Debug, Clone)]
+/// What to publish where (`Debug` leaves the token out).
+#[derive(Clone)]
 pub struct PublishOptions {
     pub bundle: PathBuf,
     /// `user/name`.
@@ -39,6 +39,18 @@ pub struct PublishOptions {
     pub message: Option<String>,
     /// Unix seconds (for the 90-day check).
     pub now: i64,
+}
+
+impl std::fmt::Debug for PublishOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishOptions")
+            .field("bundle", &self.bundle)
+            .field("repo", &self.repo)
+            .field("hotkey", &self.hotkey)
+            .field("endpoint", &self.endpoint)
+            .field("revision", &self.revision)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What was published.
@@ -187,6 +199,10 @@ pub fn publish(o: &PublishOptions) -> Result<PublishReport> {
         .send_json(json!({ "name": name, "organization": ns, "type": "model" }))
     {
         Ok(_) | Err(ureq::Error::Status(409, _)) => {}
+        // A token that may write to the repo but not create repos: fine if it exists (as
+        // huggingface_hub's create_repo(exist_ok=True) does).
+        Err(ureq::Error::Status(401..=403, _))
+            if agent.get(&format!("{base}/api/models/{ns}/{name}")).set("authorization", &auth).call().is_ok() => {}
         Err(ureq::Error::Status(code, r)) => {
             bail!("cannot create {}: HTTP {code}: {}", o.repo, r.into_string().unwrap_or_default())
         }

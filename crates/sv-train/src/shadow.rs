@@ -96,15 +96,15 @@ type Pair = (i64, f32, f32, Option<bool>);
 /// Compare the shadow model(s) of the prediction log at `log` (a Lance log or a folder of the
 /// miner's segments) with the served answers; `sim` gives the reward's window and EMA weight.
 pub fn report(log: &Path, sim: &SimulatorConfig) -> Result<ShadowReport> {
-    // Pass 1: the shadow records, by request.
-    let mut shadows: HashMap<String, (f32, u32, Option<bool>)> = HashMap::new();
+    // Pass 1: the shadow records, by request (several when one image came several times).
+    let mut shadows: HashMap<String, Vec<(i64, f32, u32, Option<bool>)>> = HashMap::new();
     let mut versions: Vec<String> = Vec::new();
     let mut shadow_records = 0usize;
     sv_data::predlog::for_each_batch(log, |batch| {
         for r in batch.into_iter().filter(|r| is_shadow(&r.stage)) {
             shadow_records += 1;
             let v = intern(&r.model_version, &mut versions);
-            shadows.insert(key(&r), (r.score, v, r.label.map(|l| l == 1)));
+            shadows.entry(key(&r)).or_default().push((r.ts_ms, r.score, v, r.label.map(|l| l == 1)));
         }
         Ok(())
     })?;
@@ -114,7 +114,13 @@ pub fn report(log: &Path, sim: &SimulatorConfig) -> Result<ShadowReport> {
     sv_data::predlog::for_each_batch(log, |batch| {
         for r in batch.into_iter().filter(|r| !is_shadow(&r.stage)) {
             served_records += 1;
-            if let Some((s, sv, label)) = shadows.remove(&key(&r)) {
+            // The shadow scored a request after it was answered: pair with the first shadow
+            // record of the same request from then on.
+            let pick = shadows.get_mut(&key(&r)).and_then(|list| {
+                let i = (0..list.len()).filter(|&i| list[i].0 >= r.ts_ms).min_by_key(|&i| list[i].0)?;
+                Some(list.swap_remove(i))
+            });
+            if let Some((_, s, sv, label)) = pick {
                 let v = intern(&r.model_version, &mut versions);
                 let label = r.label.map(|l| l == 1).or(label);
                 groups.entry((v, sv)).or_default().push((r.ts_ms, r.score, s, label));
@@ -133,7 +139,7 @@ pub fn report(log: &Path, sim: &SimulatorConfig) -> Result<ShadowReport> {
         log: log.to_path_buf(),
         served_records,
         shadow_records,
-        unpaired_shadow: shadows.len(),
+        unpaired_shadow: shadows.values().map(Vec::len).sum(),
         comparisons,
     })
 }
