@@ -241,21 +241,23 @@ pub enum SyncError {
     NoSubnet { url: String, netuid: u16 },
 }
 
-fn hex_bytes(v: &serde_json::Value) -> Result<Vec<u8>, String> {
+/// The bytes of a JSON-RPC hex answer (`0x...`).
+pub(crate) fn hex_bytes(v: &serde_json::Value) -> Result<Vec<u8>, String> {
     let s = v.as_str().ok_or_else(|| format!("expected a hex string, got {v}"))?;
     hex::decode(s.trim_start_matches("0x")).map_err(|e| format!("not hex: {e}"))
+}
+
+/// The block number of a `chain_getHeader` answer.
+pub(crate) fn block_number(header: &serde_json::Value) -> Result<u64, String> {
+    let number = header.get("number").and_then(|n| n.as_str()).ok_or_else(|| format!("no number in {header}"))?;
+    u64::from_str_radix(number.trim_start_matches("0x"), 16).map_err(|e| format!("block number {number}: {e}"))
 }
 
 /// The latest block's number and hash (`chain_getHeader`, then `chain_getBlockHash` of it).
 pub async fn head(rpc: &Rpc) -> Result<(u64, String), SyncError> {
     let decode = |what: &str, reason: String| SyncError::Decode { url: rpc.url().into(), what: what.into(), reason };
     let header = rpc.call("chain_getHeader", json!([])).await?;
-    let number = header
-        .get("number")
-        .and_then(|n| n.as_str())
-        .ok_or_else(|| decode("chain_getHeader", format!("no number in {header}")))?;
-    let number = u64::from_str_radix(number.trim_start_matches("0x"), 16)
-        .map_err(|e| decode("the block number", e.to_string()))?;
+    let number = block_number(&header).map_err(|e| decode("chain_getHeader", e))?;
     let hash = rpc.call("chain_getBlockHash", json!([number])).await?;
     let hash = hash.as_str().ok_or_else(|| decode("chain_getBlockHash", format!("not a hash: {hash}")))?;
     Ok((number, hash.to_string()))

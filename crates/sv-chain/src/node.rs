@@ -277,11 +277,7 @@ impl Node {
             return Err(invalid("Transaction call is not expected (this node applies serve_axon only)"));
         }
         let netuid = u16::from_le_bytes([call[2], call[3]]);
-        let block = u64::from_str_radix(
-            self.header.get("number").and_then(Value::as_str).unwrap_or("0x0").trim_start_matches("0x"),
-            16,
-        )
-        .unwrap_or(0);
+        let block = crate::metagraph::block_number(&self.header).unwrap_or(0);
         let mut value = block.to_le_bytes().to_vec();
         value.extend_from_slice(&call[4..]);
         chain.axons.insert(crate::serve::axons_key(netuid, &pk), format!("0x{}", hex::encode(value)));

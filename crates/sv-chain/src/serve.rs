@@ -54,8 +54,7 @@ pub enum Served {
 }
 
 fn hex_of(v: &Value, what: &str) -> anyhow::Result<Vec<u8>> {
-    let s = v.as_str().ok_or_else(|| anyhow::anyhow!("{what}: expected a hex string, got {v}"))?;
-    Ok(hex::decode(s.trim_start_matches("0x")).map_err(|e| anyhow::anyhow!("{what}: {e}"))?)
+    crate::metagraph::hex_bytes(v).map_err(|e| anyhow::anyhow!("{what}: {e}"))
 }
 
 fn h256(v: &Value, what: &str) -> anyhow::Result<[u8; 32]> {
@@ -100,8 +99,7 @@ pub async fn serve_axon(
     let head = rpc.call("chain_getFinalizedHead", json!([])).await?;
     let head_hash = h256(&head, "the finalized head")?;
     let header = rpc.call("chain_getHeader", json!([head.clone()])).await?;
-    let number = header.get("number").and_then(Value::as_str).ok_or_else(|| anyhow::anyhow!("no block number"))?;
-    let era_block = u64::from_str_radix(number.trim_start_matches("0x"), 16)?;
+    let era_block = crate::metagraph::block_number(&header).map_err(|e| anyhow::anyhow!("chain_getHeader: {e}"))?;
     let meta = rpc.call("state_call", json!(["Metadata_metadata_at_version", "0f000000", head.clone()])).await?;
     let runtime = crate::metadata::read(&hex_of(&meta, "the metadata")?).map_err(anyhow::Error::msg)?;
     let nonce = rpc.call("state_call", json!(["AccountNonceApi_account_nonce", hex::encode(pk), head])).await?;

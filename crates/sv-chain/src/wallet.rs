@@ -66,6 +66,16 @@ impl WalletArgs {
     pub fn load(&self) -> Result<Hotkey, WalletError> {
         Hotkey::from_file(&self.hotkey_file()?)
     }
+
+    /// Read the hotkey and, when `expected` (SS58) is given, check that it is that one.
+    pub fn load_expecting(&self, expected: Option<&str>) -> Result<Hotkey, WalletError> {
+        let file = self.hotkey_file()?;
+        let hk = Hotkey::from_file(&file)?;
+        if let Some(want) = expected {
+            hk.expect(want, &file)?;
+        }
+        Ok(hk)
+    }
 }
 
 /// A hotkey's keypair.

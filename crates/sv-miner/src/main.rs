@@ -119,53 +119,59 @@ impl ChainArgs {
 enum Cmd {
     /// Publish this miner's ip:port on chain (the serve_axon extrinsic, signed by the hotkey), as
     /// the bittensor SDK's axon.serve does; nothing is sent when the chain already has it.
-    ServeAxon {
-        #[command(flatten)]
-        wallet: sv_chain::wallet::WalletArgs,
-        #[command(flatten)]
-        chain: ChainArgs,
-        /// The address validators reach (default: asked of checkip.amazonaws.com).
-        #[arg(long)]
-        ip: Option<std::net::IpAddr>,
-        /// The axon port validators reach.
-        #[arg(long, default_value_t = 8091)]
-        port: u16,
-        /// The hotkey (SS58) the wallet's hotkey must be.
-        #[arg(long)]
-        hotkey: Option<String>,
-        /// Print the signed call; send nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Seconds to wait for the chain to show the new axon.
-        #[arg(long, default_value_t = 120)]
-        wait_s: u64,
-    },
+    ServeAxon(ServeAxonArgs),
     /// Register this miner with NATIX as register.sh does: a fresh timestamp signed with the
     /// hotkey, POSTed with the uid and model repo, then the status polled until final.
-    RegisterNatix {
-        #[command(flatten)]
-        wallet: sv_chain::wallet::WalletArgs,
-        /// The miner's uid on the subnet.
-        #[arg(long)]
-        uid: u16,
-        /// The model's Hugging Face repo (user/name).
-        #[arg(long)]
-        repo: String,
-        /// The hotkey (SS58) the wallet's hotkey must be.
-        #[arg(long)]
-        hotkey: Option<String>,
-        /// NATIX's base URL.
-        #[arg(long, default_value = sv_chain::natix::DEFAULT_BASE)]
-        natix_url: String,
-        /// Print the JSON it would POST; send nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Seconds between status polls, and in all.
-        #[arg(long, default_value_t = 3)]
-        poll_s: u64,
-        #[arg(long, default_value_t = 180)]
-        timeout_s: u64,
-    },
+    RegisterNatix(RegisterNatixArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeAxonArgs {
+    #[command(flatten)]
+    wallet: sv_chain::wallet::WalletArgs,
+    #[command(flatten)]
+    chain: ChainArgs,
+    /// The address validators reach (default: asked of checkip.amazonaws.com).
+    #[arg(long)]
+    ip: Option<std::net::IpAddr>,
+    /// The axon port validators reach.
+    #[arg(long, default_value_t = 8091)]
+    port: u16,
+    /// The hotkey (SS58) the wallet's hotkey must be.
+    #[arg(long)]
+    hotkey: Option<String>,
+    /// Print the signed call; send nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Seconds to wait for the chain to show the new axon.
+    #[arg(long, default_value_t = 120)]
+    wait_s: u64,
+}
+
+#[derive(clap::Args)]
+struct RegisterNatixArgs {
+    #[command(flatten)]
+    wallet: sv_chain::wallet::WalletArgs,
+    /// The miner's uid on the subnet.
+    #[arg(long)]
+    uid: u16,
+    /// The model's Hugging Face repo (user/name).
+    #[arg(long)]
+    repo: String,
+    /// The hotkey (SS58) the wallet's hotkey must be.
+    #[arg(long)]
+    hotkey: Option<String>,
+    /// NATIX's base URL.
+    #[arg(long, default_value = sv_chain::natix::DEFAULT_BASE)]
+    natix_url: String,
+    /// Print the JSON it would POST; send nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Seconds between status polls, and in all.
+    #[arg(long, default_value_t = 3)]
+    poll_s: u64,
+    #[arg(long, default_value_t = 180)]
+    timeout_s: u64,
 }
 
 /// This machine's address as the internet sees it (asked of checkip.amazonaws.com, 15 s at most).
@@ -187,20 +193,9 @@ async fn external_ip() -> Result<std::net::IpAddr> {
     t.parse().map_err(|_| anyhow::anyhow!("{url} answered {t:?}, not an address: pass it (--ip, --external-ip)"))
 }
 
-fn serve_axon(
-    wallet: sv_chain::wallet::WalletArgs,
-    chain: ChainArgs,
-    ip: Option<std::net::IpAddr>,
-    port: u16,
-    hotkey: Option<String>,
-    dry_run: bool,
-    wait_s: u64,
-) -> Result<()> {
-    let file = wallet.hotkey_file()?;
-    let hk = wallet.load()?;
-    if let Some(want) = &hotkey {
-        hk.expect(want, &file)?;
-    }
+fn serve_axon(a: ServeAxonArgs) -> Result<()> {
+    let ServeAxonArgs { wallet, chain, ip, port, hotkey, dry_run, wait_s } = a;
+    let hk = wallet.load_expecting(hotkey.as_deref())?;
     let cfg = chain.config();
     cfg.validate()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -246,15 +241,9 @@ fn serve_axon(
     })
 }
 
-fn register_natix(cmd: Cmd) -> Result<()> {
-    let Cmd::RegisterNatix { wallet, uid, repo, hotkey, natix_url, dry_run, poll_s, timeout_s } = cmd else {
-        unreachable!("called for register-natix")
-    };
-    let file = wallet.hotkey_file()?;
-    let hk = wallet.load()?;
-    if let Some(want) = &hotkey {
-        hk.expect(want, &file)?;
-    }
+fn register_natix(a: RegisterNatixArgs) -> Result<()> {
+    let RegisterNatixArgs { wallet, uid, repo, hotkey, natix_url, dry_run, poll_s, timeout_s } = a;
+    let hk = wallet.load_expecting(hotkey.as_deref())?;
     anyhow::ensure!(
         repo.split('/').count() == 2 && !repo.starts_with('/') && !repo.ends_with('/'),
         "--repo {repo:?} is not a Hugging Face repo id (user/name)"
@@ -371,10 +360,8 @@ async fn shutdown_signal() {
 
 fn run(mut cli: Cli) -> Result<()> {
     match cli.cmd.take() {
-        Some(Cmd::ServeAxon { wallet, chain, ip, port, hotkey, dry_run, wait_s }) => {
-            return serve_axon(wallet, chain, ip, port, hotkey, dry_run, wait_s);
-        }
-        Some(cmd) => return register_natix(cmd),
+        Some(Cmd::ServeAxon(a)) => return serve_axon(a),
+        Some(Cmd::RegisterNatix(a)) => return register_natix(a),
         None => {}
     }
     let serve_on_start = match (cli.serve_axon, &cli.wallet_name) {
@@ -435,8 +422,7 @@ fn run(mut cli: Cli) -> Result<()> {
         };
         if let (Some((wallet, ip, port)), Some(chain)) = (serve_on_start, &cfg.chain) {
             // The wallet's hotkey must be the one requests are signed for.
-            let hk = wallet.load()?;
-            hk.expect(&cfg.hotkey, &wallet.hotkey_file()?)?;
+            let hk = wallet.load_expecting(Some(&cfg.hotkey))?;
             let rpc = sv_chain::rpc::Rpc::new(chain.endpoint(), chain.timeout());
             let served = async {
                 let ip = match ip {

@@ -22,7 +22,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 /// What to publish where (`Debug` leaves the token out).
 #[derive(Clone)]
@@ -103,42 +102,25 @@ struct Local {
     sample: String,
 }
 
-/// The bundle's files, sorted by path (as `upload_folder` walks a folder), each hashed.
-fn local_files(dir: &Path) -> Result<Vec<Local>> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-            let p = e?.path();
-            if p.is_dir() { walk(root, &p, out)? } else { out.push(p) }
-        }
-        Ok(())
-    }
-    let mut paths = Vec::new();
-    walk(dir, dir, &mut paths)?;
+/// The bundle's files, sorted by path (as `upload_folder` walks a folder): the ones `manifest`
+/// lists, with the SHA-256 it gives them (`check_bundle` has just verified every one), and
+/// `manifest.json` itself; only the first 512 bytes of each are read here.
+fn local_files(dir: &Path, manifest: &sv_model::bundle::manifest::Manifest) -> Result<Vec<Local>> {
+    use sv_model::bundle::manifest::{MANIFEST, sha256_file};
+    let own = sha256_file(&dir.join(MANIFEST))?;
+    let listed = manifest.files.iter().map(|(p, h)| (p.as_str(), h.as_str()));
     let mut out = Vec::new();
-    for abs in paths {
-        let rel =
-            abs.strip_prefix(dir)?.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
-        let mut f = std::fs::File::open(&abs).with_context(|| format!("cannot open {}", abs.display()))?;
-        let mut hasher = Sha256::new();
+    for (rel, sha256) in listed.chain([(MANIFEST, own.as_str())]) {
+        let abs = dir.join(rel);
+        let f = std::fs::File::open(&abs).with_context(|| format!("cannot open {}", abs.display()))?;
+        let size = f.metadata()?.len();
         let mut head = Vec::with_capacity(512);
-        let mut buf = vec![0u8; 1 << 20];
-        let mut size = 0u64;
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            if head.len() < 512 {
-                head.extend_from_slice(&buf[..n.min(512 - head.len())]);
-            }
-            hasher.update(&buf[..n]);
-            size += n as u64;
-        }
+        f.take(512).read_to_end(&mut head)?;
         out.push(Local {
-            path: rel,
+            path: rel.to_string(),
             abs,
             size,
-            sha256: hex::encode(hasher.finalize()),
+            sha256: sha256.to_string(),
             sample: base64::engine::general_purpose::STANDARD.encode(&head),
         });
     }
@@ -157,8 +139,13 @@ fn git_blob_sha1(path: &Path) -> Result<String> {
 }
 
 /// Check the bundle before anything leaves the machine.
-pub fn check_bundle(dir: &Path, hotkey: &str, now: i64) -> Result<sv_model::bundle::card::ModelCard> {
-    sv_model::bundle::manifest::verify(dir).with_context(|| format!("bundle {} does not verify", dir.display()))?;
+pub fn check_bundle(
+    dir: &Path,
+    hotkey: &str,
+    now: i64,
+) -> Result<(sv_model::bundle::card::ModelCard, sv_model::bundle::manifest::Manifest)> {
+    let manifest =
+        sv_model::bundle::manifest::verify(dir).with_context(|| format!("bundle {} does not verify", dir.display()))?;
     let card_path = dir.join("model_card.json");
     let card = sv_model::bundle::card::ModelCard::read(&card_path)?;
     if card.submitted_by != hotkey {
@@ -172,7 +159,7 @@ pub fn check_bundle(dir: &Path, hotkey: &str, now: i64) -> Result<sv_model::bund
     if f.days_left <= 0.0 {
         bail!("{}: the model is {:.0} days old, past its 90-day life: {}", card_path.display(), f.age_days, f.advice);
     }
-    Ok(card)
+    Ok((card, manifest))
 }
 
 /// Publish the bundle (see the module docs).
@@ -182,8 +169,8 @@ pub fn publish(o: &PublishOptions) -> Result<PublishReport> {
         .split_once('/')
         .filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('/'))
         .ok_or_else(|| anyhow!("--repo {:?} is not user/name", o.repo))?;
-    let card = check_bundle(&o.bundle, &o.hotkey, o.now)?;
-    let files = local_files(&o.bundle)?;
+    let (card, manifest) = check_bundle(&o.bundle, &o.hotkey, o.now)?;
+    let files = local_files(&o.bundle, &manifest)?;
     let base = o.endpoint.trim_end_matches('/');
     let auth = format!("Bearer {}", o.token);
     let agent = ureq::AgentBuilder::new()
