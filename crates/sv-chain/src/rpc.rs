@@ -4,6 +4,7 @@
 //! dropped and the next call opens a fresh one, so a node restart or a network blip costs one
 //! failed call, not the client.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -121,13 +122,32 @@ impl Rpc {
             .max_message_size(Some(MAX_MESSAGE))
             .max_frame_size(Some(MAX_MESSAGE));
         let fail = |reason: String| RpcError::Connect { url: self.shown.clone(), reason };
-        let connect = tokio_tungstenite::connect_async_with_config(self.url.as_str(), Some(cfg), false);
+        let connector = if self.url.starts_with("wss://") { Some(tls_connector().map_err(fail)?) } else { None };
+        let connect = tokio_tungstenite::connect_async_tls_with_config(self.url.as_str(), Some(cfg), false, connector);
         match tokio::time::timeout(self.timeout, connect).await {
             Err(_) => Err(fail(format!("no handshake within {} s", self.timeout.as_secs()))),
             Ok(Err(e)) => Err(fail(e.to_string())),
             Ok(Ok((ws, _))) => Ok(ws),
         }
     }
+}
+
+/// The TLS client of a `wss://` endpoint: the system's root certificates, and ring named as the
+/// crypto provider. (tokio-tungstenite's default asks rustls for the process's provider, which
+/// panics when two are compiled in, as they are beside Lance's S3 client.)
+fn tls_connector() -> Result<tokio_tungstenite::Connector, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        return Err(format!("no root CA certificates found on this machine ({:?})", found.errors));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
 }
 
 /// Send `req` and read until the answer with `id` (notifications and other ids are skipped;
@@ -156,5 +176,23 @@ mod tests {
         assert_eq!(super::redact("wss://user:key@node.example:443/ws?apikey=s3cret"), "wss://node.example:443/ws");
         assert_eq!(super::redact("ws://127.0.0.1:9944"), "ws://127.0.0.1:9944");
         assert_eq!(super::redact("wss://node.example?token=x"), "wss://node.example");
+    }
+
+    /// A wss:// endpoint that answers no TLS is an error to the caller. (With rustls's ring and
+    /// aws-lc-rs both compiled, as they are beside Lance's S3 client, tokio-tungstenite's default
+    /// TLS setup panicked here instead: the client names its provider.)
+    #[tokio::test]
+    async fn a_wss_endpoint_without_tls_is_an_error_not_a_panic() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                use tokio::io::AsyncWriteExt;
+                let _ = sock.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+            }
+        });
+        let rpc = super::Rpc::new(&format!("wss://127.0.0.1:{port}"), std::time::Duration::from_secs(5));
+        let err = rpc.call("system_health", serde_json::json!([])).await.unwrap_err();
+        assert!(matches!(err, super::RpcError::Connect { .. }), "{err}");
     }
 }

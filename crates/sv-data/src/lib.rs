@@ -17,6 +17,7 @@ pub mod predlog;
 pub mod sample;
 pub mod similar;
 pub mod split;
+pub mod staged;
 pub mod stats;
 pub mod store;
 

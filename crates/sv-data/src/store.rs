@@ -140,7 +140,32 @@ fn runtime() -> Result<Arc<Runtime>> {
     ))
 }
 
-pub(crate) fn uri(path: &Path) -> Result<String> {
+/// The object-store URI a store path names (`s3://bucket/prefix`, `gs://…`, `az://…`,
+/// `memory://…`), or `None` for a local folder. Lance opens such a URI with the credentials and
+/// endpoint of the environment, as AWS tools read them (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL` for an S3-compatible server,
+/// `AWS_ALLOW_HTTP=true` for one on plain HTTP).
+pub fn object_uri(path: &Path) -> Option<&str> {
+    let s = path.to_str()?;
+    let (scheme, rest) = s.split_once("://")?;
+    let valid = !scheme.is_empty()
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && scheme != "file";
+    (valid && !rest.is_empty()).then_some(s)
+}
+
+/// The URI Lance opens for a store path: an object-store URI as given, a local path made absolute.
+pub fn uri(path: &Path) -> Result<String> {
+    if let Some(u) = object_uri(path) {
+        return Ok(u.trim_end_matches('/').to_string());
+    }
+    if let Some(s) = path.to_str()
+        && let Some((scheme, _)) = s.split_once("://")
+        && scheme != "file"
+    {
+        bail!("store path {s} is not a folder nor an object-store URI (scheme {scheme:?})");
+    }
+    let path = path.to_str().and_then(|s| s.strip_prefix("file://")).map(Path::new).unwrap_or(path);
     let abs = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) };
     abs.to_str().map(str::to_string).ok_or_else(|| anyhow!("store path {} is not valid UTF-8", path.display()))
 }
@@ -167,21 +192,36 @@ impl Store {
     /// Open the latest version of the store at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        if !path.exists() {
+        let remote = object_uri(path).is_some();
+        if !remote && !path.exists() {
             bail!("no store at {} (create one with `sv-data generate` or `sv-data ingest`)", path.display());
         }
         let rt = runtime()?;
-        let dataset = rt
-            .block_on(Dataset::open(uri(path)?.as_str()))
-            .with_context(|| format!("cannot open store at {}", path.display()))?;
+        let dataset = rt.block_on(Dataset::open(uri(path)?.as_str())).with_context(|| {
+            if remote {
+                format!("cannot open store at {} (credentials and endpoint come from AWS_* variables)", path.display())
+            } else {
+                format!("cannot open store at {}", path.display())
+            }
+        })?;
         let store = Self { rt, dataset, path: path.to_path_buf() };
         store.check_base_schema()?;
         Ok(store)
     }
 
     /// Whether a Lance dataset has been committed at `path`.
+    /// For an object-store URI this asks the store; an error reaching it counts as "absent", and
+    /// the create that follows then reports it.
     pub fn exists(path: impl AsRef<Path>) -> bool {
-        path.as_ref().join("_versions").exists()
+        let path = path.as_ref();
+        match object_uri(path) {
+            None => path.join("_versions").exists(),
+            Some(u) => {
+                let Ok(rt) = runtime() else { return false };
+                let u = u.trim_end_matches('/').to_string();
+                rt.block_on(async move { Dataset::open(&u).await.is_ok() })
+            }
+        }
     }
 
     /// Open the store at `path`, creating it when absent.
@@ -484,8 +524,20 @@ impl Store {
     /// waiting for another process or handle that holds it (said once in the log), then read the
     /// latest version: what a writer that deduplicates against the stored rows must do before it
     /// reads them. Released when the guard drops (or the process ends).
+    /// An object store has no file locks: there the lock is a file in the machine's temporary
+    /// folder named after the URI, which orders the writers of one machine; writers on different
+    /// machines are kept apart by Lance's commit (a conditional put: the second commit of a
+    /// version fails and is retried on the newer one, or refused when it conflicts).
     pub fn lock_writes(&mut self) -> Result<WriteLock> {
-        let path = self.path.join(WRITE_LOCK);
+        let path = match object_uri(&self.path) {
+            None => self.path.join(WRITE_LOCK),
+            Some(u) => {
+                let dir = std::env::temp_dir().join("sv-store-locks");
+                std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                let key = crate::sample::sha256_hex(u.trim_end_matches('/').as_bytes());
+                dir.join(format!("{}.lock", &key[..16]))
+            }
+        };
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -598,6 +650,16 @@ impl Store {
             old_versions: stats.old_versions,
             bytes_removed: stats.bytes_removed,
         })
+    }
+
+    /// Run a future of the store's on its runtime (for the store's sibling modules).
+    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Take a dataset version another write path committed.
+    pub(crate) fn replace_dataset(&mut self, dataset: Dataset) {
+        self.dataset = dataset;
     }
 
     /// Re-open the latest committed version.
@@ -790,7 +852,7 @@ impl WriteLock {
         let fd = file.as_raw_fd();
         // SAFETY: flock on a descriptor this function owns (through `file`).
         if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            tracing::info!("waiting for another writer of {} to finish", path.parent().unwrap_or(path).display());
+            tracing::info!("waiting for another writer of the store to finish (lock {})", path.display());
             // SAFETY: as above.
             if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
                 return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot lock {}", path.display()));

@@ -73,6 +73,29 @@ pub fn compare(experiments: &[PathBuf], out: &Path) -> Result<PathBuf> {
         println!("== {}", e.display());
         rows.push(run_experiment(e)?);
     }
+    write_comparison(&rows, out)
+}
+
+/// The comparison of runs already made (their folders' `metrics.json`), e.g. by
+/// scripts/ray_sweep.py on several workers.
+pub fn compare_runs(runs: &[PathBuf], out: &Path) -> Result<PathBuf> {
+    if runs.is_empty() {
+        bail!("compare --runs needs at least one run folder");
+    }
+    let mut rows = Vec::with_capacity(runs.len());
+    for r in runs {
+        let path = r.join("metrics.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{} is not a finished run: cannot read {}", r.display(), path.display()))?;
+        let summary: RunSummary =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a run summary", path.display()))?;
+        rows.push(summary);
+    }
+    write_comparison(&rows, out)
+}
+
+/// The comparison table (markdown and JSON) and chart of `rows`, in `out/compare-<time>/`.
+fn write_comparison(rows: &[RunSummary], out: &Path) -> Result<PathBuf> {
     let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
     let dir = out.join(format!("compare-{stamp}"));
     std::fs::create_dir_all(&dir)?;
@@ -80,7 +103,7 @@ pub fn compare(experiments: &[PathBuf], out: &Path) -> Result<PathBuf> {
     md.push_str("Test split metrics (validator rounding: p > 0.5 is roadwork); reward = validator-simulator estimate of the subnet reward (mean over sampled windows of 100 challenges at levels 0-3).\n\n");
     md.push_str("| experiment | accuracy | precision | recall | F1 | MCC | ROC-AUC | ECE | sim. acc L0/L1/L2/L3 | reward | best epoch | run |\n");
     md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-    for r in &rows {
+    for r in rows {
         let t = &r.test;
         let (levels, reward) = match &r.simulator {
             Some(s) => (
@@ -109,7 +132,7 @@ pub fn compare(experiments: &[PathBuf], out: &Path) -> Result<PathBuf> {
         md.push_str("\nBackbone weights were RANDOM in at least one run: the numbers compare techniques on the demo pipeline, not DINOv3.\n");
     }
     std::fs::write(dir.join("comparison.md"), &md)?;
-    std::fs::write(dir.join("comparison.json"), serde_json::to_string_pretty(&rows)?)?;
+    std::fs::write(dir.join("comparison.json"), serde_json::to_string_pretty(rows)?)?;
     let groups: Vec<String> = rows.iter().map(|r| r.experiment.clone()).collect();
     let metric = |f: &dyn Fn(&RunSummary) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
     bar_chart(

@@ -35,7 +35,7 @@ pub struct Features {
 }
 
 /// What [`ensure_features`] did.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CacheReport {
     pub column: String,
     pub key: String,
@@ -50,6 +50,25 @@ pub fn cache_column(backbone_id: &str, pre: &PreprocessConfig) -> (String, Strin
     let key = format!("{backbone_id}|{}", pre.key());
     let col = format!("feat_{}", &sv_data::sample::sha256_hex(key.as_bytes())[..12]);
     (col, key)
+}
+
+/// The table-metadata entry that records a cache column's key: `(name, JSON value)`.
+pub fn cache_metadata(
+    backbone_id: &str,
+    pre: &PreprocessConfig,
+    column: &str,
+    key: &str,
+    dim: usize,
+    version: u64,
+) -> (String, String) {
+    let meta = serde_json::json!({
+        "key": key,
+        "backbone": backbone_id,
+        "preprocess": pre,
+        "dim": dim,
+        "completed_at_version": version,
+    });
+    (format!("sv.features.{column}"), meta.to_string())
 }
 
 /// Features of every row of `store` (computed where missing, committed every [`COMMIT_ROWS`]).
@@ -67,14 +86,8 @@ pub fn ensure_features<B: Backend>(
     let (features, mut report) =
         extract_features(store, &column, &key, dim, batch_size, COMMIT_ROWS, writable, &mut embed)?;
     if writable && report.computed > 0 {
-        let meta = serde_json::json!({
-            "key": key,
-            "backbone": backbone.id,
-            "preprocess": pre,
-            "dim": dim,
-            "completed_at_version": store.version(),
-        });
-        store.set_metadata(&[(format!("sv.features.{column}").as_str(), meta.to_string().as_str())])?;
+        let (name, meta) = cache_metadata(&backbone.id, pre, &column, &key, dim, store.version());
+        store.set_metadata(&[(name.as_str(), meta.as_str())])?;
         report.version = store.version();
     }
     Ok((features, report))
@@ -208,12 +221,12 @@ pub fn feature_set(store: &Store, features: &Features, split: &str, dim: usize) 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use sv_data::generate::{self, GenerateConfig};
 
     /// A cheap deterministic embedding: mean R, G, B and the byte length.
-    fn embed_one(bytes: &[u8]) -> Vec<f32> {
+    pub(crate) fn embed_one(bytes: &[u8]) -> Vec<f32> {
         let img = sv_data::augment::decode_rgb(bytes).unwrap();
         let n = (img.width() * img.height()) as f32;
         let mut m = [0f32; 3];

@@ -20,6 +20,7 @@ pub mod distill;
 pub mod evaluate;
 pub mod experiment;
 pub mod export;
+pub mod extract;
 pub mod features;
 pub mod plots;
 pub mod publish;

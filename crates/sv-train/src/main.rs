@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -11,6 +11,9 @@ struct Cli {
     /// Experiment TOML to train (e.g. experiments/curriculum.toml).
     #[arg(long)]
     experiment: Option<PathBuf>,
+    /// Override a value of the experiment: `--set train.lr=0.001 --set name=lr-1e-3`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -21,12 +24,19 @@ enum Cmd {
     Train {
         #[arg(long)]
         experiment: PathBuf,
+        /// Override a value of the experiment (repeatable): `--set train.lr=0.001`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Run several experiments on the same data and seed and write a comparison table.
     Compare {
         /// Experiment TOMLs.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "runs")]
         experiments: Vec<PathBuf>,
+        /// Compare finished run folders instead of training (e.g. a sweep's runs from several
+        /// workers: scripts/ray_sweep.py).
+        #[arg(long, num_args = 1.., conflicts_with = "experiments")]
+        runs: Vec<PathBuf>,
         /// Folder for the comparison (default: runs).
         #[arg(long, default_value = "runs")]
         out: PathBuf,
@@ -120,6 +130,26 @@ enum Cmd {
         #[arg(long, default_value_t = 16)]
         warm_batch: usize,
     },
+    /// Compute an experiment's feature cache ahead of training: in this process (only the rows
+    /// without features), or one shard of the store's fragments (`--shard i/N`: data files
+    /// written, nothing committed; the staged result goes to `--out` or stdout), or one commit
+    /// of every shard's result (`--commit FILES...`). scripts/ray_extract.py runs the shards on Ray.
+    Extract {
+        /// The experiment (its [data].store, [backbone] and [preprocess]); optional with --commit.
+        #[arg(long)]
+        experiment: Option<PathBuf>,
+        #[arg(long, conflicts_with = "commit")]
+        shard: Option<sv_data::staged::Shard>,
+        /// Where a shard writes what it staged (JSON; default stdout).
+        #[arg(long, requires = "shard")]
+        out: Option<PathBuf>,
+        /// Staged shard files to commit, all shards of one extraction.
+        #[arg(long, num_args = 1..)]
+        commit: Vec<PathBuf>,
+        /// Override a value of the experiment (as `train --set`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
     /// Verify a bundle and print its submission's age and days left of its 90-day life.
     Card { bundle: PathBuf },
     /// Nearest samples of the run's store to an image file, embedded with the run's backbone.
@@ -155,17 +185,25 @@ fn run(cli: Cli) -> Result<()> {
             None => tracing::warn!("CubeCL's PTX cache is off: kernels are compiled anew in every process"),
         }
     }
-    match (cli.cmd, cli.experiment) {
-        (Some(Cmd::Train { experiment }), _) | (None, Some(experiment)) => {
-            let (mut exp, text) = sv_train::experiment::Experiment::load(&experiment)?;
+    let cmd = match (cli.cmd, cli.experiment) {
+        (None, Some(experiment)) => Some(Cmd::Train { experiment, set: cli.set }),
+        (cmd, _) => cmd,
+    };
+    match cmd {
+        Some(Cmd::Train { experiment, set }) => {
+            let (mut exp, text) = sv_train::experiment::Experiment::load_with_overrides(&experiment, &set)?;
             // This binary's edge: `SV_*` variables may override the forward's settings.
             exp.backbone.forward = exp.backbone.forward.clone().with_env()?;
             sv_train::run::run_loaded(exp, &text)?;
         }
-        (Some(Cmd::Compare { experiments, out }), _) => {
-            sv_train::evaluate::compare(&experiments, &out)?;
+        Some(Cmd::Compare { experiments, runs, out }) => {
+            if runs.is_empty() {
+                sv_train::evaluate::compare(&experiments, &out)?;
+            } else {
+                sv_train::evaluate::compare_runs(&runs, &out)?;
+            }
         }
-        (Some(Cmd::Evaluate { experiment, checkpoint }), _) => {
+        Some(Cmd::Evaluate { experiment, checkpoint }) => {
             let e = sv_train::evaluate::evaluate_checkpoint(&experiment, &checkpoint)?;
             println!("dataset version {}", e.dataset_version);
             for (split, m) in &e.splits {
@@ -182,7 +220,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("{}", serde_json::to_string_pretty(&e)?);
         }
-        (Some(Cmd::Quantize { run, calibrator, samples, sim_samples, seed }), _) => {
+        Some(Cmd::Quantize { run, calibrator, samples, sim_samples, seed }) => {
             let opts = sv_train::quant::report::QuantizeOptions {
                 calibrator,
                 samples,
@@ -194,23 +232,20 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", std::fs::read_to_string(run.join("int8/report.md"))?);
             println!("scales: {}", r.run.join("int8/scales.json").display());
         }
-        (
-            Some(Cmd::Export {
-                run,
-                out,
-                hotkey,
-                int8,
-                model_name,
-                description,
-                exit_low,
-                exit_high,
-                sim_samples,
-                force,
-                dtype,
-                warm_batch,
-            }),
-            _,
-        ) => {
+        Some(Cmd::Export {
+            run,
+            out,
+            hotkey,
+            int8,
+            model_name,
+            description,
+            exit_low,
+            exit_high,
+            sim_samples,
+            force,
+            dtype,
+            warm_batch,
+        }) => {
             let r = sv_train::export::export(&sv_train::export::ExportOptions {
                 run,
                 out,
@@ -236,7 +271,7 @@ fn run(cli: Cli) -> Result<()> {
                 r.decision.reward_after
             );
         }
-        (Some(Cmd::Publish { bundle, repo, hotkey, revision, message }), _) => {
+        Some(Cmd::Publish { bundle, repo, hotkey, revision, message }) => {
             // This binary's edge: the token and the Hub's address come from the environment, as
             // huggingface_hub reads them.
             let token = std::env::var("HF_TOKEN").map_err(|_| {
@@ -261,7 +296,7 @@ fn run(cli: Cli) -> Result<()> {
                 None => println!("{} already holds all {} files: nothing to commit", r.repo, r.files),
             }
         }
-        (Some(Cmd::ShadowReport { log, out }), _) => {
+        Some(Cmd::ShadowReport { log, out }) => {
             let r = sv_train::shadow::report(&log, &sv_train::simulator::SimulatorConfig::default())?;
             print!("{}", r.render());
             if let Some(dir) = out {
@@ -269,10 +304,53 @@ fn run(cli: Cli) -> Result<()> {
                 println!("written to {}", dir.display());
             }
         }
-        (Some(Cmd::Card { bundle }), _) => {
+        Some(Cmd::Extract { experiment, shard, out, commit, set }) => {
+            let exp = match &experiment {
+                Some(p) => Some(sv_train::experiment::Experiment::load_with_overrides(p, &set)?.0),
+                None => None,
+            };
+            if !commit.is_empty() {
+                let r = sv_train::extract::commit(&commit, exp.as_ref().map(|e| e.data.store.as_path()))?;
+                println!(
+                    "committed column {} of {} shards ({} rows) to {} as version {} (cache key recorded in version {})",
+                    r.column, r.shards, r.rows, r.store, r.data_version, r.version
+                );
+                return Ok(());
+            }
+            let Some(exp) = exp else { anyhow::bail!("extract needs --experiment (or --commit FILES)") };
+            match shard {
+                Some(shard) => {
+                    let staged = sv_train::extract::extract_shard(&exp, shard)?;
+                    let json = serde_json::to_string_pretty(&staged)?;
+                    eprintln!(
+                        "shard {shard}: {} fragments, {} rows of column {} staged on version {} (not committed)",
+                        staged.fragments.len(),
+                        staged.rows,
+                        staged.column,
+                        staged.read_version
+                    );
+                    match out {
+                        Some(path) => {
+                            let tmp = path.with_extension("tmp");
+                            std::fs::write(&tmp, json).with_context(|| format!("cannot write {}", tmp.display()))?;
+                            std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+                        }
+                        None => println!("{json}"),
+                    }
+                }
+                None => {
+                    let r = sv_train::extract::extract_all(&exp)?;
+                    println!(
+                        "features: {} reused, {} computed (column {}, version {})",
+                        r.reused, r.computed, r.column, r.version
+                    );
+                }
+            }
+        }
+        Some(Cmd::Card { bundle }) => {
             print!("{}", sv_train::export::describe(&bundle, chrono::Utc::now().timestamp())?);
         }
-        (Some(Cmd::Similar { run, image, k }), _) => {
+        Some(Cmd::Similar { run, image, k }) => {
             let device = sv_train::Device::default();
             let (model, meta) = sv_train::checkpoint::classifier_of_run(&run, &device)?;
             let bytes = std::fs::read(&image).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", image.display()))?;
@@ -284,7 +362,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}  {:.4}", n.id, n.distance);
             }
         }
-        (None, None) => {
+        None => {
             anyhow::bail!("nothing to do: pass --experiment <toml>, or a subcommand (see --help)");
         }
     }

@@ -26,8 +26,8 @@ use crate::simulator::{SimReport, simulate};
 use crate::train::{EpochRecord, FeatureSet, HeadPlace, TrainConfig, TrainOutcome, predict, train_head};
 use crate::{BackboneTrainBackend, Device, HeadDevice, InferBackend, TrainBackend};
 
-/// What a run produced.
-#[derive(Debug, Clone, serde::Serialize)]
+/// What a run produced (its `metrics.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunSummary {
     pub experiment: String,
     pub run_dir: PathBuf,

@@ -167,7 +167,7 @@ pub struct Scored {
 }
 
 /// What the simulator reports.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SimReport {
     /// Test samples the challenges were drawn from.
     pub samples: usize,
