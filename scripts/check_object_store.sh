@@ -9,7 +9,7 @@
 #    through the same endpoint with the same AWS_* variables;
 # 2. its feature column is extracted in one process on one store and in 2 shards on a one-node
 #    Ray cluster on an identical store: the columns are identical and the sharded one is one commit;
-# 3. a run trains on the s3 store and compaction works there.
+# 3. runs train on the s3 store (a sweep of two on Ray), one is exported, and compaction works there.
 set -euo pipefail
 SV_DATA=$1
 SV_TRAIN=$2
@@ -94,6 +94,10 @@ echo "   a sweep of 2 learning rates on Ray, compared in one table"
 PATH="$RAY_VENV/bin:$PATH" "$PY" scripts/ray_sweep.py --address auto --experiment "$work/one.toml" --grid train.lr=0.001,0.003 \
   --sv-train "$SV_TRAIN" --out "$work/sweep"
 ls "$work"/sweep/sweep-*/compare-*/comparison.md >/dev/null
+
+echo "   export a run that trained on the s3 store"
+run=$(ls -d "$work"/runs/one-lr0.001-*/ | head -1)
+"$SV_TRAIN" export --run "$run" --out "$work/bundle" --hotkey 5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty --sim-samples 16 | tail -1
 
 echo "   compaction on s3"
 "$SV_DATA" compact s3://sv-ci/one --keep-days 0

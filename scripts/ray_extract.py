@@ -112,13 +112,14 @@ def main():
         only = ",".join(str(i) for i in sorted(failed))
         sys.exit(f"{len(failed)} shard(s) failed; nothing committed. Re-run them alone: --staging {staging} --only {only}")
 
+    if a.no_commit:
+        print(f"staged {rows} rows of shards {','.join(map(str, todo))} in {stage_s:.1f} s; staged files in {staging}")
+        return
     files = [os.path.join(staging, f"shard-{i:05d}-of-{a.shards:05d}.json") for i in range(a.shards)]
     missing = [f for f in files if not os.path.exists(f)]
     if missing:
         sys.exit(f"staged files missing in {staging}: {missing}; run those shards with --only")
-    print(f"staged {rows} rows in {a.shards} shards in {stage_s:.1f} s ({rows / max(stage_s, 1e-9):.1f} rows/s); staged files in {staging}")
-    if a.no_commit:
-        return
+    print(f"staged {rows} rows in {len(todo)} of {a.shards} shards in {stage_s:.1f} s ({rows / max(stage_s, 1e-9):.1f} rows/s); staged files in {staging}")
     t1 = time.time()
     r = subprocess.run([a.sv_train, "extract", "--experiment", a.experiment, "--commit", *files])
     if r.returncode != 0:

@@ -600,7 +600,12 @@ impl Store {
             Some(Ok(b)) => reader.first = Some(b),
         }
         let before = self.version();
-        let result = self.rt.block_on(self.dataset.append(reader, None));
+        // Fragments of at most COMPACT_FRAGMENT_ROWS, as compaction makes them: a one-commit ingest
+        // of a million rows is then ~30 fragments, which sharded extraction can split between
+        // workers (it works fragment by fragment), and a per-id column write rewrites little.
+        let params =
+            WriteParams { mode: WriteMode::Append, max_rows_per_file: COMPACT_FRAGMENT_ROWS, ..Default::default() };
+        let result = self.rt.block_on(self.dataset.append(reader, Some(params)));
         if let Err(e) = result {
             // Lance did not commit: make sure we still point at the old version.
             self.reload()?;
