@@ -166,11 +166,13 @@ pub async fn serve(
                 continue;
             }
         };
+        let mut evicted = false;
         let (id, close) = {
             let mut t = lock(&table);
             if t.conns.len() >= cfg.max {
                 if t.evict_idlest() {
                     counters.closed.with_label_values(&["evicted_idle"]).inc();
+                    evicted = true;
                 } else {
                     counters.closed.with_label_values(&["refused_busy"]).inc();
                     continue; // drops the stream: every connection has a request in progress
@@ -182,6 +184,20 @@ pub async fn serve(
             t.conns.insert(id, Conn { idle_since: Some(Instant::now()), close: close.clone() });
             (id, close)
         };
+        if evicted {
+            // The evicted socket closes when its task ends, at once (it is dropped). Reap ended
+            // tasks before taking one more: under a flood the accept loop would otherwise run
+            // ahead of the closing, and open sockets grow to the flood's size, not `max` (the
+            // process then runs out of file handles). Bounded, so it never stalls accepting.
+            let _ = tokio::time::timeout(Duration::from_millis(50), async {
+                while tasks.len() >= cfg.max {
+                    if tasks.join_next().await.is_none() {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
         let _ = stream.set_nodelay(true);
         counters.open.inc();
         let (counters, shared) = (counters.clone(), shared.clone());
