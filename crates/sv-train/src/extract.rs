@@ -185,6 +185,33 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_whose_embedding_fails_is_an_error_and_can_be_run_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store_at(dir.path());
+        let before = store.version();
+        let seen = Arc::new(Mutex::new(0usize));
+        let failing = move |imgs: &[&[u8]]| -> Result<Vec<Vec<f32>>> {
+            let mut n = seen.lock().unwrap();
+            if *n + imgs.len() > 12 {
+                anyhow::bail!("injected failure after {n} images");
+            }
+            *n += imgs.len();
+            Ok(imgs.iter().map(|b| embed_one(b)).collect())
+        };
+        let err = store
+            .stage_vector_column("feat_t", 4, "0/2".parse().unwrap(), 3, Arc::new(failing), Arc::new(|_| {}))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("injected failure"), "{err:#}");
+        // Nothing was committed; the shard runs again and the column commits.
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!((reopened.version(), reopened.has_column("feat_t")), (before, false));
+        let calls = Arc::new(Mutex::new(0));
+        let parts = [stage(&store, "0/2", &calls), stage(&store, "1/2", &calls)];
+        store.commit_staged(&parts).unwrap();
+        assert_eq!(store.count(Some("feat_t IS NULL")).unwrap(), 0);
+    }
+
+    #[test]
     fn a_store_that_moved_on_refuses_the_commit_and_keeps_its_rows() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = store_at(dir.path());
