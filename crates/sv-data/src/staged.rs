@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
-use arrow_array::{Array, ArrayRef, FixedSizeListArray, LargeBinaryArray, RecordBatch, types::Float32Type};
+use arrow_array::{Array, ArrayRef, LargeBinaryArray, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use lance::dataset::transaction::{Operation, TransactionBuilder};
 use lance::dataset::{BatchUDF, CommitBuilder, NewColumnTransform};
@@ -172,10 +172,7 @@ impl Store {
                         refs.len()
                     )));
                 }
-                let arr = FixedSizeListArray::from_iter_primitive::<Float32Type, _, _>(
-                    vectors.iter().map(|v| Some(v.iter().copied().map(Some).collect::<Vec<_>>())),
-                    dim as i32,
-                );
+                let arr = crate::store::vector_array(vectors.iter().map(Vec::as_slice), dim);
                 progress(refs.len());
                 RecordBatch::try_new(out_schema.clone(), vec![Arc::new(arr) as ArrayRef])
                     .map_err(|e| lance::Error::execution(format!("column {col}: {e}")))

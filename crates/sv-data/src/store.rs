@@ -170,6 +170,15 @@ pub fn uri(path: &Path) -> Result<String> {
     abs.to_str().map(str::to_string).ok_or_else(|| anyhow!("store path {} is not valid UTF-8", path.display()))
 }
 
+/// Vectors of `dim` values as the `FixedSizeList<f32>` array of a vector column (the type
+/// [`crate::staged::vector_field`] names).
+pub(crate) fn vector_array<'a>(rows: impl Iterator<Item = &'a [f32]>, dim: usize) -> FixedSizeListArray {
+    FixedSizeListArray::from_iter_primitive::<Float32Type, _, _>(
+        rows.map(|v| Some(v.iter().copied().map(Some).collect::<Vec<_>>())),
+        dim as i32,
+    )
+}
+
 /// Quote a string as a SQL literal for Lance filters.
 pub fn sql_str(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -216,9 +225,8 @@ impl Store {
         let path = path.as_ref();
         match object_uri(path) {
             None => path.join("_versions").exists(),
-            Some(u) => {
-                let Ok(rt) = runtime() else { return false };
-                let u = u.trim_end_matches('/').to_string();
+            Some(_) => {
+                let (Ok(rt), Ok(u)) = (runtime(), uri(path)) else { return false };
                 rt.block_on(async move { Dataset::open(&u).await.is_ok() })
             }
         }
@@ -531,10 +539,10 @@ impl Store {
     pub fn lock_writes(&mut self) -> Result<WriteLock> {
         let path = match object_uri(&self.path) {
             None => self.path.join(WRITE_LOCK),
-            Some(u) => {
+            Some(_) => {
                 let dir = std::env::temp_dir().join("sv-store-locks");
                 std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-                let key = crate::sample::sha256_hex(u.trim_end_matches('/').as_bytes());
+                let key = crate::sample::sha256_hex(uri(&self.path)?.as_bytes());
                 dir.join(format!("{}.lock", &key[..16]))
             }
         };
@@ -736,11 +744,7 @@ impl Store {
             }
         }
         let ids: Vec<String> = values.iter().map(|(id, _)| id.clone()).collect();
-        let arr = FixedSizeListArray::from_iter_primitive::<Float32Type, _, _>(
-            values.iter().map(|(_, v)| Some(v.iter().copied().map(Some).collect::<Vec<_>>())),
-            dim as i32,
-        );
-        self.write_column(name, &ids, Arc::new(arr))
+        self.write_column(name, &ids, Arc::new(vector_array(values.iter().map(|(_, v)| v.as_slice()), dim)))
     }
 
     /// Read a `f32` column as `(id, value)` pairs for rows matching `filter`.

@@ -35,7 +35,7 @@ pub fn extract_shard(exp: &Experiment, shard: Shard) -> Result<StagedColumn> {
     let store = Store::open(&exp.data.store)?;
     let device = Device::default();
     let backbone = crate::backbone::load::<InferBackend>(&exp.backbone, &device)?;
-    let (column, key) = cache_column(&backbone.id, &exp.preprocess);
+    let (column, _) = cache_column(&backbone.id, &exp.preprocess);
     let dim = backbone.config.feature_dim();
     let rows = store.shard_rows(shard)?;
     let pb = sv_data::progress::bar(rows as u64, &format!("features {shard}"));
@@ -57,7 +57,7 @@ pub fn extract_shard(exp: &Experiment, shard: Shard) -> Result<StagedColumn> {
         Arc::new(move |n| bar.inc(n as u64)),
     )?;
     pb.finish_and_clear();
-    staged.meta = serde_json::json!({ "key": key, "backbone": backbone_id, "preprocess": exp.preprocess });
+    staged.meta = serde_json::json!({ "backbone": backbone_id, "preprocess": exp.preprocess });
     Ok(staged)
 }
 
@@ -67,21 +67,27 @@ pub fn commit(paths: &[PathBuf], expected_store: Option<&Path>) -> Result<Commit
     let parts = read_staged(paths)?;
     let first = parts.first().context("no staged shards given")?;
     let store_uri = first.store.clone();
-    let mut store = Store::open(&store_uri)?;
     if let Some(p) = expected_store {
         let want = sv_data::store::uri(p)?;
         if want != store_uri {
             bail!("the shards are of store {store_uri}, not of the experiment's {want}");
         }
     }
-    let data_version = store.commit_staged(&parts)?;
     let meta = &first.meta;
-    let (Some(key), Some(backbone)) = (meta["key"].as_str(), meta["backbone"].as_str()) else {
-        bail!("the staged shards do not record their cache key (made by another tool?)");
+    let Some(backbone) = meta["backbone"].as_str() else {
+        bail!("the staged shards do not record their backbone (made by another tool?)");
     };
     let pre: sv_data::PreprocessConfig =
         serde_json::from_value(meta["preprocess"].clone()).context("the staged shards' preprocessing is unreadable")?;
-    let (name, value) = cache_metadata(backbone, &pre, &first.column, key, first.dim, data_version);
+    if cache_column(backbone, &pre).0 != first.column {
+        bail!(
+            "the staged column {} is not the cache column of backbone {backbone} and its preprocessing",
+            first.column
+        );
+    }
+    let mut store = Store::open(&store_uri)?;
+    let data_version = store.commit_staged(&parts)?;
+    let (name, value) = cache_metadata(backbone, &pre, first.dim, data_version);
     let version = store.set_metadata(&[(name.as_str(), value.as_str())])?;
     Ok(CommitReport {
         store: store_uri,

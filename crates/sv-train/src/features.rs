@@ -52,15 +52,10 @@ pub fn cache_column(backbone_id: &str, pre: &PreprocessConfig) -> (String, Strin
     (col, key)
 }
 
-/// The table-metadata entry that records a cache column's key: `(name, JSON value)`.
-pub fn cache_metadata(
-    backbone_id: &str,
-    pre: &PreprocessConfig,
-    column: &str,
-    key: &str,
-    dim: usize,
-    version: u64,
-) -> (String, String) {
+/// The table-metadata entry that records the key of the cache column of a backbone and
+/// preprocessing: `(name, JSON value)`.
+pub fn cache_metadata(backbone_id: &str, pre: &PreprocessConfig, dim: usize, version: u64) -> (String, String) {
+    let (column, key) = cache_column(backbone_id, pre);
     let meta = serde_json::json!({
         "key": key,
         "backbone": backbone_id,
@@ -86,7 +81,7 @@ pub fn ensure_features<B: Backend>(
     let (features, mut report) =
         extract_features(store, &column, &key, dim, batch_size, COMMIT_ROWS, writable, &mut embed)?;
     if writable && report.computed > 0 {
-        let (name, meta) = cache_metadata(&backbone.id, pre, &column, &key, dim, store.version());
+        let (name, meta) = cache_metadata(&backbone.id, pre, dim, store.version());
         store.set_metadata(&[(name.as_str(), meta.as_str())])?;
         report.version = store.version();
     }

@@ -187,6 +187,9 @@ fn run(cli: Cli) -> Result<()> {
     }
     let cmd = match (cli.cmd, cli.experiment) {
         (None, Some(experiment)) => Some(Cmd::Train { experiment, set: cli.set }),
+        (Some(_), _) if !cli.set.is_empty() => {
+            anyhow::bail!("--set before a subcommand applies to nothing: put it after `train` or `extract`")
+        }
         (cmd, _) => cmd,
     };
     match cmd {
