@@ -12,6 +12,7 @@ pub mod difficulty;
 pub mod generate;
 pub mod hub;
 pub mod ingest;
+pub mod live;
 pub mod mining;
 pub mod predlog;
 pub mod sample;

@@ -32,6 +32,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Store the images a miner logged (`sv-miner --log-images`) as `live` samples, with the
+    /// miner's score, stage, model version, validator hotkey and time; unlabelled unless the log
+    /// has the validator's outcome. Deduplicated by SHA-256; a rerun adds only what is new.
+    ImportLog {
+        /// The miner's `prediction_log` folder of segments, or a Lance prediction log.
+        log: PathBuf,
+        /// Store folder (created when absent).
+        #[arg(long)]
+        store: PathBuf,
+        /// Images a commit: a killed import keeps what it committed.
+        #[arg(long, default_value_t = 1000)]
+        commit_every: usize,
+        /// Leave every imported row unlabelled, even where the log has the validator's outcome.
+        #[arg(long)]
+        ignore_outcomes: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate procedural street scenes (roadwork positives, hard negatives) into a store.
     Generate {
         #[arg(long, default_value_t = 1000)]
@@ -221,6 +239,32 @@ fn run(cli: Cli) -> Result<()> {
                     r.compaction.old_versions,
                     r.skipped.len()
                 );
+            }
+        }
+        Cmd::ImportLog { log, store, commit_every, ignore_outcomes, json } => {
+            let cfg = sv_data::live::ImportLogConfig { commit_every, use_outcomes: !ignore_outcomes };
+            let mut st = Store::open_or_create(&store)?;
+            let r = sv_data::live::import_log(&mut st, &log, &cfg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "read {} records of {}: added {} live images ({} labelled by the validator's outcome), {} \
+                     duplicates, {} shadow records, {} without image bytes, {} undecodable; {} commits, version {}",
+                    r.records,
+                    log.display(),
+                    r.added,
+                    r.labelled,
+                    r.duplicates,
+                    r.shadow,
+                    r.without_image,
+                    r.undecodable,
+                    r.commits,
+                    r.version
+                );
+                for e in &r.errors {
+                    println!("  {e}");
+                }
             }
         }
         Cmd::Generate { count, seed, out, width, height, positive_fraction, hard_negative_fraction } => {

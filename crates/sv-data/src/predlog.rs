@@ -172,7 +172,33 @@ const SCAN_COLUMNS: [&str; 10] = [
 /// Every record of a log, a batch at a time, without the image bytes: a Lance log (scanned in
 /// its batches, oldest fragment first) or a folder of the miner's segments (one segment at a
 /// time, oldest first). Memory holds one batch, however long the log.
-pub fn for_each_batch(path: &Path, mut f: impl FnMut(Vec<PredictionRecord>) -> Result<()>) -> Result<()> {
+pub fn for_each_batch(path: &Path, f: impl FnMut(Vec<PredictionRecord>) -> Result<()>) -> Result<()> {
+    scan_log(path, false, f)
+}
+
+/// Rows a batch of a Lance log holds when the image bytes are read (a few MB of JPEGs).
+const IMAGE_BATCH_ROWS: usize = 64;
+
+/// [`for_each_batch`], image bytes included where the miner kept them ([`IMAGE_BATCH_ROWS`]
+/// records a batch from a Lance log, one segment at a time from a folder).
+pub fn for_each_batch_with_images(path: &Path, f: impl FnMut(Vec<PredictionRecord>) -> Result<()>) -> Result<()> {
+    scan_log(path, true, f)
+}
+
+/// Records in a Lance log (its row count); `None` for a folder of segments, whose rows are
+/// only known by reading them.
+pub fn count_records(path: &Path) -> Result<Option<usize>> {
+    if !path.join("_versions").exists() {
+        return Ok(None);
+    }
+    let log = PredictionLog::open(path)?;
+    let uri = crate::store::uri(path)?;
+    log.rt
+        .block_on(async { anyhow::Ok(Some(Dataset::open(&uri).await?.count_rows(None).await?)) })
+        .with_context(|| format!("cannot count the prediction log {}", path.display()))
+}
+
+fn scan_log(path: &Path, images: bool, mut f: impl FnMut(Vec<PredictionRecord>) -> Result<()>) -> Result<()> {
     if !path.join("_versions").exists() {
         let segments = sv_core::predlog::segments(path)?;
         if segments.is_empty() {
@@ -180,18 +206,27 @@ pub fn for_each_batch(path: &Path, mut f: impl FnMut(Vec<PredictionRecord>) -> R
         }
         for seg in segments {
             let mut records = sv_core::predlog::read_segment(&seg)?;
-            records.iter_mut().for_each(|r| r.image = None);
+            if !images {
+                records.iter_mut().for_each(|r| r.image = None);
+            }
             f(records)?;
         }
         return Ok(());
     }
     let log = PredictionLog::open(path)?;
     let uri = crate::store::uri(path)?;
+    let mut columns = SCAN_COLUMNS.to_vec();
+    if images {
+        columns.push("image");
+    }
     log.rt
         .block_on(async {
             let ds = Dataset::open(&uri).await?;
             let mut sc = ds.scan();
-            sc.project(&SCAN_COLUMNS)?;
+            sc.project(&columns)?;
+            if images {
+                sc.batch_size(IMAGE_BATCH_ROWS);
+            }
             let mut stream = sc.try_into_stream().await?;
             while let Some(b) = stream.try_next().await? {
                 f(sv_core::predlog::from_batch(&b)?)?;

@@ -1,8 +1,13 @@
 //! The sample record: what one row of the store holds, and its Arrow schema.
 //!
 //! Base columns (always present): `id`, `image`, `width`, `height`, `label`, `source`, `split`,
-//! `weather`, `time_of_day`, `description`, `sha256`, `origin`. Columns added later (difficulty,
-//! embeddings, teacher probabilities, predictions) are nullable and live beside these; see
+//! `weather`, `time_of_day`, `description`, `sha256`, `origin`. `label` is null for a sample whose
+//! label is not known yet (a `live` image a validator sent, before a teacher or a person labels
+//! it). Provenance columns [`PROVENANCE_COLUMNS`] (`label_source`, `label_ts_ms`: who gave the
+//! label and when) are made by every store since they were introduced and added, all null, to an
+//! older store by its first write. [`LIVE_COLUMNS`] hold what the miner logged about a live
+//! image (added by the first `import-log`). Columns added later (difficulty, embeddings, teacher
+//! probabilities, predictions) are nullable and live beside these; see
 //! [`crate::Store::write_column`].
 
 use std::fmt;
@@ -11,7 +16,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use arrow_array::{
-    Array, ArrayRef, Int32Array, LargeBinaryArray, RecordBatch, StringArray, UInt32Array, new_null_array,
+    Array, ArrayRef, Float32Array, Int32Array, Int64Array, LargeBinaryArray, RecordBatch, StringArray, UInt32Array,
+    new_null_array,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use sha2::{Digest, Sha256};
@@ -68,11 +74,13 @@ pub enum Source {
     SyntheticI2i,
     Procedural,
     HardCase,
+    /// An image a validator sent to the miner, imported from its prediction log.
+    Live,
 }
 
 impl Source {
-    pub const ALL: [Source; 5] =
-        [Source::Real, Source::SyntheticT2i, Source::SyntheticI2i, Source::Procedural, Source::HardCase];
+    pub const ALL: [Source; 6] =
+        [Source::Real, Source::SyntheticT2i, Source::SyntheticI2i, Source::Procedural, Source::HardCase, Source::Live];
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Real => "real",
@@ -80,6 +88,7 @@ impl Source {
             Source::SyntheticI2i => "synthetic-i2i",
             Source::Procedural => "procedural",
             Source::HardCase => "hard-case",
+            Source::Live => "live",
         }
     }
 }
@@ -88,7 +97,7 @@ impl FromStr for Source {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         Source::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| {
-            anyhow!("source {s:?} is not one of real, synthetic-t2i, synthetic-i2i, procedural, hard-case")
+            anyhow!("source {s:?} is not one of real, synthetic-t2i, synthetic-i2i, procedural, hard-case, live")
         })
     }
 }
@@ -97,6 +106,72 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.as_str())
     }
+}
+
+/// Who gave a sample its label (the `label_source` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelSource {
+    /// Came with the data: a labelled folder, CSV, parquet file or dataset repo.
+    Dataset,
+    /// Drawn by the procedural generator, which knows what it drew.
+    Generator,
+    /// A VLM teacher's confident answer (`sv-train teach --label-above`).
+    Teacher,
+    /// A person's answer in a review (`sv-data label`).
+    Human,
+    /// The validator's outcome, logged by the miner once it was known.
+    Validator,
+}
+
+impl LabelSource {
+    pub const ALL: [LabelSource; 5] = [
+        LabelSource::Dataset,
+        LabelSource::Generator,
+        LabelSource::Teacher,
+        LabelSource::Human,
+        LabelSource::Validator,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LabelSource::Dataset => "dataset",
+            LabelSource::Generator => "generator",
+            LabelSource::Teacher => "teacher",
+            LabelSource::Human => "human",
+            LabelSource::Validator => "validator",
+        }
+    }
+}
+
+impl FromStr for LabelSource {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        LabelSource::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| anyhow!("label source {s:?} is not one of dataset, generator, teacher, human, validator"))
+    }
+}
+
+impl fmt::Display for LabelSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// What the miner logged about a live image (the [`LIVE_COLUMNS`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LiveInfo {
+    /// When the miner answered (ms since the Unix epoch).
+    pub ts_ms: i64,
+    /// The miner's P(roadwork).
+    pub score: f32,
+    /// The cascade stage that answered.
+    pub stage: String,
+    /// The serving model's version.
+    pub model_version: String,
+    pub validator_hotkey: Option<String>,
+    pub challenge_id: Option<String>,
 }
 
 /// Which split a sample belongs to; `Unassigned` until `split` runs.
@@ -155,7 +230,12 @@ pub struct Sample {
     pub image: Vec<u8>,
     pub width: u32,
     pub height: u32,
-    pub label: Label,
+    /// `None` while nobody knows it (live images before teaching or review).
+    pub label: Option<Label>,
+    /// Who gave the label, and when (ms since the Unix epoch); `None` on rows stored before
+    /// provenance was recorded.
+    pub label_source: Option<LabelSource>,
+    pub label_ts_ms: Option<i64>,
     pub source: Source,
     pub split: Split,
     pub meta: SceneMeta,
@@ -163,6 +243,14 @@ pub struct Sample {
     pub sha256: String,
     /// Where the sample was read from (a path, `repo:file#row`), for error reports.
     pub origin: Option<String>,
+    /// What the miner logged, for `live` samples (written only where the store has
+    /// [`LIVE_COLUMNS`]).
+    pub live: Option<LiveInfo>,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Hex SHA-256 of bytes.
@@ -172,14 +260,17 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 impl Sample {
     /// Build a sample from encoded image bytes, decoding them fully to check they are an image.
-    /// The error names the reason (unknown format, truncated data, …).
+    /// The error names the reason (unknown format, truncated data, …). A label given here is
+    /// recorded as coming with the data ([`LabelSource::Dataset`], now); pass `None` for an
+    /// unlabelled sample.
     pub fn from_encoded(
         image: Vec<u8>,
-        label: Label,
+        label: impl Into<Option<Label>>,
         source: Source,
         meta: SceneMeta,
         origin: Option<String>,
     ) -> Result<Self> {
+        let label = label.into();
         let decoded = sv_core::preprocess::decode(&image).context("image does not decode")?;
         let sha256 = sha256_hex(&image);
         Ok(Sample {
@@ -188,11 +279,14 @@ impl Sample {
             height: decoded.height(),
             image,
             label,
+            label_source: label.map(|_| LabelSource::Dataset),
+            label_ts_ms: label.map(|_| now_ms()),
             source,
             split: Split::Unassigned,
             meta,
             sha256,
             origin,
+            live: None,
         })
     }
 }
@@ -217,14 +311,39 @@ pub const BASE_COLUMNS: [&str; 12] = [
 pub const META_COLUMNS: [&str; 11] =
     ["id", "width", "height", "label", "source", "split", "weather", "time_of_day", "description", "sha256", "origin"];
 
-/// The Arrow schema of the base columns.
+/// Who gave the label and when: made with every new store, added (all null) to an older one by
+/// its first write ([`crate::Store::ensure_columns`]), optional when reading.
+pub const PROVENANCE_COLUMNS: [&str; 2] = ["label_source", "label_ts_ms"];
+
+/// The provenance fields.
+pub fn provenance_fields() -> Vec<Field> {
+    vec![Field::new("label_source", DataType::Utf8, true), Field::new("label_ts_ms", DataType::Int64, true)]
+}
+
+/// What the miner logged about a live image; added by the first `import-log`.
+pub const LIVE_COLUMNS: [&str; 6] =
+    ["live_ts_ms", "live_score", "live_stage", "live_model", "live_hotkey", "live_challenge"];
+
+/// The live fields.
+pub fn live_fields() -> Vec<Field> {
+    vec![
+        Field::new("live_ts_ms", DataType::Int64, true),
+        Field::new("live_score", DataType::Float32, true),
+        Field::new("live_stage", DataType::Utf8, true),
+        Field::new("live_model", DataType::Utf8, true),
+        Field::new("live_hotkey", DataType::Utf8, true),
+        Field::new("live_challenge", DataType::Utf8, true),
+    ]
+}
+
+/// The Arrow schema of a new store: the base columns (`label` nullable) and the provenance ones.
 pub fn base_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+    let mut fields = vec![
         Field::new("id", DataType::Utf8, false),
         Field::new("image", DataType::LargeBinary, false),
         Field::new("width", DataType::UInt32, false),
         Field::new("height", DataType::UInt32, false),
-        Field::new("label", DataType::Int32, false),
+        Field::new("label", DataType::Int32, true),
         Field::new("source", DataType::Utf8, false),
         Field::new("split", DataType::Utf8, false),
         Field::new("weather", DataType::Utf8, true),
@@ -232,12 +351,24 @@ pub fn base_schema() -> SchemaRef {
         Field::new("description", DataType::Utf8, true),
         Field::new("sha256", DataType::Utf8, false),
         Field::new("origin", DataType::Utf8, true),
-    ]))
+    ];
+    fields.extend(provenance_fields());
+    Arc::new(Schema::new(fields))
 }
 
 /// Build a record batch of `samples` in `schema` (the base schema or a superset of it: extra
 /// columns, added later, are filled with nulls).
 pub fn to_batch(samples: &[Sample], schema: &SchemaRef) -> Result<RecordBatch> {
+    if schema.field_with_name("live_ts_ms").is_err()
+        && let Some(s) = samples.iter().find(|s| s.live.is_some())
+    {
+        bail!("sample {} is a live image but the store has no live columns (Store::ensure_columns adds them)", s.id);
+    }
+    if schema.field_with_name("label_source").is_err()
+        && let Some(s) = samples.iter().find(|s| s.label_source.is_some())
+    {
+        bail!("sample {} has a label source but the store has no provenance columns", s.id);
+    }
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
         let col: ArrayRef = match field.name().as_str() {
@@ -245,7 +376,34 @@ pub fn to_batch(samples: &[Sample], schema: &SchemaRef) -> Result<RecordBatch> {
             "image" => Arc::new(LargeBinaryArray::from_iter_values(samples.iter().map(|s| s.image.as_slice()))),
             "width" => Arc::new(UInt32Array::from_iter_values(samples.iter().map(|s| s.width))),
             "height" => Arc::new(UInt32Array::from_iter_values(samples.iter().map(|s| s.height))),
-            "label" => Arc::new(Int32Array::from_iter_values(samples.iter().map(|s| s.label.as_i32()))),
+            "label" => {
+                if !field.is_nullable()
+                    && let Some(s) = samples.iter().find(|s| s.label.is_none())
+                {
+                    bail!("sample {} has no label but this store's label column is not nullable", s.id);
+                }
+                Arc::new(samples.iter().map(|s| s.label.map(Label::as_i32)).collect::<Int32Array>())
+            }
+            "label_source" => {
+                Arc::new(StringArray::from_iter(samples.iter().map(|s| s.label_source.map(|l| l.as_str()))))
+            }
+            "label_ts_ms" => Arc::new(samples.iter().map(|s| s.label_ts_ms).collect::<Int64Array>()),
+            "live_ts_ms" => Arc::new(samples.iter().map(|s| s.live.as_ref().map(|l| l.ts_ms)).collect::<Int64Array>()),
+            "live_score" => {
+                Arc::new(samples.iter().map(|s| s.live.as_ref().map(|l| l.score)).collect::<Float32Array>())
+            }
+            "live_stage" => {
+                Arc::new(StringArray::from_iter(samples.iter().map(|s| s.live.as_ref().map(|l| l.stage.as_str()))))
+            }
+            "live_model" => Arc::new(StringArray::from_iter(
+                samples.iter().map(|s| s.live.as_ref().map(|l| l.model_version.as_str())),
+            )),
+            "live_hotkey" => Arc::new(StringArray::from_iter(
+                samples.iter().map(|s| s.live.as_ref().and_then(|l| l.validator_hotkey.as_deref())),
+            )),
+            "live_challenge" => Arc::new(StringArray::from_iter(
+                samples.iter().map(|s| s.live.as_ref().and_then(|l| l.challenge_id.as_deref())),
+            )),
             "source" => Arc::new(StringArray::from_iter_values(samples.iter().map(|s| s.source.as_str()))),
             "split" => Arc::new(StringArray::from_iter_values(samples.iter().map(|s| s.split.as_str()))),
             "weather" => Arc::new(StringArray::from_iter(samples.iter().map(|s| s.meta.weather.as_deref()))),
@@ -284,7 +442,9 @@ pub struct SampleMeta {
     pub id: String,
     pub width: u32,
     pub height: u32,
-    pub label: Label,
+    pub label: Option<Label>,
+    pub label_source: Option<LabelSource>,
+    pub label_ts_ms: Option<i64>,
     pub source: Source,
     pub split: Split,
     pub meta: SceneMeta,
@@ -292,8 +452,17 @@ pub struct SampleMeta {
     pub origin: Option<String>,
 }
 
-/// Read [`SampleMeta`] rows from a batch holding at least [`META_COLUMNS`].
+/// Read [`SampleMeta`] rows from a batch holding at least [`META_COLUMNS`] (and the
+/// [`PROVENANCE_COLUMNS`] where the store has them).
 pub fn metas_from_batch(batch: &RecordBatch) -> Result<Vec<SampleMeta>> {
+    let label_source = match batch.column_by_name("label_source") {
+        Some(_) => Some(column::<StringArray>(batch, "label_source")?),
+        None => None,
+    };
+    let label_ts = match batch.column_by_name("label_ts_ms") {
+        Some(_) => Some(column::<Int64Array>(batch, "label_ts_ms")?),
+        None => None,
+    };
     let id = column::<StringArray>(batch, "id")?;
     let width = column::<UInt32Array>(batch, "width")?;
     let height = column::<UInt32Array>(batch, "height")?;
@@ -311,7 +480,12 @@ pub fn metas_from_batch(batch: &RecordBatch) -> Result<Vec<SampleMeta>> {
                 id: id.value(i).to_string(),
                 width: width.value(i),
                 height: height.value(i),
-                label: Label::from_i64(label.value(i) as i64)?,
+                label: if label.is_valid(i) { Some(Label::from_i64(label.value(i) as i64)?) } else { None },
+                label_source: match label_source {
+                    Some(a) if a.is_valid(i) => Some(a.value(i).parse()?),
+                    _ => None,
+                },
+                label_ts_ms: label_ts.and_then(|a| a.is_valid(i).then(|| a.value(i))),
                 source: source.value(i).parse()?,
                 split: split.value(i).parse()?,
                 meta: SceneMeta {
@@ -330,6 +504,7 @@ pub fn metas_from_batch(batch: &RecordBatch) -> Result<Vec<SampleMeta>> {
 pub fn samples_from_batch(batch: &RecordBatch) -> Result<Vec<Sample>> {
     let metas = metas_from_batch(batch)?;
     let image = column::<LargeBinaryArray>(batch, "image")?;
+    let live = live_from_batch(batch)?;
     Ok(metas
         .into_iter()
         .enumerate()
@@ -339,11 +514,42 @@ pub fn samples_from_batch(batch: &RecordBatch) -> Result<Vec<Sample>> {
             width: m.width,
             height: m.height,
             label: m.label,
+            label_source: m.label_source,
+            label_ts_ms: m.label_ts_ms,
             source: m.source,
             split: m.split,
             meta: m.meta,
             sha256: m.sha256,
             origin: m.origin,
+            live: live.as_ref().and_then(|l| l[i].clone()),
         })
         .collect())
+}
+
+/// The [`LiveInfo`] of each row of a batch that holds the [`LIVE_COLUMNS`] (`None` for a batch
+/// without them, and for rows whose `live_ts_ms` is null).
+pub fn live_from_batch(batch: &RecordBatch) -> Result<Option<Vec<Option<LiveInfo>>>> {
+    if batch.column_by_name("live_ts_ms").is_none() {
+        return Ok(None);
+    }
+    let ts = column::<Int64Array>(batch, "live_ts_ms")?;
+    let score = column::<Float32Array>(batch, "live_score")?;
+    let stage = column::<StringArray>(batch, "live_stage")?;
+    let model = column::<StringArray>(batch, "live_model")?;
+    let hotkey = column::<StringArray>(batch, "live_hotkey")?;
+    let challenge = column::<StringArray>(batch, "live_challenge")?;
+    Ok(Some(
+        (0..batch.num_rows())
+            .map(|i| {
+                ts.is_valid(i).then(|| LiveInfo {
+                    ts_ms: ts.value(i),
+                    score: if score.is_valid(i) { score.value(i) } else { f32::NAN },
+                    stage: opt_str(stage, i).unwrap_or_default(),
+                    model_version: opt_str(model, i).unwrap_or_default(),
+                    validator_hotkey: opt_str(hotkey, i),
+                    challenge_id: opt_str(challenge, i),
+                })
+            })
+            .collect(),
+    ))
 }

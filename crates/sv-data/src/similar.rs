@@ -147,8 +147,11 @@ pub fn k_center(points: &[&[f32]], n: usize) -> Vec<usize> {
 /// A diverse subset of `n` sample ids among the rows matching `filter` that have an embedding:
 /// k-center per (label, source) stratum. Deterministic for a seed.
 pub fn diverse_subset(store: &Store, column: &str, filter: Option<&str>, n: usize, seed: u64) -> Result<Vec<String>> {
-    let metas: HashMap<String, (i32, String)> =
-        store.metas(filter)?.into_iter().map(|m| (m.id, (m.label.as_i32(), m.source.to_string()))).collect();
+    let metas: HashMap<String, (i32, String)> = store
+        .metas(filter)?
+        .into_iter()
+        .map(|m| (m.id, (m.label.map_or(-1, crate::Label::as_i32), m.source.to_string())))
+        .collect();
     let mut strata: BTreeMap<(i32, String), Vec<(String, Vec<f32>)>> = BTreeMap::new();
     for (id, v) in store.read_vector_column(column, filter)? {
         if let (Some(v), Some(key)) = (v, metas.get(&id)) {

@@ -1,4 +1,6 @@
-//! Stratified, seeded train/val/test assignment by (label, source).
+//! Stratified, seeded train/val/test assignment by (label, source). Unlabelled samples are
+//! skipped: they stay `unassigned` (so no training, validation or test read sees them) until a
+//! teacher or a person labels them and a later `split --only-unassigned` places them.
 
 use std::collections::BTreeMap;
 
@@ -49,7 +51,7 @@ pub fn assign_splits(store: &mut Store, cfg: &SplitConfig) -> Result<BTreeMap<(S
         }
     }
     if !cfg.only_unassigned && !cfg.force {
-        let assigned = store.count(Some("split != 'unassigned'"))?;
+        let assigned = store.count(Some("split != 'unassigned' AND label IS NOT NULL"))?;
         if assigned > 0 {
             bail!(
                 "{assigned} samples of {} already have a split; reassigning them would move rows between train, \
@@ -62,7 +64,9 @@ pub fn assign_splits(store: &mut Store, cfg: &SplitConfig) -> Result<BTreeMap<(S
     let metas = store.metas(filter)?;
     let mut groups: BTreeMap<(Label, Source), Vec<String>> = BTreeMap::new();
     for m in metas {
-        groups.entry((m.label, m.source)).or_default().push(m.id);
+        if let Some(label) = m.label {
+            groups.entry((label, m.source)).or_default().push(m.id);
+        }
     }
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut ids = Vec::new();

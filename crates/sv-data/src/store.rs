@@ -24,7 +24,8 @@ use lance::dataset::{MergeInsertBuilder, MergeInsertWriteMode, WhenMatched, When
 use tokio::runtime::Runtime;
 
 use crate::sample::{
-    BASE_COLUMNS, META_COLUMNS, Sample, SampleMeta, base_schema, metas_from_batch, samples_from_batch, to_batch,
+    BASE_COLUMNS, LIVE_COLUMNS, META_COLUMNS, PROVENANCE_COLUMNS, Sample, SampleMeta, base_schema, metas_from_batch,
+    provenance_fields, samples_from_batch, to_batch,
 };
 
 /// Rows per record batch handed to Lance while appending.
@@ -177,6 +178,12 @@ pub(crate) fn vector_array<'a>(rows: impl Iterator<Item = &'a [f32]>, dim: usize
         rows.map(|v| Some(v.iter().copied().map(Some).collect::<Vec<_>>())),
         dim as i32,
     )
+}
+
+/// The filter of the labelled rows of `split`: what training, evaluation and the simulator read
+/// (unlabelled rows are never trained or scored on, whatever split they carry).
+pub fn labelled_split(split: &str) -> String {
+    format!("split = {} AND label IS NOT NULL", sql_str(split))
 }
 
 /// Quote a string as a SQL literal for Lance filters.
@@ -349,7 +356,7 @@ impl Store {
         filter: Option<&str>,
         batch_rows: usize,
     ) -> Result<impl Iterator<Item = Result<Vec<Sample>>> + use<>> {
-        Ok(self.scan_batches(&BASE_COLUMNS, filter, batch_rows)?.map(|b| samples_from_batch(&b?)))
+        Ok(self.scan_batches(&self.sample_columns(true), filter, batch_rows)?.map(|b| samples_from_batch(&b?)))
     }
 
     /// Make sure the scalar (BTree) index on `id` exists and covers every row, so that reads by
@@ -420,14 +427,66 @@ impl Store {
         Ok(!self.rt.block_on(self.dataset.load_indices_by_name(ID_INDEX))?.is_empty())
     }
 
+    /// The columns a read of samples projects: the [`META_COLUMNS`], the image bytes when
+    /// `image`, and the provenance and live columns this store has.
+    pub fn sample_columns(&self, image: bool) -> Vec<&'static str> {
+        let mut cols: Vec<&'static str> = if image { BASE_COLUMNS.to_vec() } else { META_COLUMNS.to_vec() };
+        let schema = self.schema();
+        cols.extend(PROVENANCE_COLUMNS.iter().chain(LIVE_COLUMNS.iter()).filter(|c| schema.field_with_name(c).is_ok()));
+        cols
+    }
+
+    /// Make sure the store has `fields` (each added as an all-null column when absent, one
+    /// metadata-only commit for all of them) and that `label` takes nulls (stores made before
+    /// unlabelled samples existed have it non-nullable). A no-op, with no commit, when the store
+    /// has them already. An existing column of another type is an error naming it.
+    pub fn ensure_columns(&mut self, fields: &[Field]) -> Result<()> {
+        use lance::dataset::{ColumnAlteration, NewColumnTransform};
+        let schema = self.schema();
+        let mut missing = Vec::new();
+        for f in fields {
+            match schema.field_with_name(f.name()) {
+                Ok(have) if have.data_type() != f.data_type() => bail!(
+                    "column {:?} of {} holds {:?}, not {:?}",
+                    f.name(),
+                    self.path.display(),
+                    have.data_type(),
+                    f.data_type()
+                ),
+                Ok(_) => {}
+                Err(_) => missing.push(f.clone().with_nullable(true)),
+            }
+        }
+        let label_strict = schema.field_with_name("label").map(|f| !f.is_nullable()).unwrap_or(false);
+        if missing.is_empty() && !label_strict {
+            return Ok(());
+        }
+        let names: Vec<String> = missing.iter().map(|f| f.name().clone()).collect();
+        let res = self.rt.block_on(async {
+            if label_strict {
+                self.dataset.alter_columns(&[ColumnAlteration::new("label".into()).set_nullable(true)]).await?;
+            }
+            if !missing.is_empty() {
+                let t = NewColumnTransform::AllNulls(Arc::new(Schema::new(missing)));
+                self.dataset.add_columns(t, None, None).await?;
+            }
+            anyhow::Ok(())
+        });
+        if let Err(e) = res {
+            self.reload()?;
+            return Err(e).context(format!("cannot add columns {names:?} to {}", self.path.display()));
+        }
+        Ok(())
+    }
+
     /// Metadata (no image bytes) of the rows matching `filter`.
     pub fn metas(&self, filter: Option<&str>) -> Result<Vec<SampleMeta>> {
-        metas_from_batch(&self.scan(&META_COLUMNS, filter)?)
+        metas_from_batch(&self.scan(&self.sample_columns(false), filter)?)
     }
 
     /// Full samples (image bytes included) matching `filter`.
     pub fn samples(&self, filter: Option<&str>) -> Result<Vec<Sample>> {
-        samples_from_batch(&self.scan(&BASE_COLUMNS, filter)?)
+        samples_from_batch(&self.scan(&self.sample_columns(true), filter)?)
     }
 
     /// Samples by id, in the order asked. An id that is not in the store is an error naming it.
@@ -463,7 +522,7 @@ impl Store {
         }
         row_ids.sort_unstable();
         row_ids.dedup();
-        let projection = self.dataset.schema().project(&BASE_COLUMNS)?;
+        let projection = self.dataset.schema().project(&self.sample_columns(true))?;
         let mut by_id: HashMap<String, Sample> = HashMap::with_capacity(row_ids.len());
         for chunk in row_ids.chunks(GET_TAKE_ROWS) {
             let batch = self
@@ -484,7 +543,7 @@ impl Store {
     /// Samples at row offsets of the current version (Lance's random-access `take`), in the
     /// order asked.
     pub fn take_rows(&self, offsets: &[u64]) -> Result<Vec<Sample>> {
-        let projection = self.dataset.schema().project(&BASE_COLUMNS)?;
+        let projection = self.dataset.schema().project(&self.sample_columns(true))?;
         let batch = self
             .rt
             .block_on(self.dataset.take(offsets, projection))
@@ -588,6 +647,7 @@ impl Store {
     where
         I: Iterator<Item = Result<Sample>> + Send + 'static,
     {
+        self.ensure_columns(&provenance_fields())?;
         let counts = Arc::new(Mutex::new(AppendReport::default()));
         let mut reader = SampleReader {
             inner: samples,

@@ -273,7 +273,7 @@ fn csv_ingest_reads_labels_and_metadata() {
     assert_eq!(r.skipped.len(), 2, "bad label and missing file: {r}");
     let fog = store.metas(Some("weather = 'fog'")).unwrap();
     assert_eq!(fog.len(), 1);
-    assert_eq!(fog[0].label, Label::None);
+    assert_eq!(fog[0].label, Some(Label::None));
 }
 
 fn write_natix_parquet(path: &Path, images: Vec<Option<Vec<u8>>>, labels: Vec<i64>) {
@@ -315,7 +315,7 @@ fn natix_parquet_ingest_reads_struct_images_and_descriptions() {
     assert!(r.skipped.iter().any(|s| s.origin.ends_with("#100") && s.reason.contains("decode")), "{r}");
     let m = store.metas(Some("description = 'street 7 with cones'")).unwrap();
     assert_eq!(m.len(), 1);
-    assert_eq!(m[0].label, Label::Roadwork);
+    assert_eq!(m[0].label, Some(Label::Roadwork));
     assert_eq!(m[0].source, Source::Real);
 }
 

@@ -72,8 +72,8 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// Send `cfg.count` challenges made from `samples` to the miner and score the answers.
 pub async fn replay(samples: &[Sample], dendrite: &mut Dendrite, cfg: &ReplayConfig) -> Result<ReplayReport> {
-    let pos: Vec<&Sample> = samples.iter().filter(|s| s.label == Label::Roadwork).collect();
-    let neg: Vec<&Sample> = samples.iter().filter(|s| s.label == Label::None).collect();
+    let pos: Vec<&Sample> = samples.iter().filter(|s| s.label == Some(Label::Roadwork)).collect();
+    let neg: Vec<&Sample> = samples.iter().filter(|s| s.label == Some(Label::None)).collect();
     if pos.is_empty() || neg.is_empty() {
         bail!("the replay needs both labels in its split ({} roadwork, {} none)", pos.len(), neg.len());
     }

@@ -183,7 +183,7 @@ fn flush(
 
 /// Gather the rows of one split into a [`FeatureSet`] by a streaming scan of the cache column.
 pub fn feature_set(store: &Store, features: &Features, split: &str, dim: usize) -> Result<FeatureSet> {
-    let filter = format!("split = {}", sv_data::store::sql_str(split));
+    let filter = sv_data::store::labelled_split(split);
     let mut set = FeatureSet { d: dim, ..Default::default() };
     let column = features.column.as_deref().filter(|c| store.has_column(c));
     let mut cols = vec!["id", "label"];
@@ -275,7 +275,7 @@ pub(crate) mod tests {
             let samples = store.get(&set.ids).unwrap();
             for (i, s) in samples.iter().enumerate() {
                 assert_eq!(&set.x[i * 4..(i + 1) * 4], embed_one(&s.image).as_slice(), "{}", s.id);
-                assert_eq!(set.y[i], s.label.as_f32());
+                assert_eq!(set.y[i], s.label.unwrap().as_f32());
             }
             rows += set.len();
         }

@@ -199,8 +199,8 @@ pub fn challenge_stream(
     cfg: &SimulatorConfig,
     score: &mut dyn FnMut(&[&[u8]]) -> Result<Vec<f32>>,
 ) -> Result<Vec<Scored>> {
-    let pos: Vec<usize> = (0..samples.len()).filter(|&i| samples[i].label == Label::Roadwork).collect();
-    let neg: Vec<usize> = (0..samples.len()).filter(|&i| samples[i].label == Label::None).collect();
+    let pos: Vec<usize> = (0..samples.len()).filter(|&i| samples[i].label == Some(Label::Roadwork)).collect();
+    let neg: Vec<usize> = (0..samples.len()).filter(|&i| samples[i].label == Some(Label::None)).collect();
     if pos.is_empty() && neg.is_empty() {
         anyhow::bail!("the simulator has no test samples to challenge");
     }
@@ -278,17 +278,20 @@ pub fn simulate<B: Backend>(
 }
 
 /// The stratified sample of `samples` the simulator challenges (`cfg.max_samples`, by label and
-/// source), warning when a label is missing.
+/// source), warning when a label is missing. Unlabelled samples are never picked.
 pub fn pick_samples(samples: &[Sample], cfg: &SimulatorConfig) -> Vec<usize> {
-    let keys: Vec<(Label, String)> = samples.iter().map(|s| (s.label, s.source.to_string())).collect();
-    stratified_subset(&keys, cfg.max_samples, cfg.seed)
+    let labelled: Vec<(usize, (Label, String))> =
+        samples.iter().enumerate().filter_map(|(i, s)| Some((i, (s.label?, s.source.to_string())))).collect();
+    let keys: Vec<(Label, String)> = labelled.iter().map(|(_, k)| k.clone()).collect();
+    stratified_subset(&keys, cfg.max_samples, cfg.seed).into_iter().map(|j| labelled[j].0).collect()
 }
 
 /// Read only the simulator's stratified sample of a store's `split` (metadata first, then the
 /// picked rows by id), so that a large split is never loaded whole.
 pub fn load_sample(store: &sv_data::Store, split: &str, cfg: &SimulatorConfig) -> Result<Vec<Sample>> {
-    let metas = store.metas(Some(&format!("split = {}", sv_data::store::sql_str(split))))?;
-    let keys: Vec<(Label, String)> = metas.iter().map(|m| (m.label, m.source.to_string())).collect();
+    let metas = store.metas(Some(&sv_data::store::labelled_split(split)))?;
+    let keys: Vec<(Label, String)> =
+        metas.iter().map(|m| (m.label.unwrap_or(Label::None), m.source.to_string())).collect();
     let ids: Vec<String> =
         stratified_subset(&keys, cfg.max_samples, cfg.seed).into_iter().map(|i| metas[i].id.clone()).collect();
     store.get(&ids)
@@ -318,7 +321,7 @@ pub fn simulate_with(
 fn missing_labels(samples: &[Sample]) -> Vec<String> {
     [Label::None, Label::Roadwork]
         .into_iter()
-        .filter(|l| !samples.iter().any(|s| s.label == *l))
+        .filter(|l| !samples.iter().any(|s| s.label == Some(*l)))
         .map(|l| l.to_string())
         .collect()
 }

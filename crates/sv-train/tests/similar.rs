@@ -45,7 +45,7 @@ fn neighbours_calibration_set_and_uniqueness() {
         store.metas(None).unwrap().into_iter().map(|m| (m.id.clone(), m)).collect();
     let chosen: Vec<&sv_data::SampleMeta> = subset.iter().map(|id| &metas[id]).collect();
     for label in [Label::None, Label::Roadwork] {
-        assert!(chosen.iter().any(|m| m.label == label), "label {label} covered");
+        assert!(chosen.iter().any(|m| m.label == Some(label)), "label {label} covered");
     }
     for source in [Source::Procedural, Source::HardCase, Source::SyntheticT2i, Source::Real] {
         assert!(chosen.iter().any(|m| m.source == source), "source {source} covered");

@@ -112,7 +112,7 @@ fn techniques_run_and_compare() {
         .metas(None)
         .unwrap()
         .into_iter()
-        .map(|m| (m.id, if m.label == sv_data::Label::Roadwork { 0.8 } else { 0.2 }))
+        .map(|m| (m.id, if m.label == Some(sv_data::Label::Roadwork) { 0.8 } else { 0.2 }))
         .collect();
     let csv: String = std::iter::once("id,prob".to_string())
         .chain(ids.iter().map(|(i, p)| format!("{i},{p}")))

@@ -48,7 +48,7 @@ fn write_parquet(path: &std::path::Path, samples: &[Sample]) {
         Field::new("label", DataType::Int64, false),
         Field::new("scene_description", DataType::Utf8, true),
     ]));
-    let labels = Int64Array::from_iter_values(samples.iter().map(|s| s.label.as_i32() as i64));
+    let labels = Int64Array::from_iter_values(samples.iter().map(|s| s.label.map_or(0, |l| l.as_i32()) as i64));
     let desc = StringArray::from_iter(samples.iter().map(|s| s.meta.description.as_deref()));
     let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(image), Arc::new(labels), Arc::new(desc)]).unwrap();
     let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();

@@ -307,6 +307,7 @@ pub fn sample(cfg: &GenerateConfig, index: u64) -> Result<Sample> {
         s.meta,
         Some(format!("procedural:seed={}#{}", cfg.seed, index)),
     )?;
+    sample.label_source = Some(crate::sample::LabelSource::Generator);
     if s.hard_negative
         && let Some(d) = sample.meta.description.as_mut()
     {

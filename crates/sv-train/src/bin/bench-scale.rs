@@ -74,7 +74,7 @@ fn data_stages(root: &Path, n: usize, out: &mut Vec<Stage>) -> Result<()> {
         }
         for (i, s) in generate::samples(&cfg).enumerate() {
             let s = s?;
-            let dir = if s.label == sv_data::Label::Roadwork { "Roadwork" } else { "None" };
+            let dir = if s.label == Some(sv_data::Label::Roadwork) { "Roadwork" } else { "None" };
             std::fs::write(imgs.join(dir).join(format!("{i:07}.jpg")), &s.image)?;
         }
         Ok(())
@@ -125,7 +125,7 @@ fn data_stages(root: &Path, n: usize, out: &mut Vec<Stage>) -> Result<()> {
     let dim = 384;
     stage(out, "write feature column (4096-row commits)", n, || {
         let labels: BTreeMap<String, bool> =
-            store.metas(None)?.into_iter().map(|m| (m.id, m.label == sv_data::Label::Roadwork)).collect();
+            store.metas(None)?.into_iter().map(|m| (m.id, m.label == Some(sv_data::Label::Roadwork))).collect();
         let mut rng = StdRng::seed_from_u64(2);
         for chunk in ids.chunks(4096) {
             let vals: Vec<(String, Vec<f32>)> = chunk

@@ -164,7 +164,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         };
         let model: Classifier<InferBackend> = load_model(&tmp, &cfg, &meta.backbone.forward, &device)?;
         let store = run_store(&meta)?;
-        let val = store.samples(Some("split = 'val'"))?;
+        let val = store.samples(Some(&sv_data::store::labelled_split("val")))?;
         if val.is_empty() {
             bail!("the run's store has no validation rows to choose the decision point on");
         }
@@ -181,7 +181,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
             let refs: Vec<&[u8]> = chunk.iter().map(|s| s.image.as_slice()).collect();
             clean.extend(model.probs(&refs, &device)?.into_iter().map(|p| decision.map.apply(p)));
         }
-        let all_labels: Vec<bool> = val.iter().map(|s| s.label == sv_data::Label::Roadwork).collect();
+        let all_labels: Vec<bool> = val.iter().map(|s| s.label == Some(sv_data::Label::Roadwork)).collect();
         let metrics = Metrics::compute(&clean, &all_labels);
         cfg.kernels = carry_kernels(&model, opts.warm_batch, kernel_roots.as_ref(), &kernel_dir, &device)?;
 

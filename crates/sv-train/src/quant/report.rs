@@ -118,14 +118,15 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
     let ids = sv_data::similar::diverse_subset(
         &store,
         &meta.feature_column,
-        Some("split = 'train'"),
+        Some(&sv_data::store::labelled_split("train")),
         opts.samples,
         opts.seed,
     )?;
     let calib = store.get(&ids)?;
     let mut strata = BTreeMap::new();
     for s in &calib {
-        *strata.entry(format!("{}/{}", s.label, s.source)).or_insert(0) += 1;
+        *strata.entry(format!("{}/{}", s.label.map_or("unknown".into(), |l| l.to_string()), s.source)).or_insert(0) +=
+            1;
     }
     let mut hook = CalibrationHook::new(opts.bins);
     let pb = sv_data::progress::bar(calib.len() as u64, "calibrate");
@@ -138,11 +139,11 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
     let calibration_seconds = t.elapsed().as_secs_f64();
     println!("calibrated {} sites on {} samples in {calibration_seconds:.1}s", hook.histograms.len(), calib.len());
 
-    let val = store.samples(Some("split = 'val'"))?;
+    let val = store.samples(Some(&sv_data::store::labelled_split("val")))?;
     if val.is_empty() {
         bail!("the run's store has no validation rows to compare precisions on");
     }
-    let labels: Vec<bool> = val.iter().map(|s| s.label == sv_data::Label::Roadwork).collect();
+    let labels: Vec<bool> = val.iter().map(|s| s.label == Some(sv_data::Label::Roadwork)).collect();
     let methods = [Calibrator::Max, Calibrator::Percentile(99.99), Calibrator::Entropy, Calibrator::Mse];
     let mut variants = vec![Precision::Fp32, Precision::Fp16, Precision::Bf16];
     let mut amax = BTreeMap::new();
