@@ -789,6 +789,56 @@ impl Store {
         Ok(self.version())
     }
 
+    /// Write several columns of per-sample values, keyed by id, in one commit: columns the store
+    /// lacks are added first (all null, a metadata-only commit), then the given ids' values are
+    /// rewritten (Lance merge-insert, rewriting only these columns of the fragments the ids are
+    /// in). An id that is not in the store is skipped.
+    pub fn write_columns(&mut self, ids: &[String], columns: &[(&str, ArrayRef)]) -> Result<u64> {
+        if columns.is_empty() {
+            bail!("write_columns needs at least one column");
+        }
+        for (name, values) in columns {
+            if ids.len() != values.len() {
+                bail!("write_columns {name:?}: {} ids but {} values", ids.len(), values.len());
+            }
+            if matches!(*name, "id" | "image" | "sha256") {
+                bail!("column {name:?} is part of a sample's identity and cannot be rewritten");
+            }
+        }
+        let fields: Vec<Field> = columns.iter().map(|(n, v)| Field::new(*n, v.data_type().clone(), true)).collect();
+        self.ensure_columns(&fields)?;
+        let schema = self.schema();
+        let mut out_fields = vec![Field::new("id", DataType::Utf8, false)];
+        for (name, values) in columns {
+            let f = schema.field_with_name(name)?;
+            if !f.is_nullable() && values.null_count() > 0 {
+                bail!("column {name:?} is not nullable but {} values are null", values.null_count());
+            }
+            out_fields.push(Field::new(*name, values.data_type().clone(), f.is_nullable()));
+        }
+        let out_schema = Arc::new(Schema::new(out_fields));
+        let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(ids.iter()))];
+        arrays.extend(columns.iter().map(|(_, v)| v.clone()));
+        let batch = RecordBatch::try_new(out_schema.clone(), arrays)?;
+        let reader = RecordBatchIterator::new(vec![Ok(batch)], out_schema);
+        let res = self.rt.block_on(async {
+            let mut builder = MergeInsertBuilder::try_new(Arc::new(self.dataset.clone()), vec!["id".to_string()])?;
+            builder
+                .when_matched(WhenMatched::UpdateAll)
+                .when_not_matched(WhenNotMatched::DoNothing)
+                .write_mode(MergeInsertWriteMode::RewriteColumns);
+            let (ds, _stats) = builder.try_build()?.execute_reader(reader).await?;
+            self.dataset = Arc::try_unwrap(ds).unwrap_or_else(|a| (*a).clone());
+            anyhow::Ok(())
+        });
+        if let Err(e) = res {
+            self.reload()?;
+            let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+            return Err(e).context(format!("cannot write columns {names:?} in {}", self.path.display()));
+        }
+        Ok(self.version())
+    }
+
     /// Write a nullable `f32` column.
     pub fn write_f32_column(&mut self, name: &str, values: &[(String, f32)]) -> Result<u64> {
         let ids: Vec<String> = values.iter().map(|(id, _)| id.clone()).collect();

@@ -13,9 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
 
-/// The stage-2 question.
-pub const VLM_PROMPT: &str = "Is there ACTIVE road construction or road work in this street image \
-(cones, barriers, construction signs, excavators, workers)? Answer YES or NO.";
+pub use sv_core::vlm::{VLM_PROMPT, parse_yes_no};
 /// The stage-3 request.
 pub const CAPTION_PROMPT: &str = "Describe this street image in one sentence and transcribe any text on signs.";
 
@@ -100,18 +98,6 @@ impl Endpoint {
             .as_str()
             .map(str::to_string)
             .ok_or_else(|| anyhow!("{url} answered without choices[0].message.content"))
-    }
-}
-
-/// Stage 2's probability from the VLM's answer.
-pub fn parse_yes_no(answer: &str) -> Result<f32> {
-    let a = answer.trim().trim_matches(|c: char| !c.is_alphanumeric()).to_ascii_uppercase();
-    if a.starts_with("YES") {
-        Ok(1.0)
-    } else if a.starts_with("NO") {
-        Ok(0.0)
-    } else {
-        bail!("the VLM answered neither YES nor NO: {:?}", answer.chars().take(80).collect::<String>())
     }
 }
 

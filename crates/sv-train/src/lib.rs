@@ -28,6 +28,8 @@ pub mod quant;
 pub mod run;
 pub mod shadow;
 pub mod simulator;
+pub mod stub;
+pub mod teach;
 pub mod techniques;
 pub mod train;
 

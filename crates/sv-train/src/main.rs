@@ -150,6 +150,53 @@ enum Cmd {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Ask an OpenAI-compatible VLM server (vLLM, SGLang) the cascade's question about every
+    /// selected row and write `teacher_prob` (from the YES/NO log-probabilities where the server
+    /// gives them), `teacher_model` and `teacher_error`; commits every --commit-every answers, and
+    /// a rerun asks only the rows without an answer. Distillation reads the column
+    /// (`[distill.teacher] column = "teacher_prob"`).
+    Teach {
+        #[arg(long)]
+        store: PathBuf,
+        /// Server base URL, e.g. http://127.0.0.1:8000.
+        #[arg(long)]
+        endpoint: String,
+        /// Model name the server serves.
+        #[arg(long)]
+        model: String,
+        /// Environment variable holding the server's bearer token, if it wants one.
+        #[arg(long)]
+        api_key_env: Option<String>,
+        /// Lance SQL filter of the rows to teach, e.g. "source = 'live'" (default: all).
+        #[arg(long)]
+        filter: Option<String>,
+        /// Ask again rows that already have a teacher_prob.
+        #[arg(long)]
+        redo: bool,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 256)]
+        commit_every: usize,
+        /// Tries of a request that fails in a retryable way (transport, timeout, 429, 5xx).
+        #[arg(long, default_value_t = 4)]
+        tries: u32,
+        #[arg(long, default_value_t = 500)]
+        backoff_ms: u64,
+        #[arg(long, default_value_t = 60000)]
+        timeout_ms: u64,
+        /// top_logprobs asked for (0: do not ask; the answer text alone then gives 1 or 0).
+        #[arg(long, default_value_t = 5)]
+        top_logprobs: u32,
+        /// Label unlabelled rows whose teacher P >= T as Roadwork and P <= 1 - T as None
+        /// (label_source = teacher). Only answers with log-probabilities count, unless
+        /// --label-from-text.
+        #[arg(long)]
+        label_above: Option<f32>,
+        #[arg(long)]
+        label_from_text: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify a bundle and print its submission's age and days left of its 90-day life.
     Card { bundle: PathBuf },
     /// Nearest samples of the run's store to an image file, embedded with the run's backbone.
@@ -198,6 +245,50 @@ fn run(cli: Cli) -> Result<()> {
             // This binary's edge: `SV_*` variables may override the forward's settings.
             exp.backbone.forward = exp.backbone.forward.clone().with_env()?;
             sv_train::run::run_loaded(exp, &text)?;
+        }
+        Some(Cmd::Teach {
+            store,
+            endpoint,
+            model,
+            api_key_env,
+            filter,
+            redo,
+            concurrency,
+            commit_every,
+            tries,
+            backoff_ms,
+            timeout_ms,
+            top_logprobs,
+            label_above,
+            label_from_text,
+            json,
+        }) => {
+            let mut cfg = sv_train::teach::TeachConfig::new(&endpoint, &model);
+            // This binary's edge: the token comes from the environment variable named.
+            if let Some(var) = api_key_env {
+                cfg.api_key = Some(std::env::var(&var).with_context(|| format!("--api-key-env {var}: not set"))?);
+            }
+            cfg.filter = filter;
+            cfg.redo = redo;
+            cfg.concurrency = concurrency;
+            cfg.commit_every = commit_every;
+            cfg.tries = tries;
+            cfg.backoff_ms = backoff_ms;
+            cfg.timeout_ms = timeout_ms;
+            cfg.top_logprobs = top_logprobs;
+            cfg.label_above = label_above;
+            cfg.label_from_text = label_from_text;
+            cfg.validate()?;
+            let mut st = sv_data::Store::open(&store)?;
+            let r = sv_train::teach::teach(&mut st, &cfg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{r}");
+                for e in &r.first_errors {
+                    println!("  {e}");
+                }
+            }
         }
         Some(Cmd::Compare { experiments, runs, out }) => {
             if runs.is_empty() {
