@@ -53,6 +53,10 @@ pub struct DataSection {
     /// Split fractions for samples still unassigned.
     #[serde(default)]
     pub split: SplitConfig,
+    /// Weights per source of each epoch's draw (see [`crate::mix`]); absent: every training
+    /// row once an epoch.
+    #[serde(default)]
+    pub mix: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 /// A whole experiment file.
@@ -237,6 +241,9 @@ impl Experiment {
             "must be finite and > 0",
         )?;
         check("preprocess.mean", self.preprocess.mean.iter().all(|v| v.is_finite()), "must be finite")?;
+        if let Some(m) = &self.data.mix {
+            crate::mix::validate(m)?;
+        }
         let t = &self.train;
         t.validate()?;
         check("head.d_input", self.head.d_input == 0, "is set from the backbone: leave it out")?;

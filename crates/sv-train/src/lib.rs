@@ -22,6 +22,7 @@ pub mod experiment;
 pub mod export;
 pub mod extract;
 pub mod features;
+pub mod mix;
 pub mod plots;
 pub mod publish;
 pub mod quant;

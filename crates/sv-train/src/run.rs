@@ -288,7 +288,29 @@ fn train_with_techniques<H: burn::tensor::backend::AutodiffBackend>(
         let c = exp.curriculum.as_ref().expect("curriculum");
         c.rows(order.as_ref().expect("order"), e, tcfg.epochs)
     };
-    let plan: crate::train::EpochPlan<'_> = if order.is_some() { Some(&curriculum_plan) } else { None };
+    // `[data.mix]` redraws each epoch's rows (the curriculum's, or all) by source weight.
+    let mixer = match &exp.data.mix {
+        Some(m) => Some(crate::mix::Mixer::new(store, &base_ids, &origin, m, exp.seed)?),
+        None => None,
+    };
+    let all_rows: Vec<usize> = (0..train.len()).collect();
+    let mixed_plan = |e: usize| {
+        let m = mixer.as_ref().expect("mixer");
+        match &order {
+            Some(_) => m.draw(&curriculum_plan(e), e),
+            None => m.draw(&all_rows, e),
+        }
+    };
+    if let Some(m) = &mixer {
+        info.insert("mix".into(), m.report(&mixed_plan(0)));
+    }
+    let plan: crate::train::EpochPlan<'_> = if mixer.is_some() {
+        Some(&mixed_plan)
+    } else if order.is_some() {
+        Some(&curriculum_plan)
+    } else {
+        None
+    };
     let t = std::time::Instant::now();
     let mut outcome = train_head::<H>(&tcfg, head_cfg, &train, val, plan, loss, head_device)?;
     info.insert("head_seconds".into(), serde_json::json!(t.elapsed().as_secs_f64()));
