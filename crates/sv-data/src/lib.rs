@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod live;
 pub mod mining;
 pub mod predlog;
+pub mod review;
 pub mod sample;
 pub mod similar;
 pub mod split;

@@ -50,6 +50,34 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write the rows that need a human (the teacher unsure, teacher and model disagreeing, or
+    /// the teacher failing) as an HTML page of thumbnails (<out>/index.html) and a CSV to fill in
+    /// (<out>/labels.csv); `sv-data label` applies it.
+    Review {
+        #[arg(long)]
+        store: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        limit: usize,
+        /// A teacher probability within this of 0.5 is unsure.
+        #[arg(long, default_value_t = 0.2)]
+        unsure: f32,
+        /// Teacher and model disagree when on either side of 0.5 and further apart than this.
+        #[arg(long, default_value_t = 0.3)]
+        disagree: f32,
+        /// Lance SQL filter narrowing the rows considered, e.g. "source = 'live'".
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Apply a filled-in review CSV (id,label[,...]; label roadwork/none or 1/0, blank skips) as
+    /// human labels, in one commit; an unknown id or label is an error naming its line.
+    Label {
+        #[arg(long)]
+        store: PathBuf,
+        #[arg(long)]
+        csv: PathBuf,
+    },
     /// Generate procedural street scenes (roadwork positives, hard negatives) into a store.
     Generate {
         #[arg(long, default_value_t = 1000)]
@@ -266,6 +294,26 @@ fn run(cli: Cli) -> Result<()> {
                     println!("  {e}");
                 }
             }
+        }
+        Cmd::Review { store, out, limit, unsure, disagree, filter } => {
+            let cfg = sv_data::review::ReviewConfig { limit, unsure, disagree, filter, ..Default::default() };
+            let st = Store::open(&store)?;
+            let r = sv_data::review::review(&st, &out, &cfg)?;
+            println!(
+                "{} rows need a human; {} on {} (answers go in {})",
+                r.candidates,
+                r.rows.len(),
+                r.html.display(),
+                r.csv.display()
+            );
+        }
+        Cmd::Label { store, csv } => {
+            let mut st = Store::open(&store)?;
+            let r = sv_data::review::apply_labels(&mut st, &csv)?;
+            println!(
+                "{} human labels from {} lines ({} blank) applied; version {}",
+                r.labelled, r.lines, r.skipped, r.version
+            );
         }
         Cmd::Generate { count, seed, out, width, height, positive_fraction, hard_negative_fraction } => {
             let cfg = GenerateConfig {

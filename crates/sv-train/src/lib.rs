@@ -15,6 +15,7 @@
 pub mod backbone;
 pub mod checkpoint;
 pub mod curriculum;
+pub mod cycle;
 pub mod decision;
 pub mod distill;
 pub mod evaluate;

@@ -197,6 +197,47 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The weekly loop: import the miner's prediction log, teach the new live rows, train the
+    /// experiment, export a candidate, compare it with the serving bundle on the same test rows
+    /// and simulated validator stream, and ship it (<out>/bundle) only if it wins by the margins;
+    /// writes <out>/report.{md,json} and compare.png.
+    Cycle {
+        #[arg(long)]
+        experiment: PathBuf,
+        /// The bundle the miner serves now.
+        #[arg(long)]
+        serving: PathBuf,
+        /// The miner's prediction log (segments folder or Lance log), imported first.
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// OpenAI-compatible VLM server for the new rows (see `teach`).
+        #[arg(long, requires = "teacher_model")]
+        teacher: Option<String>,
+        #[arg(long)]
+        teacher_model: Option<String>,
+        /// Teacher answers at or beyond this confidence label unlabelled live rows.
+        #[arg(long, default_value_t = 0.9)]
+        label_above: f32,
+        #[arg(long)]
+        out: PathBuf,
+        /// The miner's hotkey (SS58), recorded in the candidate's card.
+        #[arg(long)]
+        hotkey: String,
+        /// The candidate's simulated reward must beat the serving one's by at least this.
+        #[arg(long, default_value_t = 0.0)]
+        reward_margin: f64,
+        /// ... and its clean test MCC may trail by at most this.
+        #[arg(long, default_value_t = 0.02)]
+        max_mcc_drop: f64,
+        /// Challenges of the comparison's simulated stream (same for both models).
+        #[arg(long, default_value_t = 1000)]
+        sim_challenges: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Override a value of the experiment (as `train --set`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
     /// Verify a bundle and print its submission's age and days left of its 90-day life.
     Card { bundle: PathBuf },
     /// Nearest samples of the run's store to an image file, embedded with the run's backbone.
@@ -235,7 +276,7 @@ fn run(cli: Cli) -> Result<()> {
     let cmd = match (cli.cmd, cli.experiment) {
         (None, Some(experiment)) => Some(Cmd::Train { experiment, set: cli.set }),
         (Some(_), _) if !cli.set.is_empty() => {
-            anyhow::bail!("--set before a subcommand applies to nothing: put it after `train` or `extract`")
+            anyhow::bail!("--set before a subcommand applies to nothing: put it after `train`, `extract` or `cycle`")
         }
         (cmd, _) => cmd,
     };
@@ -289,6 +330,45 @@ fn run(cli: Cli) -> Result<()> {
                     println!("  {e}");
                 }
             }
+        }
+        Some(Cmd::Cycle {
+            experiment,
+            serving,
+            log,
+            teacher,
+            teacher_model,
+            label_above,
+            out,
+            hotkey,
+            reward_margin,
+            max_mcc_drop,
+            sim_challenges,
+            seed,
+            set,
+        }) => {
+            let teacher = match (teacher, teacher_model) {
+                (Some(url), Some(model)) => {
+                    let mut t = sv_train::teach::TeachConfig::new(&url, &model);
+                    t.label_above = Some(label_above);
+                    t.validate()?;
+                    Some(t)
+                }
+                _ => None,
+            };
+            let opts = sv_train::cycle::CycleOptions {
+                experiment,
+                overrides: set,
+                serving,
+                log,
+                teacher,
+                out: out.clone(),
+                hotkey,
+                gate: sv_train::cycle::Gate { reward_margin, max_mcc_drop },
+                sim: sv_train::simulator::SimulatorConfig { challenges: sim_challenges, seed, ..Default::default() },
+            };
+            let r = sv_train::cycle::cycle(&opts)?;
+            print!("{}", std::fs::read_to_string(out.join("report.md"))?);
+            println!("{}: {}", if r.shipped { "shipped" } else { "not shipped" }, r.bundle.display());
         }
         Some(Cmd::Compare { experiments, runs, out }) => {
             if runs.is_empty() {
