@@ -31,6 +31,7 @@ pub mod run;
 pub mod shadow;
 pub mod simulator;
 pub mod stub;
+pub mod synth;
 pub mod teach;
 pub mod techniques;
 pub mod train;

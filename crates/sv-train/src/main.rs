@@ -238,6 +238,54 @@ enum Cmd {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Make diffusion images as the validator does (natix's prompts from captions of stored
+    /// images, SDXL t2i or i2i at strength 0.7) through OpenAI's images API or AUTOMATIC1111's,
+    /// and store them as synthetic-t2i/-i2i rows; a rerun makes only the jobs not yet stored.
+    Synth {
+        #[arg(long)]
+        store: PathBuf,
+        /// Service base URL.
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long, value_enum)]
+        api: sv_train::synth::ImageApi,
+        #[arg(long, value_enum)]
+        kind: sv_train::synth::Kind,
+        /// Images in all for this seed (jobs already stored are skipped).
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Model name (OpenAI's API).
+        #[arg(long)]
+        model: Option<String>,
+        /// Environment variable holding the service's bearer token.
+        #[arg(long)]
+        api_key_env: Option<String>,
+        #[arg(long, default_value_t = 1024)]
+        width: u32,
+        #[arg(long, default_value_t = 1024)]
+        height: u32,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 16)]
+        commit_every: usize,
+        /// Rows whose images and captions seed the prompts (Lance SQL; default: labelled,
+        /// non-synthetic rows).
+        #[arg(long)]
+        source_filter: Option<String>,
+        /// An OpenAI-compatible VLM server that captions the source images and rewrites the
+        /// captions with natix's instructions (default: the stored description, templated).
+        #[arg(long, requires = "captioner_model")]
+        captioner: Option<String>,
+        #[arg(long)]
+        captioner_model: Option<String>,
+        /// A run folder: target its misclassified rows (its predictions.csv).
+        #[arg(long)]
+        errors_of: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify a bundle and print its submission's age and days left of its 90-day life.
     Card { bundle: PathBuf },
     /// Nearest samples of the run's store to an image file, embedded with the run's backbone.
@@ -369,6 +417,54 @@ fn run(cli: Cli) -> Result<()> {
             let r = sv_train::cycle::cycle(&opts)?;
             print!("{}", std::fs::read_to_string(out.join("report.md"))?);
             println!("{}: {}", if r.shipped { "shipped" } else { "not shipped" }, r.bundle.display());
+        }
+        Some(Cmd::Synth {
+            store,
+            endpoint,
+            api,
+            kind,
+            count,
+            seed,
+            model,
+            api_key_env,
+            width,
+            height,
+            concurrency,
+            commit_every,
+            source_filter,
+            captioner,
+            captioner_model,
+            errors_of,
+            json,
+        }) => {
+            let mut cfg = sv_train::synth::SynthConfig::new(&endpoint, api, kind, count);
+            // This binary's edge: the token comes from the environment variable named.
+            if let Some(var) = api_key_env {
+                cfg.api_key = Some(std::env::var(&var).with_context(|| format!("--api-key-env {var}: not set"))?);
+            }
+            cfg.seed = seed;
+            cfg.model = model;
+            cfg.width = width;
+            cfg.height = height;
+            cfg.concurrency = concurrency;
+            cfg.commit_every = commit_every;
+            cfg.source_filter = source_filter;
+            cfg.captioner =
+                captioner.zip(captioner_model).map(|(endpoint, model)| sv_train::synth::Captioner { endpoint, model });
+            cfg.errors_of = errors_of;
+            let mut st = sv_data::Store::open(&store)?;
+            let r = sv_train::synth::synth(&mut st, &cfg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "made {} images ({} already stored, {} failed) in {:.1} s, {} commits, version {}",
+                    r.made, r.already, r.failed, r.seconds, r.commits, r.version
+                );
+                for e in &r.first_errors {
+                    println!("  {e}");
+                }
+            }
         }
         Some(Cmd::Compare { experiments, runs, out }) => {
             if runs.is_empty() {

@@ -3,6 +3,10 @@
 //! `tests/fixtures/openai/`), for tests and benchmarks of the teacher: nothing can download a
 //! VLM onto these machines. What it answers for each request is a function of the request's
 //! image bytes and its index, so a test can plant slow, failing, malformed and dropped answers.
+//! The same server answers the image APIs a diffusion deployment exposes (`/v1/images/generations`
+//! and `/v1/images/edits` as OpenAI's, `/sdapi/v1/txt2img` and `img2img` as AUTOMATIC1111's; shapes
+//! as in sv-data's `tests/fixtures/`), with a small PNG drawn from a hash of the request, and keeps
+//! every request's path and body for the test to inspect.
 //! HTTP/1.1 with keep-alive, a thread a connection.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -40,6 +44,8 @@ pub struct Stub {
     pub addr: SocketAddr,
     /// Requests received (all routes).
     pub requests: Arc<AtomicUsize>,
+    /// Path and body of every request to an image route, in arrival order.
+    pub image_requests: Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -49,21 +55,22 @@ impl Stub {
         let listener = TcpListener::bind(("127.0.0.1", port)).context("cannot bind the stub server")?;
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicUsize::new(0));
+        let image_requests: Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (r, s) = (requests.clone(), stop.clone());
+        let (r, s, ir) = (requests.clone(), stop.clone(), image_requests.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (r, d) = (r.clone(), decide.clone());
+                let (r, d, ir) = (r.clone(), decide.clone(), ir.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &r, &*d);
+                    let _ = serve(conn, &r, &ir, &*d);
                 });
             }
         });
-        Ok(Self { addr, requests, stop })
+        Ok(Self { addr, requests, image_requests, stop })
     }
 
     /// The base URL (`http://127.0.0.1:PORT`).
@@ -79,7 +86,15 @@ impl Drop for Stub {
     }
 }
 
-fn serve(conn: TcpStream, requests: &AtomicUsize, decide: &Decide) -> Result<()> {
+const IMAGE_ROUTES: [&str; 4] =
+    ["/v1/images/generations", "/v1/images/edits", "/sdapi/v1/txt2img", "/sdapi/v1/img2img"];
+
+fn serve(
+    conn: TcpStream,
+    requests: &AtomicUsize,
+    image_requests: &std::sync::Mutex<Vec<(String, Vec<u8>)>>,
+    decide: &Decide,
+) -> Result<()> {
     conn.set_nodelay(true)?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut out = conn;
@@ -108,6 +123,22 @@ fn serve(conn: TcpStream, requests: &AtomicUsize, decide: &Decide) -> Result<()>
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body)?;
         let index = requests.fetch_add(1, Ordering::SeqCst);
+        if IMAGE_ROUTES.contains(&path.as_str()) {
+            image_requests.lock().expect("stub log").push((path.clone(), body.clone()));
+            let mut reply = decide(&[], index);
+            while let Reply::Delay(ms, inner) = reply {
+                std::thread::sleep(Duration::from_millis(ms));
+                reply = *inner;
+            }
+            match reply {
+                Reply::Answer { .. } => respond(&mut out, 200, &image_body(&path, &body, index))?,
+                Reply::Status(code) => respond(&mut out, code, &error_body(code, "stub error"))?,
+                Reply::Malformed | Reply::Unsure => respond(&mut out, 200, "{\"images\": [\"not base64!\"]}")?,
+                Reply::Drop => return Ok(()),
+                Reply::Delay(..) => unreachable!("unwrapped above"),
+            }
+            continue;
+        }
         if path != "/v1/chat/completions" {
             respond(&mut out, 404, &error_body(404, &format!("no route {path}")))?;
             continue;
@@ -213,4 +244,38 @@ fn text_body(text: &str) -> String {
 fn error_body(code: u16, msg: &str) -> String {
     let kind = if code < 500 { "BadRequestError" } else { "InternalServerError" };
     serde_json::json!({"error": {"message": msg, "type": kind, "param": null, "code": code}}).to_string()
+}
+
+/// A 32×24 PNG whose colours come from a hash of `seed`: distinct for distinct requests.
+pub fn png_of(seed: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(seed);
+    let img = image::RgbImage::from_fn(32, 24, |x, y| {
+        let i = ((x / 8 + y / 8 * 4) as usize * 3) % 30;
+        image::Rgb([h[i], h[i + 1], h[i + 2]])
+    });
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut buf, image::ImageFormat::Png).expect("encode a PNG in memory");
+    buf.into_inner()
+}
+
+/// The answer of an image route: OpenAI's `{"created", "data": [{"b64_json"}]}` or A1111's
+/// `{"images": [...], "parameters", "info"}`.
+/// The image depends on the request and its index, as a sampler's noise makes two answers to one
+/// prompt differ.
+fn image_body(path: &str, body: &[u8], index: usize) -> String {
+    let mut seed = body.to_vec();
+    seed.extend_from_slice(&index.to_le_bytes());
+    let b64 = base64::engine::general_purpose::STANDARD.encode(png_of(&seed));
+    if path.starts_with("/sdapi/") {
+        let params: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        serde_json::json!({
+            "images": [b64],
+            "parameters": params,
+            "info": serde_json::json!({"prompt": params["prompt"], "seed": params["seed"], "sd_model_name": "stub-sdxl"}).to_string()
+        })
+        .to_string()
+    } else {
+        serde_json::json!({"created": 1733300000, "data": [{"b64_json": b64, "revised_prompt": null}]}).to_string()
+    }
 }

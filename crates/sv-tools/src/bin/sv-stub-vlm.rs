@@ -5,7 +5,9 @@
 //! Its "vision" is a colour rule that fits the procedural demo data: P(roadwork) rises with the
 //! share of traffic-cone orange in the image (a saturated orange: R > 180, 70 < G < 170,
 //! B < 90), from 0.03 with none to 0.97 at 1% of the pixels or more. It is a teacher with
-//! errors of its own (orange cars, dusk light), as a real one has.
+//! errors of its own (orange cars, dusk light), as a real one has. It also answers the image
+//! APIs of a diffusion service (OpenAI's and AUTOMATIC1111's) with small generated PNGs, for
+//! `sv-train synth`.
 
 use std::sync::Arc;
 
@@ -39,6 +41,8 @@ fn main() -> Result<()> {
         cli.port,
         Arc::new(move |img: &[u8], _| match orange_probability(img) {
             Some(p) => Reply::Answer { p, logprobs },
+            // The image routes (and chats without an image) carry no image to look at.
+            None if img.is_empty() => Reply::Answer { p: 0.5, logprobs },
             None => Reply::Status(400),
         }),
     )?;
