@@ -67,7 +67,9 @@ mod tests {
         let p = yes_probability(&c(&[("YES", 0.6f64.ln()), ("Yes", 0.2f64.ln()), ("NO", 0.1f64.ln()), ("The", -1.0)]))
             .unwrap();
         assert!((p - 0.8 / 0.9).abs() < 1e-6, "{p}");
-        assert_eq!(yes_probability(&c(&[("NO", -9999.0)])), Some(0.0));
+        // vLLM's −9999 (its −∞) is no mass: alone it says nothing, beside a real NO it is zero.
+        assert_eq!(yes_probability(&c(&[("NO", -9999.0)])), None);
+        assert_eq!(yes_probability(&c(&[("YES", -9999.0), ("NO", -0.01)])), Some(0.0));
         assert_eq!(yes_probability(&c(&[("The", -0.1)])), None);
         assert_eq!(yes_probability(&c(&[("YES", f64::NEG_INFINITY)])), None);
     }

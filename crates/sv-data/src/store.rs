@@ -770,13 +770,7 @@ impl Store {
         let reader = RecordBatchIterator::new(vec![Ok(batch)], schema);
         let res = self.rt.block_on(async {
             if existing.is_some() {
-                let mut builder = MergeInsertBuilder::try_new(Arc::new(self.dataset.clone()), vec!["id".to_string()])?;
-                builder
-                    .when_matched(WhenMatched::UpdateAll)
-                    .when_not_matched(WhenNotMatched::DoNothing)
-                    .write_mode(MergeInsertWriteMode::RewriteColumns);
-                let (ds, _stats) = builder.try_build()?.execute_reader(reader).await?;
-                self.dataset = Arc::try_unwrap(ds).unwrap_or_else(|a| (*a).clone());
+                self.dataset = rewrite_by_id(&self.dataset, reader).await?;
             } else {
                 self.dataset.merge(reader, "id", "id").await?;
             }
@@ -822,13 +816,7 @@ impl Store {
         let batch = RecordBatch::try_new(out_schema.clone(), arrays)?;
         let reader = RecordBatchIterator::new(vec![Ok(batch)], out_schema);
         let res = self.rt.block_on(async {
-            let mut builder = MergeInsertBuilder::try_new(Arc::new(self.dataset.clone()), vec!["id".to_string()])?;
-            builder
-                .when_matched(WhenMatched::UpdateAll)
-                .when_not_matched(WhenNotMatched::DoNothing)
-                .write_mode(MergeInsertWriteMode::RewriteColumns);
-            let (ds, _stats) = builder.try_build()?.execute_reader(reader).await?;
-            self.dataset = Arc::try_unwrap(ds).unwrap_or_else(|a| (*a).clone());
+            self.dataset = rewrite_by_id(&self.dataset, reader).await?;
             anyhow::Ok(())
         });
         if let Err(e) = res {
@@ -1028,6 +1016,22 @@ impl<I: Iterator<Item = Result<Sample>>> RecordBatchReader for SampleReader<I> {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
+}
+
+/// Rewrite the columns of `reader` (an `id` column and the columns to write) for the ids it
+/// holds: a Lance merge-insert that rewrites only these columns of the fragments the ids are in;
+/// ids not in the dataset are skipped.
+async fn rewrite_by_id(
+    dataset: &Dataset,
+    reader: RecordBatchIterator<Vec<std::result::Result<RecordBatch, ArrowError>>>,
+) -> Result<Dataset> {
+    let mut builder = MergeInsertBuilder::try_new(Arc::new(dataset.clone()), vec!["id".to_string()])?;
+    builder
+        .when_matched(WhenMatched::UpdateAll)
+        .when_not_matched(WhenNotMatched::DoNothing)
+        .write_mode(MergeInsertWriteMode::RewriteColumns);
+    let (ds, _stats) = builder.try_build()?.execute_reader(reader).await?;
+    Ok(Arc::try_unwrap(ds).unwrap_or_else(|a| (*a).clone()))
 }
 
 /// The binary-counter merge policy of [`Store::ensure_id_index`]: given the rows of the index

@@ -660,6 +660,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn openai_edits_carry_the_source_image_and_a_captioner_writes_the_prompt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = store(dir.path());
+        // The stub's chat answers "YES" to everything: the caption, then the rewrite.
+        let stub = Stub::start(0, answer()).unwrap();
+        let mut cfg = SynthConfig::new(&stub.url(), ImageApi::Openai, Kind::I2i, 2);
+        cfg.model = Some("gpt-image-1".into());
+        cfg.captioner = Some(Captioner { endpoint: stub.url(), model: "stub-vlm".into() });
+        cfg.concurrency = 1;
+        let r = synth(&mut st, &cfg).unwrap();
+        assert_eq!((r.made, r.failed), (2, 0), "{r:?}");
+        assert_eq!(
+            stub.requests.load(std::sync::atomic::Ordering::SeqCst),
+            6,
+            "a caption, a rewrite and an edit a job"
+        );
+        let reqs = stub.image_requests.lock().unwrap().clone();
+        for s in st.samples(Some("source = 'synthetic-i2i'")).unwrap() {
+            assert_eq!(s.meta.description.as_deref(), Some("YES"), "the rewrite is the prompt");
+            let src_id = s.origin.as_deref().unwrap().split(':').nth(2).unwrap().to_string();
+            let src = st.get(&[src_id]).unwrap().remove(0);
+            let found = reqs.iter().any(|(p, b)| {
+                p == "/v1/images/edits"
+                    && b.windows(src.image.len()).any(|w| w == src.image.as_slice())
+                    && b.windows(17).any(|w| w == b"name=\"prompt\"\r\n\r\n")
+                    && b.windows(35).any(|w| w == b"name=\"image\"; filename=\"source.jpg\"")
+            });
+            assert!(found, "the edit request carries the source image as the `image` part");
+        }
+    }
+
     /// The child side of the kill test.
     #[test]
     #[ignore = "run by a_killed_synth_resumes_without_redoing_committed_images"]
