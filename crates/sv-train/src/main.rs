@@ -307,6 +307,11 @@ fn main() {
     }
 }
 
+/// This binary's edge: a service's bearer token from the environment variable `--api-key-env` names.
+fn api_key_from_env(var: Option<String>) -> Result<Option<String>> {
+    var.map(|v| std::env::var(&v).with_context(|| format!("--api-key-env {v}: not set"))).transpose()
+}
+
 fn run(cli: Cli) -> Result<()> {
     // GPU builds keep CubeCL's compiled kernels and autotune results across runs, one folder a
     // GPU model and driver; export copies them into the bundle.
@@ -353,10 +358,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
         }) => {
             let mut cfg = sv_train::teach::TeachConfig::new(&endpoint, &model);
-            // This binary's edge: the token comes from the environment variable named.
-            if let Some(var) = api_key_env {
-                cfg.api_key = Some(std::env::var(&var).with_context(|| format!("--api-key-env {var}: not set"))?);
-            }
+            cfg.api_key = api_key_from_env(api_key_env)?;
             cfg.filter = filter;
             cfg.redo = redo;
             cfg.concurrency = concurrency;
@@ -438,10 +440,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
         }) => {
             let mut cfg = sv_train::synth::SynthConfig::new(&endpoint, api, kind, count);
-            // This binary's edge: the token comes from the environment variable named.
-            if let Some(var) = api_key_env {
-                cfg.api_key = Some(std::env::var(&var).with_context(|| format!("--api-key-env {var}: not set"))?);
-            }
+            cfg.api_key = api_key_from_env(api_key_env)?;
             cfg.seed = seed;
             cfg.model = model;
             cfg.width = width;

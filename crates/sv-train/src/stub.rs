@@ -123,40 +123,34 @@ fn serve(
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body)?;
         let index = requests.fetch_add(1, Ordering::SeqCst);
-        if IMAGE_ROUTES.contains(&path.as_str()) {
-            image_requests.lock().expect("stub log").push((path.clone(), body.clone()));
-            let mut reply = decide(&[], index);
-            while let Reply::Delay(ms, inner) = reply {
-                std::thread::sleep(Duration::from_millis(ms));
-                reply = *inner;
-            }
-            match reply {
-                Reply::Answer { .. } => respond(&mut out, 200, &image_body(&path, &body, index))?,
-                Reply::Status(code) => respond(&mut out, code, &error_body(code, "stub error"))?,
-                Reply::Malformed | Reply::Unsure => respond(&mut out, 200, "{\"images\": [\"not base64!\"]}")?,
-                Reply::Drop => return Ok(()),
-                Reply::Delay(..) => unreachable!("unwrapped above"),
-            }
-            continue;
-        }
-        if path != "/v1/chat/completions" {
+        let image_route = IMAGE_ROUTES.contains(&path.as_str());
+        if !image_route && path != "/v1/chat/completions" {
             respond(&mut out, 404, &error_body(404, &format!("no route {path}")))?;
             continue;
         }
-        let image = request_image(&body).unwrap_or_default();
+        // The image routes carry no image for `decide` to look at.
+        let image = if image_route {
+            image_requests.lock().expect("stub log").push((path.clone(), body.clone()));
+            Vec::new()
+        } else {
+            request_image(&body).unwrap_or_default()
+        };
         let mut reply = decide(&image, index);
         while let Reply::Delay(ms, inner) = reply {
             std::thread::sleep(Duration::from_millis(ms));
             reply = *inner;
         }
-        match reply {
-            Reply::Answer { p, logprobs } => respond(&mut out, 200, &answer_body(p, logprobs))?,
-            Reply::Status(code) => respond(&mut out, code, &error_body(code, "stub error"))?,
-            Reply::Malformed => respond(&mut out, 200, "{\"choices\": [")?,
-            Reply::Unsure => respond(&mut out, 200, &text_body("I cannot tell."))?,
+        let (code, text) = match reply {
             Reply::Drop => return Ok(()),
+            Reply::Status(code) => (code, error_body(code, "stub error")),
+            Reply::Answer { .. } if image_route => (200, image_body(&path, &body, index)),
+            Reply::Malformed | Reply::Unsure if image_route => (200, "{\"images\": [\"not base64!\"]}".to_string()),
+            Reply::Answer { p, logprobs } => (200, answer_body(p, logprobs)),
+            Reply::Malformed => (200, "{\"choices\": [".to_string()),
+            Reply::Unsure => (200, text_body("I cannot tell.")),
             Reply::Delay(..) => unreachable!("unwrapped above"),
-        }
+        };
+        respond(&mut out, code, &text)?;
     }
 }
 

@@ -34,7 +34,7 @@ use rand::{RngExt, SeedableRng};
 use sv_data::sample::{Label, LabelSource, SceneMeta, Source};
 use sv_data::{Sample, Store};
 
-use crate::teach::AskError;
+use crate::teach::{AskError, http_error, image_part, post};
 
 /// natix's negative prompt of text-to-image (`synthetic_data_generation`).
 pub const NEGATIVE_T2I: &str = "cartoon, anime, painting, drawing, artistic, stylized, illustration, sketch, unrealistic, \
@@ -287,10 +287,11 @@ struct Client {
     agent: ureq::Agent,
 }
 
-fn status_error(code: u16, resp: ureq::Response, what: &str) -> AskError {
-    let body = resp.into_string().unwrap_or_default();
-    let e = format!("{what}: HTTP {code}: {}", body.chars().take(200).collect::<String>());
-    if code == 429 || code >= 500 { AskError::Retry(e) } else { AskError::Fatal(e) }
+/// The JSON body of a request's answer (a failure classified by [`http_error`]).
+fn json_answer(url: &str, sent: Result<ureq::Response, ureq::Error>) -> Result<serde_json::Value, AskError> {
+    let text =
+        sent.map_err(|e| http_error(url, e))?.into_string().map_err(|e| AskError::Retry(format!("{url}: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| AskError::Fatal(format!("{url} answered non-JSON ({e})")))
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -298,44 +299,19 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 impl Client {
-    fn with_retries<T>(&self, mut f: impl FnMut() -> Result<T, AskError>) -> Result<T, String> {
-        let mut wait = Duration::from_millis(self.cfg.backoff_ms);
-        for attempt in 1..=self.cfg.tries {
-            match f() {
-                Ok(v) => return Ok(v),
-                Err(AskError::Fatal(e)) => return Err(e),
-                Err(AskError::Retry(e)) if attempt == self.cfg.tries => {
-                    return Err(format!("{e} (after {attempt} tries)"));
-                }
-                Err(AskError::Retry(_)) => {
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(Duration::from_secs(30));
-                }
-            }
-        }
-        unreachable!("the last try returns")
+    fn with_retries<T>(&self, f: impl FnMut() -> Result<T, AskError>) -> Result<T, String> {
+        crate::teach::with_retries(self.cfg.tries, self.cfg.backoff_ms, f).map(|(v, _)| v)
     }
 
     fn post_json(&self, url: &str, key: Option<&str>, body: serde_json::Value) -> Result<serde_json::Value, AskError> {
-        let mut req = self.agent.post(url);
-        if let Some(k) = key {
-            req = req.set("Authorization", &format!("Bearer {k}"));
-        }
-        let resp = match req.send_json(body) {
-            Ok(r) => r,
-            Err(ureq::Error::Status(code, resp)) => return Err(status_error(code, resp, url)),
-            Err(ureq::Error::Transport(t)) => return Err(AskError::Retry(format!("{url}: {t}"))),
-        };
-        let text = resp.into_string().map_err(|e| AskError::Retry(format!("{url}: {e}")))?;
-        serde_json::from_str(&text).map_err(|e| AskError::Fatal(format!("{url} answered non-JSON ({e})")))
+        json_answer(url, post(&self.agent, url, key).send_json(body))
     }
 
     /// A chat answer (the captioner).
     fn chat(&self, c: &Captioner, prompt: &str, image: Option<&[u8]>) -> Result<String, AskError> {
         let mut content = vec![serde_json::json!({"type": "text", "text": prompt})];
         if let Some(img) = image {
-            let mime = if img.starts_with(b"\x89PNG") { "image/png" } else { "image/jpeg" };
-            content.push(serde_json::json!({"type": "image_url", "image_url": {"url": format!("data:{mime};base64,{}", b64(img))}}));
+            content.push(image_part(img));
         }
         let body = serde_json::json!({
             "model": c.model, "temperature": 0, "max_tokens": 80,
@@ -436,20 +412,10 @@ impl Client {
                 );
                 body.extend_from_slice(&job.source.image);
                 body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-                let mut req =
-                    self.agent.post(&url).set("Content-Type", &format!("multipart/form-data; boundary={boundary}"));
-                if let Some(k) = &cfg.api_key {
-                    req = req.set("Authorization", &format!("Bearer {k}"));
-                }
-                let resp = match req.send_bytes(&body) {
-                    Ok(r) => r,
-                    Err(ureq::Error::Status(code, resp)) => return Err(status_error(code, resp, &url)),
-                    Err(ureq::Error::Transport(t)) => return Err(AskError::Retry(format!("{url}: {t}"))),
-                };
-                let text = resp.into_string().map_err(|e| AskError::Retry(format!("{url}: {e}")))?;
-                let v: serde_json::Value = serde_json::from_str(&text)
-                    .map_err(|e| AskError::Fatal(format!("{url} answered non-JSON ({e})")))?;
-                first_image(&v, "/data/0/b64_json")
+                let sent = post(&self.agent, &url, cfg.api_key.as_deref())
+                    .set("Content-Type", &format!("multipart/form-data; boundary={boundary}"))
+                    .send_bytes(&body);
+                first_image(&json_answer(&url, sent)?, "/data/0/b64_json")
             }
         }
     }

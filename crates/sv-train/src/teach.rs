@@ -20,7 +20,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use arrow_array::{Array, ArrayRef, Float32Array, Int32Array, Int64Array, LargeBinaryArray, StringArray};
 use base64::Engine;
 use sv_data::Store;
@@ -169,6 +169,65 @@ pub enum AskError {
     Fatal(String),
 }
 
+/// A POST to `url` with the bearer token when there is one.
+pub fn post(agent: &ureq::Agent, url: &str, api_key: Option<&str>) -> ureq::Request {
+    let req = agent.post(url);
+    match api_key {
+        Some(k) => req.set("Authorization", &format!("Bearer {k}")),
+        None => req,
+    }
+}
+
+/// A failed request as an [`AskError`]: transport errors, 429 and 5xx are worth another try,
+/// other statuses are not. The message quotes the error body's message (vLLM ≥ 0.10.1 nests it
+/// under `error`, older ones do not), or the start of the body.
+pub fn http_error(url: &str, e: ureq::Error) -> AskError {
+    match e {
+        ureq::Error::Status(code, resp) => {
+            let body = resp.into_string().unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let msg = v["error"]["message"]
+                .as_str()
+                .or(v["message"].as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| body.chars().take(200).collect());
+            let e = format!("{url}: HTTP {code}: {msg}");
+            if code == 429 || code >= 500 { AskError::Retry(e) } else { AskError::Fatal(e) }
+        }
+        ureq::Error::Transport(t) => AskError::Retry(format!("{t}")),
+    }
+}
+
+/// Try `f` up to `tries` times, waiting `backoff_ms` (doubled each time, at most 30 s) after a
+/// failure worth retrying: the value and the retries it took, or the last error.
+pub fn with_retries<T>(
+    tries: u32,
+    backoff_ms: u64,
+    mut f: impl FnMut() -> Result<T, AskError>,
+) -> Result<(T, u32), String> {
+    let mut wait = Duration::from_millis(backoff_ms);
+    for attempt in 1..=tries {
+        match f() {
+            Ok(v) => return Ok((v, attempt - 1)),
+            Err(AskError::Fatal(e)) => return Err(e),
+            Err(AskError::Retry(e)) if attempt == tries => return Err(format!("{e} (after {attempt} tries)")),
+            Err(AskError::Retry(e)) => {
+                tracing::debug!("retrying in {} ms: {e}", wait.as_millis());
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    Err("no tries".into())
+}
+
+/// A chat message's image part: the bytes as a `data:` URL (PNG or JPEG by their signature).
+pub fn image_part(image: &[u8]) -> serde_json::Value {
+    let mime = if image.starts_with(b"\x89PNG") { "image/png" } else { "image/jpeg" };
+    let data = base64::engine::general_purpose::STANDARD.encode(image);
+    serde_json::json!({"type": "image_url", "image_url": {"url": format!("data:{mime};base64,{data}")}})
+}
+
 /// Read a chat-completions answer body (see `tests/fixtures/openai/`).
 pub fn parse_answer(body: &str) -> Result<Answer, AskError> {
     let v: serde_json::Value = serde_json::from_str(body).map_err(|e| {
@@ -229,8 +288,6 @@ impl Teacher {
 
     /// The request body for an image (the cascade's question; temperature 0).
     pub fn body(&self, image: &[u8]) -> serde_json::Value {
-        let mime = if image.starts_with(b"\x89PNG") { "image/png" } else { "image/jpeg" };
-        let data = base64::engine::general_purpose::STANDARD.encode(image);
         let mut body = serde_json::json!({
             "model": self.cfg.model,
             "temperature": 0,
@@ -239,7 +296,7 @@ impl Teacher {
                 "role": "user",
                 "content": [
                     {"type": "text", "text": sv_core::vlm::VLM_PROMPT},
-                    {"type": "image_url", "image_url": {"url": format!("data:{mime};base64,{data}")}}
+                    image_part(image)
                 ]
             }]
         });
@@ -252,49 +309,16 @@ impl Teacher {
 
     /// One try.
     pub fn ask_once(&self, image: &[u8]) -> Result<Answer, AskError> {
-        let mut req = self.agent.post(&self.url);
-        if let Some(k) = &self.cfg.api_key {
-            req = req.set("Authorization", &format!("Bearer {k}"));
-        }
-        match req.send_json(self.body(image)) {
-            Ok(resp) => {
-                let body = resp.into_string().map_err(|e| AskError::Retry(format!("cannot read the answer: {e}")))?;
-                parse_answer(&body)
-            }
-            Err(ureq::Error::Status(code, resp)) => {
-                let body = resp.into_string().unwrap_or_default();
-                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                // vLLM ≥ 0.10.1 nests the error (`{"error": {"message"…}}`), older ones do not.
-                let msg = v["error"]["message"]
-                    .as_str()
-                    .or(v["message"].as_str())
-                    .map(str::to_string)
-                    .unwrap_or_else(|| body.chars().take(200).collect());
-                let e = format!("HTTP {code}: {msg}");
-                Err(if code == 429 || code >= 500 { AskError::Retry(e) } else { AskError::Fatal(e) })
-            }
-            Err(ureq::Error::Transport(t)) => Err(AskError::Retry(format!("{t}"))),
-        }
+        let resp = post(&self.agent, &self.url, self.cfg.api_key.as_deref())
+            .send_json(self.body(image))
+            .map_err(|e| http_error(&self.url, e))?;
+        let body = resp.into_string().map_err(|e| AskError::Retry(format!("cannot read the answer: {e}")))?;
+        parse_answer(&body)
     }
 
-    /// Ask with retries and backoff; the error of the last try.
+    /// Ask with retries and backoff: the answer and the retries it took, or the last try's error.
     pub fn ask(&self, image: &[u8]) -> Result<(Answer, u32), String> {
-        let mut wait = Duration::from_millis(self.cfg.backoff_ms);
-        for attempt in 1..=self.cfg.tries {
-            match self.ask_once(image) {
-                Ok(a) => return Ok((a, attempt - 1)),
-                Err(AskError::Fatal(e)) => return Err(e),
-                Err(AskError::Retry(e)) if attempt == self.cfg.tries => {
-                    return Err(format!("{e} (after {attempt} tries)"));
-                }
-                Err(AskError::Retry(e)) => {
-                    tracing::debug!("retrying in {} ms: {e}", wait.as_millis());
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(Duration::from_secs(30));
-                }
-            }
-        }
-        unreachable!("the last try returns")
+        with_retries(self.cfg.tries, self.cfg.backoff_ms, || self.ask_once(image))
     }
 }
 
@@ -546,11 +570,6 @@ fn commit(
     tracing::info!("teach: committed {} answers ({} so far, version {})", ids.len(), rep.answered, store.version());
     pending.clear();
     Ok(())
-}
-
-/// A check that the answer of a server reads (for `--dry-run`-style probing and tests).
-pub fn probe(cfg: &TeachConfig, image: &[u8]) -> Result<Answer> {
-    Teacher::new(cfg)?.ask(image).map(|(a, _)| a).map_err(|e| anyhow!("{}: {e}", cfg.endpoint))
 }
 
 #[cfg(test)]
