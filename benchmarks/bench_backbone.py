@@ -33,6 +33,8 @@ PRESETS = {
     "vits16plus": (384, 12, 6, 1536, True),
     "vitb16": (768, 12, 12, 3072, False),
     "vitl16": (1024, 24, 16, 4096, False),
+    "vith16plus": (1280, 32, 20, 5120, True),
+    "vit7b16": (4096, 40, 32, 8192, True),
 }
 DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}  # torch dtype names
 # Dense peak TFLOP/s (SXM datasheets): f32 without tensor cores, bf16/f16 tensor cores.
@@ -52,7 +54,14 @@ def model_for(preset, dtype, device):
     cfg = DINOv3ViTConfig(hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=inter,
                           hidden_act="silu" if gated else "gelu", use_gated_mlp=gated, num_register_tokens=4,
                           patch_size=16, image_size=224, key_bias=False, layerscale_value=1.0)
-    return DINOv3ViTModel(cfg).eval().to(device=device, dtype=getattr(torch, DTYPES[dtype]))
+    # Built on the device in the target dtype: a 7B model drawn on the host in f32 takes minutes.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, DTYPES[dtype]))
+    try:
+        with torch.device(device):
+            return DINOv3ViTModel(cfg).eval()
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def sync(device):
@@ -91,12 +100,14 @@ def row(impl, args, preset, batch, dtype, first, times):
     return {"impl_": impl, "backend": args.device, "dtype": dtype, "preset": preset, "batch": batch,
             "threads": torch.get_num_threads(), "first_s": first, "timed": len(times),
             "p50_ms": times[round((len(times) - 1) * 0.5)] * 1e3, "p90_ms": times[round((len(times) - 1) * 0.9)] * 1e3,
+            "p99_ms": times[round((len(times) - 1) * 0.99)] * 1e3,
             "mean_ms": mean * 1e3, "img_s": batch / mean, "gflop_per_img": fl / 1e9, "tflops": fl * batch / mean / 1e12}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ours", help="path of the bench-backbone binary (needed unless --from-json or --skip-ours)")
+    ap.add_argument("--ours-args", default="", help="extra arguments of our binary, space-separated (e.g. '--weights device')")
     ap.add_argument("--backend", default="cpu", help="our backends, comma-separated (cpu, ndarray, flex, cuda, tch)")
     ap.add_argument("--head", action="store_true", help="also time our stage-1 path (backbone + head, bench-backbone --head)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -107,6 +118,8 @@ def main():
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--max-seconds", type=float, default=30.0)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (default mode)")
+    ap.add_argument("--compile-modes", default="default",
+                    help="torch.compile modes with --compile, comma-separated (default, reduce-overhead = CUDA graphs, max-autotune)")
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--skip-ours", action="store_true")
     ap.add_argument("--json", help="append every row to this JSON-lines file")
@@ -145,7 +158,7 @@ def main():
         for backend in ([] if args.skip_ours else [b for b in args.backend.split(",") if b]):
             cmd = [args.ours, "--backend", backend, "--dtype", dtype, "--presets", ",".join(presets),
                    "--batches", ",".join(map(str, batches)), "--warmup", str(args.warmup), "--iters", str(args.iters),
-                   "--max-seconds", str(args.max_seconds)]
+                   "--max-seconds", str(args.max_seconds)] + args.ours_args.split()
             for extra in ([], ["--head"]) if args.head else ([],):
                 t = time.perf_counter()
                 p = subprocess.Popen(cmd + extra, stdout=subprocess.PIPE, text=True)  # stderr (its table) passes through
@@ -160,7 +173,9 @@ def main():
             model = model_for(preset, dtype, args.device)
             impls = [("torch-eager", features(model))]
             if args.compile:
-                impls.append(("torch-compile", torch.compile(features(model))))
+                for mode in [m for m in args.compile_modes.split(",") if m]:
+                    name = "torch-compile" if mode == "default" else f"torch-compile-{mode}"
+                    impls.append((name, torch.compile(features(model), mode=mode)))
             for batch in batches:
                 x = torch.randn(batch, 3, 224, 224, device=args.device, dtype=getattr(torch, DTYPES[dtype]))
                 for name, fn in impls:

@@ -28,7 +28,8 @@ use tch::{Device, Kind, Tensor};
 
 use super::dinov3::{Dinov3, Dinov3Config, rope_host};
 pub use super::settings::Fusion;
-use super::settings::{TchDevice, TchForwardConfig, TchGelu, TchRope};
+use super::settings::{TchDevice, TchForwardConfig, TchGelu, TchLinear, TchRope};
+use super::tch_fp8::{Fp8Kernels, Fp8Linear};
 use super::tch_kernels::FusedKernels;
 use super::tch_shim::{self, Attention, Step};
 
@@ -73,16 +74,46 @@ const ROPE_HALVES_MIN: i64 = 1 << 22;
 struct TchBlock {
     norm1: (Tensor, Tensor),
     /// q, k and v stacked: `(3D, D)`, bias `(3D,)` (zeros where the checkpoint has none).
-    qkv: (Tensor, Tensor),
-    o: (Tensor, Tensor),
+    qkv: Lin,
+    o: Lin,
     /// LayerScale 1, `(D,)`.
     ls1: Tensor,
     norm2: (Tensor, Tensor),
-    gate: Option<(Tensor, Tensor)>,
-    up: (Tensor, Tensor),
-    down: (Tensor, Tensor),
+    gate: Option<Lin>,
+    up: Lin,
+    down: Lin,
     /// LayerScale 2, `(D,)`.
     ls2: Tensor,
+}
+
+/// A block's linear layer: an `(out, in)` weight and its bias in the model's kind, for
+/// LibTorch's GEMMs, or FP8 ([`Fp8Linear`], `linear = "fp8"`).
+enum Lin {
+    Dense(Tensor, Tensor),
+    Fp8(Fp8Linear),
+}
+
+impl Lin {
+    /// The layer in the precision `fp8` asks for (the dense weights are dropped when quantised).
+    fn new((w, b): (Tensor, Tensor), fp8: bool) -> Result<Self> {
+        Ok(if fp8 { Self::Fp8(Fp8Linear::of(&w, &b)?) } else { Self::Dense(w, b) })
+    }
+
+    /// The dense weight and bias; an error for an FP8 layer (which [`TchDinov3`] runs through
+    /// its quantiser).
+    fn dense(&self) -> Result<(&Tensor, &Tensor)> {
+        match self {
+            Self::Dense(w, b) => Ok((w, b)),
+            Self::Fp8(_) => bail!("an FP8 layer has no dense weights"),
+        }
+    }
+
+    fn fp8(&self) -> Result<&Fp8Linear> {
+        match self {
+            Self::Fp8(l) => Ok(l),
+            Self::Dense(..) => bail!("a dense layer in an FP8 forward"),
+        }
+    }
 }
 
 /// The backbone's weights on a LibTorch device, for [`TchDinov3::forward`].
@@ -117,6 +148,50 @@ pub struct TchDinov3 {
     /// GELU (`SV_TCH_GELU=tanh|exact`; by default on for bf16 on CUDA, where the approximation's
     /// error, under 5e-4 absolute, is below bf16's rounding of the activations).
     gelu_tanh: bool,
+    /// The forwards captured as CUDA graphs, by batch and image size ([`GraphCache`]).
+    graphs: GraphCache,
+    /// The activation quantiser where the blocks' linear layers run in FP8 (`linear = "fp8"`).
+    fp8: Option<Fp8Kernels>,
+}
+
+/// One forward captured as a CUDA graph for one input shape, with its static buffers: the
+/// device input the graph reads, the features it writes (in the graph's pool), and pinned host
+/// buffers for the copies in and out (a copy from pageable memory goes through a staging copy
+/// and cannot overlap).
+struct Captured {
+    graph: tch_shim::Graph,
+    input: Tensor,
+    features: Tensor,
+    host_in: Tensor,
+    host_out: Tensor,
+}
+
+// SAFETY: as for `TchDinov3` (the tensors are only touched under `GraphCache`'s lock).
+unsafe impl Send for Captured {}
+
+/// The captured forwards, by `(batch, height, width)`: a shape is captured on its first use when
+/// its batch is at most [`Self::max_batch`], up to [`MAX_GRAPHS`] shapes (later shapes run
+/// uncaptured; a capture that fails is remembered as such, said once, and runs uncaptured).
+/// Replays share their buffers, so one lock serialises them.
+struct GraphCache {
+    max_batch: usize,
+    graphs: Mutex<HashMap<(i64, i64, i64), Option<Captured>>>,
+}
+
+/// Where a graph's pixels come from: the host (through the pinned buffer) or the device.
+#[derive(Clone, Copy)]
+enum GraphInput<'a> {
+    Host(&'a [f32]),
+    Device(&'a Tensor),
+}
+
+/// The most shapes [`GraphCache`] captures (each holds its activations' memory).
+const MAX_GRAPHS: usize = 16;
+
+impl GraphCache {
+    fn new(max_batch: usize) -> Self {
+        Self { max_batch, graphs: Mutex::new(HashMap::new()) }
+    }
 }
 
 // SAFETY: `tch::Tensor` is `Send` but not `Sync` because a tensor handle may be mutated through
@@ -137,25 +212,141 @@ pub struct TchOutput {
     pub features: Tensor,
 }
 
-/// A model's tensors by checkpoint name, taken out one by one (f32 on the host).
-struct Named(HashMap<String, (Vec<usize>, Vec<f32>)>);
+/// Where [`TchDinov3::build`] takes its weights from: each tensor by checkpoint name, on the
+/// model's device in the model's kind.
+trait DeviceWeights {
+    /// The tensor `name`, which must have `shape`.
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// Whether the weights hold `name` (biases are optional).
+    fn has(&self, name: &str) -> bool;
+}
 
-impl Named {
-    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let (s, v) = self.0.remove(name).with_context(|| format!("backbone tensor {name} is missing"))?;
+/// A loaded Burn model's tensors (f32 on the host), copied to the device one by one.
+struct HostWeights {
+    named: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    device: Device,
+    kind: Kind,
+}
+
+impl DeviceWeights for HostWeights {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let (s, v) = self.named.remove(name).with_context(|| format!("backbone tensor {name} is missing"))?;
         if s.iter().product::<usize>() != shape.iter().product::<usize>() {
             bail!("backbone tensor {name} has shape {s:?}, expected {shape:?}");
         }
-        Ok(v)
+        let shape: Vec<i64> = shape.iter().map(|&s| s as i64).collect();
+        Tensor::f_from_slice(&v)
+            .and_then(|t| t.f_view(shape.as_slice()))
+            .and_then(|t| t.f_to_kind(self.kind))
+            .and_then(|t| t.f_to_device(self.device))
+            .step("copying a weight to the device")
     }
+    fn has(&self, name: &str) -> bool {
+        self.named.contains_key(name)
+    }
+}
 
-    /// A linear layer's `(out, in)` weight and bias (zeros where the layer has none).
-    fn weight_bias(&mut self, name: &str, d_in: usize, d_out: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-        let w = self.take(&format!("{name}.weight"), &[d_out, d_in])?;
-        let bias = format!("{name}.bias");
-        let b = if self.0.contains_key(&bias) { self.take(&bias, &[d_out])? } else { vec![0.0; d_out] };
-        Ok((w, b))
+/// Random weights drawn on the device in the model's kind, by [`RandomSource`]'s rules (norm
+/// weights 1, biases 0, layer scales `layer_scale`, the rest N(0, std²)) but from LibTorch's
+/// generator: the same distribution, not the same numbers. What a benchmark of a large model
+/// wants: nothing is drawn or held on the host.
+///
+/// [`RandomSource`]: super::weights::RandomSource
+struct RandomWeights {
+    device: Device,
+    kind: Kind,
+    std: f64,
+    layer_scale: f64,
+}
+
+impl DeviceWeights for RandomWeights {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let shape: Vec<i64> = shape.iter().map(|&s| s as i64).collect();
+        let leaf = name.rsplit('.').next().unwrap_or(name);
+        let opts = (self.kind, self.device);
+        let t = if leaf == "bias" {
+            Tensor::f_zeros(shape.as_slice(), opts)
+        } else if name.contains("norm") && leaf == "weight" {
+            Tensor::f_ones(shape.as_slice(), opts)
+        } else if leaf == "lambda1" {
+            Tensor::f_full(shape.as_slice(), self.layer_scale, opts)
+        } else {
+            Tensor::f_randn(shape.as_slice(), opts).and_then(|t| t.f_mul_scalar(self.std))
+        };
+        t.step(&format!("drawing {name} on the device"))
     }
+    fn has(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+/// A safetensors checkpoint streamed to the device shard by shard: each shard is mapped, each of
+/// its tensors copied to the device in its stored dtype and converted there, and the shard
+/// unmapped before the next, so the host holds at most one shard's pages and one tensor's copy.
+struct ShardWeights {
+    tensors: HashMap<String, Tensor>,
+    origin: String,
+}
+
+impl ShardWeights {
+    fn load(dir: &std::path::Path, device: Device, kind: Kind) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        for file in super::weights::shard_files(dir)? {
+            let path = dir.join(&file);
+            let f = std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            // SAFETY: the map is read-only and dropped before this function returns; a checkpoint
+            // changed underneath a running load is the operator's error, as for any mmap reader.
+            let bytes = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("cannot map {}", path.display()))?;
+            let st = safetensors::SafeTensors::deserialize(&bytes)
+                .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
+            for (name, view) in st.tensors() {
+                let stored = match view.dtype() {
+                    safetensors::Dtype::F32 => Kind::Float,
+                    safetensors::Dtype::BF16 => Kind::BFloat16,
+                    safetensors::Dtype::F16 => Kind::Half,
+                    other => bail!(
+                        "tensor {name} in {} is {other:?}: the LibTorch loader streams f32, bf16 and f16 weights",
+                        path.display()
+                    ),
+                };
+                let shape: Vec<i64> = view.shape().iter().map(|&s| s as i64).collect();
+                let t = Tensor::f_from_data_size(view.data(), &shape, stored)
+                    .and_then(|t| t.f_to_device(device))
+                    .and_then(|t| t.f_to_kind(kind))
+                    .step(&format!("copying {name} of {} to the device", path.display()))?;
+                tensors.insert(name, t);
+            }
+        }
+        Ok(Self { tensors, origin: dir.display().to_string() })
+    }
+}
+
+impl DeviceWeights for ShardWeights {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .remove(name)
+            .with_context(|| format!("tensor {name:?} is missing from the checkpoint in {}", self.origin))?;
+        let want: Vec<i64> = shape.iter().map(|&s| s as i64).collect();
+        if t.size() != want {
+            bail!("tensor {name:?} in {} has shape {:?}, the config needs {shape:?}", self.origin, t.size());
+        }
+        Ok(t)
+    }
+    fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
+/// A linear layer's `(out, in)` weight and bias (zeros where the layer has none).
+fn weight_bias(w: &mut dyn DeviceWeights, name: &str, d_in: usize, d_out: usize) -> Result<(Tensor, Tensor)> {
+    let weight = w.take(&format!("{name}.weight"), &[d_out, d_in])?;
+    let bias = format!("{name}.bias");
+    let b = match w.has(&bias) {
+        true => w.take(&bias, &[d_out])?,
+        false => Tensor::f_zeros([d_out as i64], (weight.kind(), weight.device())).step("a zero bias")?,
+    };
+    Ok((weight, b))
 }
 
 impl TchDinov3 {
@@ -168,67 +359,126 @@ impl TchDinov3 {
         dtype: DType,
         settings: &TchForwardConfig,
     ) -> Result<Self> {
+        let kind = kind_of(dtype)?;
+        let named = model.named_tensors().into_iter().map(|t| (t.name, (t.shape, t.values))).collect();
+        Self::build(cfg, &mut HostWeights { named, device, kind }, device, kind, settings)
+    }
+
+    /// A backbone of `cfg` with random weights drawn on `device` in `dtype` (seeded by `seed`
+    /// through LibTorch's generator; see [`RandomWeights`]): seconds for a 7B model, where
+    /// drawing on the host and copying takes minutes.
+    pub fn random(
+        cfg: &Dinov3Config,
+        device: Device,
+        dtype: DType,
+        std: f64,
+        seed: i64,
+        settings: &TchForwardConfig,
+    ) -> Result<Self> {
+        let kind = kind_of(dtype)?;
+        tch::manual_seed(seed);
+        let mut w = RandomWeights { device, kind, std, layer_scale: cfg.layerscale_value };
+        Self::build(cfg, &mut w, device, kind, settings)
+    }
+
+    /// A backbone from a Hugging Face folder (`config.json` and `model.safetensors` or its
+    /// sharded index), streamed to `device` shard by shard ([`ShardWeights`]) and run in `dtype`.
+    pub fn from_dir(
+        dir: &std::path::Path,
+        device: Device,
+        dtype: DType,
+        settings: &TchForwardConfig,
+    ) -> Result<(Self, Dinov3Config)> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("cannot read {} (a backbone folder needs config.json)", cfg_path.display()))?;
+        let cfg =
+            Dinov3Config::from_json(&text).with_context(|| format!("{} is not a DINOv3 config", cfg_path.display()))?;
         cfg.validate()?;
         let kind = kind_of(dtype)?;
+        Self::check_device(device)?;
+        let mut w = tch::no_grad(|| ShardWeights::load(dir, device, kind))?;
+        Ok((Self::build(&cfg, &mut w, device, kind, settings)?, cfg))
+    }
+
+    fn check_device(device: Device) -> Result<()> {
         if device.is_cuda() && !tch::Cuda::is_available() {
             bail!("LibTorch sees no CUDA device (is libtorch_cuda on the library path?)");
         }
-        let put = |v: &[f32], shape: &[usize]| -> Result<Tensor> {
-            let shape: Vec<i64> = shape.iter().map(|&s| s as i64).collect();
-            Tensor::f_from_slice(v)
-                .and_then(|t| t.f_view(shape.as_slice()))
-                .and_then(|t| t.f_to_kind(kind))
-                .and_then(|t| t.f_to_device(device))
-                .step("copying a weight to the device")
-        };
-        let pair = |(w, b): (Vec<f32>, Vec<f32>), d_in: usize, d_out: usize| -> Result<(Tensor, Tensor)> {
-            Ok((put(&w, &[d_out, d_in])?, put(&b, &[d_out])?))
-        };
-        let mut w = Named(model.named_tensors().into_iter().map(|t| (t.name, (t.shape, t.values))).collect());
+        Ok(())
+    }
+
+    /// The forward's layout from weights on the device.
+    fn build(
+        cfg: &Dinov3Config,
+        w: &mut dyn DeviceWeights,
+        device: Device,
+        kind: Kind,
+        settings: &TchForwardConfig,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        Self::check_device(device)?;
+        tch::no_grad(|| Self::build_inner(cfg, w, device, kind, settings))
+    }
+
+    fn build_inner(
+        cfg: &Dinov3Config,
+        w: &mut dyn DeviceWeights,
+        device: Device,
+        kind: Kind,
+        settings: &TchForwardConfig,
+    ) -> Result<Self> {
         let (d, inter) = (cfg.hidden_size, cfg.intermediate_size);
-        let norm = |w: &mut Named, name: &str| -> Result<(Tensor, Tensor)> {
-            Ok((
-                put(&w.take(&format!("{name}.weight"), &[d])?, &[d])?,
-                put(&w.take(&format!("{name}.bias"), &[d])?, &[d])?,
-            ))
+        let fp8 = match (settings.linear, device) {
+            (TchLinear::Native, _) => None,
+            (TchLinear::Fp8, Device::Cuda(i)) if kind == Kind::BFloat16 => Some(Fp8Kernels::new(i)?),
+            (TchLinear::Fp8, _) => bail!(
+                "linear = \"fp8\" (SV_TCH_LINEAR=fp8) runs a bf16 backbone on a CUDA device; this one is {kind:?} on {device:?}"
+            ),
+        };
+        let lin = |pair: (Tensor, Tensor)| Lin::new(pair, fp8.is_some());
+        let norm = |w: &mut dyn DeviceWeights, name: &str| -> Result<(Tensor, Tensor)> {
+            Ok((w.take(&format!("{name}.weight"), &[d])?, w.take(&format!("{name}.bias"), &[d])?))
         };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let pre = format!("layer.{i}");
-            let (qw, qb) = w.weight_bias(&format!("{pre}.attention.q_proj"), d, d)?;
-            let (kw, kb) = w.weight_bias(&format!("{pre}.attention.k_proj"), d, d)?;
-            let (vw, vb) = w.weight_bias(&format!("{pre}.attention.v_proj"), d, d)?;
-            let ls1 = w.take(&format!("{pre}.layer_scale1.lambda1"), &[d])?;
-            let ls2 = w.take(&format!("{pre}.layer_scale2.lambda1"), &[d])?;
-            let o = w.weight_bias(&format!("{pre}.attention.o_proj"), d, d)?;
-            let down = w.weight_bias(&format!("{pre}.mlp.down_proj"), inter, d)?;
+            let (qw, qb) = weight_bias(w, &format!("{pre}.attention.q_proj"), d, d)?;
+            let (kw, kb) = weight_bias(w, &format!("{pre}.attention.k_proj"), d, d)?;
+            let (vw, vb) = weight_bias(w, &format!("{pre}.attention.v_proj"), d, d)?;
+            let qkv = lin((
+                Tensor::f_cat(&[qw, kw, vw], 0).step("stacking q/k/v weights")?,
+                Tensor::f_cat(&[qb, kb, vb], 0).step("stacking q/k/v biases")?,
+            ))?;
             let gate = match cfg.gated() {
-                true => Some(pair(w.weight_bias(&format!("{pre}.mlp.gate_proj"), d, inter)?, d, inter)?),
+                true => Some(lin(weight_bias(w, &format!("{pre}.mlp.gate_proj"), d, inter)?)?),
                 false => None,
             };
             layers.push(TchBlock {
-                norm1: norm(&mut w, &format!("{pre}.norm1"))?,
-                qkv: pair(([qw, kw, vw].concat(), [qb, kb, vb].concat()), d, 3 * d)?,
-                o: pair(o, d, d)?,
-                ls1: put(&ls1, &[d])?,
-                norm2: norm(&mut w, &format!("{pre}.norm2"))?,
+                norm1: norm(w, &format!("{pre}.norm1"))?,
+                qkv,
+                o: lin(weight_bias(w, &format!("{pre}.attention.o_proj"), d, d)?)?,
+                ls1: w.take(&format!("{pre}.layer_scale1.lambda1"), &[d])?,
+                norm2: norm(w, &format!("{pre}.norm2"))?,
                 gate,
-                up: pair(w.weight_bias(&format!("{pre}.mlp.up_proj"), d, inter)?, d, inter)?,
-                down: pair(down, inter, d)?,
-                ls2: put(&ls2, &[d])?,
+                up: lin(weight_bias(w, &format!("{pre}.mlp.up_proj"), d, inter)?)?,
+                down: lin(weight_bias(w, &format!("{pre}.mlp.down_proj"), inter, d)?)?,
+                ls2: w.take(&format!("{pre}.layer_scale2.lambda1"), &[d])?,
             });
         }
         let (c, p) = (cfg.num_channels, cfg.patch_size);
         let fusion = settings.fused;
-        let mut prefix = w.take("embeddings.cls_token", &[1, 1, d])?;
+        let mut prefix = vec![w.take("embeddings.cls_token", &[1, 1, d])?];
         if cfg.num_register_tokens > 0 {
-            prefix.extend(w.take("embeddings.register_tokens", &[1, cfg.num_register_tokens, d])?);
+            prefix.push(w.take("embeddings.register_tokens", &[1, cfg.num_register_tokens, d])?);
         }
         // The strided convolution as a linear layer on patches (`(D, C·p·p)`): a cuBLAS GEMM, at
         // full f32 precision in f32 (cuDNN convolutions would take TF32 by LibTorch's default).
         let patch_embed = (
-            put(&w.take("embeddings.patch_embeddings.weight", &[d, c, p, p])?, &[d, c * p * p])?,
-            put(&w.take("embeddings.patch_embeddings.bias", &[d])?, &[d])?,
+            w.take("embeddings.patch_embeddings.weight", &[d, c, p, p])?
+                .f_reshape([d as i64, (c * p * p) as i64])
+                .step("patch embedding weight")?,
+            w.take("embeddings.patch_embeddings.bias", &[d])?,
         );
         Ok(Self {
             device,
@@ -240,9 +490,9 @@ impl TchDinov3 {
             silu: cfg.hidden_act == super::dinov3::Activation::Silu,
             rope_theta: cfg.rope_theta,
             patch_embed,
-            prefix_tokens: put(&prefix, &[1, 1 + cfg.num_register_tokens, d])?,
+            prefix_tokens: Tensor::f_cat(&prefix, 1).step("prefix tokens")?,
             layers,
-            norm: norm(&mut w, "norm")?,
+            norm: norm(w, "norm")?,
             rope_form: match settings.rope {
                 TchRope::Auto => None,
                 TchRope::Roll => Some(RopeForm::Roll),
@@ -273,6 +523,11 @@ impl TchDinov3 {
                 TchGelu::Tanh => true,
                 TchGelu::Exact => false,
             },
+            graphs: GraphCache::new(match device {
+                Device::Cuda(_) => settings.graphs,
+                _ => 0,
+            }),
+            fp8,
         })
     }
 
@@ -297,12 +552,17 @@ impl TchDinov3 {
     /// kernels are on, the attention kernel and the GELU.
     pub fn describe(&self) -> String {
         format!(
-            "{:?} {:?}, fused kernels {}, attention {:?}, GELU {}",
+            "{:?} {:?}{}, fused kernels {}, attention {:?}, GELU {}, CUDA graphs {}",
             self.device,
             self.kind,
+            if self.fp8.is_some() { ", FP8 linear layers (row-wise scales)" } else { "" },
             self.fusion(),
             self.attention,
-            if self.gelu_tanh { "tanh (GEMM epilogue)" } else { "exact" }
+            if self.gelu_tanh { "tanh (GEMM epilogue)" } else { "exact" },
+            match self.graphs.max_batch {
+                0 => "off".to_string(),
+                n => format!("batches ≤ {n}"),
+            }
         )
     }
 
@@ -339,15 +599,132 @@ impl TchDinov3 {
             .step("copying pixels to the device")
     }
 
-    /// Features `(n, 2D)` of normalised host pixels `(n, C, h, w)`, back on the host.
+    /// Features `(n, 2D)` of normalised host pixels `(n, C, h, w)`, back on the host: through
+    /// the shape's CUDA graph where [`GraphCache`] has or takes one, else the forward itself.
     pub fn features_of_pixels(&self, pixels: &[f32], n: usize, h: usize, w: usize) -> Result<Vec<f32>> {
         if n == 0 {
             return Ok(Vec::new());
+        }
+        if let Some(f) = self.graph_features(GraphInput::Host(pixels), n, h, w)? {
+            return Ok(f);
         }
         let out = self.forward(&self.input(pixels, n, h, w)?)?;
         let f = out.features.f_to_device(Device::Cpu).step("copying features to the host")?;
         Vec::<f32>::try_from(f.f_contiguous().step("features")?.f_view([-1i64]).step("features")?)
             .step("reading features")
+    }
+
+    /// Whether a batch of `n` images runs as a CUDA graph (on CUDA, graphs on, `n` within the
+    /// limit; a shape whose capture failed, or one past the cache's size, still runs uncaptured).
+    pub fn captures(&self, n: usize) -> bool {
+        self.device.is_cuda() && n > 0 && n <= self.graphs.max_batch
+    }
+
+    /// Captures the forward for `n` images of `h`×`w` px now (the miner's batch sizes at start,
+    /// so the first request does not pay for the capture); a no-op where graphs are off or the
+    /// shape is captured already. An error where the capture fails.
+    pub fn capture(&self, n: usize, h: usize, w: usize) -> Result<()> {
+        let Device::Cuda(ordinal) = self.device else { return Ok(()) };
+        if n == 0 || n > self.graphs.max_batch {
+            return Ok(());
+        }
+        let mut graphs = self.graphs.graphs.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (n as i64, h as i64, w as i64);
+        if graphs.get(&key).is_some_and(Option::is_some) {
+            return Ok(());
+        }
+        let captured = self.capture_shape(ordinal, key)?;
+        graphs.insert(key, Some(captured));
+        Ok(())
+    }
+
+    /// Features `(n, 2D)` of normalised pixels `(n, C, h, w)` already on the model's device,
+    /// back on the host: through the shape's CUDA graph where [`GraphCache`] has or takes one.
+    pub fn features_of_device(&self, pixels: &Tensor) -> Result<Vec<f32>> {
+        let size = pixels.size();
+        let &[n, _, h, w] = size.as_slice() else { bail!("pixels have shape {size:?}, expected (B, C, H, W)") };
+        if let Some(f) = self.graph_features(GraphInput::Device(pixels), n as usize, h as usize, w as usize)? {
+            return Ok(f);
+        }
+        let f = self.forward(pixels)?.features.f_to_device(Device::Cpu).step("copying features to the host")?;
+        Vec::<f32>::try_from(f.f_contiguous().step("features")?.f_view([-1i64]).step("features")?)
+            .step("reading features")
+    }
+
+    /// Features through the shape's CUDA graph: `None` where it runs uncaptured (graphs off, the
+    /// CPU, a batch above the limit, the cache full, a failed capture, stage profiling on).
+    fn graph_features(&self, input: GraphInput, n: usize, h: usize, w: usize) -> Result<Option<Vec<f32>>> {
+        let Device::Cuda(ordinal) = self.device else { return Ok(None) };
+        if n == 0 || n > self.graphs.max_batch || super::profile::Laps::start().on() {
+            return Ok(None);
+        }
+        let c = match input {
+            GraphInput::Host(pixels) => {
+                let c = pixels.len() / (n * h * w).max(1);
+                if pixels.len() != n * c * h * w {
+                    bail!("pixel batch has {} values, which is not {n} images of {h}×{w} px", pixels.len());
+                }
+                c
+            }
+            GraphInput::Device(t) => t.size()[1] as usize,
+        };
+        let mut graphs = self.graphs.graphs.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (n as i64, h as i64, w as i64);
+        if !graphs.contains_key(&key) {
+            if graphs.len() >= MAX_GRAPHS {
+                return Ok(None);
+            }
+            let captured = match self.capture_shape(ordinal, key) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!("{n} images of {h}×{w} px run without a CUDA graph: {e:#}");
+                    None
+                }
+            };
+            graphs.insert(key, captured);
+        }
+        let Some(g) = graphs.get_mut(&key).and_then(Option::as_mut) else { return Ok(None) };
+        if g.input.size()[1] != c as i64 {
+            bail!("pixel batch has {c} channels, the captured forward {}", g.input.size()[1]);
+        }
+        match input {
+            GraphInput::Host(pixels) => {
+                // SAFETY: `host_in` is a contiguous pinned f32 tensor of exactly `pixels.len()`
+                // values (the shape's), owned by this cache and not in use by any copy (they are
+                // synchronous).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(pixels.as_ptr(), g.host_in.data_ptr() as *mut f32, pixels.len())
+                };
+                g.input.f_copy_(&g.host_in).step("copying pixels to the device")?;
+            }
+            GraphInput::Device(t) => g.input.f_copy_(t).step("copying pixels into the graph's input")?,
+        }
+        g.graph.replay()?;
+        g.host_out.f_copy_(&g.features).step("copying features to the host")?;
+        let len = g.host_out.numel();
+        // SAFETY: `host_out` is a contiguous f32 host tensor of `len` values, written by the
+        // synchronous copy above.
+        Ok(Some(unsafe { std::slice::from_raw_parts(g.host_out.data_ptr() as *const f32, len) }.to_vec()))
+    }
+
+    /// Captures the forward of one input shape with its static buffers.
+    fn capture_shape(&self, ordinal: usize, (n, h, w): (i64, i64, i64)) -> Result<Captured> {
+        let c = self.patch_embed.0.size()[1] / (self.patch * self.patch) as i64;
+        let shape = [n, c, h, w];
+        let input = Tensor::f_zeros(shape, (Kind::Float, self.device)).step("a graph's input")?;
+        let mut features = None;
+        let graph = tch_shim::Graph::capture(ordinal, 1, &mut || {
+            features = Some(self.forward(&input)?.features);
+            Ok(())
+        })?;
+        let features = features.context("the captured forward made no features")?;
+        let pinned = |size: &[i64]| {
+            Tensor::f_zeros(size, (Kind::Float, Device::Cpu))
+                .and_then(|t| t.f_pin_memory(self.device))
+                .step("pinned host memory")
+        };
+        let host_out = pinned(&features.size())?;
+        Ok(Captured { graph, host_in: pinned(&shape)?, input, features, host_out })
     }
 
     /// The RoPE tables `(T, hd)` of a patch grid, in f32 (the fused kernel's) or the model's kind.
@@ -377,18 +754,53 @@ impl TchDinov3 {
         Ok(tables)
     }
 
+    /// A block's linear layer on rows `x` `(M, K)`: LibTorch's GEMM, or quantise then FP8 GEMM.
+    fn linear(&self, lin: &Lin, x: &Tensor, what: &str) -> Result<Tensor> {
+        match (lin, &self.fp8) {
+            (Lin::Fp8(l), Some(k)) => {
+                let (q, s) = k.quantize(x, false).with_context(|| format!("{what}: quantising its input"))?;
+                l.forward(&q, &s).with_context(|| what.to_string())
+            }
+            (lin, _) => {
+                let (w, b) = lin.dense()?;
+                x.f_linear(w, Some(b)).step(what)
+            }
+        }
+    }
+
     /// The MLP of a block on normalised rows `(M, D)`: `(M, D)` before LayerScale.
     fn mlp(&self, blk: &TchBlock, h2: &Tensor, step: &dyn Fn(&str) -> String) -> Result<Tensor> {
+        let act = |y: &mut Tensor| if self.silu { y.f_silu_() } else { y.f_gelu_("none") };
+        if let Some(k) = &self.fp8 {
+            // h2 quantised once for up (and gate); GELU fused into the down-projection's quantiser.
+            let (q, s) = k.quantize(h2, false).with_context(|| step("MLP input quantiser"))?;
+            let mut hid = blk.up.fp8()?.forward(&q, &s).with_context(|| step("up_proj"))?;
+            let (q, s) = match &blk.gate {
+                None if !self.silu => k.quantize(&hid, true),
+                None => {
+                    hid.f_silu_().in_place(&step("activation"))?;
+                    k.quantize(&hid, false)
+                }
+                Some(g) => {
+                    let mut gate = g.fp8()?.forward(&q, &s).with_context(|| step("gate_proj"))?;
+                    act(&mut gate).in_place(&step("activation"))?;
+                    hid.f_mul_(&gate).in_place(&step("gated product"))?;
+                    k.quantize(&hid, false)
+                }
+            }
+            .with_context(|| step("down_proj input quantiser"))?;
+            return blk.down.fp8()?.forward(&q, &s).with_context(|| step("down_proj"));
+        }
+        let (uw, ub) = blk.up.dense()?;
         let hid = match &blk.gate {
             None if self.gelu_tanh && !self.silu => {
-                tch_shim::addmm_gelu_tanh(&blk.up.1, h2, &blk.up.0).with_context(|| step("up_proj + GELU"))?
+                tch_shim::addmm_gelu_tanh(ub, h2, uw).with_context(|| step("up_proj + GELU"))?
             }
             gate => {
-                let mut hid = h2.f_linear(&blk.up.0, Some(&blk.up.1)).step(&step("up_proj"))?;
-                let act = |y: &mut Tensor| if self.silu { y.f_silu_() } else { y.f_gelu_("none") };
+                let mut hid = h2.f_linear(uw, Some(ub)).step(&step("up_proj"))?;
                 match gate {
                     Some(g) => {
-                        let mut gate = h2.f_linear(&g.0, Some(&g.1)).step(&step("gate_proj"))?;
+                        let mut gate = self.linear(g, h2, &step("gate_proj"))?;
                         act(&mut gate).in_place(&step("activation"))?;
                         hid.f_mul_(&gate).in_place(&step("gated product"))?;
                     }
@@ -397,7 +809,7 @@ impl TchDinov3 {
                 hid
             }
         };
-        hid.f_linear(&blk.down.0, Some(&blk.down.1)).step(&step("down_proj"))
+        self.linear(&blk.down, &hid, &step("down_proj"))
     }
 
     /// Forward pass on normalised pixels `(B, C, H, W)` on the model's device (any float
@@ -490,7 +902,7 @@ impl TchDinov3 {
                 None => layer_norm(&x, &blk.norm1, &step("norm1"))?,
             };
             lap("norm1");
-            let mut qkv = h1.f_linear(&blk.qkv.0, Some(&blk.qkv.1)).step(&step("qkv"))?;
+            let mut qkv = self.linear(&blk.qkv, &h1, &step("qkv"))?;
             lap("qkv");
             let (q, kk, v) = if let Some(k) = rope_kernel {
                 // In place in the GEMM's output; q, k, v are then (B, H, T, hd) views of it.
@@ -522,7 +934,7 @@ impl TchDinov3 {
             let a = tch_shim::attention(&q, &kk, &v, self.attention).with_context(|| step("attention"))?;
             let a = a.transpose(1, 2).reshape([m, d]);
             lap("attention");
-            let o = a.f_linear(&blk.o.0, Some(&blk.o.1)).step(&step("o_proj"))?;
+            let o = self.linear(&blk.o, &a, &step("o_proj"))?;
             let h2 = match norm_kernel {
                 Some(k) => k
                     .residual_norm(&mut x, &o, &blk.ls1, &blk.norm2, self.eps)

@@ -94,6 +94,17 @@ pub enum TchGelu {
     Exact,
 }
 
+/// The precision of the LibTorch forward's linear layers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TchLinear {
+    /// The model's dtype (LibTorch's cuBLAS GEMMs).
+    #[default]
+    Native,
+    /// FP8 E4M3 GEMMs (`torch._scaled_mm`), weights per output channel, activations per row.
+    Fp8,
+}
+
 /// Which of the LibTorch forward's fused CUDA kernels run (`tch_kernels::FusedKernels`), written
 /// `default`, `none` (or `0`: LibTorch's operators only), `all` (or `1`) or a list of `rope`,
 /// `norm` and `patches` separated by `,` or `+`.
@@ -213,6 +224,12 @@ pub struct TchForwardConfig {
     pub rope: TchRope,
     pub attention: TchAttention,
     pub gelu: TchGelu,
+    /// The precision of the blocks' linear layers (`native`: the model's dtype; `fp8`: E4M3
+    /// weights and activations with row-wise scales, bf16 models on compute capability ≥ 8.9).
+    pub linear: TchLinear,
+    /// On CUDA, batches of up to this many images run as CUDA graphs, captured per input shape on
+    /// first use (one launch replays the whole forward: what batch 1 is bound by); `0` never.
+    pub graphs: usize,
 }
 
 impl Default for TchForwardConfig {
@@ -223,6 +240,8 @@ impl Default for TchForwardConfig {
             rope: TchRope::Auto,
             attention: TchAttention::Auto,
             gelu: TchGelu::Auto,
+            linear: TchLinear::Native,
+            graphs: 8,
         }
     }
 }
@@ -241,7 +260,7 @@ pub struct ForwardConfig {
 impl ForwardConfig {
     /// This config with the `SV_*` overrides of the environment applied: `SV_CPU_KERNELS=0` or
     /// `SV_TCH_KERNELS=0` (engine `burn`), `SV_CPU_GEMM`, `SV_CPU_LN`, `SV_TCH_DEVICE`,
-    /// `SV_TCH_FUSED`, `SV_TCH_ROPE`, `SV_TCH_ATTN`, `SV_TCH_GELU`, `SV_PROFILE`. For binaries
+    /// `SV_TCH_FUSED`, `SV_TCH_ROPE`, `SV_TCH_ATTN`, `SV_TCH_GELU`, `SV_TCH_LINEAR`, `SV_TCH_GRAPHS`, `SV_PROFILE`. For binaries
     /// and test harnesses only (the edge of a program); a bad value is an error naming it.
     pub fn with_env(mut self) -> Result<Self> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -273,6 +292,12 @@ impl ForwardConfig {
         if let Some(v) = var("SV_TCH_GELU") {
             self.tch.gelu = enum_of("SV_TCH_GELU", &v)?;
         }
+        if let Some(v) = var("SV_TCH_LINEAR") {
+            self.tch.linear = enum_of("SV_TCH_LINEAR", &v)?;
+        }
+        if let Some(v) = var("SV_TCH_GRAPHS") {
+            self.tch.graphs = v.parse().with_context(|| format!("SV_TCH_GRAPHS={v:?} is not a batch size (0: off)"))?;
+        }
         if ["SV_PROFILE", "SV_CPU_PROFILE"].iter().any(|k| var(k).as_deref() == Some("1")) {
             self.profile = true;
         }
@@ -301,6 +326,12 @@ mod tests {
         assert!(e.contains("\"warp\""), "{e}");
         let e = toml::from_str::<ForwardConfig>("[tch]\ndevice = \"gpu\"").unwrap_err().to_string();
         assert!(e.contains("backbone.forward.tch.device"), "{e}");
+        // FP8 linear layers and CUDA graphs: off by default, and graphs for batches up to 8.
+        assert_eq!((c.tch.linear, c.tch.graphs), (TchLinear::Native, 8));
+        let f: ForwardConfig = toml::from_str("[tch]\nlinear = \"fp8\"\ngraphs = 0").unwrap();
+        assert_eq!((f.tch.linear, f.tch.graphs), (TchLinear::Fp8, 0));
+        let e = toml::from_str::<ForwardConfig>("[tch]\nlinear = \"int4\"").unwrap_err().to_string();
+        assert!(e.contains("int4"), "{e}");
         // Round trip: what a run writes reads back the same.
         let text = toml::to_string(&c).unwrap();
         assert_eq!(toml::from_str::<ForwardConfig>(&text).unwrap(), c, "{text}");

@@ -9,8 +9,9 @@
 //! - [`FusedKernels::patches`]: f32 pixels to the patch rows of the embedding GEMM in the model's
 //!   dtype, one pass.
 //!
-//! Launches go to the CUDA legacy default stream, the one LibTorch uses unless a caller switches
-//! streams (nothing in this project does), so they are ordered with LibTorch's own kernels. The
+//! Launches go to LibTorch's current stream on the device (the legacy default stream unless a
+//! caller switched it, as a CUDA graph capture does), so they are ordered with LibTorch's own
+//! kernels and join a capture. The
 //! context is the device's primary context, which LibTorch's runtime uses too: its device
 //! pointers are valid here. No CUDA headers are needed: bf16 and f16 are converted with bit
 //! operations and PTX `cvt`.
@@ -226,7 +227,8 @@ pub struct FusedKernels {
     vec: i64,
     /// Bytes of one vector load: every address of the model's values is aligned to it.
     align: u64,
-    stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
+    ordinal: usize,
     rope: CudaFunction,
     residual_norm: CudaFunction,
     patches: CudaFunction,
@@ -266,11 +268,20 @@ impl FusedKernels {
             patch: patch as i64,
             vec: vec as i64,
             align: (vec * bytes) as u64,
-            stream: ctx.default_stream(),
+            ctx,
+            ordinal,
             rope: f("rope")?,
             residual_norm: f("residual_norm")?,
             patches: f("patches")?,
         })
+    }
+
+    /// LibTorch's current stream on the device, borrowed for one launch.
+    fn stream(&self) -> Arc<CudaStream> {
+        // SAFETY: LibTorch's streams live as long as the process (its pool never frees them),
+        // and the legacy default stream (null) always exists; both belong to the device's
+        // primary context, which is `self.ctx`.
+        unsafe { self.ctx.wrap_borrowed_stream(super::tch_shim::current_stream(self.ordinal) as _) }
     }
 
     /// A tensor's device address, checked: on `device`, of `kind`, contiguous, `numel` elements,
@@ -309,7 +320,8 @@ impl FusedKernels {
         // Threads: (row, q or k, head, VEC values of the first half) = m·D / VEC.
         let (cfg, n) = blocks(m * self.d / self.vec, "RoPE")?;
         let (t32, p32) = (t as i32, prefix as i32);
-        let mut launch = self.stream.launch_builder(&self.rope);
+        let stream = self.stream();
+        let mut launch = stream.launch_builder(&self.rope);
         launch.arg(&q).arg(&c).arg(&s).arg(&n).arg(&t32).arg(&p32);
         // SAFETY: the arguments match the kernel's parameters; the addresses are live device
         // buffers of the sizes and alignment checked above, which the kernel stays within.
@@ -342,7 +354,8 @@ impl FusedKernels {
         // One warp per row; `blocks` bounds the thread count, so m fits too.
         let (cfg, _) = blocks(m * 32, "residual + norm")?;
         let (m32, eps) = (m as i32, eps as f32);
-        let mut launch = self.stream.launch_builder(&self.residual_norm);
+        let stream = self.stream();
+        let mut launch = stream.launch_builder(&self.residual_norm);
         for a in &args {
             launch.arg(a);
         }
@@ -372,7 +385,8 @@ impl FusedKernels {
         // Threads: (patch, channel, pixel row) = rows·C·p, each writing p values.
         let (cfg, n) = blocks(rows * c * self.patch, "patch")?;
         let (gh32, gw32, h32, w32) = (gh as i32, gw as i32, hgt as i32, wid as i32);
-        let mut launch = self.stream.launch_builder(&self.patches);
+        let stream = self.stream();
+        let mut launch = stream.launch_builder(&self.patches);
         launch.arg(&px).arg(&o).arg(&n).arg(&gh32).arg(&gw32).arg(&h32).arg(&w32);
         // SAFETY: as in `rope`; reads stay inside the (B, C, hgt, wid) pixels as gh·p ≤ hgt and
         // gw·p ≤ wid (checked above), writes inside the rows·k outputs.

@@ -2,9 +2,10 @@
 //! LibTorch's headers): ATen operators that the `tch` crate does not reach. cuBLASLt's bias+GELU
 //! GEMM epilogue (tch 0.24's generated `_addmm_activation` passes `use_gelu` into `beta`), and
 //! each of PyTorch's attention kernels by name (tch wraps none of their forwards but the
-//! memory-efficient one).
+//! memory-efficient one), LibTorch's current CUDA stream, and CUDA graphs as `torch.cuda.graph`
+//! captures them ([`Graph`]).
 
-use std::ffi::{CStr, c_char, c_int};
+use std::ffi::{CStr, c_char, c_int, c_void};
 
 use anyhow::{Result, bail};
 use tch::Tensor;
@@ -26,6 +27,17 @@ unsafe extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> *mut C_tensor;
+    fn sv_cuda_current_stream(device: c_int) -> *mut c_void;
+    fn sv_graph_capture(
+        device: c_int,
+        warmups: c_int,
+        body: extern "C" fn(*mut c_void) -> c_int,
+        ctx: *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> *mut c_void;
+    fn sv_graph_replay(graph: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
+    fn sv_graph_free(graph: *mut c_void);
 }
 
 /// A new tensor handle from the shim, or its error message.
@@ -82,6 +94,98 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, kernel: Attention) -> Resul
     // SAFETY: as in `addmm_gelu_tanh`.
     let out = unsafe { sv_attention(q.as_ptr(), k.as_ptr(), v.as_ptr(), kernel as c_int, err.as_mut_ptr(), err.len()) };
     take(out, &err, &format!("attention ({kernel:?})"))
+}
+
+/// LibTorch's current stream on CUDA device `device` (`cudaStream_t`; null is the legacy default
+/// stream, LibTorch's unless a caller or a graph capture switched it).
+pub fn current_stream(device: usize) -> *mut c_void {
+    // SAFETY: a query of c10's thread-local current stream; no pointers are passed.
+    unsafe { sv_cuda_current_stream(device as c_int) }
+}
+
+/// A CUDA graph captured from a body of LibTorch operators and our kernels, replayed on the
+/// current stream. Tensors the body made during the capture live in the graph's private memory
+/// pool, and every replay rewrites them; tensors it read (a static input) must stay allocated
+/// and at the same address for as long as the graph replays.
+pub struct Graph(*mut c_void);
+
+// SAFETY: the graph is an owned `at::cuda::CUDAGraph`; replaying it from any thread is what
+// PyTorch does. Replays that must not overlap (they share buffers) are serialised by the owner.
+unsafe impl Send for Graph {}
+unsafe impl Sync for Graph {}
+
+/// What the C++ capture calls back: the Rust body and its first error.
+struct Body<'a> {
+    run: &'a mut dyn FnMut() -> Result<()>,
+    error: Option<anyhow::Error>,
+}
+
+extern "C" fn run_body(ctx: *mut c_void) -> c_int {
+    // SAFETY: `ctx` is the `Body` that `Graph::capture` passed, alive for the whole call.
+    let body = unsafe { &mut *(ctx as *mut Body) };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (body.run)())) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            body.error.get_or_insert(e);
+            1
+        }
+        Err(_) => {
+            body.error.get_or_insert(anyhow::anyhow!("the captured forward panicked"));
+            1
+        }
+    }
+}
+
+impl Graph {
+    /// Runs `body` `warmups` times on a side stream, then captures one more run as a graph (see
+    /// `sv_graph_capture` in the shim).
+    pub fn capture(device: usize, warmups: usize, body: &mut dyn FnMut() -> Result<()>) -> Result<Self> {
+        let mut err = [0 as c_char; 512];
+        let mut ctx = Body { run: body, error: None };
+        // SAFETY: `ctx` outlives the call; the shim calls `run_body` only during it.
+        let g = unsafe {
+            sv_graph_capture(
+                device as c_int,
+                warmups as c_int,
+                run_body,
+                &mut ctx as *mut Body as *mut c_void,
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
+        if let Some(e) = ctx.error {
+            if !g.is_null() {
+                // SAFETY: a graph the shim returned, freed once.
+                unsafe { sv_graph_free(g) };
+            }
+            return Err(e.context("capturing the forward as a CUDA graph"));
+        }
+        if g.is_null() {
+            // SAFETY: the shim wrote a NUL-terminated message (the buffer started zeroed).
+            let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
+            bail!("capturing the forward as a CUDA graph: {msg}");
+        }
+        Ok(Self(g))
+    }
+
+    /// Replays the graph on its device's current stream (asynchronously, as a kernel launch).
+    pub fn replay(&self) -> Result<()> {
+        let mut err = [0 as c_char; 512];
+        // SAFETY: a live graph; `err` holds `err.len()` bytes.
+        if unsafe { sv_graph_replay(self.0, err.as_mut_ptr(), err.len()) } != 0 {
+            // SAFETY: as in `capture`.
+            let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
+            bail!("replaying a CUDA graph: {msg}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        // SAFETY: owned since `capture`, freed once.
+        unsafe { sv_graph_free(self.0) }
+    }
 }
 
 /// LibTorch's errors as anyhow errors, naming the step.

@@ -63,37 +63,41 @@ impl SafetensorsSource {
 
     /// Open `dir/model.safetensors`, or the shards listed in `dir/model.safetensors.index.json`.
     pub fn open_dir(dir: &Path) -> Result<Self> {
-        let single = dir.join("model.safetensors");
-        let index_path = dir.join("model.safetensors.index.json");
-        let mut shard_of: BTreeMap<String, String> = BTreeMap::new();
-        let files: Vec<String> = if single.exists() {
-            vec!["model.safetensors".into()]
-        } else if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path)?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index_path.display()))?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| anyhow!("{} has no `weight_map`", index_path.display()))?;
-            for (k, f) in map {
-                let f =
-                    f.as_str().ok_or_else(|| anyhow!("{}: weight_map[{k}] is not a string", index_path.display()))?;
-                shard_of.insert(k.clone(), f.to_string());
-            }
-            let mut fs: Vec<String> = shard_of.values().cloned().collect();
-            fs.sort();
-            fs.dedup();
-            fs
-        } else {
-            bail!("{} holds neither model.safetensors nor model.safetensors.index.json", dir.display());
-        };
+        let files = shard_files(dir)?;
         let mut out = Self { dir: dir.to_path_buf(), files: HashMap::new(), index: BTreeMap::new() };
         for f in files {
             out.add(f)?;
         }
         Ok(out)
     }
+}
+
+/// The safetensors files of a Hugging Face model folder, in name order: `model.safetensors`, or
+/// the shards its `model.safetensors.index.json` names.
+pub fn shard_files(dir: &Path) -> Result<Vec<String>> {
+    let single = dir.join("model.safetensors");
+    let index_path = dir.join("model.safetensors.index.json");
+    if single.exists() {
+        return Ok(vec!["model.safetensors".into()]);
+    }
+    if !index_path.exists() {
+        bail!("{} holds neither model.safetensors nor model.safetensors.index.json", dir.display());
+    }
+    let text = std::fs::read_to_string(&index_path)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index_path.display()))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| anyhow!("{} has no `weight_map`", index_path.display()))?;
+    let mut fs = Vec::with_capacity(map.len());
+    for (k, f) in map {
+        let f = f.as_str().ok_or_else(|| anyhow!("{}: weight_map[{k}] is not a string", index_path.display()))?;
+        fs.push(f.to_string());
+    }
+    fs.sort();
+    fs.dedup();
+    Ok(fs)
 }
 
 fn to_f32(dtype: Dtype, data: &[u8], name: &str) -> Result<Vec<f32>> {
@@ -266,4 +270,32 @@ pub fn write_safetensors(path: &Path, tensors: &[Stored], metadata: Option<HashM
     safetensors::serialize_to_file(views, metadata, path)
         .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder's shards come from `model.safetensors`, or its index's weight map (each file
+    /// once, in name order); a folder with neither, or an index without a map, is an error naming it.
+    #[test]
+    fn shard_files_read_a_single_file_or_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = shard_files(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("neither model.safetensors nor"), "{e}");
+        let index = dir.path().join("model.safetensors.index.json");
+        std::fs::write(&index, r#"{"metadata": {}}"#).unwrap();
+        assert!(shard_files(dir.path()).unwrap_err().to_string().contains("weight_map"));
+        std::fs::write(
+            &index,
+            r#"{"weight_map": {"a": "model-00002-of-00002.safetensors", "b": "model-00001-of-00002.safetensors", "c": "model-00002-of-00002.safetensors"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            shard_files(dir.path()).unwrap(),
+            ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+        );
+        std::fs::write(dir.path().join("model.safetensors"), b"").unwrap();
+        assert_eq!(shard_files(dir.path()).unwrap(), ["model.safetensors"]);
+    }
 }

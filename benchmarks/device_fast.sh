@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Issue 27 on the GPU machine: the `tch` build's CUDA graphs, FP8 linear layers and fast loading,
+# ours beside PyTorch in the same call. Binaries built here (RESULTS.md, "LibTorch": the torch
+# 2.11 wheel; CUDA_HOME = the nvidia-cuda-runtime/-crt 13.0 wheels' nvidia/cu13) and carried
+# as .device/*.xz: bench-backbone and tch-fidelity (`cargo build --release -p sv-model
+# --features tch --examples`).
+#   PARTS="1 2 3" picks the parts (default 1):
+#   1: ViT-S/16 batch 1 (graphs on and off, + head from host pixels) beside eager,
+#           torch.compile and torch.compile(mode="reduce-overhead"); FP8 fidelity over 2,048
+#           inputs; ViT-B/16 batch 256 bf16 and FP8 beside torch.compile.
+#   2: ViT-7B/16 batch 32: ours bf16 and FP8 with weights drawn on the device beside
+#           torch.compile, process start to first batch and peak host RSS;
+#   3: a synthetic 7B safetensors checkpoint, loaded by ours (streamed shard by shard) and by
+#           transformers' from_pretrained: process start to first answer, peak host RSS.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT="${OUT:-/tmp/out}"
+mkdir -p "$OUT"
+for f in .device/*.xz; do [ -e "$f" ] && xz -dkf "$f"; done
+chmod +x .device/bench-backbone .device/tch-fidelity 2>/dev/null
+. benchmarks/torch_libs.sh
+nvidia-smi --query-gpu=name,clocks.max.sm,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+B=.device/bench-backbone
+has() { [[ " ${PARTS:-1} " == *" $1 "* ]]; }
+PY="taskset -c 0-7 python3 benchmarks/bench_backbone.py --ours $B --device cuda --backend tch --dtypes bf16"
+if has 1; then
+  echo "== ViT-S/16 batch 1: ours (CUDA graphs, the default) and PyTorch"
+  $PY --head --presets vits16 --batches 1 --compile --compile-modes default,reduce-overhead \
+    --iters 3000 --max-seconds 5 --json "$OUT/b1.jsonl" 2>&1 | grep -v "^|"
+  echo "== ViT-S/16 batch 1: ours without graphs (SV_TCH_GRAPHS=0)"
+  for extra in "" "--head"; do
+    SV_TCH_GRAPHS=0 taskset -c 0-7 $B --backend tch --dtype bf16 --presets vits16 --batches 1 --iters 3000 --max-seconds 5 $extra \
+      2>>"$OUT/b1.err" | sed 's/"impl_":"sv-tch/"impl_":"sv-tch nographs/' >> "$OUT/b1.jsonl"
+  done
+  python3 benchmarks/bench_backbone.py --device cuda --from-json "$OUT/b1.jsonl"
+  echo "== FP8 and bf16 against f32: decision agreement over 2,048 inputs (ViT-B/16)"
+  taskset -c 0-7 .device/tch-fidelity --preset vitb16 --images 2048 --batch 64 2>"$OUT/fidelity.err" | tee "$OUT/fidelity.jsonl"
+  tail -3 "$OUT/fidelity.err"
+  echo "== ViT-B/16 batch 256: ours bf16 and PyTorch"
+  $PY --presets vitb16 --batches 256 --compile --iters 200 --max-seconds 6 --json "$OUT/b256.jsonl" 2>&1 | grep -v "^|"
+  echo "== ViT-B/16 batch 256: ours FP8 (SV_TCH_LINEAR=fp8)"
+  SV_TCH_LINEAR=fp8 taskset -c 0-7 $B --backend tch --dtype bf16 --presets vitb16 --batches 256 --iters 200 --max-seconds 6 \
+    2>>"$OUT/b256.err" | sed 's/"impl_":"sv-tch/"impl_":"sv-tch fp8/' >> "$OUT/b256.jsonl"
+  tail -5 "$OUT/b256.err"
+  python3 benchmarks/bench_backbone.py --device cuda --from-json "$OUT/b256.jsonl"
+fi
+if has 2; then
+  echo "== ViT-7B/16 batch 32: ours bf16 and FP8 (weights drawn on the device), process start to first batch"
+  for lin in native fp8; do
+    python3 benchmarks/load_ckpt.py run -- env SV_TCH_LINEAR=$lin taskset -c 0-7 $B --backend tch --dtype bf16 --presets vit7b16 \
+      --batches 32 --weights device --iters 30 --max-seconds 8 2>>"$OUT/b7b.err" \
+      | sed "s/\"impl_\":\"sv-tch/\"impl_\":\"sv-tch $lin/" | tee -a "$OUT/b7b.jsonl"
+  done
+  tail -4 "$OUT/b7b.err"
+  echo "== ViT-7B/16 batch 32: PyTorch eager and torch.compile"
+  $PY --skip-ours --presets vit7b16 --batches 32 --compile --iters 30 --max-seconds 8 --json "$OUT/b7b.jsonl" 2>&1 | grep -v "^|"
+  python3 benchmarks/bench_backbone.py --device cuda --from-json "$OUT/b7b.jsonl"
+fi
+if has 3; then
+  echo "== a synthetic 7B checkpoint, loaded by ours and by transformers"
+  CK=/tmp/ckpt-7b
+  rm -rf "$CK"
+  python3 benchmarks/load_ckpt.py write "$CK" --preset vit7b16 --dtype bf16 | tee "$OUT/ckpt.jsonl"
+  ls -la "$CK" | tee -a "$OUT/ckpt.txt"
+  for run in warm cold; do
+    if [ $run = cold ]; then sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null && echo "page cache dropped" || echo "page cache NOT dropped (no permission): the cold run reads from the cache"; fi
+    python3 benchmarks/load_ckpt.py run -- taskset -c 0-7 $B --backend tch --dtype bf16 --presets vit7b16 --batches 32 \
+      --weights "$CK" --iters 5 --max-seconds 3 2>>"$OUT/ckpt.err" | sed "s/\"impl_\":\"sv-tch/\"impl_\":\"sv-tch $run/" | tee -a "$OUT/ckpt.jsonl"
+  done
+  tail -3 "$OUT/ckpt.err"
+  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null
+  python3 benchmarks/load_ckpt.py run -- taskset -c 0-7 python3 benchmarks/load_ckpt.py load "$CK" --batch 32 2>>"$OUT/ckpt.err" | tee -a "$OUT/ckpt.jsonl"
+  tail -3 "$OUT/ckpt.err"
+  rm -rf "$CK"
+fi
