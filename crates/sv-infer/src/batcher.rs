@@ -1,7 +1,10 @@
 //! Dynamic batching of stage 1. Requests queue on a bounded channel; one model thread takes
-//! the first waiting request, gathers more for up to `window` or until `max_batch`, and runs
-//! them as one forward pass, so throughput grows with load while a lone request waits at most
-//! `window`. A full queue refuses at once (the server answers 503) instead of stalling.
+//! the first waiting request with whatever else is already queued (up to `max_batch`) and runs
+//! them as one forward pass: an idle model answers a lone request at once, and under load the
+//! requests that arrived while the last batch ran make the next batch, so throughput grows with
+//! load without a fixed wait. A `window` above zero makes the first request of a batch also
+//! wait that long for company (fewer, larger batches on hardware where a batch costs little more
+//! than one image). A full queue refuses at once (the server answers 503) instead of stalling.
 //!
 //! The model thread supervises itself: a panic in a forward fails that batch only; anything
 //! that would end the thread (a panic outside the forward) is caught, reported by [`Batcher::health`]
@@ -27,7 +30,8 @@ use crate::bundle::Stage1;
 pub struct BatchConfig {
     /// Largest batch of one forward pass.
     pub max_batch: usize,
-    /// How long the first request of a batch waits for company, in milliseconds.
+    /// How long the first request of a batch waits for company, in milliseconds (0: not at all;
+    /// a batch is what queued while the previous one ran).
     pub window_ms: u64,
     /// Requests that may wait; more are refused.
     pub queue: usize,
@@ -35,7 +39,7 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { max_batch: 16, window_ms: 4, queue: 256 }
+        Self { max_batch: 16, window_ms: 0, queue: 256 }
     }
 }
 
@@ -287,6 +291,46 @@ fn run(mut score: impl FnMut(&[Vec<f32>]) -> Result<Vec<f32>>, rx: &Receiver<Job
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With no window (the default), a lone request runs as a batch of 1 at once, and the
+    /// requests that queue while a batch runs make the next batch together.
+    #[test]
+    fn without_a_window_queued_requests_make_the_next_batch() {
+        let cfg = BatchConfig::default();
+        assert_eq!(cfg.window_ms, 0);
+        // The scorer says the size of each batch it enters, then waits for the test's go.
+        let (entered_tx, entered) = std::sync::mpsc::channel::<usize>();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let hold = Arc::new(Mutex::new((entered_tx, go_rx)));
+        let scorer = move || {
+            let hold = hold.clone();
+            Ok(move |px: &[Vec<f32>]| {
+                let h = hold.lock().unwrap();
+                h.0.send(px.len()).unwrap();
+                h.1.recv().unwrap();
+                Ok(px.iter().map(|p| p[0]).collect())
+            })
+        };
+        let b = Batcher::spawn_scorer(scorer, cfg).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let later = Instant::now() + Duration::from_secs(30);
+        let ask = |v: f32| {
+            let b = b.clone();
+            rt.spawn(async move { b.score(vec![v], later).await })
+        };
+        let lone = ask(0.5);
+        assert_eq!(entered.recv_timeout(Duration::from_secs(10)).unwrap(), 1);
+        let queued: Vec<_> = (1..=3).map(|i| ask(i as f32)).collect();
+        // Until all three sit in the queue (sending is the first thing their tasks do).
+        std::thread::sleep(Duration::from_millis(300));
+        go.send(()).unwrap();
+        assert_eq!(entered.recv_timeout(Duration::from_secs(10)).unwrap(), 3);
+        go.send(()).unwrap();
+        assert_eq!(rt.block_on(lone).unwrap().unwrap(), Scored { score: 0.5, batch: 1 });
+        for (i, q) in queued.into_iter().enumerate() {
+            assert_eq!(rt.block_on(q).unwrap().unwrap(), Scored { score: (i + 1) as f32, batch: 3 });
+        }
+    }
 
     /// A panic in the forward fails its batch only: the thread lives on, answers the next
     /// request, and counts the failure; `health` stays ok.

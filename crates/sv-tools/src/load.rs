@@ -1,7 +1,9 @@
 //! Load and abuse tests against a running miner, on loopback only, bounded in count and time.
 //!
-//! [`load`] sends unique images (no cache hits) to `/v1/challenge` open-loop at each rate for a
-//! fixed time and reports latency percentiles and errors; [`abuse`] sends a corpus of bad inputs
+//! [`load`] sends unique images (no cache hits) open-loop at each rate for a fixed time and
+//! reports latency percentiles and errors: to the admin listener's `/v1/challenge`, or
+//! ([`Route::Axon`]) as signed `ImageSynapse` requests to the axon, the route validators take
+//! (signature check, nonce, allow list and all); [`abuse`] sends a corpus of bad inputs
 //! and checks every answer is a well-formed 4xx JSON (never a 5xx or a dropped connection), then
 //! that the server still answers `/health`.
 
@@ -15,7 +17,7 @@ use base64::Engine;
 use image::{ImageFormat, RgbImage};
 use serde_json::json;
 
-use sv_miner::client::{HttpResponse, raw, raw_strict, request};
+use sv_miner::client::{Dendrite, HttpResponse, raw, raw_strict, request};
 
 /// One rate's numbers.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -50,9 +52,49 @@ fn pct(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() { f64::NAN } else { sorted[((sorted.len() - 1) as f64 * q).round() as usize] }
 }
 
+/// Where [`load`] sends its requests.
+pub enum Route {
+    /// The admin listener's unsigned JSON API (`POST /v1/challenge`).
+    Admin(SocketAddr),
+    /// The axon, as a validator: `POST /ImageSynapse`, signed for `miner_hotkey` by one
+    /// validator hotkey through [`SIGNERS`] dendrites (uuids) in turn. The axon refuses a nonce
+    /// not newer than the last it accepted from the same (hotkey, uuid), and concurrent requests
+    /// may arrive out of order: one uuid's consecutive requests are `SIGNERS` sends apart.
+    Axon { addr: SocketAddr, dendrites: Vec<Dendrite>, next: usize, miner_hotkey: String },
+}
+
+/// Dendrites (uuids) a signed load rotates through.
+pub const SIGNERS: usize = 64;
+
+impl Route {
+    /// Signed load to the axon at `addr` as the validator of `seed` (sv-replay's key).
+    pub fn axon(addr: SocketAddr, seed: &str, miner_hotkey: &str) -> Result<Self> {
+        let dendrites = (0..SIGNERS).map(|_| crate::replay::dendrite(seed)).collect::<Result<Vec<_>>>()?;
+        Ok(Self::Axon { addr, dendrites, next: 0, miner_hotkey: miner_hotkey.to_string() })
+    }
+
+    /// The address, path, headers and body of request `id` carrying `b64`.
+    fn request(&mut self, b64: &str, id: usize) -> (SocketAddr, &'static str, Vec<(String, String)>, Vec<u8>) {
+        match self {
+            Self::Admin(addr) => (
+                *addr,
+                "/v1/challenge",
+                vec![("content-type".into(), "application/json".into())],
+                challenge_body(b64, id),
+            ),
+            Self::Axon { addr, dendrites, next, miner_hotkey } => {
+                let dendrite = &mut dendrites[*next % SIGNERS];
+                *next += 1;
+                let (headers, body) = dendrite.image_synapse(miner_hotkey, *addr, b64, 12.0, &[]);
+                (*addr, "/ImageSynapse", headers, body)
+            }
+        }
+    }
+}
+
 /// Open-loop load at each rate (requests/s) for `duration`, at most `max_requests` in all.
 pub async fn load(
-    addr: SocketAddr,
+    mut route: Route,
     rates: &[f64],
     duration: Duration,
     max_requests: usize,
@@ -73,19 +115,12 @@ pub async fn load(
         for k in 0..n {
             let at = start + Duration::from_secs_f64(k as f64 / rate);
             tokio::time::sleep_until(at.into()).await;
-            let body = challenge_body(&images[next % images.len()], next);
+            // Signed here, in send order: the axon refuses a nonce older than the last it saw.
+            let (addr, path, headers, body) = route.request(&images[next % images.len()], next);
             next += 1;
             tasks.push(tokio::spawn(async move {
                 let t = Instant::now();
-                let r = request(
-                    addr,
-                    "POST",
-                    "/v1/challenge",
-                    &[("content-type".into(), "application/json".into())],
-                    &body,
-                    Duration::from_secs(15),
-                )
-                .await;
+                let r = request(addr, "POST", path, &headers, &body, Duration::from_secs(15)).await;
                 (r.map(|r| r.status), t.elapsed().as_secs_f64() * 1e3)
             }));
         }

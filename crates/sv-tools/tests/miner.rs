@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use sv_miner::client::{Dendrite, request};
 use sv_miner::config::MinerConfig;
 use sv_miner::server::{AppState, serve};
+use sv_tools::load::Route;
 
 const MINER_HOTKEY: &str = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"; // //Bob
 
@@ -195,7 +196,7 @@ fn miner_serves_the_protocol_and_survives_bad_input() {
             assert!(a.well_formed, "{a:?}");
         }
         // Rates a debug build keeps up with (the full load test runs on a release build).
-        let reps = sv_tools::load::load(admin, &[1.0, 2.0], Duration::from_secs(2), 30, 3).await.unwrap();
+        let reps = sv_tools::load::load(Route::Admin(admin), &[1.0, 2.0], Duration::from_secs(2), 30, 3).await.unwrap();
         for r in &reps {
             assert_eq!(r.connection_errors + r.status_5xx, 0, "{r:?}");
             assert_eq!(r.ok, r.sent, "{r:?}");
@@ -215,11 +216,23 @@ fn miner_serves_the_protocol_and_survives_bad_input() {
             .expect("sv_model_days_left");
         assert!((89.0..=90.0).contains(&left), "a fresh model has 89-90 days left: {left}");
 
+        // The same load as signed ImageSynapse requests to the axon (sv-load --signed): every one
+        // passes the signature, nonce and allow-list checks and is answered.
+        let route = Route::axon(addr, "validator", MINER_HOTKEY).unwrap();
+        let reps = sv_tools::load::load(route, &[2.0, 4.0], Duration::from_secs(2), 30, 4).await.unwrap();
+        for r in &reps {
+            assert_eq!((r.ok, r.status_4xx, r.status_5xx, r.connection_errors), (r.sent, 0, 0, 0), "{r:?}");
+        }
+        let m = request(admin, "GET", "/metrics", &[], b"", t).await.unwrap();
+        let text = String::from_utf8(m.body).unwrap();
+        let signed: usize = reps.iter().map(|r| r.ok).sum();
+        assert!(text.contains(&format!(r#"sv_requests_total{{route="axon",status="200"}} {}"#, 1 + signed)), "{text}");
+
         // A model swap under steady load: no request fails or runs late, and the version in the
         // answers switches.
         let v1 = v["model_version"].as_str().unwrap().to_string();
         assert_ne!(v1, v2);
-        let steady = tokio::spawn(sv_tools::load::load(admin, &[4.0], Duration::from_secs(3), 12, 21));
+        let steady = tokio::spawn(sv_tools::load::load(Route::Admin(admin), &[4.0], Duration::from_secs(3), 12, 21));
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let ask = serde_json::json!({ "bundle": bundle2 }).to_string();
         let r = request(admin, "POST", "/admin/reload", &[], ask.as_bytes(), t).await.unwrap();

@@ -57,6 +57,16 @@ impl Forward {
         }
     }
 
+    /// The largest batch this forward runs as a CUDA graph (captured on first use of each batch
+    /// size; 0 where it captures none: every forward but LibTorch's on CUDA with graphs on).
+    pub fn graph_batches(&self) -> usize {
+        match self {
+            #[cfg(feature = "tch")]
+            Self::Tch(tch) => (1..=64).take_while(|&n| tch.captures(n)).last().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     /// One line for logs and benchmark rows.
     pub fn describe(&self) -> String {
         match self {

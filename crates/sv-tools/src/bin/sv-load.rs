@@ -35,7 +35,11 @@ struct Cli {
     /// Also run the connection attacks (idle flood, slow headers, junk signatures) with probes.
     #[arg(long)]
     attack: bool,
-    /// Sign attack-time probes as the validator of this seed (sv-replay's key: `sv-replay
+    /// Send the load to the axon as signed `ImageSynapse` requests (the validators' route; needs
+    /// --probe-seed and --miner-hotkey) instead of the admin listener's JSON API.
+    #[arg(long)]
+    signed: bool,
+    /// Sign attack-time probes (and the load with --signed) as the validator of this seed (sv-replay's key: `sv-replay
     /// --print-hotkey` names it; the miner must allow it).
     #[arg(long)]
     probe_seed: Option<String>,
@@ -132,8 +136,13 @@ fn run(mut cli: Cli) -> Result<()> {
         }
         out.insert("attack".into(), serde_json::json!({ "config": cfg, "results": reps }));
     }
+    let route = match (cli.signed, &cli.probe_seed, &cli.miner_hotkey) {
+        (false, ..) => sv_tools::load::Route::Admin(cli.admin_addr),
+        (true, Some(seed), Some(hotkey)) => sv_tools::load::Route::axon(cli.addr, seed, hotkey)?,
+        (true, ..) => bail!("--signed needs --probe-seed and --miner-hotkey"),
+    };
     let reps = rt.block_on(sv_tools::load::load(
-        cli.admin_addr,
+        route,
         &cli.rates,
         Duration::from_secs_f64(cli.duration),
         cli.max_requests,
