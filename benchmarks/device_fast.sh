@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Issue 27 on the GPU machine: the `tch` build's CUDA graphs, FP8 linear layers and fast loading,
+# Issue 27 on the GPU machine: the `tch` build's CUDA graphs, FP8/INT8 linear layers and fast loading,
 # ours beside PyTorch in the same call. Binaries built here (RESULTS.md, "LibTorch": the torch
 # 2.11 wheel; CUDA_HOME = the nvidia-cuda-runtime/-crt 13.0 wheels' nvidia/cu13) and carried
 # as .device/*.xz: bench-backbone and tch-fidelity (`cargo build --release -p sv-model
 # --features tch --examples`).
+#   (and sv-model's lib tests: `cargo test --release -p sv-model --features tch --lib --no-run`,
+#   carried as .device/sv-model-tests.xz).
 #   PARTS="1 2 3" picks the parts (default 1):
 #   1: ViT-S/16 batch 1 (graphs on and off, + head from host pixels) beside eager,
-#           torch.compile and torch.compile(mode="reduce-overhead"); FP8 fidelity over 2,048
-#           inputs; ViT-B/16 batch 256 bf16 and FP8 beside torch.compile.
-#   2: ViT-7B/16 batch 32: ours bf16 and FP8 with weights drawn on the device beside
+#           torch.compile and torch.compile(mode="reduce-overhead"); bf16/FP8/INT8 fidelity over 2,048
+#           inputs; ViT-B/16 batch 256 bf16, FP8 and INT8 beside torch.compile.
+#   2: ViT-7B/16 batch 32: ours bf16, FP8 and INT8 with weights drawn on the device beside
 #           torch.compile, process start to first batch and peak host RSS;
 #   3: a synthetic 7B safetensors checkpoint, loaded by ours (streamed shard by shard) and by
 #           transformers' from_pretrained: process start to first answer, peak host RSS.
@@ -17,7 +19,7 @@ export PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/out}"
 mkdir -p "$OUT"
 for f in .device/*.xz; do [ -e "$f" ] && xz -dkf "$f"; done
-chmod +x .device/bench-backbone .device/tch-fidelity 2>/dev/null
+chmod +x .device/bench-backbone .device/tch-fidelity .device/sv-model-tests 2>/dev/null
 . benchmarks/torch_libs.sh
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
@@ -25,29 +27,50 @@ B=.device/bench-backbone
 has() { [[ " ${PARTS:-1} " == *" $1 "* ]]; }
 PY="taskset -c 0-7 python3 benchmarks/bench_backbone.py --ours $B --device cuda --backend tch --dtypes bf16"
 if has 1; then
+  echo "== sv-model's unit tests of the tch build on the GPU (quantised GEMMs against f32, kernels, exported PTX)"
+  [ -x .device/sv-model-tests ] && .device/sv-model-tests --test-threads 1 --nocapture backbone::tch 2>&1 | tail -25 | tee "$OUT/tests.txt"
   echo "== ViT-S/16 batch 1: ours (CUDA graphs, the default) and PyTorch"
   $PY --head --presets vits16 --batches 1 --compile --compile-modes default,reduce-overhead \
     --iters 3000 --max-seconds 5 --json "$OUT/b1.jsonl" 2>&1 | grep -v "^|"
+  echo "== ViT-S/16 batch 1: ours FP8 and INT8 (graphs on)"
+  for lin in fp8 int8; do
+    SV_TCH_LINEAR=$lin taskset -c 0-7 $B --backend tch --dtype bf16 --presets vits16 --batches 1 --iters 3000 --max-seconds 4 \
+      2>>"$OUT/b1.err" | sed "s/\"impl_\":\"sv-tch/\"impl_\":\"sv-tch $lin/" >> "$OUT/b1.jsonl"
+  done
   echo "== ViT-S/16 batch 1: ours without graphs (SV_TCH_GRAPHS=0)"
   for extra in "" "--head"; do
     SV_TCH_GRAPHS=0 taskset -c 0-7 $B --backend tch --dtype bf16 --presets vits16 --batches 1 --iters 3000 --max-seconds 5 $extra \
       2>>"$OUT/b1.err" | sed 's/"impl_":"sv-tch/"impl_":"sv-tch nographs/' >> "$OUT/b1.jsonl"
   done
   python3 benchmarks/bench_backbone.py --device cuda --from-json "$OUT/b1.jsonl"
-  echo "== FP8 and bf16 against f32: decision agreement over 2,048 inputs (ViT-B/16)"
+  echo "== exported kernels: NVRTC at load, then the PTX it wrote to a kernel folder, then that PTX with NVRTC off the library path"
+  K=/tmp/kdir; rm -rf "$K" /tmp/nonvrtc; mkdir -p /tmp/nonvrtc
+  for d in $(echo "$LD_LIBRARY_PATH" | tr : ' '); do for l in "$d"/*.so*; do
+    case "$(basename "$l")" in libnvrtc*) ;; *) [ -e "$l" ] && ln -sf "$l" /tmp/nonvrtc/ ;; esac; done; done
+  KB="--backend tch --dtype bf16 --presets vits16 --batches 1 --iters 200 --max-seconds 2"
+  for run in "nvrtc|$LD_LIBRARY_PATH|--kernel-dir $K" "ptx|$LD_LIBRARY_PATH|--kernel-dir $K" "ptx-no-nvrtc|/tmp/nonvrtc|--kernel-dir $K" "no-ptx-no-nvrtc|/tmp/nonvrtc|"; do
+    IFS='|' read -r name libs extra <<< "$run"
+    LD_LIBRARY_PATH="$libs" taskset -c 0-7 $B $KB $extra 2>>"$OUT/kernels.err" \
+      | sed "s/\"impl_\":\"sv-tch/\"impl_\":\"sv-tch $name/" | tee -a "$OUT/kernels.jsonl" | cut -c1-400
+  done
+  ls -la "$K/tch" | tee -a "$OUT/kernels.err"
+  grep -i "warn\|error" "$OUT/kernels.err" | head -5
+  echo "== bf16, FP8 and INT8 against f32: decision agreement over 2,048 inputs (ViT-B/16)"
   taskset -c 0-7 .device/tch-fidelity --preset vitb16 --images 2048 --batch 64 2>"$OUT/fidelity.err" | tee "$OUT/fidelity.jsonl"
   tail -3 "$OUT/fidelity.err"
   echo "== ViT-B/16 batch 256: ours bf16 and PyTorch"
   $PY --presets vitb16 --batches 256 --compile --iters 200 --max-seconds 6 --json "$OUT/b256.jsonl" 2>&1 | grep -v "^|"
-  echo "== ViT-B/16 batch 256: ours FP8 (SV_TCH_LINEAR=fp8)"
-  SV_TCH_LINEAR=fp8 taskset -c 0-7 $B --backend tch --dtype bf16 --presets vitb16 --batches 256 --iters 200 --max-seconds 6 \
-    2>>"$OUT/b256.err" | sed 's/"impl_":"sv-tch/"impl_":"sv-tch fp8/' >> "$OUT/b256.jsonl"
+  echo "== ViT-B/16 batch 256: ours FP8 and INT8 (SV_TCH_LINEAR=fp8|int8)"
+  for lin in fp8 int8; do
+    SV_TCH_LINEAR=$lin taskset -c 0-7 $B --backend tch --dtype bf16 --presets vitb16 --batches 256 --iters 200 --max-seconds 6 \
+      2>>"$OUT/b256.err" | sed "s/\"impl_\":\"sv-tch/\"impl_\":\"sv-tch $lin/" >> "$OUT/b256.jsonl"
+  done
   tail -5 "$OUT/b256.err"
   python3 benchmarks/bench_backbone.py --device cuda --from-json "$OUT/b256.jsonl"
 fi
 if has 2; then
-  echo "== ViT-7B/16 batch 32: ours bf16 and FP8 (weights drawn on the device), process start to first batch"
-  for lin in native fp8; do
+  echo "== ViT-7B/16 batch 32: ours bf16, FP8 and INT8 (weights drawn on the device), process start to first batch"
+  for lin in native fp8 int8; do
     python3 benchmarks/load_ckpt.py run -- env SV_TCH_LINEAR=$lin taskset -c 0-7 $B --backend tch --dtype bf16 --presets vit7b16 \
       --batches 32 --weights device --iters 30 --max-seconds 8 2>>"$OUT/b7b.err" \
       | sed "s/\"impl_\":\"sv-tch/\"impl_\":\"sv-tch $lin/" | tee -a "$OUT/b7b.jsonl"

@@ -39,7 +39,7 @@ impl Bundle {
     /// caches out (to measure what they save, or to rule them out). On builds that compile no
     /// kernels this does nothing.
     pub fn use_kernels(&self, cache_root: &Path, from_bundle: bool) -> Result<KernelSetup> {
-        if !kernels::compiles_kernels() {
+        if !sv_model::carries_kernels() {
             return Ok(KernelSetup {
                 dir: None,
                 from_bundle: 0,
@@ -55,7 +55,9 @@ impl Bundle {
             (Some(_), _) if !from_bundle => {
                 (0, "the bundle's kernel caches are turned off: compiling on first use".to_string())
             }
-            (Some(k), Some(gpu)) if k.gpu.as_deref() == Some(gpu.as_str()) => {
+            // PTX (the tch build's kernels) is compiled for the GPU by the driver: any GPU.
+            (Some(k), gpu) if (k.ptx && sv_model::backend_name() == "tch") || (gpu.is_some() && k.gpu == *gpu) => {
+                let gpu = if k.ptx { "any GPU (PTX)" } else { gpu.as_deref().unwrap_or_default() };
                 // Each file is checked against the manifest as it is copied (the bundle was
                 // verified when it was opened, but the files could have changed since); the
                 // manifest itself is read, not every file of the bundle hashed again.

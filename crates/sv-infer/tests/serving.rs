@@ -174,8 +174,8 @@ fn the_bundle_dtype_is_honoured_and_older_bundles_read_as_f32() {
     let b = Bundle::open(&f.bundle).unwrap();
     assert_eq!(b.config.dtype.name(), "f32", "the run's dtype");
     // The CPU build exports no kernel caches, and says so.
-    assert_eq!(b.config.kernels.is_some(), sv_train::kernels::compiles_kernels());
-    assert_eq!(f.bundle.join("kernels").is_dir(), sv_train::kernels::compiles_kernels());
+    assert_eq!(b.config.kernels.is_some(), sv_model::carries_kernels());
+    assert_eq!(f.bundle.join("kernels").is_dir(), sv_model::carries_kernels());
     let tmp = tempfile::tempdir().unwrap();
     let device = sv_train::Device::default();
     let image = &test_images(&f.store, 1)[0].1;

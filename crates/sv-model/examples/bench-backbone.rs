@@ -73,6 +73,10 @@ struct Args {
     /// to the device shard by shard; its config replaces the preset's).
     #[arg(long, default_value = "random")]
     weights: String,
+    /// A kernel folder (`kernel_cache::use_dir`): the tch build loads its kernels' PTX from
+    /// `<dir>/tch` when there, else compiles them with NVRTC and writes them there.
+    #[arg(long)]
+    kernel_dir: Option<std::path::PathBuf>,
 }
 
 /// What a row times.
@@ -402,6 +406,9 @@ fn run_all<B: Backend>(args: &Args, device: B::Device, started: Instant) -> Resu
 fn main() -> Result<()> {
     let started = Instant::now();
     let args = Args::parse();
+    if let Some(dir) = &args.kernel_dir {
+        sv_model::kernel_cache::use_dir(dir)?;
+    }
     match args.backend.as_str() {
         "ndarray" | "cpu" => run_all::<burn_ndarray::NdArray<f32>>(&args, Default::default(), started),
         #[cfg(feature = "flex")]

@@ -1,4 +1,4 @@
-//! How far the `tch` build's lower-precision forwards (bf16, and FP8 linear layers) move a
+//! How far the `tch` build's lower-precision forwards (bf16, and FP8 or INT8 linear layers) move a
 //! miner's answers from the f32 forward of the same weights: over `--images` inputs, the share
 //! of decisions that agree with f32's, the mean and largest |Δp|, and the features' relative
 //! error and cosine. One JSON line per precision.
@@ -89,6 +89,7 @@ fn main() -> Result<()> {
         ("f32", burn::tensor::DType::F32, TchLinear::Native),
         ("bf16", burn::tensor::DType::BF16, TchLinear::Native),
         ("bf16+fp8", burn::tensor::DType::BF16, TchLinear::Fp8),
+        ("bf16+int8", burn::tensor::DType::BF16, TchLinear::Int8),
     ];
     let forwards: Vec<(&str, TchDinov3)> = variants
         .iter()

@@ -42,8 +42,14 @@ pub fn backend_name() -> &'static str {
     }
 }
 
-/// Whether this build compiles GPU kernels at run time (CubeCL), so that kernel caches are
-/// worth carrying in bundles.
+/// Whether this build compiles GPU kernels at run time per tensor shape (CubeCL), so that
+/// every batch size is warmed up and its caches are worth carrying in bundles.
 pub fn compiles_kernels() -> bool {
     cfg!(feature = "cuda")
+}
+
+/// Whether bundles of this build carry compiled kernels: CubeCL's caches (`cuda`) or the `tch`
+/// build's PTX (see [`kernel_cache`]).
+pub fn carries_kernels() -> bool {
+    cfg!(any(feature = "cuda", feature = "tch"))
 }

@@ -29,8 +29,8 @@ use tch::{Device, Kind, Tensor};
 use super::dinov3::{Dinov3, Dinov3Config, rope_host};
 pub use super::settings::Fusion;
 use super::settings::{TchDevice, TchForwardConfig, TchGelu, TchLinear, TchRope};
-use super::tch_fp8::{Fp8Kernels, Fp8Linear};
 use super::tch_kernels::FusedKernels;
+use super::tch_quant::{Format, QuantKernels, QuantLinear};
 use super::tch_shim::{self, Attention, Step};
 
 /// The LibTorch device a forward config names (`auto`: CUDA 0 when LibTorch sees a GPU, else
@@ -87,16 +87,19 @@ struct TchBlock {
 }
 
 /// A block's linear layer: an `(out, in)` weight and its bias in the model's kind, for
-/// LibTorch's GEMMs, or FP8 ([`Fp8Linear`], `linear = "fp8"`).
+/// LibTorch's GEMMs, or quantised ([`QuantLinear`], `linear = "fp8"` or `"int8"`).
 enum Lin {
     Dense(Tensor, Tensor),
-    Fp8(Fp8Linear),
+    Quant(QuantLinear),
 }
 
 impl Lin {
-    /// The layer in the precision `fp8` asks for (the dense weights are dropped when quantised).
-    fn new((w, b): (Tensor, Tensor), fp8: bool) -> Result<Self> {
-        Ok(if fp8 { Self::Fp8(Fp8Linear::of(&w, &b)?) } else { Self::Dense(w, b) })
+    /// The layer in `format` (dense when `None`; the dense weights are dropped when quantised).
+    fn new((w, b): (Tensor, Tensor), format: Option<Format>) -> Result<Self> {
+        Ok(match format {
+            Some(f) => Self::Quant(QuantLinear::of(&w, &b, f)?),
+            None => Self::Dense(w, b),
+        })
     }
 
     /// The dense weight and bias; an error for an FP8 layer (which [`TchDinov3`] runs through
@@ -104,14 +107,14 @@ impl Lin {
     fn dense(&self) -> Result<(&Tensor, &Tensor)> {
         match self {
             Self::Dense(w, b) => Ok((w, b)),
-            Self::Fp8(_) => bail!("an FP8 layer has no dense weights"),
+            Self::Quant(_) => bail!("a quantised layer has no dense weights"),
         }
     }
 
-    fn fp8(&self) -> Result<&Fp8Linear> {
+    fn quant(&self) -> Result<&QuantLinear> {
         match self {
-            Self::Fp8(l) => Ok(l),
-            Self::Dense(..) => bail!("a dense layer in an FP8 forward"),
+            Self::Quant(l) => Ok(l),
+            Self::Dense(..) => bail!("a dense layer in a quantised forward"),
         }
     }
 }
@@ -150,8 +153,9 @@ pub struct TchDinov3 {
     gelu_tanh: bool,
     /// The forwards captured as CUDA graphs, by batch and image size ([`GraphCache`]).
     graphs: GraphCache,
-    /// The activation quantiser where the blocks' linear layers run in FP8 (`linear = "fp8"`).
-    fp8: Option<Fp8Kernels>,
+    /// The activation quantiser where the blocks' linear layers run in FP8 or INT8
+    /// (`linear = "fp8"` or `"int8"`).
+    quant: Option<QuantKernels>,
 }
 
 /// One forward captured as a CUDA graph for one input shape, with its static buffers: the
@@ -429,14 +433,20 @@ impl TchDinov3 {
         settings: &TchForwardConfig,
     ) -> Result<Self> {
         let (d, inter) = (cfg.hidden_size, cfg.intermediate_size);
-        let fp8 = match (settings.linear, device) {
-            (TchLinear::Native, _) => None,
-            (TchLinear::Fp8, Device::Cuda(i)) if kind == Kind::BFloat16 => Some(Fp8Kernels::new(i)?),
-            (TchLinear::Fp8, _) => bail!(
-                "linear = \"fp8\" (SV_TCH_LINEAR=fp8) runs a bf16 backbone on a CUDA device; this one is {kind:?} on {device:?}"
+        let format = match settings.linear {
+            TchLinear::Native => None,
+            TchLinear::Fp8 => Some(Format::Fp8),
+            TchLinear::Int8 => Some(Format::Int8),
+        };
+        let quant = match (format, device) {
+            (None, _) => None,
+            (Some(f), Device::Cuda(i)) if kind == Kind::BFloat16 => Some(QuantKernels::new(i, f)?),
+            (Some(_), _) => bail!(
+                "linear = {:?} (SV_TCH_LINEAR) runs a bf16 backbone on a CUDA device; this one is {kind:?} on {device:?}",
+                settings.linear
             ),
         };
-        let lin = |pair: (Tensor, Tensor)| Lin::new(pair, fp8.is_some());
+        let lin = |pair: (Tensor, Tensor)| Lin::new(pair, quant.as_ref().map(|k| k.format()));
         let norm = |w: &mut dyn DeviceWeights, name: &str| -> Result<(Tensor, Tensor)> {
             Ok((w.take(&format!("{name}.weight"), &[d])?, w.take(&format!("{name}.bias"), &[d])?))
         };
@@ -527,7 +537,7 @@ impl TchDinov3 {
                 Device::Cuda(_) => settings.graphs,
                 _ => 0,
             }),
-            fp8,
+            quant,
         })
     }
 
@@ -552,11 +562,16 @@ impl TchDinov3 {
     /// kernels are on, the attention kernel and the GELU.
     pub fn describe(&self) -> String {
         format!(
-            "{:?} {:?}{}, fused kernels {}, attention {:?}, GELU {}, CUDA graphs {}",
+            "{:?} {:?}{}, fused kernels {}{}, attention {:?}, GELU {}, CUDA graphs {}",
             self.device,
             self.kind,
-            if self.fp8.is_some() { ", FP8 linear layers (row-wise scales)" } else { "" },
+            match self.quant.as_ref().map(|k| k.format()) {
+                Some(Format::Fp8) => ", FP8 linear layers (row-wise scales)",
+                Some(Format::Int8) => ", INT8 linear layers (row-wise scales)",
+                None => "",
+            },
             self.fusion(),
+            self.fused.as_ref().map(|k| format!(" ({})", k.origin())).unwrap_or_default(),
             self.attention,
             if self.gelu_tanh { "tanh (GEMM epilogue)" } else { "exact" },
             match self.graphs.max_batch {
@@ -756,10 +771,10 @@ impl TchDinov3 {
 
     /// A block's linear layer on rows `x` `(M, K)`: LibTorch's GEMM, or quantise then FP8 GEMM.
     fn linear(&self, lin: &Lin, x: &Tensor, what: &str) -> Result<Tensor> {
-        match (lin, &self.fp8) {
-            (Lin::Fp8(l), Some(k)) => {
+        match (lin, &self.quant) {
+            (Lin::Quant(l), Some(k)) => {
                 let (q, s) = k.quantize(x, false).with_context(|| format!("{what}: quantising its input"))?;
-                l.forward(&q, &s).with_context(|| what.to_string())
+                l.forward(k, &q, &s).with_context(|| what.to_string())
             }
             (lin, _) => {
                 let (w, b) = lin.dense()?;
@@ -771,10 +786,10 @@ impl TchDinov3 {
     /// The MLP of a block on normalised rows `(M, D)`: `(M, D)` before LayerScale.
     fn mlp(&self, blk: &TchBlock, h2: &Tensor, step: &dyn Fn(&str) -> String) -> Result<Tensor> {
         let act = |y: &mut Tensor| if self.silu { y.f_silu_() } else { y.f_gelu_("none") };
-        if let Some(k) = &self.fp8 {
+        if let Some(k) = &self.quant {
             // h2 quantised once for up (and gate); GELU fused into the down-projection's quantiser.
             let (q, s) = k.quantize(h2, false).with_context(|| step("MLP input quantiser"))?;
-            let mut hid = blk.up.fp8()?.forward(&q, &s).with_context(|| step("up_proj"))?;
+            let mut hid = blk.up.quant()?.forward(k, &q, &s).with_context(|| step("up_proj"))?;
             let (q, s) = match &blk.gate {
                 None if !self.silu => k.quantize(&hid, true),
                 None => {
@@ -782,14 +797,14 @@ impl TchDinov3 {
                     k.quantize(&hid, false)
                 }
                 Some(g) => {
-                    let mut gate = g.fp8()?.forward(&q, &s).with_context(|| step("gate_proj"))?;
+                    let mut gate = g.quant()?.forward(k, &q, &s).with_context(|| step("gate_proj"))?;
                     act(&mut gate).in_place(&step("activation"))?;
                     hid.f_mul_(&gate).in_place(&step("gated product"))?;
                     k.quantize(&hid, false)
                 }
             }
             .with_context(|| step("down_proj input quantiser"))?;
-            return blk.down.fp8()?.forward(&q, &s).with_context(|| step("down_proj"));
+            return blk.down.quant()?.forward(k, &q, &s).with_context(|| step("down_proj"));
         }
         let (uw, ub) = blk.up.dense()?;
         let hid = match &blk.gate {

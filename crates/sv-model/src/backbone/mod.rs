@@ -12,9 +12,9 @@ pub mod libtorch;
 mod profile;
 pub mod settings;
 #[cfg(feature = "tch")]
-pub mod tch_fp8;
-#[cfg(feature = "tch")]
 pub mod tch_kernels;
+#[cfg(feature = "tch")]
+pub mod tch_quant;
 #[cfg(feature = "tch")]
 pub mod tch_shim;
 pub mod weights;

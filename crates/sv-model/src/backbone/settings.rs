@@ -103,6 +103,9 @@ pub enum TchLinear {
     Native,
     /// FP8 E4M3 GEMMs (`torch._scaled_mm`), weights per output channel, activations per row.
     Fp8,
+    /// INT8 GEMMs (`torch._int_mm`, then one kernel for the scales and bias), weights per
+    /// output channel, activations per row.
+    Int8,
 }
 
 /// Which of the LibTorch forward's fused CUDA kernels run (`tch_kernels::FusedKernels`), written
@@ -225,7 +228,8 @@ pub struct TchForwardConfig {
     pub attention: TchAttention,
     pub gelu: TchGelu,
     /// The precision of the blocks' linear layers (`native`: the model's dtype; `fp8`: E4M3
-    /// weights and activations with row-wise scales, bf16 models on compute capability ≥ 8.9).
+    /// weights and activations with row-wise scales, bf16 models on compute capability ≥ 8.9;
+    /// `int8`: the same in INT8, compute capability ≥ 8.0).
     pub linear: TchLinear,
     /// On CUDA, batches of up to this many images run as CUDA graphs, captured per input shape on
     /// first use (one launch replays the whole forward: what batch 1 is bound by); `0` never.
@@ -330,6 +334,8 @@ mod tests {
         assert_eq!((c.tch.linear, c.tch.graphs), (TchLinear::Native, 8));
         let f: ForwardConfig = toml::from_str("[tch]\nlinear = \"fp8\"\ngraphs = 0").unwrap();
         assert_eq!((f.tch.linear, f.tch.graphs), (TchLinear::Fp8, 0));
+        let f: ForwardConfig = toml::from_str("[tch]\nlinear = \"int8\"").unwrap();
+        assert_eq!(f.tch.linear, TchLinear::Int8);
         let e = toml::from_str::<ForwardConfig>("[tch]\nlinear = \"int4\"").unwrap_err().to_string();
         assert!(e.contains("int4"), "{e}");
         // Round trip: what a run writes reads back the same.

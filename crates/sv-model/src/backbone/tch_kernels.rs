@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
+use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 use tch::{Device, Kind, Tensor};
 
 use super::tch_shim::Step;
@@ -190,27 +190,73 @@ fn vector_width(bytes: usize, d: usize, hd: usize, patch: usize) -> usize {
     v
 }
 
-/// PTX of the kernels for one model's sizes and dtype (NVRTC, no GPU needed; the driver JIT-compiles
-/// it for the device at load).
-pub fn compile(kind: Kind, d: usize, hd: usize, channels: usize, patch: usize) -> Result<Ptx> {
+/// The kernels' source for one model's sizes and dtype (the defines, then [`SOURCE`]).
+fn source(kind: Kind, d: usize, hd: usize, channels: usize, patch: usize) -> Result<String> {
     let (bytes, code) = element(kind)?;
     if hd == 0 || d % hd != 0 || hd % 2 != 0 || patch == 0 {
         bail!(
             "fused kernels need an even head size dividing the width and a patch size (d {d}, head {hd}, patch {patch})"
         );
     }
+    let vec = vector_width(bytes, d, hd, patch);
+    Ok(format!(
+        "#define D {d}\n#define HD {hd}\n#define C {channels}\n#define P {patch}\n#define KIND {code}\n#define VEC {vec}\n{SOURCE}"
+    ))
+}
+
+/// The file name of one model's kernels' PTX in a kernel folder: its sizes and dtype, and a hash
+/// of the full source, so that a changed kernel never loads an old file.
+pub fn ptx_name(kind: Kind, d: usize, hd: usize, channels: usize, patch: usize) -> Result<String> {
+    let src = source(kind, d, hd, channels, patch)?;
+    Ok(format!("fused-{kind:?}-d{d}-hd{hd}-c{channels}-p{patch}-{}.ptx", short_hash(&src)).to_lowercase())
+}
+
+/// The first 16 hex digits of a text's SHA-256.
+pub(crate) fn short_hash(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
+}
+
+/// NVRTC's PTX of `src` (no GPU needed; the driver compiles it for the device at load).
+pub(crate) fn nvrtc(src: &str, arch: Option<&'static str>, what: &str) -> Result<String> {
     // SAFETY: only tries to load the library (cudarc panics on first use of a missing one).
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         bail!(
-            "NVRTC (libnvrtc) cannot be loaded: put its folder (e.g. site-packages/nvidia/cu13/lib) on LD_LIBRARY_PATH"
+            "NVRTC (libnvrtc) cannot be loaded to compile the {what}: put its folder (e.g. site-packages/nvidia/cu13/lib) on LD_LIBRARY_PATH, or serve a bundle that carries their PTX"
         );
     }
-    let vec = vector_width(bytes, d, hd, patch);
-    let src = format!(
-        "#define D {d}\n#define HD {hd}\n#define C {channels}\n#define P {patch}\n#define KIND {code}\n#define VEC {vec}\n{SOURCE}"
-    );
-    let opts = CompileOptions { options: vec!["--std=c++14".into()], ..Default::default() };
-    compile_ptx_with_opts(src, opts).map_err(|e| anyhow::anyhow!("NVRTC compiling the fused kernels: {e:?}"))
+    let opts = CompileOptions { arch, options: vec!["--std=c++14".into()], ..Default::default() };
+    let ptx = compile_ptx_with_opts(src, opts).map_err(|e| anyhow::anyhow!("NVRTC compiling the {what}: {e:?}"))?;
+    Ok(ptx.to_src())
+}
+
+/// PTX of the kernels for one model's sizes and dtype (NVRTC).
+pub fn compile(kind: Kind, d: usize, hd: usize, channels: usize, patch: usize) -> Result<String> {
+    nvrtc(&source(kind, d, hd, channels, patch)?, None, "fused kernels")
+}
+
+/// Writes the PTX of every kernel module a model of these sizes and `kind` loads (the fused
+/// kernels; the FP8 and INT8 quantisers for bf16) into `dir`, as `sv-train export` does for a bundle's
+/// `kernels/tch/`. Needs NVRTC, not a GPU. Returns the files written.
+pub fn export_ptx(
+    dir: &std::path::Path,
+    kind: Kind,
+    d: usize,
+    hd: usize,
+    channels: usize,
+    patch: usize,
+) -> Result<usize> {
+    let mut files = vec![(ptx_name(kind, d, hd, channels, patch)?, compile(kind, d, hd, channels, patch)?)];
+    if kind == Kind::BFloat16 {
+        use super::tch_quant::{Format, compile, ptx_name};
+        for f in [Format::Fp8, Format::Int8] {
+            files.push((ptx_name(f), compile(f)?));
+        }
+    }
+    for (name, text) in &files {
+        crate::kernel_cache::write_new(dir, name, text.as_bytes())?;
+    }
+    Ok(files.len())
 }
 
 /// Threads per block of the element-wise kernels.
@@ -229,6 +275,8 @@ pub struct FusedKernels {
     align: u64,
     ctx: Arc<CudaContext>,
     ordinal: usize,
+    /// Where the PTX came from (a kernel folder, or NVRTC just now).
+    origin: String,
     rope: CudaFunction,
     residual_norm: CudaFunction,
     patches: CudaFunction,
@@ -254,7 +302,11 @@ impl FusedKernels {
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             bail!("the CUDA driver library (libcuda) cannot be loaded");
         }
-        let ptx = compile(kind, d, hd, channels, patch)?;
+        let (ptx, origin) = crate::kernel_cache::tch_ptx(&ptx_name(kind, d, hd, channels, patch)?, || {
+            compile(kind, d, hd, channels, patch)
+        })?;
+        tracing::debug!("fused kernels: {origin}");
+        let origin = origin.clone();
         let (bytes, _) = element(kind)?;
         let vec = vector_width(bytes, d, hd, patch);
         let ctx = CudaContext::new(ordinal).with_context(|| format!("CUDA device {ordinal}"))?;
@@ -270,10 +322,16 @@ impl FusedKernels {
             align: (vec * bytes) as u64,
             ctx,
             ordinal,
+            origin,
             rope: f("rope")?,
             residual_norm: f("residual_norm")?,
             patches: f("patches")?,
         })
+    }
+
+    /// Where the kernels' PTX came from: a kernel folder (a bundle's), or NVRTC at load.
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// LibTorch's current stream on the device, borrowed for one launch.
@@ -406,7 +464,7 @@ mod tests {
         for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {
             for (d, hd) in [(384, 64), (768, 64), (1024, 64)] {
                 let ptx = compile(kind, d, hd, 3, 16).unwrap_or_else(|e| panic!("{kind:?} d {d}: {e:#}"));
-                let text = ptx.to_src();
+                let text = ptx;
                 for entry in ["rope", "residual_norm", "patches"] {
                     assert!(text.contains(&format!(".entry {entry}(")), "{kind:?} d {d}: no {entry} in the PTX");
                 }

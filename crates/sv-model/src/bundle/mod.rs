@@ -112,6 +112,10 @@ pub struct KernelsInfo {
     /// Seconds the warm-up took at export (what a server without the caches spends before its
     /// first answer).
     pub warm_seconds: f64,
+    /// The `tch` build's kernels as PTX in `kernels/tch/` (not tied to a GPU model: the driver
+    /// compiles PTX for the GPU at load), rather than CubeCL's per-GPU caches.
+    #[serde(default)]
+    pub ptx: bool,
 }
 
 /// `bundle.json`.

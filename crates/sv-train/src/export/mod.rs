@@ -294,6 +294,9 @@ fn carry_kernels<B: Backend>(
     kernel_dir: &Path,
     device: &B::Device,
 ) -> Result<Option<KernelsInfo>> {
+    if sv_model::backend_name() == "tch" {
+        return tch_ptx(model, kernel_dir);
+    }
     if !kernels::compiles_kernels() || warm_batch == 0 {
         return Ok(None);
     }
@@ -310,7 +313,38 @@ fn carry_kernels<B: Backend>(
         let _ = std::fs::remove_dir_all(kernel_dir);
         return Ok(None);
     }
-    Ok(Some(KernelsInfo { gpu: kernels::gpu(), max_batch: warm_batch, files, warm_seconds }))
+    Ok(Some(KernelsInfo { gpu: kernels::gpu(), max_batch: warm_batch, files, warm_seconds, ptx: false }))
+}
+
+/// The `tch` build's kernels for the exported model, as PTX in `kernels/tch/` (NVRTC, no GPU
+/// needed): a server loads them through the driver, so it needs no NVRTC. `None` (with a
+/// warning) where NVRTC is missing here.
+#[cfg(feature = "tch")]
+fn tch_ptx<B: Backend>(model: &Classifier<B>, kernel_dir: &Path) -> Result<Option<KernelsInfo>> {
+    let cfg = &model.backbone_config;
+    let kind = sv_model::backbone::libtorch::kind_of(model.backbone.dtype())?;
+    let dir = kernel_dir.join("tch");
+    let written = sv_model::backbone::tch_kernels::export_ptx(
+        &dir,
+        kind,
+        cfg.hidden_size,
+        cfg.head_dim(),
+        cfg.num_channels,
+        cfg.patch_size,
+    );
+    match written {
+        Ok(files) => Ok(Some(KernelsInfo { gpu: None, max_batch: 0, files, warm_seconds: 0.0, ptx: true })),
+        Err(e) => {
+            tracing::warn!("the bundle carries no kernels' PTX (a server compiles them with NVRTC): {e:#}");
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(not(feature = "tch"))]
+fn tch_ptx<B: Backend>(_: &Classifier<B>, _: &Path) -> Result<Option<KernelsInfo>> {
+    Ok(None)
 }
 
 /// `sv-train card <bundle>`: verify, then describe the submission and its age.
@@ -319,6 +353,7 @@ pub fn describe(dir: &Path, now: i64) -> Result<String> {
     let card = ModelCard::read(&dir.join("model_card.json"))?;
     let f = card::freshness(card.submission_time, now)?;
     let kernels = match &cfg.kernels {
+        Some(k) if k.ptx => format!("the tch build's kernels as PTX ({} files; no NVRTC needed to serve)", k.files),
         Some(k) => format!(
             "kernel caches for batch 1..={} on {} ({} files; {:.1} s of warm-up saved)",
             k.max_batch,

@@ -1,0 +1,484 @@
+//! Low-precision linear layers for the `tch` build's forward: real FP8 (E4M3) and INT8
+//! tensor-core GEMMs, not a simulation.
+//!
+//! - Weights: per output channel, `s_w[n] = max|W[n, :]| / R` (R = 448 for E4M3, 127 for INT8)
+//!   and `W_q = W / s_w`, quantised once at load ([`QuantLinear::of`]); the bf16 weights are then
+//!   dropped.
+//! - Activations: per row (token), dynamically: `s_x[m] = max|x[m, :]| / R`, computed in the
+//!   same pass that writes the quantised values ([`QuantKernels::quantize`], one warp a row, one
+//!   read of the bf16 input). A per-row scale needs no calibration set and follows each token's
+//!   range, where a static per-tensor scale from a calibrator clips or wastes range on outlier
+//!   tokens (DINOv3's register and class tokens run an order of magnitude above the patches).
+//!   For the MLP the kernel applies the GELU first (tanh form, the bf16 path's epilogue), so the
+//!   up-projection's output is read once on its way to the down-projection.
+//! - FP8 GEMM: `torch._scaled_mm` with row-wise scales (`s_x` `(M, 1)`, `s_w` `(1, N)`), bf16
+//!   output with the bias added in its epilogue, fast accumulation (cuBLASLt; compute
+//!   capability 8.9 and up).
+//! - INT8 GEMM: `torch._int_mm` (cuBLASLt IMMA, int32 accumulators; 8.0 and up), then one kernel
+//!   that scales each int32 by `s_x[m] · s_w[n]`, adds the bias and writes bf16
+//!   ([`QuantKernels::dequantize`]): `_int_mm` has no scaled epilogue, so INT8 moves an int32
+//!   `(M, N)` through memory that FP8 does not.
+//!
+//! Attention, the norms, RoPE and the patch embedding stay bf16.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use tch::{Device, Kind, Tensor};
+
+use super::tch_shim::Step;
+
+/// A quantised GEMM's number format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// E4M3 (`torch._scaled_mm`).
+    Fp8,
+    /// Symmetric INT8 (`torch._int_mm`).
+    Int8,
+}
+
+impl Format {
+    /// The largest magnitude a quantised value holds.
+    fn range(self) -> f64 {
+        match self {
+            Self::Fp8 => 448.0,
+            Self::Int8 => 127.0,
+        }
+    }
+
+    /// LibTorch's element kind of the quantised values.
+    fn kind(self) -> Kind {
+        match self {
+            Self::Fp8 => Kind::Float8e4m3fn,
+            Self::Int8 => Kind::Int8,
+        }
+    }
+
+    /// The first compute capability with the format's tensor-core GEMMs (and conversions).
+    fn min_capability(self) -> (i32, i32) {
+        match self {
+            Self::Fp8 => (8, 9),
+            Self::Int8 => (8, 0),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Fp8 => "fp8",
+            Self::Int8 => "int8",
+        }
+    }
+
+    /// The kernels' source and the virtual architecture NVRTC compiles it for.
+    fn source(self) -> (String, &'static str) {
+        match self {
+            Self::Fp8 => (format!("{COMMON}{FP8}"), "compute_89"),
+            Self::Int8 => (format!("{COMMON}{INT8}"), "compute_80"),
+        }
+    }
+}
+
+/// What both formats' quantisers share: bf16 loads, the GELU, the row walk.
+const COMMON: &str = r#"
+typedef unsigned short u16;
+__device__ __forceinline__ float bf(unsigned v) { return __uint_as_float(v << 16); }
+__device__ __forceinline__ float gelu_tanh(float x) {
+  float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+  return 0.5f * x * (1.f + tanhf(u));
+}
+// The 8 bf16 values of one 16-byte load as floats (GELU applied when asked).
+__device__ __forceinline__ void unpack(uint4 v, float *f, int gelu) {
+  unsigned w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    f[2 * i] = bf(w[i] & 0xffffu);
+    f[2 * i + 1] = bf(w[i] >> 16);
+  }
+  if (gelu) {
+#pragma unroll
+    for (int i = 0; i < 8; i++) f[i] = gelu_tanh(f[i]);
+  }
+}
+// One warp a row of k bf16 values (k % 8 == 0, rows 16-byte aligned): the row's absolute max,
+// scale = max / RANGE (a zero row gets a tiny scale and zeros), q = x / scale, 8 bytes a store.
+extern "C" __global__ void quantize(const u16 *__restrict__ x, unsigned char *__restrict__ q,
+                                    float *__restrict__ scale, int m, int k, int gelu) {
+  int row = (int)((blockIdx.x * blockDim.x + threadIdx.x) / 32);
+  int lane = threadIdx.x % 32;
+  if (row >= m) return;
+  const uint4 *xr = (const uint4 *)(x + (size_t)row * k);
+  int chunks = k / 8;
+  float amax = 0.f;
+  float f[8];
+  for (int c = lane; c < chunks; c += 32) {
+    unpack(xr[c], f, gelu);
+#pragma unroll
+    for (int i = 0; i < 8; i++) amax = fmaxf(amax, fabsf(f[i]));
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  float s = fmaxf(amax, 1e-30f) / RANGE;
+  float inv = 1.f / s;
+  if (lane == 0) scale[row] = s;
+  uint2 *qr = (uint2 *)(q + (size_t)row * k);
+  for (int c = lane; c < chunks; c += 32) {
+    unpack(xr[c], f, gelu);
+    unsigned lo = pack4(f[0] * inv, f[1] * inv, f[2] * inv, f[3] * inv);
+    unsigned hi = pack4(f[4] * inv, f[5] * inv, f[6] * inv, f[7] * inv);
+    qr[c] = make_uint2(lo, hi);
+  }
+}
+"#;
+
+/// E4M3 packing (saturating, round to nearest even).
+const FP8: &str = r#"
+#define RANGE 448.f
+__device__ __forceinline__ unsigned e4m3x2(float lo, float hi) {
+  u16 r;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+__device__ __forceinline__ unsigned pack4(float a, float b, float c, float d) {
+  return e4m3x2(a, b) | (e4m3x2(c, d) << 16);
+}
+"#;
+
+/// INT8 packing (round to nearest even, clamped to ±127) and the dequantising epilogue.
+const INT8: &str = r#"
+#define RANGE 127.f
+__device__ __forceinline__ unsigned i8(float v) {
+  int r = __float2int_rn(fminf(fmaxf(v, -127.f), 127.f));
+  return (unsigned)(r & 0xff);
+}
+__device__ __forceinline__ unsigned pack4(float a, float b, float c, float d) {
+  return i8(a) | (i8(b) << 8) | (i8(c) << 16) | (i8(d) << 24);
+}
+__device__ __forceinline__ unsigned to_bf(float f) {
+  unsigned u = __float_as_uint(f);
+  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+// y[m, n] = acc[m, n] · rs[m] · cs[n] + bias[n] in bf16, 4 values a thread (n % 4 == 0).
+extern "C" __global__ void dequantize(const int *__restrict__ acc, const float *__restrict__ rs,
+                                      const float *__restrict__ cs, const u16 *__restrict__ bias,
+                                      u16 *__restrict__ y, long long total, int n) {
+  long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+  if (i >= total) return;
+  int row = (int)(i / n), col = (int)(i % n);
+  int4 a = *(const int4 *)(acc + i);
+  float s = rs[row];
+  float4 c = *(const float4 *)(cs + col);
+  uint2 b = *(const uint2 *)(bias + col);
+  unsigned o0 = to_bf((float)a.x * s * c.x + bf(b.x & 0xffffu));
+  unsigned o1 = to_bf((float)a.y * s * c.y + bf(b.x >> 16));
+  unsigned o2 = to_bf((float)a.z * s * c.z + bf(b.y & 0xffffu));
+  unsigned o3 = to_bf((float)a.w * s * c.w + bf(b.y >> 16));
+  *(uint2 *)(y + i) = make_uint2(o0 | (o1 << 16), o2 | (o3 << 16));
+}
+"#;
+
+/// The quantiser's PTX file name in a kernel folder (the format and a hash of its source).
+pub fn ptx_name(format: Format) -> String {
+    let (src, arch) = format.source();
+    format!("{}-quantize-{arch}-{}.ptx", format.name(), super::tch_kernels::short_hash(&src))
+}
+
+/// The format's kernels as PTX (NVRTC; no GPU needed).
+pub fn compile(format: Format) -> Result<String> {
+    let (src, arch) = format.source();
+    super::tch_kernels::nvrtc(&src, Some(arch), &format!("{} quantiser", format.name()))
+}
+
+/// Threads a block of [`QuantKernels::quantize`] (8 rows) and of the dequantiser.
+const BLOCK: u32 = 256;
+
+/// The activation quantiser (and INT8's dequantiser) on one CUDA device, launched on
+/// LibTorch's current stream.
+pub struct QuantKernels {
+    format: Format,
+    ctx: Arc<CudaContext>,
+    ordinal: usize,
+    quantize: CudaFunction,
+    dequantize: Option<CudaFunction>,
+}
+
+impl QuantKernels {
+    /// Loads the format's kernels on CUDA device `ordinal` (the PTX of a kernel folder, else
+    /// NVRTC's); an error naming the GPU where it lacks the format's tensor cores.
+    pub fn new(ordinal: usize, format: Format) -> Result<Self> {
+        // SAFETY: only tries to load the library (cudarc panics on first use of a missing one).
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            bail!("the CUDA driver library (libcuda) cannot be loaded");
+        }
+        let ctx = CudaContext::new(ordinal).with_context(|| format!("CUDA device {ordinal}"))?;
+        let (major, minor) = ctx.compute_capability().context("the GPU's compute capability")?;
+        let need = format.min_capability();
+        if (major, minor) < need {
+            bail!(
+                "linear = \"{}\" needs compute capability {}.{} or later; CUDA device {ordinal} is {major}.{minor}",
+                format.name(),
+                need.0,
+                need.1
+            );
+        }
+        let (ptx, origin) = crate::kernel_cache::tch_ptx(&ptx_name(format), || compile(format))?;
+        tracing::debug!("{} quantiser: {origin}", format.name());
+        let module = ctx.load_module(ptx).with_context(|| format!("loading the {} quantiser", format.name()))?;
+        let quantize = module.load_function("quantize").context("kernel quantize")?;
+        let dequantize = match format {
+            Format::Int8 => Some(module.load_function("dequantize").context("kernel dequantize")?),
+            Format::Fp8 => None,
+        };
+        Ok(Self { format, ctx, ordinal, quantize, dequantize })
+    }
+
+    /// The number format.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    fn stream(&self) -> Arc<CudaStream> {
+        // SAFETY: as in `FusedKernels::stream`: LibTorch's streams outlive the launch and belong
+        // to the device's primary context.
+        unsafe { self.ctx.wrap_borrowed_stream(super::tch_shim::current_stream(self.ordinal) as _) }
+    }
+
+    /// Rows `x` `(M, K)` (bf16, contiguous, K a multiple of 8) quantised `(M, K)` and their
+    /// scales `(M, 1)` f32, `x ≈ q · scale`; with `gelu`, of `GELU(x)` (tanh form).
+    pub fn quantize(&self, x: &Tensor, gelu: bool) -> Result<(Tensor, Tensor)> {
+        let size = x.size();
+        let &[m, k] = size.as_slice() else { bail!("quantiser input has shape {size:?}, expected (M, K)") };
+        self.check(x, Kind::BFloat16, k, 8, "quantiser input")?;
+        let q = Tensor::f_empty([m, k], (self.format.kind(), x.device())).step("quantised activations")?;
+        let scale = Tensor::f_empty([m, 1], (Kind::Float, x.device())).step("activation scales")?;
+        let rows_per_block = (BLOCK / 32) as i64;
+        let grid = u32::try_from((m + rows_per_block - 1) / rows_per_block).context("too many rows for one launch")?;
+        let (m32, k32, gelu) = (i32::try_from(m)?, i32::try_from(k)?, gelu as i32);
+        let (xp, qp, sp) = (x.data_ptr() as u64, q.data_ptr() as u64, scale.data_ptr() as u64);
+        let stream = self.stream();
+        let mut launch = stream.launch_builder(&self.quantize);
+        launch.arg(&xp).arg(&qp).arg(&sp).arg(&m32).arg(&k32).arg(&gelu);
+        let cfg = LaunchConfig { grid_dim: (grid.max(1), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: the pointers are live LibTorch tensors on this device of the checked sizes
+        // (x: m·k bf16, q: m·k bytes, scale: m floats), and the launch is ordered on LibTorch's
+        // current stream with the ops that made and will read them.
+        unsafe { launch.launch(cfg) }.context("launching the quantiser")?;
+        Ok((q, scale))
+    }
+
+    /// INT8's epilogue: `acc` `(M, N)` int32 scaled by `rows` `(M, 1)` and `cols` `(1, N)`
+    /// (f32), plus `bias` `(N,)` bf16, as bf16 `(M, N)`.
+    fn dequantize(&self, acc: &Tensor, rows: &Tensor, cols: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let Some(f) = &self.dequantize else { bail!("the {} kernels have no dequantiser", self.format.name()) };
+        let size = acc.size();
+        let &[m, n] = size.as_slice() else { bail!("INT8 accumulators have shape {size:?}, expected (M, N)") };
+        self.check(acc, Kind::Int, n, 4, "INT8 accumulators")?;
+        self.check(rows, Kind::Float, 1, 1, "row scales")?;
+        self.check(cols, Kind::Float, n, 4, "column scales")?;
+        self.check(bias, Kind::BFloat16, n, 4, "bias")?;
+        if rows.numel() != m as usize || cols.numel() != n as usize || bias.numel() != n as usize {
+            bail!(
+                "INT8 epilogue: scales {:?} {:?}, bias {:?} for a {m}×{n} product",
+                rows.size(),
+                cols.size(),
+                bias.size()
+            );
+        }
+        let y = Tensor::f_empty([m, n], (Kind::BFloat16, acc.device())).step("INT8 GEMM output")?;
+        let total = m * n;
+        let grid =
+            u32::try_from((total / 4 + BLOCK as i64 - 1) / BLOCK as i64).context("too many values for one launch")?;
+        let n32 = i32::try_from(n)?;
+        let ptrs = [acc, rows, cols, bias, &y].map(|t| t.data_ptr() as u64);
+        let stream = self.stream();
+        let mut launch = stream.launch_builder(f);
+        for p in &ptrs {
+            launch.arg(p);
+        }
+        launch.arg(&total).arg(&n32);
+        let cfg = LaunchConfig { grid_dim: (grid.max(1), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: live contiguous LibTorch tensors on this device of the checked kinds and sizes
+        // (acc m·n int32, rows m, cols n floats, bias n and y m·n bf16; n % 4 == 0 and 16-byte
+        // aligned rows, so every vector access is aligned and in bounds), ordered on LibTorch's
+        // current stream.
+        unsafe { launch.launch(cfg) }.context("launching the INT8 dequantiser")?;
+        Ok(y)
+    }
+
+    /// A contiguous tensor of `kind` on this device whose last size is a multiple of `multiple`
+    /// and whose data is 16-byte aligned.
+    fn check(&self, t: &Tensor, kind: Kind, last: i64, multiple: i64, what: &str) -> Result<()> {
+        let ok = t.device() == Device::Cuda(self.ordinal)
+            && t.kind() == kind
+            && t.is_contiguous()
+            && last % multiple == 0
+            && t.data_ptr() as usize % 16 == 0;
+        if !ok {
+            bail!(
+                "{what}: {:?} {:?} on {:?} (contiguous: {}), expected contiguous {kind:?}, last size a multiple of {multiple}, 16-byte aligned, on CUDA {}",
+                t.size(),
+                t.kind(),
+                t.device(),
+                t.is_contiguous(),
+                self.ordinal
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A linear layer with quantised weights and per-output-channel scales.
+pub struct QuantLinear {
+    format: Format,
+    /// `(N, K)` E4M3 or INT8, row-major (read as the column-major `(K, N)` operand).
+    w: Tensor,
+    /// `(1, N)` f32.
+    scale: Tensor,
+    /// `(N,)` bf16.
+    bias: Tensor,
+}
+
+impl QuantLinear {
+    /// Quantises a `(N, K)` weight (any float kind) per output channel; the bias goes to bf16.
+    pub fn of(w: &Tensor, bias: &Tensor, format: Format) -> Result<Self> {
+        let size = w.size();
+        let &[n, k] = size.as_slice() else { bail!("quantised weight has shape {size:?}, expected (N, K)") };
+        if n % 16 != 0 || k % 16 != 0 {
+            bail!("{} GEMMs need both sides of a weight to be multiples of 16, not {n}×{k}", format.name());
+        }
+        let r = format.range();
+        let w32 = w.f_to_kind(Kind::Float).step("weight to quantise")?;
+        let scale = w32
+            .f_abs()
+            .and_then(|a| a.f_amax([1i64].as_slice(), true))
+            .and_then(|a| a.f_clamp_min(1e-30))
+            .and_then(|a| a.f_div_scalar(r))
+            .step("weight scales")?;
+        let q = w32.f_div(&scale).and_then(|q| q.f_clamp(-r, r)).step("weight quantisation")?;
+        let q = match format {
+            Format::Fp8 => q.f_to_kind(Kind::Float8e4m3fn),
+            Format::Int8 => q.f_round().and_then(|q| q.f_to_kind(Kind::Int8)),
+        }
+        .step("weight quantisation")?;
+        Ok(Self {
+            format,
+            w: q,
+            scale: scale.f_reshape([1, n]).step("weight scales")?,
+            bias: bias.f_to_kind(Kind::BFloat16).and_then(|b| b.f_contiguous()).step("bias")?,
+        })
+    }
+
+    /// `x · Wᵀ + b` in bf16 from quantised rows `q` `(M, K)` and their scales `(M, 1)`
+    /// (made by `kernels` in this layer's format).
+    pub fn forward(&self, kernels: &QuantKernels, q: &Tensor, scale: &Tensor) -> Result<Tensor> {
+        if kernels.format != self.format {
+            bail!("{} activations for a {} layer", kernels.format.name(), self.format.name());
+        }
+        match self.format {
+            Format::Fp8 => q
+                .f_internal_scaled_mm(
+                    &self.w.tr(),
+                    scale,
+                    &self.scale,
+                    Some(&self.bias),
+                    None::<&Tensor>,
+                    Kind::BFloat16,
+                    true,
+                )
+                .step("FP8 GEMM (_scaled_mm)"),
+            Format::Int8 => {
+                let acc = q.f_internal_int_mm(&self.w.tr()).step("INT8 GEMM (_int_mm)")?;
+                kernels.dequantize(&acc, scale, &self.scale, &self.bias)
+            }
+        }
+    }
+}
+
+/// On a CUDA GPU only (skipped elsewhere, saying so): the quantised GEMMs against LibTorch's f32
+/// GEMM of the same values, and the kernels' PTX read back from a kernel folder.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu() -> Option<usize> {
+        let ok = tch::Cuda::is_available() && {
+            // SAFETY: only tries to load the library.
+            unsafe { cudarc::nvrtc::sys::is_culib_present() }
+        };
+        if !ok {
+            eprintln!("skipped: no CUDA device (or no NVRTC) here");
+        }
+        ok.then_some(0)
+    }
+
+    /// `(‖a − b‖ / ‖b‖)` over all values.
+    fn rel(a: &Tensor, b: &Tensor) -> f64 {
+        let d = (a - b).norm().double_value(&[]);
+        d / b.norm().double_value(&[])
+    }
+
+    #[test]
+    fn quantised_linear_layers_match_the_f32_gemm() {
+        let Some(i) = gpu() else { return };
+        let dev = Device::Cuda(i);
+        tch::manual_seed(7);
+        let (m, k, n) = (300, 768, 1024);
+        // Rows of different ranges (as tokens have), one row 50× the rest.
+        let x = Tensor::randn([m, k], (Kind::Float, dev)) * Tensor::rand([m, 1], (Kind::Float, dev));
+        let _ = x.narrow(0, 5, 1).f_mul_scalar_(50.0).unwrap();
+        let w = Tensor::randn([n, k], (Kind::Float, dev)) * 0.03;
+        let b = Tensor::randn([n], (Kind::Float, dev)) * 0.1;
+        let xb = x.to_kind(Kind::BFloat16);
+        for (format, gelu, limit) in [
+            (Format::Fp8, false, 0.08),
+            (Format::Fp8, true, 0.08),
+            (Format::Int8, false, 0.03),
+            (Format::Int8, true, 0.03),
+        ] {
+            let kernels = QuantKernels::new(i, format).unwrap();
+            let layer = QuantLinear::of(&w, &b, format).unwrap();
+            let (q, s) = kernels.quantize(&xb, gelu).unwrap();
+            assert_eq!((q.kind(), s.size()), (format.kind(), vec![m, 1]));
+            let y = layer.forward(&kernels, &q, &s).unwrap();
+            assert_eq!((y.kind(), y.size()), (Kind::BFloat16, vec![m, n]));
+            let xin = xb.to_kind(Kind::Float);
+            let xin = if gelu { xin.gelu("tanh") } else { xin };
+            let want = xin.linear(&w, Some(&b));
+            let e = rel(&y.to_kind(Kind::Float), &want);
+            // Per-row scales: the loud row costs the others nothing.
+            let quiet = rel(&y.narrow(0, 0, 5).to_kind(Kind::Float), &want.narrow(0, 0, 5));
+            eprintln!("{format:?} gelu {gelu}: relative error {e:.4} (quiet rows {quiet:.4})");
+            assert!(e < limit && quiet < limit, "{format:?} gelu {gelu}: relative error {e} / {quiet} over {limit}");
+            // And not a copy of the f32 result: quantisation shows.
+            assert!(e > 1e-4, "{format:?}: relative error {e} is too small to be a quantised GEMM");
+        }
+    }
+
+    /// Export needs NVRTC, not a GPU (as the other kernel tests); loading the module needs one.
+    #[test]
+    fn exported_ptx_is_read_back_instead_of_compiled() {
+        let root = tempfile::tempdir().unwrap();
+        let export = root.path().join("export");
+        let n = super::super::tch_kernels::export_ptx(&export, Kind::BFloat16, 384, 64, 3, 16).unwrap();
+        assert_eq!(n, 3, "fused kernels, FP8 and INT8 quantisers");
+        let names: Vec<String> = std::fs::read_dir(&export)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.contains(&ptx_name(Format::Int8)) && names.contains(&ptx_name(Format::Fp8)), "{names:?}");
+        // The folder's PTX is what loads: a compile step that fails is never called.
+        crate::kernel_cache::use_dir(root.path()).unwrap();
+        let tch = crate::kernel_cache::tch_dir().unwrap();
+        assert_eq!(tch, root.path().join("tch"));
+        std::fs::rename(&export, &tch).unwrap();
+        let (ptx, origin) =
+            crate::kernel_cache::tch_ptx(&ptx_name(Format::Int8), || anyhow::bail!("compiled instead of read"))
+                .unwrap();
+        assert!(origin.starts_with("PTX from"), "{origin}");
+        assert!(ptx.to_src().contains(".entry dequantize("), "INT8 PTX without its epilogue");
+        let Some(i) = gpu() else { return };
+        let ctx = CudaContext::new(i).unwrap();
+        let module = ctx.load_module(ptx).unwrap();
+        module.load_function("dequantize").unwrap();
+    }
+}
