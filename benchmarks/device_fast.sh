@@ -8,14 +8,16 @@
 #   carried as .device/sv-model-tests.xz).
 #   PARTS="1 2 3" picks the parts (default 1):
 #   1: ViT-S/16 batch 1 (graphs on and off, + head from host pixels) beside eager,
-#           torch.compile and torch.compile(mode="reduce-overhead"); bf16/FP8/INT8 fidelity over 2,048
-#           inputs; ViT-B/16 batch 256 bf16, FP8 and INT8 beside torch.compile.
+#           torch.compile and torch.compile(mode="reduce-overhead"); the exported kernels (NVRTC,
+#           a kernel folder's PTX, with and without NVRTC on the library path).
+#   4: sv-model's GPU unit tests; bf16/FP8/INT8 fidelity over 2,048 inputs; ViT-B/16 batch 256
+#           bf16, FP8 and INT8 beside torch.compile; ViT-S/16 batch 1 in each.
 #   2: ViT-7B/16 batch 32: ours bf16, FP8 and INT8 with weights drawn on the device beside
 #           torch.compile, process start to first batch and peak host RSS;
 #   3: a synthetic 7B safetensors checkpoint, loaded by ours (streamed shard by shard) and by
 #           transformers' from_pretrained: process start to first answer, peak host RSS.
 set -uo pipefail
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 RUST_BACKTRACE=0
 OUT="${OUT:-/tmp/out}"
 mkdir -p "$OUT"
 for f in .device/*.xz; do [ -e "$f" ] && xz -dkf "$f"; done
@@ -27,16 +29,9 @@ B=.device/bench-backbone
 has() { [[ " ${PARTS:-1} " == *" $1 "* ]]; }
 PY="taskset -c 0-7 python3 benchmarks/bench_backbone.py --ours $B --device cuda --backend tch --dtypes bf16"
 if has 1; then
-  echo "== sv-model's unit tests of the tch build on the GPU (quantised GEMMs against f32, kernels, exported PTX)"
-  [ -x .device/sv-model-tests ] && .device/sv-model-tests --test-threads 1 --nocapture backbone::tch 2>&1 | tail -25 | tee "$OUT/tests.txt"
   echo "== ViT-S/16 batch 1: ours (CUDA graphs, the default) and PyTorch"
   $PY --head --presets vits16 --batches 1 --compile --compile-modes default,reduce-overhead \
     --iters 3000 --max-seconds 5 --json "$OUT/b1.jsonl" 2>&1 | grep -v "^|"
-  echo "== ViT-S/16 batch 1: ours FP8 and INT8 (graphs on)"
-  for lin in fp8 int8; do
-    SV_TCH_LINEAR=$lin taskset -c 0-7 $B --backend tch --dtype bf16 --presets vits16 --batches 1 --iters 3000 --max-seconds 4 \
-      2>>"$OUT/b1.err" | sed "s/\"impl_\":\"sv-tch/\"impl_\":\"sv-tch $lin/" >> "$OUT/b1.jsonl"
-  done
   echo "== ViT-S/16 batch 1: ours without graphs (SV_TCH_GRAPHS=0)"
   for extra in "" "--head"; do
     SV_TCH_GRAPHS=0 taskset -c 0-7 $B --backend tch --dtype bf16 --presets vits16 --batches 1 --iters 3000 --max-seconds 5 $extra \
@@ -55,6 +50,10 @@ if has 1; then
   done
   ls -la "$K/tch" | tee -a "$OUT/kernels.err"
   grep -i "warn\|error" "$OUT/kernels.err" | head -5
+fi
+if has 4; then
+  echo "== sv-model's unit tests of the tch build on the GPU (quantised GEMMs against f32, kernels, exported PTX)"
+  [ -x .device/sv-model-tests ] && .device/sv-model-tests --test-threads 1 --nocapture backbone::tch 2>&1 | tee "$OUT/tests.txt" | grep -E "^test |relative|panicked|result" 
   echo "== bf16, FP8 and INT8 against f32: decision agreement over 2,048 inputs (ViT-B/16)"
   taskset -c 0-7 .device/tch-fidelity --preset vitb16 --images 2048 --batch 64 2>"$OUT/fidelity.err" | tee "$OUT/fidelity.jsonl"
   tail -3 "$OUT/fidelity.err"
@@ -65,8 +64,15 @@ if has 1; then
     SV_TCH_LINEAR=$lin taskset -c 0-7 $B --backend tch --dtype bf16 --presets vitb16 --batches 256 --iters 200 --max-seconds 6 \
       2>>"$OUT/b256.err" | sed "s/\"impl_\":\"sv-tch/\"impl_\":\"sv-tch $lin/" >> "$OUT/b256.jsonl"
   done
-  tail -5 "$OUT/b256.err"
+  grep -v Memory.cpp "$OUT/b256.err" | grep -i -A2 "^error\|caused" | head -8
   python3 benchmarks/bench_backbone.py --device cuda --from-json "$OUT/b256.jsonl"
+  echo "== ViT-S/16 batch 1: ours bf16, FP8 and INT8 (graphs on)"
+  for lin in native fp8 int8; do
+    SV_TCH_LINEAR=$lin taskset -c 0-7 $B --backend tch --dtype bf16 --presets vits16 --batches 1 --iters 3000 --max-seconds 4 \
+      2>>"$OUT/b1q.err" | sed "s/\"impl_\":\"sv-tch/\"impl_\":\"sv-tch $lin/" >> "$OUT/b1q.jsonl"
+  done
+  grep -v Memory.cpp "$OUT/b1q.err" | grep -i "error\|caused" | head -5
+  python3 benchmarks/bench_backbone.py --device cuda --from-json "$OUT/b1q.jsonl"
 fi
 if has 2; then
   echo "== ViT-7B/16 batch 32: ours bf16, FP8 and INT8 (weights drawn on the device), process start to first batch"
