@@ -73,14 +73,14 @@ impl Format {
     /// The kernels' source and the virtual architecture NVRTC compiles it for.
     fn source(self) -> (String, &'static str) {
         match self {
-            Self::Fp8 => (format!("{COMMON}{FP8}"), "compute_89"),
-            Self::Int8 => (format!("{COMMON}{INT8}"), "compute_80"),
+            Self::Fp8 => (format!("{HEAD}{FP8}{QUANTIZE}"), "compute_89"),
+            Self::Int8 => (format!("{HEAD}{INT8}{QUANTIZE}"), "compute_80"),
         }
     }
 }
 
-/// What both formats' quantisers share: bf16 loads, the GELU, the row walk.
-const COMMON: &str = r#"
+/// What both formats' kernels share: bf16 loads and the GELU (before the format's part).
+const HEAD: &str = r#"
 typedef unsigned short u16;
 __device__ __forceinline__ float bf(unsigned v) { return __uint_as_float(v << 16); }
 __device__ __forceinline__ float gelu_tanh(float x) {
@@ -100,6 +100,10 @@ __device__ __forceinline__ void unpack(uint4 v, float *f, int gelu) {
     for (int i = 0; i < 8; i++) f[i] = gelu_tanh(f[i]);
   }
 }
+"#;
+
+/// The quantiser (after the format's part, which defines `RANGE` and `pack4`).
+const QUANTIZE: &str = r#"
 // One warp a row of k bf16 values (k % 8 == 0, rows 16-byte aligned): the row's absolute max,
 // scale = max / RANGE (a zero row gets a tiny scale and zeros), q = x / scale, 8 bytes a store.
 extern "C" __global__ void quantize(const u16 *__restrict__ x, unsigned char *__restrict__ q,
