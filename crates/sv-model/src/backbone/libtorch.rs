@@ -422,16 +422,7 @@ impl TchDinov3 {
     ) -> Result<Self> {
         cfg.validate()?;
         Self::check_device(device)?;
-        tch::no_grad(|| Self::build_inner(cfg, w, device, kind, settings))
-    }
-
-    fn build_inner(
-        cfg: &Dinov3Config,
-        w: &mut dyn DeviceWeights,
-        device: Device,
-        kind: Kind,
-        settings: &TchForwardConfig,
-    ) -> Result<Self> {
+        let _guard = tch::no_grad_guard();
         let (d, inter) = (cfg.hidden_size, cfg.intermediate_size);
         let format = match settings.linear {
             TchLinear::Native => None,
