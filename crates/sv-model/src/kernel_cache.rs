@@ -10,7 +10,7 @@
 //!
 //! The `tch` build's own kernels (the fused element-wise kernels and the FP8 quantiser) are PTX
 //! that NVRTC compiles for one model's sizes: `sv-train export` writes them into the bundle's
-//! `kernels/tch/` ([`tch_ptx`] names and writes them), and a server pointed at a folder holding
+//! `kernels/tch/` ([`crate::ptx`] reads and writes them), and a server pointed at a folder holding
 //! them ([`use_dir`]) loads them through the driver and needs NVRTC only for a model whose PTX it
 //! lacks. PTX is not tied to one GPU model (the driver compiles it for the GPU at load), so
 //! these are used on any GPU. Builds without either (ndarray, flex) compile nothing at run time:
@@ -67,62 +67,7 @@ pub fn segment(text: &str) -> String {
     if s.is_empty() || s.chars().all(|c| c == '.') { format!("_{s}") } else { s }
 }
 
-/// The `tch` build's kernel folder (`<dir>/tch` of the last [`use_dir`]).
-#[cfg(feature = "tch")]
-static TCH_DIR: std::sync::RwLock<Option<PathBuf>> = std::sync::RwLock::new(None);
-
-/// The folder the `tch` build reads its kernels' PTX from and writes what NVRTC compiled to
-/// (`None`: [`use_dir`] was not called, or not the `tch` build).
-pub fn tch_dir() -> Option<PathBuf> {
-    #[cfg(feature = "tch")]
-    return TCH_DIR.read().unwrap_or_else(|e| e.into_inner()).clone();
-    #[cfg(not(feature = "tch"))]
-    None
-}
-
-/// PTX of one of the `tch` build's kernel modules, named `name` (its sizes and a hash of its
-/// source): read from [`tch_dir`] when it holds it, else made by `compile` (NVRTC) and written
-/// there for the next process (best effort: a folder that cannot be written costs only time).
-/// Also says where it came from.
-#[cfg(feature = "tch")]
-pub fn tch_ptx(name: &str, compile: impl FnOnce() -> Result<String>) -> Result<(cudarc::nvrtc::Ptx, String)> {
-    let dir = tch_dir();
-    if let Some(path) = dir.as_ref().map(|d| d.join(name)).filter(|p| p.is_file()) {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        return Ok((cudarc::nvrtc::Ptx::from_src(text), format!("PTX from {}", path.display())));
-    }
-    let t = Instant::now();
-    let text = compile()?;
-    let origin = format!("compiled by NVRTC in {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
-    if let Some(dir) = dir {
-        if let Err(e) = write_new(&dir, name, text.as_bytes()) {
-            tracing::debug!("cannot keep {name} in {}: {e:#}", dir.display());
-        }
-    }
-    Ok((cudarc::nvrtc::Ptx::from_src(text), origin))
-}
-
-/// Write `bytes` as `dir/name` through a temporary file renamed into place (a reader never sees
-/// half a file), unless it exists.
-pub fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dst = dir.join(name);
-    if dst.exists() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let part = dst.with_extension(format!("partial-{}-{:016x}", std::process::id(), rand::random::<u64>()));
-    let write = || -> Result<()> {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&part)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&part, &dst)?;
-        Ok(())
-    };
-    write().inspect_err(|_| {
-        let _ = std::fs::remove_file(&part);
-    })
-}
+pub use crate::ptx::tch_dir;
 
 /// Point CubeCL's caches at `dir` if nothing has read CubeCL's configuration yet; either way,
 /// return the folders its PTX and autotune caches use now (`None`: no CubeCL in this build, or
@@ -143,7 +88,7 @@ pub fn use_dir(dir: &Path) -> Result<bool> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create the kernel cache folder {}", dir.display()))?;
     #[cfg(feature = "tch")]
     {
-        *TCH_DIR.write().unwrap_or_else(|e| e.into_inner()) = Some(dir.join("tch"));
+        crate::ptx::set_dir(dir.join("tch"));
     }
     #[cfg(feature = "cuda")]
     {

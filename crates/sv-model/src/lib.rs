@@ -3,7 +3,8 @@
 //! one [`backbone::Forward`] chosen once from a [`backbone::ForwardConfig`]), the classification
 //! head's forward ([`head`]), backbone + head at a precision ([`classifier`]), the INT8 codec
 //! ([`int8`]) and precisions ([`quant`]), the export bundle's read side ([`bundle`]: config,
-//! manifest check, model card, score map) and the GPU kernel-cache folders ([`kernel_cache`]).
+//! manifest check, model card, score map), the GPU kernel-cache folders ([`kernel_cache`]) and the
+//! `tch` build's kernel PTX ([`ptx`]).
 //! It links no data store, no autodiff and no optimiser: sv-train builds on it to train and
 //! export, sv-infer and the miner load bundles with it.
 
@@ -13,6 +14,7 @@ pub mod classifier;
 pub mod head;
 pub mod int8;
 pub mod kernel_cache;
+pub mod ptx;
 pub mod quant;
 
 /// Backend for the frozen backbone and for inference: CPU (ndarray, threaded, SIMD) by default,

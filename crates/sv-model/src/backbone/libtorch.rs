@@ -119,6 +119,33 @@ impl Lin {
     }
 }
 
+/// Writes the PTX of every kernel module a model of these sizes and `kind` loads (the fused
+/// kernels; the FP8 and INT8 quantisers for bf16) into `dir`, as `sv-train export` does for a bundle's
+/// `kernels/tch/`. Needs NVRTC, not a GPU. Returns the files written.
+pub fn export_ptx(
+    dir: &std::path::Path,
+    kind: Kind,
+    d: usize,
+    hd: usize,
+    channels: usize,
+    patch: usize,
+) -> Result<usize> {
+    use super::{tch_kernels, tch_quant};
+    let mut files = vec![(
+        tch_kernels::ptx_name(kind, d, hd, channels, patch)?,
+        tch_kernels::compile(kind, d, hd, channels, patch)?,
+    )];
+    if kind == Kind::BFloat16 {
+        for f in [Format::Fp8, Format::Int8] {
+            files.push((tch_quant::ptx_name(f), tch_quant::compile(f)?));
+        }
+    }
+    for (name, text) in &files {
+        crate::ptx::write_new(dir, name, text.as_bytes())?;
+    }
+    Ok(files.len())
+}
+
 /// The backbone's weights on a LibTorch device, for [`TchDinov3::forward`].
 pub struct TchDinov3 {
     device: Device,

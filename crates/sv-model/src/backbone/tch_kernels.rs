@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 use tch::{Device, Kind, Tensor};
 
 use super::tch_shim::Step;
@@ -208,55 +207,12 @@ fn source(kind: Kind, d: usize, hd: usize, channels: usize, patch: usize) -> Res
 /// of the full source, so that a changed kernel never loads an old file.
 pub fn ptx_name(kind: Kind, d: usize, hd: usize, channels: usize, patch: usize) -> Result<String> {
     let src = source(kind, d, hd, channels, patch)?;
-    Ok(format!("fused-{kind:?}-d{d}-hd{hd}-c{channels}-p{patch}-{}.ptx", short_hash(&src)).to_lowercase())
-}
-
-/// The first 16 hex digits of a text's SHA-256.
-pub(crate) fn short_hash(text: &str) -> String {
-    use sha2::Digest;
-    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
-}
-
-/// NVRTC's PTX of `src` (no GPU needed; the driver compiles it for the device at load).
-pub(crate) fn nvrtc(src: &str, arch: Option<&'static str>, what: &str) -> Result<String> {
-    // SAFETY: only tries to load the library (cudarc panics on first use of a missing one).
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        bail!(
-            "NVRTC (libnvrtc) cannot be loaded to compile the {what}: put its folder (e.g. site-packages/nvidia/cu13/lib) on LD_LIBRARY_PATH, or serve a bundle that carries their PTX"
-        );
-    }
-    let opts = CompileOptions { arch, options: vec!["--std=c++14".into()], ..Default::default() };
-    let ptx = compile_ptx_with_opts(src, opts).map_err(|e| anyhow::anyhow!("NVRTC compiling the {what}: {e:?}"))?;
-    Ok(ptx.to_src())
+    Ok(format!("fused-{kind:?}-d{d}-hd{hd}-c{channels}-p{patch}-{}.ptx", crate::ptx::short_hash(&src)).to_lowercase())
 }
 
 /// PTX of the kernels for one model's sizes and dtype (NVRTC).
 pub fn compile(kind: Kind, d: usize, hd: usize, channels: usize, patch: usize) -> Result<String> {
-    nvrtc(&source(kind, d, hd, channels, patch)?, None, "fused kernels")
-}
-
-/// Writes the PTX of every kernel module a model of these sizes and `kind` loads (the fused
-/// kernels; the FP8 and INT8 quantisers for bf16) into `dir`, as `sv-train export` does for a bundle's
-/// `kernels/tch/`. Needs NVRTC, not a GPU. Returns the files written.
-pub fn export_ptx(
-    dir: &std::path::Path,
-    kind: Kind,
-    d: usize,
-    hd: usize,
-    channels: usize,
-    patch: usize,
-) -> Result<usize> {
-    let mut files = vec![(ptx_name(kind, d, hd, channels, patch)?, compile(kind, d, hd, channels, patch)?)];
-    if kind == Kind::BFloat16 {
-        use super::tch_quant::{Format, compile, ptx_name};
-        for f in [Format::Fp8, Format::Int8] {
-            files.push((ptx_name(f), compile(f)?));
-        }
-    }
-    for (name, text) in &files {
-        crate::kernel_cache::write_new(dir, name, text.as_bytes())?;
-    }
-    Ok(files.len())
+    crate::ptx::nvrtc(&source(kind, d, hd, channels, patch)?, None, "fused kernels")
 }
 
 /// Threads per block of the element-wise kernels.
@@ -302,9 +258,8 @@ impl FusedKernels {
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             bail!("the CUDA driver library (libcuda) cannot be loaded");
         }
-        let (ptx, origin) = crate::kernel_cache::tch_ptx(&ptx_name(kind, d, hd, channels, patch)?, || {
-            compile(kind, d, hd, channels, patch)
-        })?;
+        let (ptx, origin) =
+            crate::ptx::load(&ptx_name(kind, d, hd, channels, patch)?, || compile(kind, d, hd, channels, patch))?;
         tracing::debug!("fused kernels: {origin}");
         let origin = origin.clone();
         let (bytes, _) = element(kind)?;

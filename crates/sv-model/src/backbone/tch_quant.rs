@@ -184,13 +184,13 @@ extern "C" __global__ void dequantize(const int *__restrict__ acc, const float *
 /// The quantiser's PTX file name in a kernel folder (the format and a hash of its source).
 pub fn ptx_name(format: Format) -> String {
     let (src, arch) = format.source();
-    format!("{}-quantize-{arch}-{}.ptx", format.name(), super::tch_kernels::short_hash(&src))
+    format!("{}-quantize-{arch}-{}.ptx", format.name(), crate::ptx::short_hash(&src))
 }
 
 /// The format's kernels as PTX (NVRTC; no GPU needed).
 pub fn compile(format: Format) -> Result<String> {
     let (src, arch) = format.source();
-    super::tch_kernels::nvrtc(&src, Some(arch), &format!("{} quantiser", format.name()))
+    crate::ptx::nvrtc(&src, Some(arch), &format!("{} quantiser", format.name()))
 }
 
 /// Threads a block of [`QuantKernels::quantize`] (8 rows) and of the dequantiser.
@@ -225,7 +225,7 @@ impl QuantKernels {
                 need.1
             );
         }
-        let (ptx, origin) = crate::kernel_cache::tch_ptx(&ptx_name(format), || compile(format))?;
+        let (ptx, origin) = crate::ptx::load(&ptx_name(format), || compile(format))?;
         tracing::debug!("{} quantiser: {origin}", format.name());
         let module = ctx.load_module(ptx).with_context(|| format!("loading the {} quantiser", format.name()))?;
         let quantize = module.load_function("quantize").context("kernel quantize")?;
@@ -463,7 +463,7 @@ mod tests {
     fn exported_ptx_is_read_back_instead_of_compiled() {
         let root = tempfile::tempdir().unwrap();
         let export = root.path().join("export");
-        let n = super::super::tch_kernels::export_ptx(&export, Kind::BFloat16, 384, 64, 3, 16).unwrap();
+        let n = super::super::libtorch::export_ptx(&export, Kind::BFloat16, 384, 64, 3, 16).unwrap();
         assert_eq!(n, 3, "fused kernels, FP8 and INT8 quantisers");
         let names: Vec<String> = std::fs::read_dir(&export)
             .unwrap()
@@ -472,12 +472,11 @@ mod tests {
         assert!(names.contains(&ptx_name(Format::Int8)) && names.contains(&ptx_name(Format::Fp8)), "{names:?}");
         // The folder's PTX is what loads: a compile step that fails is never called.
         crate::kernel_cache::use_dir(root.path()).unwrap();
-        let tch = crate::kernel_cache::tch_dir().unwrap();
+        let tch = crate::ptx::tch_dir().unwrap();
         assert_eq!(tch, root.path().join("tch"));
         std::fs::rename(&export, &tch).unwrap();
         let (ptx, origin) =
-            crate::kernel_cache::tch_ptx(&ptx_name(Format::Int8), || anyhow::bail!("compiled instead of read"))
-                .unwrap();
+            crate::ptx::load(&ptx_name(Format::Int8), || anyhow::bail!("compiled instead of read")).unwrap();
         assert!(origin.starts_with("PTX from"), "{origin}");
         assert!(ptx.to_src().contains(".entry dequantize("), "INT8 PTX without its epilogue");
         let Some(i) = gpu() else { return };

@@ -324,7 +324,7 @@ fn tch_ptx<B: Backend>(model: &Classifier<B>, kernel_dir: &Path) -> Result<Optio
     let cfg = &model.backbone_config;
     let kind = sv_model::backbone::libtorch::kind_of(model.backbone.dtype())?;
     let dir = kernel_dir.join("tch");
-    let written = sv_model::backbone::tch_kernels::export_ptx(
+    let written = sv_model::backbone::libtorch::export_ptx(
         &dir,
         kind,
         cfg.hidden_size,
