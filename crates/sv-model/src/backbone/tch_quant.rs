@@ -458,6 +458,18 @@ mod tests {
         }
     }
 
+    /// Both formats' kernels compile (NVRTC, no GPU needed) with their entry points.
+    #[test]
+    fn quantisers_compile() {
+        for (format, entries) in [(Format::Fp8, &["quantize"][..]), (Format::Int8, &["quantize", "dequantize"][..])] {
+            let ptx = compile(format).unwrap_or_else(|e| panic!("{format:?}: {e:#}"));
+            for entry in entries {
+                assert!(ptx.contains(&format!(".entry {entry}(")), "{format:?}: no {entry} in the PTX");
+            }
+        }
+        assert_ne!(ptx_name(Format::Fp8), ptx_name(Format::Int8));
+    }
+
     /// Export needs NVRTC, not a GPU (as the other kernel tests); loading the module needs one.
     #[test]
     fn exported_ptx_is_read_back_instead_of_compiled() {
