@@ -177,6 +177,19 @@ fn the_bundle_dtype_is_honoured_and_older_bundles_read_as_f32() {
     assert_eq!(b.config.kernels.is_some(), sv_model::carries_kernels());
     assert_eq!(f.bundle.join("kernels").is_dir(), sv_model::carries_kernels());
     let tmp = tempfile::tempdir().unwrap();
+    // The server's side: the bundle's kernels are copied (checked against the manifest) into a
+    // cache folder it can write, and the tch build reads its PTX from `<folder>/tch`.
+    let setup = b.use_kernels(&tmp.path().join("kcache"), true).unwrap();
+    match &b.config.kernels {
+        None => assert_eq!((setup.dir, setup.from_bundle), (None, 0), "{}", setup.note),
+        Some(k) => {
+            assert_eq!(setup.from_bundle, k.files, "{}", setup.note);
+            if k.ptx {
+                let dir = sv_model::kernel_cache::tch_dir().expect("the PTX folder is set");
+                assert_eq!(std::fs::read_dir(&dir).unwrap().count(), k.files, "{}", dir.display());
+            }
+        }
+    }
     let device = sv_train::Device::default();
     let image = &test_images(&f.store, 1)[0].1;
     let want = b.stage1(&device).unwrap().scores(&[image]).unwrap();

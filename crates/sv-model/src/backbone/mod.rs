@@ -149,6 +149,23 @@ impl<B: Backend> Backbone<B> {
     }
 }
 
+/// The `tch` build's kernels for a backbone of `cfg` run in `dtype`, as PTX files written into
+/// `dir` (what `sv-train export` puts in a bundle's `kernels/tch/`; NVRTC, no GPU needed): the
+/// number of files, or `None` on builds without LibTorch. Callers need no `tch` feature of
+/// their own: whichever crate turns on sv-model's decides.
+pub fn export_kernels_ptx(dir: &std::path::Path, cfg: &Dinov3Config, dtype: DType) -> Result<Option<usize>> {
+    #[cfg(feature = "tch")]
+    {
+        let kind = libtorch::kind_of(dtype)?;
+        libtorch::export_ptx(dir, kind, cfg.hidden_size, cfg.head_dim(), cfg.num_channels, cfg.patch_size).map(Some)
+    }
+    #[cfg(not(feature = "tch"))]
+    {
+        let _ = (dir, cfg, dtype);
+        Ok(None)
+    }
+}
+
 /// Encoded images as one normalised `(N, 3, S, S)` batch through the shared preprocessing
 /// (the images in parallel). An image that does not decode is an error naming its position.
 pub fn pixels<B: Backend>(images: &[&[u8]], pre: &PreprocessConfig, device: &B::Device) -> Result<Tensor<B, 4>> {

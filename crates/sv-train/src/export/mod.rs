@@ -319,32 +319,17 @@ fn carry_kernels<B: Backend>(
 /// The `tch` build's kernels for the exported model, as PTX in `kernels/tch/` (NVRTC, no GPU
 /// needed): a server loads them through the driver, so it needs no NVRTC. `None` (with a
 /// warning) where NVRTC is missing here.
-#[cfg(feature = "tch")]
 fn tch_ptx<B: Backend>(model: &Classifier<B>, kernel_dir: &Path) -> Result<Option<KernelsInfo>> {
-    let cfg = &model.backbone_config;
-    let kind = sv_model::backbone::libtorch::kind_of(model.backbone.dtype())?;
     let dir = kernel_dir.join("tch");
-    let written = sv_model::backbone::libtorch::export_ptx(
-        &dir,
-        kind,
-        cfg.hidden_size,
-        cfg.head_dim(),
-        cfg.num_channels,
-        cfg.patch_size,
-    );
-    match written {
-        Ok(files) => Ok(Some(KernelsInfo { gpu: None, max_batch: 0, files, warm_seconds: 0.0, ptx: true })),
+    match sv_model::backbone::export_kernels_ptx(&dir, &model.backbone_config, model.backbone.dtype()) {
+        Ok(Some(files)) => Ok(Some(KernelsInfo { gpu: None, max_batch: 0, files, warm_seconds: 0.0, ptx: true })),
+        Ok(None) => Ok(None),
         Err(e) => {
             tracing::warn!("the bundle carries no kernels' PTX (a server compiles them with NVRTC): {e:#}");
             let _ = std::fs::remove_dir_all(&dir);
             Ok(None)
         }
     }
-}
-
-#[cfg(not(feature = "tch"))]
-fn tch_ptx<B: Backend>(_: &Classifier<B>, _: &Path) -> Result<Option<KernelsInfo>> {
-    Ok(None)
 }
 
 /// `sv-train card <bundle>`: verify, then describe the submission and its age.
