@@ -174,11 +174,7 @@ fn libtorch_forward_matches_transformers() {
             let fused_off = !settings.fused.any();
             assert_eq!(fast.fused(), device.is_cuda() && !fused_off, "fused kernels on CUDA ({})", fast.describe());
             for case in ["square", "nonsquare"] {
-                let (shape, pixels) = read_tensor(&io, &format!("{kind}.{case}.pixel_values"));
-                let out = fast.forward(&fast.input(&pixels, shape[0], shape[2], shape[3]).unwrap()).unwrap();
-                let (ref_shape, reference) = read_tensor(&io, &format!("{kind}.{case}.last_hidden_state"));
-                let lhs_shape: Vec<usize> = out.last_hidden_state.size().iter().map(|&s| s as usize).collect();
-                assert_eq!(lhs_shape, ref_shape, "{kind}/{case} last_hidden_state shape");
+                let (out, ref_shape, reference) = libtorch_case(&fast, &io, kind, case);
                 let tokens = ref_shape[1];
                 let ref_features: Vec<f32> = reference
                     .chunks_exact(tokens * d)
@@ -230,6 +226,23 @@ fn sharded_copy(src: &Path, dst: &Path) {
     std::fs::write(dst.join("model.safetensors.index.json"), index.to_string()).unwrap();
 }
 
+/// The LibTorch forward of one fixture case (`kind`, `case`): its output, and transformers'
+/// `last_hidden_state` (shape, values), the shapes checked equal.
+#[cfg(feature = "tch")]
+fn libtorch_case(
+    fast: &sv_train::backbone::TchDinov3,
+    io: &SafeTensors,
+    kind: &str,
+    case: &str,
+) -> (sv_train::backbone::libtorch::TchOutput, Vec<usize>, Vec<f32>) {
+    let (shape, pixels) = read_tensor(io, &format!("{kind}.{case}.pixel_values"));
+    let out = fast.forward(&fast.input(&pixels, shape[0], shape[2], shape[3]).unwrap()).unwrap();
+    let (ref_shape, reference) = read_tensor(io, &format!("{kind}.{case}.last_hidden_state"));
+    let got: Vec<usize> = out.last_hidden_state.size().iter().map(|&s| s as usize).collect();
+    assert_eq!(got, ref_shape, "{kind}/{case} last_hidden_state shape");
+    (out, ref_shape, reference)
+}
+
 /// The LibTorch forward built from a Hugging Face folder streamed shard by shard to the device
 /// (`TchDinov3::from_dir`: how a ViT-7B checkpoint loads, in its stored dtype) against
 /// transformers' output: the fixture folder as transformers wrote it (one `model.safetensors`),
@@ -259,11 +272,7 @@ fn libtorch_streamed_checkpoints_match_transformers() {
                     .unwrap_or_else(|e| panic!("{kind} {layout}: {e:#}"));
                 assert_eq!(cfg.gated(), kind == "swiglu");
                 for case in ["square", "nonsquare"] {
-                    let (shape, pixels) = read_tensor(&io, &format!("{kind}.{case}.pixel_values"));
-                    let out = fast.forward(&fast.input(&pixels, shape[0], shape[2], shape[3]).unwrap()).unwrap();
-                    let (ref_shape, reference) = read_tensor(&io, &format!("{kind}.{case}.last_hidden_state"));
-                    let got: Vec<usize> = out.last_hidden_state.size().iter().map(|&s| s as usize).collect();
-                    assert_eq!(got, ref_shape, "{kind}/{case} {layout} shape");
+                    let (out, _, reference) = libtorch_case(&fast, &io, kind, case);
                     let t = out.last_hidden_state.to_kind(tch::Kind::Float).to_device(tch::Device::Cpu).contiguous();
                     let ours = Vec::<f32>::try_from(t.view([-1i64])).unwrap();
                     let (rel, _) = rel_err(&ours, &reference);
