@@ -139,13 +139,9 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i]
 }
 
-/// Peak host RSS of this process in MB (`VmHWM` of `/proc/self/status`; 0 where unknown).
+/// Peak host RSS of this process in MB (`VmHWM`; 0 where unknown).
 fn rss_peak_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        .map_or(0.0, |kb| kb / 1024.0)
+    sv_core::rss::peak_mib().unwrap_or(0.0)
 }
 
 /// Device memory in use on CUDA device 0 in MB (the `tch` build on a GPU).

@@ -48,12 +48,7 @@ fn image(i: usize) -> Vec<u8> {
 }
 
 fn peak_rss_mb() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
+    sv_core::rss::peak_mib().unwrap_or(f64::NAN)
 }
 
 fn main() -> Result<()> {

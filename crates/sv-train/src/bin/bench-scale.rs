@@ -28,17 +28,7 @@ use sv_train::{Device, HeadDevice, InferBackend, TrainBackend};
 
 /// Peak resident memory since the last reset, in MiB.
 fn peak_mib() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    sv_core::rss::peak_mib().unwrap_or(f64::NAN)
 }
 
 struct Stage {
@@ -49,7 +39,7 @@ struct Stage {
 }
 
 fn stage<T>(out: &mut Vec<Stage>, name: &str, rows: usize, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    reset_peak();
+    sv_core::rss::reset_peak();
     let t = Instant::now();
     let v = f().with_context(|| format!("stage {name} at {rows} rows"))?;
     let s = Stage { name: name.to_string(), rows, seconds: t.elapsed().as_secs_f64(), peak_mib: peak_mib() };
