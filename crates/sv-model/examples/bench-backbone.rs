@@ -329,7 +329,7 @@ fn bench<B: Backend>(
     // Where the row ran a CUDA graph: its features against the uncaptured forward's.
     #[cfg(feature = "tch")]
     let graph_max_abs_diff = match &subject {
-        Subject::Tch(t, input) if t.captures(batch) => {
+        Subject::Tch(t, input) if batch <= t.graph_batches() => {
             let graph = t.features_of_device(input)?;
             let eager =
                 Vec::<f32>::try_from(t.forward(input)?.features.f_to_device(tch::Device::Cpu)?.f_view([-1i64])?)?;

@@ -8,7 +8,7 @@
 //! every cache folder here is therefore one GPU model and driver ([`gpu`]), and a bundle's
 //! caches are used only on the GPU they were made on.
 //!
-//! The `tch` build's own kernels (the fused element-wise kernels and the FP8 quantiser) are PTX
+//! The `tch` build's own kernels (the fused element-wise kernels and the FP8 and INT8 quantisers) are PTX
 //! that NVRTC compiles for one model's sizes: `sv-train export` writes them into the bundle's
 //! `kernels/tch/` ([`crate::ptx`] reads and writes them), and a server pointed at a folder holding
 //! them ([`use_dir`]) loads them through the driver and needs NVRTC only for a model whose PTX it

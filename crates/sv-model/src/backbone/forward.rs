@@ -62,7 +62,7 @@ impl Forward {
     pub fn graph_batches(&self) -> usize {
         match self {
             #[cfg(feature = "tch")]
-            Self::Tch(tch) => (1..=64).take_while(|&n| tch.captures(n)).last().unwrap_or(0),
+            Self::Tch(tch) => tch.graph_batches(),
             _ => 0,
         }
     }

@@ -102,8 +102,8 @@ impl Lin {
         })
     }
 
-    /// The dense weight and bias; an error for an FP8 layer (which [`TchDinov3`] runs through
-    /// its quantiser).
+    /// The dense weight and bias; an error for a quantised layer (which [`TchDinov3`] runs
+    /// through its quantiser).
     fn dense(&self) -> Result<(&Tensor, &Tensor)> {
         match self {
             Self::Dense(w, b) => Ok((w, b)),
@@ -241,6 +241,22 @@ pub struct TchOutput {
     pub last_hidden_state: Tensor,
     /// `(B, 2D)`: [CLS, mean of patch tokens], f32.
     pub features: Tensor,
+}
+
+/// The channels of `n` images of `h`×`w` px in `pixels`; an error where the values do not
+/// divide into such a batch.
+fn channels_of(pixels: &[f32], n: usize, h: usize, w: usize) -> Result<usize> {
+    let c = pixels.len() / (n * h * w).max(1);
+    if n == 0 || pixels.len() != n * c * h * w {
+        bail!("pixel batch has {} values, which is not {n} images of {h}×{w} px", pixels.len());
+    }
+    Ok(c)
+}
+
+/// Features on the device as one flat host vector.
+fn features_to_host(features: &Tensor) -> Result<Vec<f32>> {
+    let f = features.f_to_device(Device::Cpu).step("copying features to the host")?;
+    Vec::<f32>::try_from(f.f_contiguous().step("features")?.f_view([-1i64]).step("features")?).step("reading features")
 }
 
 /// Where [`TchDinov3::build`] takes its weights from: each tensor by checkpoint name, on the
@@ -622,10 +638,7 @@ impl TchDinov3 {
 
     /// Normalised host pixels `(n, C, h, w)` as a tensor on the model's device.
     pub fn input(&self, pixels: &[f32], n: usize, h: usize, w: usize) -> Result<Tensor> {
-        let c = pixels.len() / (n * h * w).max(1);
-        if n == 0 || pixels.len() != n * c * h * w {
-            bail!("pixel batch has {} values, which is not {n} images of {h}×{w} px", pixels.len());
-        }
+        let c = channels_of(pixels, n, h, w)?;
         Tensor::f_from_slice(pixels)
             .and_then(|t| t.f_view([n as i64, c as i64, h as i64, w as i64]))
             .and_then(|t| t.f_to_device(self.device))
@@ -641,16 +654,13 @@ impl TchDinov3 {
         if let Some(f) = self.graph_features(GraphInput::Host(pixels), n, h, w)? {
             return Ok(f);
         }
-        let out = self.forward(&self.input(pixels, n, h, w)?)?;
-        let f = out.features.f_to_device(Device::Cpu).step("copying features to the host")?;
-        Vec::<f32>::try_from(f.f_contiguous().step("features")?.f_view([-1i64]).step("features")?)
-            .step("reading features")
+        features_to_host(&self.forward(&self.input(pixels, n, h, w)?)?.features)
     }
 
-    /// Whether a batch of `n` images runs as a CUDA graph (on CUDA, graphs on, `n` within the
-    /// limit; a shape whose capture failed, or one past the cache's size, still runs uncaptured).
-    pub fn captures(&self, n: usize) -> bool {
-        self.device.is_cuda() && n > 0 && n <= self.graphs.max_batch
+    /// The largest batch that runs as a CUDA graph (0: none; graphs are on CUDA only, and a
+    /// shape whose capture failed, or one past the cache's size, still runs uncaptured).
+    pub fn graph_batches(&self) -> usize {
+        self.graphs.max_batch
     }
 
     /// Captures the forward for `n` images of `h`×`w` px now (the miner's batch sizes at start,
@@ -679,9 +689,7 @@ impl TchDinov3 {
         if let Some(f) = self.graph_features(GraphInput::Device(pixels), n as usize, h as usize, w as usize)? {
             return Ok(f);
         }
-        let f = self.forward(pixels)?.features.f_to_device(Device::Cpu).step("copying features to the host")?;
-        Vec::<f32>::try_from(f.f_contiguous().step("features")?.f_view([-1i64]).step("features")?)
-            .step("reading features")
+        features_to_host(&self.forward(pixels)?.features)
     }
 
     /// Features through the shape's CUDA graph: `None` where it runs uncaptured (graphs off, the
@@ -692,13 +700,7 @@ impl TchDinov3 {
             return Ok(None);
         }
         let c = match input {
-            GraphInput::Host(pixels) => {
-                let c = pixels.len() / (n * h * w).max(1);
-                if pixels.len() != n * c * h * w {
-                    bail!("pixel batch has {} values, which is not {n} images of {h}×{w} px", pixels.len());
-                }
-                c
-            }
+            GraphInput::Host(pixels) => channels_of(pixels, n, h, w)?,
             GraphInput::Device(t) => t.size()[1] as usize,
         };
         let mut graphs = self.graphs.graphs.lock().unwrap_or_else(|e| e.into_inner());
@@ -787,7 +789,8 @@ impl TchDinov3 {
         Ok(tables)
     }
 
-    /// A block's linear layer on rows `x` `(M, K)`: LibTorch's GEMM, or quantise then FP8 GEMM.
+    /// A block's linear layer on rows `x` `(M, K)`: LibTorch's GEMM, or quantise then the
+    /// quantised GEMM.
     fn linear(&self, lin: &Lin, x: &Tensor, what: &str) -> Result<Tensor> {
         match (lin, &self.quant) {
             (Lin::Quant(l), Some(k)) => {

@@ -16,13 +16,11 @@
 //! pointers are valid here. No CUDA headers are needed: bf16 and f16 are converted with bit
 //! operations and PTX `cvt`.
 
-use std::sync::Arc;
-
 use anyhow::{Context, Result, bail};
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 use tch::{Device, Kind, Tensor};
 
-use super::tch_shim::Step;
+use super::tch_shim::{Step, TorchCuda};
 
 /// The kernels' source; `D`, `HD`, `C`, `P`, `KIND` and `VEC` are defined before it.
 const SOURCE: &str = r#"
@@ -229,8 +227,7 @@ pub struct FusedKernels {
     vec: i64,
     /// Bytes of one vector load: every address of the model's values is aligned to it.
     align: u64,
-    ctx: Arc<CudaContext>,
-    ordinal: usize,
+    cuda: TorchCuda,
     /// Where the PTX came from (a kernel folder, or NVRTC just now).
     origin: String,
     rope: CudaFunction,
@@ -253,19 +250,13 @@ impl FusedKernels {
     /// `kind` on CUDA device `ordinal` (NVRTC and the driver are loaded at run time: an error,
     /// not a panic, where either library is missing).
     pub fn new(ordinal: usize, kind: Kind, d: usize, hd: usize, channels: usize, patch: usize) -> Result<Self> {
-        // SAFETY: `is_culib_present` only tries to load the libraries (cudarc panics on first use
-        // of a missing one otherwise).
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            bail!("the CUDA driver library (libcuda) cannot be loaded");
-        }
+        let cuda = TorchCuda::open(ordinal)?;
         let (ptx, origin) =
             crate::ptx::load(&ptx_name(kind, d, hd, channels, patch)?, || compile(kind, d, hd, channels, patch))?;
         tracing::debug!("fused kernels: {origin}");
-        let origin = origin.clone();
         let (bytes, _) = element(kind)?;
         let vec = vector_width(bytes, d, hd, patch);
-        let ctx = CudaContext::new(ordinal).with_context(|| format!("CUDA device {ordinal}"))?;
-        let module = ctx.load_module(ptx).context("loading the fused kernels")?;
+        let module = cuda.ctx.load_module(ptx).context("loading the fused kernels")?;
         let f = |name: &str| module.load_function(name).with_context(|| format!("fused kernel {name}"));
         Ok(Self {
             kind,
@@ -275,8 +266,7 @@ impl FusedKernels {
             patch: patch as i64,
             vec: vec as i64,
             align: (vec * bytes) as u64,
-            ctx,
-            ordinal,
+            cuda,
             origin,
             rope: f("rope")?,
             residual_norm: f("residual_norm")?,
@@ -287,14 +277,6 @@ impl FusedKernels {
     /// Where the kernels' PTX came from: a kernel folder (a bundle's), or NVRTC at load.
     pub fn origin(&self) -> &str {
         &self.origin
-    }
-
-    /// LibTorch's current stream on the device, borrowed for one launch.
-    fn stream(&self) -> Arc<CudaStream> {
-        // SAFETY: LibTorch's streams live as long as the process (its pool never frees them),
-        // and the legacy default stream (null) always exists; both belong to the device's
-        // primary context, which is `self.ctx`.
-        unsafe { self.ctx.wrap_borrowed_stream(super::tch_shim::current_stream(self.ordinal) as _) }
     }
 
     /// A tensor's device address, checked: on `device`, of `kind`, contiguous, `numel` elements,
@@ -333,7 +315,7 @@ impl FusedKernels {
         // Threads: (row, q or k, head, VEC values of the first half) = m·D / VEC.
         let (cfg, n) = blocks(m * self.d / self.vec, "RoPE")?;
         let (t32, p32) = (t as i32, prefix as i32);
-        let stream = self.stream();
+        let stream = self.cuda.stream();
         let mut launch = stream.launch_builder(&self.rope);
         launch.arg(&q).arg(&c).arg(&s).arg(&n).arg(&t32).arg(&p32);
         // SAFETY: the arguments match the kernel's parameters; the addresses are live device
@@ -367,7 +349,7 @@ impl FusedKernels {
         // One warp per row; `blocks` bounds the thread count, so m fits too.
         let (cfg, _) = blocks(m * 32, "residual + norm")?;
         let (m32, eps) = (m as i32, eps as f32);
-        let stream = self.stream();
+        let stream = self.cuda.stream();
         let mut launch = stream.launch_builder(&self.residual_norm);
         for a in &args {
             launch.arg(a);
@@ -398,7 +380,7 @@ impl FusedKernels {
         // Threads: (patch, channel, pixel row) = rows·C·p, each writing p values.
         let (cfg, n) = blocks(rows * c * self.patch, "patch")?;
         let (gh32, gw32, h32, w32) = (gh as i32, gw as i32, hgt as i32, wid as i32);
-        let stream = self.stream();
+        let stream = self.cuda.stream();
         let mut launch = stream.launch_builder(&self.patches);
         launch.arg(&px).arg(&o).arg(&n).arg(&gh32).arg(&gw32).arg(&h32).arg(&w32);
         // SAFETY: as in `rope`; reads stay inside the (B, C, hgt, wid) pixels as gh·p ≤ hgt and
@@ -418,8 +400,7 @@ mod tests {
     fn kernels_compile_for_each_dtype() {
         for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {
             for (d, hd) in [(384, 64), (768, 64), (1024, 64)] {
-                let ptx = compile(kind, d, hd, 3, 16).unwrap_or_else(|e| panic!("{kind:?} d {d}: {e:#}"));
-                let text = ptx;
+                let text = compile(kind, d, hd, 3, 16).unwrap_or_else(|e| panic!("{kind:?} d {d}: {e:#}"));
                 for entry in ["rope", "residual_norm", "patches"] {
                     assert!(text.contains(&format!(".entry {entry}(")), "{kind:?} d {d}: no {entry} in the PTX");
                 }

@@ -21,13 +21,11 @@
 //!
 //! Attention, the norms, RoPE and the patch embedding stay bf16.
 
-use std::sync::Arc;
-
 use anyhow::{Context, Result, bail};
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 use tch::{Device, Kind, Tensor};
 
-use super::tch_shim::Step;
+use super::tch_shim::{Step, TorchCuda};
 
 /// A quantised GEMM's number format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,8 +198,7 @@ const BLOCK: u32 = 256;
 /// LibTorch's current stream.
 pub struct QuantKernels {
     format: Format,
-    ctx: Arc<CudaContext>,
-    ordinal: usize,
+    cuda: TorchCuda,
     quantize: CudaFunction,
     dequantize: Option<CudaFunction>,
 }
@@ -210,12 +207,8 @@ impl QuantKernels {
     /// Loads the format's kernels on CUDA device `ordinal` (the PTX of a kernel folder, else
     /// NVRTC's); an error naming the GPU where it lacks the format's tensor cores.
     pub fn new(ordinal: usize, format: Format) -> Result<Self> {
-        // SAFETY: only tries to load the library (cudarc panics on first use of a missing one).
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            bail!("the CUDA driver library (libcuda) cannot be loaded");
-        }
-        let ctx = CudaContext::new(ordinal).with_context(|| format!("CUDA device {ordinal}"))?;
-        let (major, minor) = ctx.compute_capability().context("the GPU's compute capability")?;
+        let cuda = TorchCuda::open(ordinal)?;
+        let (major, minor) = cuda.ctx.compute_capability().context("the GPU's compute capability")?;
         let need = format.min_capability();
         if (major, minor) < need {
             bail!(
@@ -227,24 +220,18 @@ impl QuantKernels {
         }
         let (ptx, origin) = crate::ptx::load(&ptx_name(format), || compile(format))?;
         tracing::debug!("{} quantiser: {origin}", format.name());
-        let module = ctx.load_module(ptx).with_context(|| format!("loading the {} quantiser", format.name()))?;
+        let module = cuda.ctx.load_module(ptx).with_context(|| format!("loading the {} quantiser", format.name()))?;
         let quantize = module.load_function("quantize").context("kernel quantize")?;
         let dequantize = match format {
             Format::Int8 => Some(module.load_function("dequantize").context("kernel dequantize")?),
             Format::Fp8 => None,
         };
-        Ok(Self { format, ctx, ordinal, quantize, dequantize })
+        Ok(Self { format, cuda, quantize, dequantize })
     }
 
     /// The number format.
     pub fn format(&self) -> Format {
         self.format
-    }
-
-    fn stream(&self) -> Arc<CudaStream> {
-        // SAFETY: as in `FusedKernels::stream`: LibTorch's streams outlive the launch and belong
-        // to the device's primary context.
-        unsafe { self.ctx.wrap_borrowed_stream(super::tch_shim::current_stream(self.ordinal) as _) }
     }
 
     /// Rows `x` `(M, K)` (bf16, contiguous, K a multiple of 8) quantised `(M, K)` and their
@@ -259,7 +246,7 @@ impl QuantKernels {
         let grid = u32::try_from((m + rows_per_block - 1) / rows_per_block).context("too many rows for one launch")?;
         let (m32, k32, gelu) = (i32::try_from(m)?, i32::try_from(k)?, gelu as i32);
         let (xp, qp, sp) = (x.data_ptr() as u64, q.data_ptr() as u64, scale.data_ptr() as u64);
-        let stream = self.stream();
+        let stream = self.cuda.stream();
         let mut launch = stream.launch_builder(&self.quantize);
         launch.arg(&xp).arg(&qp).arg(&sp).arg(&m32).arg(&k32).arg(&gelu);
         let cfg = LaunchConfig { grid_dim: (grid.max(1), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
@@ -294,7 +281,7 @@ impl QuantKernels {
             u32::try_from((total / 4 + BLOCK as i64 - 1) / BLOCK as i64).context("too many values for one launch")?;
         let n32 = i32::try_from(n)?;
         let ptrs = [acc, rows, cols, bias, &y].map(|t| t.data_ptr() as u64);
-        let stream = self.stream();
+        let stream = self.cuda.stream();
         let mut launch = stream.launch_builder(f);
         for p in &ptrs {
             launch.arg(p);
@@ -312,7 +299,7 @@ impl QuantKernels {
     /// A contiguous tensor of `kind` on this device whose last size is a multiple of `multiple`
     /// and whose data is 16-byte aligned.
     fn check(&self, t: &Tensor, kind: Kind, last: i64, multiple: i64, what: &str) -> Result<()> {
-        let ok = t.device() == Device::Cuda(self.ordinal)
+        let ok = t.device() == Device::Cuda(self.cuda.ordinal)
             && t.kind() == kind
             && t.is_contiguous()
             && last % multiple == 0
@@ -324,7 +311,7 @@ impl QuantKernels {
                 t.kind(),
                 t.device(),
                 t.is_contiguous(),
-                self.ordinal
+                self.cuda.ordinal
             );
         }
         Ok(())
@@ -492,7 +479,7 @@ mod tests {
         assert!(origin.starts_with("PTX from"), "{origin}");
         assert!(ptx.to_src().contains(".entry dequantize("), "INT8 PTX without its epilogue");
         let Some(i) = gpu() else { return };
-        let ctx = CudaContext::new(i).unwrap();
+        let ctx = cudarc::driver::CudaContext::new(i).unwrap();
         let module = ctx.load_module(ptx).unwrap();
         module.load_function("dequantize").unwrap();
     }

@@ -6,8 +6,10 @@
 //! captures them ([`Graph`]).
 
 use std::ffi::{CStr, c_char, c_int, c_void};
+use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use cudarc::driver::{CudaContext, CudaStream};
 use tch::Tensor;
 use torch_sys::C_tensor;
 
@@ -101,6 +103,35 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, kernel: Attention) -> Resul
 pub fn current_stream(device: usize) -> *mut c_void {
     // SAFETY: a query of c10's thread-local current stream; no pointers are passed.
     unsafe { sv_cuda_current_stream(device as c_int) }
+}
+
+/// A CUDA device as LibTorch uses it, for our own kernels: its primary context (LibTorch's
+/// runtime uses it too, so its device pointers are valid there) and LibTorch's current stream,
+/// so launches are ordered with LibTorch's kernels and join a graph capture.
+pub struct TorchCuda {
+    pub ctx: Arc<CudaContext>,
+    pub ordinal: usize,
+}
+
+impl TorchCuda {
+    /// CUDA device `ordinal`; an error, not a panic, where the driver library is missing.
+    pub fn open(ordinal: usize) -> Result<Self> {
+        // SAFETY: `is_culib_present` only tries to load the library (cudarc panics on first use
+        // of a missing one otherwise).
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            bail!("the CUDA driver library (libcuda) cannot be loaded");
+        }
+        let ctx = CudaContext::new(ordinal).with_context(|| format!("CUDA device {ordinal}"))?;
+        Ok(Self { ctx, ordinal })
+    }
+
+    /// LibTorch's current stream on the device, borrowed for one launch.
+    pub fn stream(&self) -> Arc<CudaStream> {
+        // SAFETY: LibTorch's streams live as long as the process (its pool never frees them),
+        // and the legacy default stream (null) always exists; both belong to the device's
+        // primary context, which is `self.ctx`.
+        unsafe { self.ctx.wrap_borrowed_stream(current_stream(self.ordinal) as _) }
+    }
 }
 
 /// A CUDA graph captured from a body of LibTorch operators and our kernels, replayed on the
