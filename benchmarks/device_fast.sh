@@ -16,6 +16,9 @@
 #           torch.compile, process start to first batch and peak host RSS;
 #   3: a synthetic 7B safetensors checkpoint, loaded by ours (streamed shard by shard) and by
 #           transformers' from_pretrained: process start to first answer, peak host RSS.
+#   5: sv-miner (tch) serving a ViT-S/16 bundle: ready and first answer with NVRTC, with the
+#           bundle's PTX and restarted; signed axon load (sv-load --signed) at rising rates.
+#   Parts run in the order 1, 4, 5, 2, 3.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=0
 OUT="${OUT:-/tmp/out}"
@@ -73,6 +76,24 @@ if has 4; then
   done
   grep -v Memory.cpp "$OUT/b1q.err" | grep -i "error\|caused" | head -5
   python3 benchmarks/bench_backbone.py --device cuda --from-json "$OUT/b1q.jsonl"
+fi
+if has 5; then
+  echo "== the miner on the GPU: a ViT-S/16 bundle (bf16, its PTX under kernels/tch/), signed axon requests"
+  # .device/miner (carried): sv-miner (--features tch) and sv-load stripped and xz'd, and
+  # bundle.tar.xz (benchmarks/miner_vits16.toml, exported with --dtype bf16 on a tch build).
+  MW=/tmp/minerwork; rm -rf "$MW"; mkdir -p "$MW"
+  for f in sv-miner sv-load; do xz -dc ".device/miner/$f.xz" > "$MW/$f" && chmod +x "$MW/$f"; done
+  tar -xJf .device/miner/bundle.tar.xz -C "$MW"
+  RH=5EZLa8k7dMxZVHtgF3buzPdquMbWnHAQCpvSE4KzjrKwcjsD  # `sv-replay --print-hotkey`: the key of sv-load's --probe-seed sv-replay
+  HK=5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty
+  # cold: NVRTC compiles the kernels (a fresh cache, the bundle's PTX left out); bundle: the
+  # bundle's PTX; restart: the cache the last start left. The load goes to the last.
+  python3 benchmarks/miner_start.py --miner "$MW/sv-miner" --bundle "$MW/bundle" --image crates/sv-train/tests/fixtures/photo.jpg \
+    --workdir "$MW" --mode "cold:--no-bundle-kernels --allow $RH" --mode "bundle:--allow $RH" --mode "restart:--allow $RH" \
+    --load "$MW/sv-load" --rates ${MINER_RATES:-100,200,500,1000,1500,2000} --duration 6 \
+    --load-args "--signed --probe-seed sv-replay --miner-hotkey $HK" --json "$OUT/miner.jsonl" 2> "$OUT/load.txt"
+  cat "$OUT/load.txt"
+  grep -i "tch\|kernel\|graph\|warm\|ready" "$MW"/miner-*.log | head -20
 fi
 if has 2; then
   echo "== ViT-7B/16 batch 32: ours bf16, FP8 and INT8 (weights drawn on the device), process start to first batch"

@@ -4,7 +4,8 @@ first answer of /v1/challenge, for each way of starting given; optionally a load
 sv-load against the last one.
 
     python3 benchmarks/miner_start.py --miner BIN --bundle DIR --image JPG \
-        --mode cold:--no-bundle-kernels --mode bundle: --mode restart: [--load BIN --rates 8,16,32]
+        --mode cold:--no-bundle-kernels --mode bundle: --mode restart: [--load BIN --rates 8,16,32
+        --load-args "--signed --probe-seed sv-replay --miner-hotkey HK"]
 
 A mode is NAME:EXTRA-ARGS. Every mode gets a fresh kernel cache folder except `restart`, which
 reuses the previous mode's (what a restarted miner finds). Prints one JSON line per mode.
@@ -36,6 +37,7 @@ def main():
     ap.add_argument("--load", help="sv-load binary: load-test the last mode's miner")
     ap.add_argument("--rates", default="8,16,32,64")
     ap.add_argument("--duration", default="8")
+    ap.add_argument("--load-args", default="", help="more sv-load flags, e.g. '--signed --probe-seed sv-replay --miner-hotkey HK'")
     ap.add_argument("--json", help="append results here")
     ap.add_argument("--workdir", default=None)
     a = ap.parse_args()
@@ -87,7 +89,7 @@ def main():
             if a.load and i == len(a.mode) - 1:
                 out = os.path.join(work, "load.json")
                 r = subprocess.run([a.load, "--addr", f"127.0.0.1:{a.port}", "--admin-addr", admin, "--rates", a.rates, "--duration", a.duration,
-                                    "--max-requests", "100000", "--json", out], capture_output=True, text=True)
+                                    "--max-requests", "100000", "--json", out] + shlex.split(a.load_args), capture_output=True, text=True)
                 print(r.stdout + r.stderr, file=sys.stderr)
                 load = json.load(open(out)).get("load") if os.path.exists(out) else None
         finally:

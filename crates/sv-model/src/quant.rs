@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Result;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData, bf16, f16};
+use burn::tensor::{Tensor, TensorData};
 
-use crate::backbone::weights::{MemorySource, Stored};
+use crate::backbone::weights::{HalfType, MemorySource, Stored};
 use crate::backbone::{ActivationHook, Dinov3, Dinov3Config, NamedTensor, host};
 use crate::head::{Head, HeadConfig};
 pub use crate::int8::{dequantize_rows, quantize_rows};
@@ -107,8 +107,8 @@ impl Precision {
 
 fn round_half(v: f32, p: &Precision) -> f32 {
     match p {
-        Precision::Fp16 => f16::from_f32(v).to_f32(),
-        Precision::Bf16 => bf16::from_f32(v).to_f32(),
+        Precision::Fp16 => HalfType::F16.round(v),
+        Precision::Bf16 => HalfType::Bf16.round(v),
         _ => v,
     }
 }
@@ -153,31 +153,21 @@ pub fn stored_tensors(
 ) -> Vec<Stored> {
     tensors
         .into_iter()
-        .map(|mut t| match precision {
+        .map(|t| match precision {
             Precision::Int8 { .. } if linear_weights.contains(&t.name) => {
                 let (q, scale) = quantize_rows(&t.values, t.shape[0]);
                 Stored::Int8 { name: t.name, shape: t.shape, q, scale }
             }
-            Precision::Fp16 | Precision::Bf16 => {
-                t.values.iter_mut().for_each(|v| *v = round_half(*v, precision));
-                Stored::F32(t)
-            }
+            Precision::Fp16 => Stored::F32(t).into_half(HalfType::F16),
+            Precision::Bf16 => Stored::F32(t).into_half(HalfType::Bf16),
             _ => Stored::F32(t),
         })
         .collect()
 }
 
 /// What a stored tensor list weighs: 1 byte an INT8 value, 2 a half value, 4 an f32.
-pub fn weight_bytes(stored: &[Stored], precision: &Precision) -> usize {
-    stored
-        .iter()
-        .map(|s| match s {
-            Stored::Int8 { q, scale, .. } => q.len() + 4 * scale.len(),
-            Stored::F32(t) => {
-                t.values.len() * if matches!(precision, Precision::Fp16 | Precision::Bf16) { 2 } else { 4 }
-            }
-        })
-        .sum()
+pub fn weight_bytes(stored: &[Stored]) -> usize {
+    stored.iter().map(Stored::bytes).sum()
 }
 
 /// Values a stored tensor list loads back as (INT8 dequantised).
@@ -185,7 +175,7 @@ pub fn dequantized(stored: &[Stored]) -> Vec<NamedTensor> {
     stored
         .iter()
         .map(|s| match s {
-            Stored::F32(t) => t.clone(),
+            Stored::F32(t) | Stored::Half { tensor: t, .. } => t.clone(),
             Stored::Int8 { name, shape, q, scale } => {
                 NamedTensor { name: name.clone(), shape: shape.clone(), values: dequantize_rows(q, scale) }
             }
@@ -211,8 +201,15 @@ impl StoredModel {
         }
     }
 
-    pub fn weight_bytes(&self, precision: &Precision) -> usize {
-        weight_bytes(&self.backbone, precision) + weight_bytes(&self.head, precision)
+    pub fn weight_bytes(&self) -> usize {
+        weight_bytes(&self.backbone) + weight_bytes(&self.head)
+    }
+
+    /// The backbone's f32 tensors written in `half` (a bundle built in bf16/f16 carries its
+    /// backbone in that type: half the bytes, and the values the build rounds to anyway).
+    pub fn backbone_in(mut self, half: HalfType) -> Self {
+        self.backbone = self.backbone.into_iter().map(|s| s.into_half(half)).collect();
+        self
     }
 
     /// The model these tensors describe, on `device`.

@@ -63,6 +63,10 @@ pub enum Route {
     Axon { addr: SocketAddr, dendrites: Vec<Dendrite>, next: usize, miner_hotkey: String },
 }
 
+/// The most distinct images a load draws (it cycles through them; the answer cache is the
+/// miner's to turn off).
+pub const DISTINCT_IMAGES: usize = 512;
+
 /// Dendrites (uuids) a signed load rotates through.
 pub const SIGNERS: usize = 64;
 
@@ -102,7 +106,9 @@ pub async fn load(
 ) -> Result<Vec<RateReport>> {
     let planned: usize =
         rates.iter().map(|r| (r * duration.as_secs_f64()).ceil() as usize).sum::<usize>().min(max_requests);
-    let images = Arc::new(challenge_images(planned.max(1), seed)?);
+    // At most DISTINCT_IMAGES distinct images, sent in turn: drawing one costs milliseconds, and
+    // a load of thousands of requests would spend its first minute drawing them.
+    let images = Arc::new(challenge_images(planned.clamp(1, DISTINCT_IMAGES), seed)?);
     let mut next = 0usize;
     let mut out = Vec::new();
     for &rate in rates {

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 
-use super::NamedTensor;
+use super::{FloatType, NamedTensor};
 
 /// A source of named f32 tensors.
 pub trait TensorSource {
@@ -233,11 +233,83 @@ impl TensorSource for MemorySource {
     }
 }
 
-/// A tensor to write: f32 values, or per-row INT8 values with their f32 scales
-/// (written as `{name}` in I8 and `{name}_scale`).
+/// A tensor to write: f32 values, values in a 16-bit float type, or per-row INT8 values with
+/// their f32 scales (written as `{name}` in I8 and `{name}_scale`).
 pub enum Stored {
     F32(NamedTensor),
-    Int8 { name: String, shape: Vec<usize>, q: Vec<i8>, scale: Vec<f32> },
+    /// Written as `half` (BF16 or F16); the values are already rounded to it (what loads back).
+    Half {
+        tensor: NamedTensor,
+        half: HalfType,
+    },
+    Int8 {
+        name: String,
+        shape: Vec<usize>,
+        q: Vec<i8>,
+        scale: Vec<f32>,
+    },
+}
+
+/// The 16-bit float types a tensor is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HalfType {
+    Bf16,
+    F16,
+}
+
+impl HalfType {
+    /// The half type of a float type; `None` for f32.
+    pub fn of(float: FloatType) -> Option<Self> {
+        match float {
+            FloatType::F32 => None,
+            FloatType::Bf16 => Some(Self::Bf16),
+            FloatType::F16 => Some(Self::F16),
+        }
+    }
+
+    /// `v` rounded to this type (to nearest, ties to even), as f32.
+    pub fn round(self, v: f32) -> f32 {
+        match self {
+            Self::Bf16 => bf16::from_f32(v).to_f32(),
+            Self::F16 => f16::from_f32(v).to_f32(),
+        }
+    }
+
+    fn bytes(self, v: f32) -> [u8; 2] {
+        match self {
+            Self::Bf16 => bf16::from_f32(v).to_le_bytes(),
+            Self::F16 => f16::from_f32(v).to_le_bytes(),
+        }
+    }
+
+    fn dtype(self) -> Dtype {
+        match self {
+            Self::Bf16 => Dtype::BF16,
+            Self::F16 => Dtype::F16,
+        }
+    }
+}
+
+impl Stored {
+    /// This tensor in `half` when it is f32 (its values rounded); INT8 and half ones unchanged.
+    pub fn into_half(self, half: HalfType) -> Self {
+        match self {
+            Self::F32(mut tensor) => {
+                tensor.values.iter_mut().for_each(|v| *v = half.round(*v));
+                Self::Half { tensor, half }
+            }
+            other => other,
+        }
+    }
+
+    /// Bytes its values take in the file (an INT8 tensor's scales included).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::F32(t) => 4 * t.values.len(),
+            Self::Half { tensor, .. } => 2 * tensor.values.len(),
+            Self::Int8 { q, scale, .. } => q.len() + 4 * scale.len(),
+        }
+    }
 }
 
 /// Write tensors to one safetensors file (with `metadata` in its header).
@@ -251,6 +323,12 @@ pub fn write_safetensors(path: &Path, tensors: &[Stored], metadata: Option<HashM
                 Dtype::F32,
                 t.shape.clone(),
                 t.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )),
+            Stored::Half { tensor: t, half } => buffers.push((
+                t.name.clone(),
+                half.dtype(),
+                t.shape.clone(),
+                t.values.iter().flat_map(|v| half.bytes(*v)).collect(),
             )),
             Stored::Int8 { name, shape, q, scale } => {
                 buffers.push((name.clone(), Dtype::I8, shape.clone(), q.iter().map(|v| *v as u8).collect()));
@@ -297,5 +375,40 @@ mod tests {
         );
         std::fs::write(dir.path().join("model.safetensors"), b"").unwrap();
         assert_eq!(shard_files(dir.path()).unwrap(), ["model.safetensors"]);
+    }
+
+    /// Half tensors are written in their type (2 bytes a value, the file's dtype BF16/F16) and
+    /// load back as exactly the rounded values kept in memory; f32 and INT8 tensors beside them
+    /// are unchanged.
+    #[test]
+    fn half_tensors_round_trip_in_their_type() {
+        let dir = tempfile::tempdir().unwrap();
+        // Values with more mantissa than either half type keeps, one beyond f16's range.
+        let values: Vec<f32> =
+            (0..64).map(|i| (i as f32 - 31.7) * 0.013_579 + if i == 5 { 70_000.0 } else { 0.0 }).collect();
+        let t = |name: &str| NamedTensor { name: name.into(), shape: vec![8, 8], values: values.clone() };
+        for half in [HalfType::Bf16, HalfType::F16] {
+            let stored = vec![
+                Stored::F32(t("a")).into_half(half),
+                Stored::F32(t("b")),
+                Stored::Int8 { name: "c".into(), shape: vec![2, 2], q: vec![1, -2, 3, -4], scale: vec![0.5, 0.25] },
+            ];
+            let Stored::Half { tensor: rounded, .. } = &stored[0] else { panic!("not half") };
+            assert!(rounded.values.iter().zip(&values).any(|(r, v)| r != v), "{half:?} rounded nothing");
+            assert_eq!(stored[0].bytes(), 128);
+            let path = dir.path().join(format!("{half:?}.safetensors"));
+            write_safetensors(&path, &stored, None).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            let st = SafeTensors::deserialize(&bytes).unwrap();
+            assert_eq!(st.tensor("a").unwrap().dtype(), half.dtype());
+            assert_eq!(st.tensor("a").unwrap().data().len(), 128);
+            let src = SafetensorsSource::open_file(&path).unwrap();
+            assert_eq!(src.tensor("a", &[8, 8]).unwrap(), rounded.values);
+            assert_eq!(src.tensor("b", &[8, 8]).unwrap(), values);
+            assert_eq!(src.tensor("c", &[2, 2]).unwrap(), [0.5, -1.0, 0.75, -1.0]);
+            if half == HalfType::F16 {
+                assert!(src.tensor("a", &[8, 8]).unwrap()[5].is_infinite(), "70,000 is past f16's range");
+            }
+        }
     }
 }

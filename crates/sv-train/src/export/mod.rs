@@ -5,7 +5,8 @@
 //! <bundle>/
 //!   bundle.json                 what to build: configs, precision, dtype, score map, cascade exits, provenance
 //!   backbone/config.json        the DINOv3 config
-//!   backbone/model.safetensors  backbone weights by checkpoint name (INT8 linears: I8 + `_scale`)
+//!   backbone/model.safetensors  backbone weights by checkpoint name, in the bundle's dtype (bf16/f16
+//!                               builds: BF16/F16; INT8 linears: I8 + `_scale`)
 //!   head/config.json            the head config
 //!   head/model.safetensors      head weights (INT8 likewise)
 //!   kernels/                    CubeCL's PTX and autotune caches after a warm-up of every batch size
@@ -36,7 +37,7 @@ use crate::simulator::{SimulatorConfig, challenge_stream, pick_samples};
 use crate::{Device, InferBackend};
 use card::{CardFacts, ModelCard};
 use sv_core::Metrics;
-use sv_model::backbone::weights::write_safetensors;
+use sv_model::backbone::weights::{HalfType, write_safetensors};
 use sv_model::classifier::Classifier;
 use sv_model::kernel_cache as kernels;
 use sv_model::quant::{Precision, StoredModel};
@@ -131,7 +132,11 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
             );
         }
         let precision = if opts.int8 { Scales::load(&opts.run)?.precision() } else { Precision::Fp32 };
-        let stored = StoredModel::new(&fp32.backbone, &fp32.head, &precision);
+        let mut stored = StoredModel::new(&fp32.backbone, &fp32.head, &precision);
+        // A bf16/f16 build carries its backbone in that type (an INT8 export is f32, checked above).
+        if let Some(half) = HalfType::of(dtype) {
+            stored = stored.backbone_in(half);
+        }
         write_safetensors(&tmp.join("backbone/model.safetensors"), &stored.backbone, None)?;
         write_safetensors(&tmp.join("head/model.safetensors"), &stored.head, None)?;
         std::fs::write(tmp.join("backbone/config.json"), serde_json::to_string_pretty(&fp32.backbone_config)?)?;

@@ -158,7 +158,7 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
     let mut rows = Vec::new();
     for precision in variants {
         let name = precision.name();
-        let bytes = StoredModel::new(&fp32.backbone, &fp32.head, &precision).weight_bytes(&precision);
+        let bytes = StoredModel::new(&fp32.backbone, &fp32.head, &precision).weight_bytes();
         let model: Classifier<InferBackend> = fp32.at_precision(precision, &device)?;
         let t = Instant::now();
         let probs = batched(&val, opts.batch_size, &mut |imgs| model.probs(imgs, &device))?;
