@@ -127,7 +127,8 @@ def main():
     args = ap.parse_args()
     if args.from_json:
         with open(args.from_json) as f:
-            rows = [json.loads(l) for l in f if l.strip()]
+            # Only benchmark rows: the file may also hold load_ckpt.py's process rows and tables.
+            rows = [r for r in (json.loads(l) for l in f if l.startswith("{")) if "preset" in r and "impl_" in r]
         chip = next((r["chip"] for r in rows if r.get("chip")), "CPU")
         print_table(rows, chip)
         return

@@ -18,7 +18,9 @@
 #           transformers' from_pretrained: process start to first answer, peak host RSS.
 #   5: sv-miner (tch) serving a ViT-S/16 bundle: ready and first answer with NVRTC, with the
 #           bundle's PTX and restarted; signed axon load (sv-load --signed) at rising rates.
-#   Parts run in the order 1, 4, 5, 2, 3.
+#   6: sv-train quantize (tch) of that run: the simulated variants per calibrator beside the real
+#           bf16, FP8 and INT8 kernels, fidelity over 2,048 fresh challenges.
+#   Parts run in the order 1, 4, 5, 6, 2, 3.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=0
 OUT="${OUT:-/tmp/out}"
@@ -94,6 +96,19 @@ if has 5; then
     --load-args "--signed --probe-seed sv-replay --miner-hotkey $HK" --json "$OUT/miner.jsonl" 2> "$OUT/load.txt"
   cat "$OUT/load.txt"
   grep -i "tch\|kernel\|graph\|warm\|ready" "$MW"/miner-*.log | head -20
+fi
+if has 6; then
+  echo "== sv-train quantize on the GPU: the simulated variants per calibrator beside the real bf16/FP8/INT8 kernels"
+  # .device/quant (carried alone): sv-train (--features tch) stripped and xz'd, and mb.tar.xz, the
+  # miner_vits16.toml run and its store as made here under /tmp/mb (the run names that path).
+  rm -rf /tmp/mb && tar -xJf .device/quant/mb.tar.xz -C / && xz -dc .device/quant/sv-train.xz > /tmp/sv-train && chmod +x /tmp/sv-train
+  RUN=$(ls -d /tmp/mb/runs/miner-vits16-* | head -1)
+  # Straight to files (a pipe's buffer is lost when the call's time limit kills it). The simulated
+  # variants run Burn's forward on the LibTorch backend's default device, the CPU (only the real
+  # kernels run on the GPU): at 2,048 challenges this part outran a 480 s call on the H100.
+  (cd /tmp/mb && timeout "${QUANT_TIMEOUT:-400}" taskset -c 0-15 /tmp/sv-train quantize --run "$RUN" --samples 256 --sim-samples 45 \
+    --fidelity-images "${FIDELITY_IMAGES:-2048}" > "$OUT/quantize.txt" 2> "$OUT/quantize.err"); grep -v "^ *$" "$OUT/quantize.txt"
+  cp "$RUN/int8/report.json" "$OUT/quantize.json" 2>/dev/null; grep -v Memory.cpp "$OUT/quantize.err" | tail -3
 fi
 if has 2; then
   echo "== ViT-7B/16 batch 32: ours bf16, FP8 and INT8 (weights drawn on the device), process start to first batch"

@@ -220,10 +220,31 @@ fn the_bundle_dtype_is_honoured_and_older_bundles_read_as_f32() {
 #[test]
 fn int8_export_is_smaller_and_agrees_with_fp32() {
     let f = fixture();
-    let opts = sv_train::quant::report::QuantizeOptions { samples: 48, sim_samples: 12, ..Default::default() };
+    let opts = sv_train::quant::report::QuantizeOptions {
+        samples: 48,
+        sim_samples: 12,
+        fidelity_images: 96,
+        ..Default::default()
+    };
     let rep = sv_train::quant::report::quantize(&f.run, &opts).unwrap();
     assert!(rep.int8_weight_ratio > 3.0, "weights shrink ~4x: {}", rep.int8_weight_ratio);
-    assert_eq!(rep.variants.len(), 7);
+    // FP32, FP16, BF16 and one INT8 per calibrator simulated (the tch build adds its real kernels).
+    let simulated: Vec<&str> =
+        rep.variants.iter().filter(|v| v.kernels == "simulated").map(|v| v.variant.as_str()).collect();
+    assert_eq!(simulated.len(), 6, "{simulated:?}");
+    assert_eq!(rep.variants[0].variant, "fp32");
+    // Fidelity over 96 fresh challenges: FP32 agrees with itself exactly; FP16 rounding moves
+    // probabilities by well under a point and flips (almost) no decision; every INT8 calibrator
+    // moves them more than FP16 does.
+    assert_eq!(rep.fidelity_images, 96);
+    let v = |n: &str| rep.variants.iter().find(|v| v.variant == n).unwrap();
+    assert_eq!((v("fp32").agreement, v("fp32").max_abs_dp), (1.0, 0.0));
+    assert!(v("fp16").mean_abs_dp < 0.005 && v("fp16").agreement >= 0.98, "{:?}", v("fp16"));
+    for r in rep.variants.iter().filter(|r| r.variant.starts_with("int8")) {
+        assert!(r.mean_abs_dp > v("fp16").mean_abs_dp && r.max_abs_dp >= r.mean_abs_dp, "{r:?}");
+        assert!((0.0..=1.0).contains(&r.agreement), "{r:?}");
+    }
+    assert!(std::fs::read_to_string(f.run.join("int8/report.md")).unwrap().contains("agreement with FP32"));
     assert!(f.run.join("int8/report.md").is_file() && f.run.join("int8/scales.json").is_file());
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("int8");

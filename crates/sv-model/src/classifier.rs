@@ -146,6 +146,38 @@ impl<B: Backend> Classifier<B> {
         Ok(host(sigmoid(self.logits_of_host_pixels(Cow::Owned(x), images.len(), device)?)))
     }
 
+    /// This model with its backbone on the `tch` build's LibTorch forward in `dtype`, its linear
+    /// layers at `linear` (the real bf16, FP8 and INT8 kernels, not a simulation); the head is
+    /// unchanged. An error where the device cannot run them (FP8 below compute capability 8.9,
+    /// INT8 below 8.0, either on the CPU).
+    #[cfg(feature = "tch")]
+    pub fn on_libtorch(
+        &self,
+        dtype: crate::backbone::FloatType,
+        linear: crate::backbone::settings::TchLinear,
+    ) -> Result<Self> {
+        let mut settings = self.settings.clone();
+        settings.tch.linear = linear;
+        let device = crate::backbone::libtorch::device_of(&settings.tch.device)?;
+        let tch = crate::backbone::TchDinov3::new(
+            &self.backbone_config,
+            &self.backbone,
+            device,
+            dtype.dtype(),
+            &settings.tch,
+        )?;
+        Ok(Self {
+            backbone: self.backbone.clone(),
+            backbone_config: self.backbone_config.clone(),
+            head: self.head.clone(),
+            head_config: self.head_config.clone(),
+            preprocess: self.preprocess.clone(),
+            precision: Precision::Fp32,
+            forward: Forward::Tch(tch),
+            settings,
+        })
+    }
+
     /// Run a batch through the Burn forward with `hook` observing every linear input (activation
     /// histograms for INT8 calibration).
     pub fn observe(&self, images: &[&[u8]], hook: &mut dyn ActivationHook<B>, device: &B::Device) -> Result<()> {

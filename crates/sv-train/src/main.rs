@@ -64,6 +64,9 @@ enum Cmd {
         /// Validation samples challenged per variant by the simulator (0 = all).
         #[arg(long, default_value_t = 100)]
         sim_samples: usize,
+        /// Fresh challenges every variant scores for its decision agreement with FP32 and |Δp|.
+        #[arg(long, default_value_t = 2048)]
+        fidelity_images: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -489,11 +492,12 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("{}", serde_json::to_string_pretty(&e)?);
         }
-        Some(Cmd::Quantize { run, calibrator, samples, sim_samples, seed }) => {
+        Some(Cmd::Quantize { run, calibrator, samples, sim_samples, fidelity_images, seed }) => {
             let opts = sv_train::quant::report::QuantizeOptions {
                 calibrator,
                 samples,
                 sim_samples,
+                fidelity_images,
                 seed,
                 ..Default::default()
             };

@@ -1,6 +1,8 @@
 //! `sv-train quantize --run <run>`: calibrate on a diverse calibration set, then compare FP32,
-//! FP16, BF16 and INT8 (one variant per calibrator) side by side on the validation split —
-//! accuracy, MCC, simulated subnet reward, latency per image and weight bytes — and write
+//! FP16, BF16 and INT8 (one variant per calibrator; on the `tch` build also the real bf16, FP8 and
+//! INT8 kernels) side by side: decision agreement with FP32 and |Δp| over fresh challenges,
+//! and on the validation split accuracy, MCC, simulated subnet reward, latency per image and
+//! weight bytes — and write
 //! `<run>/int8/{scales.json, report.md, report.json}`. Export `--int8` reads `scales.json`.
 
 use std::collections::BTreeMap;
@@ -14,7 +16,7 @@ use super::calibrate::CalibrationHook;
 use super::histogram::Calibrator;
 use crate::classifier::Classifier;
 use crate::metrics::Metrics;
-use crate::simulator::{SimulatorConfig, simulate_with};
+use crate::simulator::{SimulatorConfig, challenge_stream, simulate_with};
 use crate::{Device, InferBackend};
 use sv_model::quant::{Precision, StoredModel};
 
@@ -29,13 +31,24 @@ pub struct QuantizeOptions {
     pub bins: usize,
     /// Validation samples challenged per variant by the simulator (0 = all).
     pub sim_samples: usize,
+    /// Fresh validator challenges (drawn from the validation split) every variant scores, for its
+    /// decision agreement with FP32 and |Δp|: a 36-image split cannot see a 1-point change.
+    pub fidelity_images: usize,
     pub batch_size: usize,
     pub seed: u64,
 }
 
 impl Default for QuantizeOptions {
     fn default() -> Self {
-        Self { calibrator: Calibrator::Mse, samples: 512, bins: 2048, sim_samples: 100, batch_size: 16, seed: 0 }
+        Self {
+            calibrator: Calibrator::Mse,
+            samples: 512,
+            bins: 2048,
+            sim_samples: 100,
+            fidelity_images: 2048,
+            batch_size: 16,
+            seed: 0,
+        }
     }
 }
 
@@ -43,6 +56,15 @@ impl Default for QuantizeOptions {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VariantReport {
     pub variant: String,
+    /// `real`: the kernels this build runs (FP32, and on the `tch` build LibTorch's bf16, FP8
+    /// and INT8 linear layers); `simulated`: rounded or fake-quantised through Burn.
+    pub kernels: String,
+    /// Share of the fidelity challenges whose decision (p > 0.5, as the validator's `np.round`)
+    /// is FP32's.
+    pub agreement: f64,
+    /// Mean and largest |p − p_fp32| over the fidelity challenges.
+    pub mean_abs_dp: f64,
+    pub max_abs_dp: f64,
     pub accuracy: f64,
     pub mcc: f64,
     pub reward: f64,
@@ -85,6 +107,8 @@ pub struct QuantizeReport {
     pub calibration_strata: BTreeMap<String, usize>,
     pub calibration_seconds: f64,
     pub validation_samples: usize,
+    /// Challenges every variant scored for its agreement with FP32.
+    pub fidelity_images: usize,
     pub variants: Vec<VariantReport>,
     /// `amax` per calibrator and site.
     pub amax: BTreeMap<String, BTreeMap<String, f32>>,
@@ -105,6 +129,74 @@ fn batched(samples: &[Sample], batch: usize, f: &mut dyn FnMut(&[&[u8]]) -> Resu
         out.extend(f(&refs)?);
     }
     Ok(out)
+}
+
+/// One precision compared: its model, how it runs and what its weights weigh.
+struct Variant {
+    name: String,
+    /// Real kernels (FP32, LibTorch's) rather than a simulation through Burn.
+    real: bool,
+    bytes: usize,
+    /// `None`: the FP32 model itself.
+    model: Option<Classifier<InferBackend>>,
+}
+
+impl Variant {
+    fn model<'a>(&'a self, fp32: &'a Classifier<InferBackend>) -> &'a Classifier<InferBackend> {
+        self.model.as_ref().unwrap_or(fp32)
+    }
+}
+
+/// How closely a variant's probabilities follow FP32's over the same images.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Fidelity {
+    agreement: f64,
+    mean_abs_dp: f64,
+    max_abs_dp: f64,
+}
+
+impl Fidelity {
+    /// Decisions are the validator's: `np.round(p)`, so exactly 0.5 is "no roadwork". NaN
+    /// fields when there are no images.
+    fn of(probs: &[f32], fp32: &[f32]) -> Self {
+        let n = probs.len().min(fp32.len());
+        if n == 0 {
+            return Self { agreement: f64::NAN, mean_abs_dp: f64::NAN, max_abs_dp: f64::NAN };
+        }
+        let (mut same, mut sum, mut max) = (0usize, 0f64, 0f64);
+        for (p, q) in probs.iter().zip(fp32) {
+            same += usize::from((*p > 0.5) == (*q > 0.5));
+            let d = (p - q).abs() as f64;
+            sum += d;
+            max = max.max(d);
+        }
+        Self { agreement: same as f64 / n as f64, mean_abs_dp: sum / n as f64, max_abs_dp: max }
+    }
+}
+
+/// The `tch` build's real kernels beside the simulations: LibTorch's bf16 forward, and its FP8
+/// and INT8 linear layers (weights per output channel, activations per row, no calibrator); a
+/// variant the device cannot run is skipped with the reason. Their weight bytes are what the
+/// forward holds: quantised linear weights with f32 row scales, everything else bf16.
+#[cfg(feature = "tch")]
+fn libtorch_variants(fp32: &Classifier<InferBackend>) -> Vec<Variant> {
+    use sv_model::backbone::FloatType;
+    use sv_model::backbone::settings::TchLinear;
+    use sv_model::backbone::weights::HalfType;
+    let mut out = Vec::new();
+    for (name, linear) in [("tch-bf16", TchLinear::Native), ("tch-fp8", TchLinear::Fp8), ("tch-int8", TchLinear::Int8)]
+    {
+        let stored_as = match linear {
+            TchLinear::Native => Precision::Fp32,
+            _ => Precision::Int8 { calibrator: Calibrator::Max, amax: BTreeMap::new() },
+        };
+        let bytes = StoredModel::new(&fp32.backbone, &fp32.head, &stored_as).backbone_in(HalfType::Bf16).weight_bytes();
+        match fp32.on_libtorch(FloatType::Bf16, linear) {
+            Ok(model) => out.push(Variant { name: name.into(), real: true, bytes, model: Some(model) }),
+            Err(e) => println!("{name:>22}: not run here ({e:#})"),
+        }
+    }
+    out
 }
 
 /// Calibrate and compare precisions for a run; writes `<run>/int8/`.
@@ -145,37 +237,81 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
     }
     let labels: Vec<bool> = val.iter().map(|s| s.label == Some(sv_data::Label::Roadwork)).collect();
     let methods = [Calibrator::Max, Calibrator::Percentile(99.99), Calibrator::Entropy, Calibrator::Mse];
-    let mut variants = vec![Precision::Fp32, Precision::Fp16, Precision::Bf16];
     let mut amax = BTreeMap::new();
-    for m in methods {
-        let a = hook.amax(m);
-        amax.insert(m.name(), a.clone());
-        variants.push(Precision::Int8 { calibrator: m, amax: a });
+    let mut variants: Vec<Variant> = Vec::new();
+    for precision in [Precision::Fp32, Precision::Fp16, Precision::Bf16]
+        .into_iter()
+        .chain(methods.iter().map(|&m| {
+            let a = hook.amax(m);
+            amax.insert(m.name(), a.clone());
+            Precision::Int8 { calibrator: m, amax: a }
+        }))
+        .collect::<Vec<_>>()
+    {
+        let bytes = StoredModel::new(&fp32.backbone, &fp32.head, &precision).weight_bytes();
+        let real = precision == Precision::Fp32;
+        variants.push(Variant {
+            name: precision.name(),
+            real,
+            bytes,
+            model: if real { None } else { Some(fp32.at_precision(precision, &device)?) },
+        });
     }
+    #[cfg(feature = "tch")]
+    variants.extend(libtorch_variants(&fp32));
+
+    // Fidelity: one stream of fresh challenges, every variant scoring the same JPEGs.
+    let fid_cfg = SimulatorConfig {
+        seed: opts.seed.wrapping_add(1),
+        challenges: opts.fidelity_images,
+        max_samples: 0,
+        ..Default::default()
+    };
+    let mut fid: Vec<Vec<f32>> = vec![Vec::new(); variants.len()];
+    if opts.fidelity_images > 0 {
+        challenge_stream(&val, opts.batch_size, &fid_cfg, &mut |imgs| {
+            for (v, out) in variants.iter().zip(fid.iter_mut()) {
+                out.extend(v.model(&fp32).probs(imgs, &device)?);
+            }
+            Ok(fid[0][fid[0].len() - imgs.len()..].to_vec())
+        })?;
+    }
+
     // Four fresh challenges per sampled image (as export does), the same draws for every variant.
     let challenges = if opts.sim_samples == 0 { SimulatorConfig::default().challenges } else { 4 * opts.sim_samples };
     let sim_cfg = SimulatorConfig { max_samples: opts.sim_samples, seed: opts.seed, challenges, ..Default::default() };
     let mut rows = Vec::new();
-    for precision in variants {
-        let name = precision.name();
-        let bytes = StoredModel::new(&fp32.backbone, &fp32.head, &precision).weight_bytes();
-        let model: Classifier<InferBackend> = fp32.at_precision(precision, &device)?;
+    for (i, v) in variants.iter().enumerate() {
+        let model = v.model(&fp32);
         let t = Instant::now();
         let probs = batched(&val, opts.batch_size, &mut |imgs| model.probs(imgs, &device))?;
         let latency = t.elapsed().as_secs_f64() * 1e3 / val.len() as f64;
         let m = Metrics::compute(&probs, &labels);
         let sim = simulate_with(&val, opts.batch_size, &sim_cfg, &mut |imgs| model.probs(imgs, &device))?;
+        let f = Fidelity::of(&fid[i], &fid[0]);
         println!(
-            "{name:>22}: acc {:.4} mcc {:.4} reward {:.4} {:.1} ms/img {} bytes",
-            m.accuracy, m.mcc, sim.reward_mean, latency, bytes
+            "{:>22}: acc {:.4} mcc {:.4} reward {:.4} agree {:.4} mean|dp| {:.5} {:.1} ms/img {} bytes ({})",
+            v.name,
+            m.accuracy,
+            m.mcc,
+            sim.reward_mean,
+            f.agreement,
+            f.mean_abs_dp,
+            latency,
+            v.bytes,
+            if v.real { "real" } else { "simulated" }
         );
         rows.push(VariantReport {
-            variant: name,
+            variant: v.name.clone(),
+            kernels: if v.real { "real" } else { "simulated" }.into(),
+            agreement: f.agreement,
+            mean_abs_dp: f.mean_abs_dp,
+            max_abs_dp: f.max_abs_dp,
             accuracy: m.accuracy,
             mcc: m.mcc,
             reward: sim.reward_mean,
             latency_ms_per_image: latency,
-            weight_bytes: bytes,
+            weight_bytes: v.bytes,
         });
     }
     let chosen = format!("int8-{}", opts.calibrator.name());
@@ -188,6 +324,7 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
         calibration_strata: strata,
         calibration_seconds,
         validation_samples: val.len(),
+        fidelity_images: fid[0].len(),
         int8_accuracy_drop_points: 100.0 * (f.accuracy - q.accuracy),
         int8_weight_ratio: f.weight_bytes as f64 / q.weight_bytes as f64,
         variants: rows.clone(),
@@ -210,8 +347,11 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
 fn markdown(r: &QuantizeReport, chosen: &str) -> String {
     let mut md = format!(
         "# Precision report: {}\n\nValidation split: {} samples (simulated reward over {} of them at validator levels 0-3).\n\
-         Calibration: {} diverse training samples ({}), {:.1} s. Chosen calibrator: `{}`.\n\n\
-         | variant | accuracy | MCC | simulated reward | latency ms/img | weight bytes |\n|---|---|---|---|---|---|\n",
+         Calibration: {} diverse training samples ({}), {:.1} s. Chosen calibrator: `{}`.\n\
+         Fidelity: {} fresh validator challenges from the validation split, scored by every variant; agreement \
+         is the share whose decision (p > 0.5, the validator's rounding) is FP32's.\n\n\
+         | variant | kernels | agreement with FP32 | mean abs dp | max abs dp | accuracy | MCC | simulated reward | latency ms/img | weight bytes |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
         r.run.display(),
         r.validation_samples,
         if r.options.sim_samples == 0 { r.validation_samples } else { r.options.sim_samples.min(r.validation_samples) },
@@ -219,19 +359,30 @@ fn markdown(r: &QuantizeReport, chosen: &str) -> String {
         r.calibration_strata.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "),
         r.calibration_seconds,
         r.options.calibrator.name(),
+        r.fidelity_images,
     );
     for v in &r.variants {
         md.push_str(&format!(
-            "| {} | {:.4} | {:.4} | {:.4} | {:.2} | {} |\n",
-            v.variant, v.accuracy, v.mcc, v.reward, v.latency_ms_per_image, v.weight_bytes
+            "| {} | {} | {:.4} | {:.5} | {:.4} | {:.4} | {:.4} | {:.4} | {:.2} | {} |\n",
+            v.variant,
+            v.kernels,
+            v.agreement,
+            v.mean_abs_dp,
+            v.max_abs_dp,
+            v.accuracy,
+            v.mcc,
+            v.reward,
+            v.latency_ms_per_image,
+            v.weight_bytes
         ));
     }
     let ok = r.int8_accuracy_drop_points <= 1.0;
     md.push_str(&format!(
         "\n{chosen} vs fp32: accuracy drop {:.2} points ({}), weights {:.2}x smaller.\n\n\
-         FP16/BF16 and INT8 are simulated on this backend (values rounded or fake-quantised at every linear \
-         input; Burn 0.21 has no integer kernels), so their latency is that of the simulation, not of a real \
-         low-precision kernel.\n",
+         `simulated` variants round or fake-quantise every linear input through Burn (0.21 has no integer \
+         kernels), so their latency is the simulation's, not a low-precision kernel's; `real` ones run the \
+         kernels a miner runs (on the `tch` build: LibTorch's bf16 forward and its FP8/INT8 linear layers, \
+         activations scaled per row at run time, so no calibrator applies to them).\n",
         r.int8_accuracy_drop_points,
         if ok { "within the 1-point budget" } else { "OVER the 1-point budget" },
         r.int8_weight_ratio
