@@ -130,6 +130,35 @@ pub fn ece(probs: &[f32], labels: &[bool], bins: usize) -> f64 {
         .sum()
 }
 
+/// How closely one model's probabilities follow a reference's over the same inputs.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Agreement {
+    /// Share of inputs whose decision ([`decide`]) is the reference's.
+    pub agreement: f64,
+    /// Mean and largest |p − p_reference|.
+    pub mean_abs_shift: f64,
+    pub max_abs_shift: f64,
+}
+
+/// [`Agreement`] of `other` with `reference`, pair by pair (a longer slice's tail is ignored).
+/// A non-finite probability in `other` counts as a flipped decision moved by 1, the most a
+/// probability can move; every field is NaN when there are no pairs.
+pub fn agreement(reference: &[f32], other: &[f32]) -> Agreement {
+    let n = reference.len().min(other.len());
+    if n == 0 {
+        return Agreement { agreement: f64::NAN, mean_abs_shift: f64::NAN, max_abs_shift: f64::NAN };
+    }
+    let (mut same, mut sum, mut max) = (0usize, 0f64, 0f64);
+    for (&r, &o) in reference.iter().zip(other) {
+        let (agrees, shift) =
+            if o.is_finite() { (decide(o) == decide(r), (o as f64 - r as f64).abs()) } else { (false, 1.0) };
+        same += usize::from(agrees);
+        sum += shift;
+        max = max.max(shift);
+    }
+    Agreement { agreement: same as f64 / n as f64, mean_abs_shift: sum / n as f64, max_abs_shift: max }
+}
+
 /// All metrics of one evaluation.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Metrics {
@@ -187,6 +216,20 @@ impl std::fmt::Display for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Decisions split at 0.5 as the validator rounds (0.5 itself is "none"); a NaN is a flip
+    /// moved by 1; no pairs gives NaN; the longer slice's tail is ignored.
+    #[test]
+    fn agreement_by_hand() {
+        let a = agreement(&[0.2, 0.5, 0.9, 0.7, 0.1], &[0.3, 0.51, 0.9, f32::NAN]);
+        assert_eq!(a.agreement, 0.5);
+        assert!((a.mean_abs_shift - (0.1 + 0.01 + 0.0 + 1.0) / 4.0).abs() < 1e-6, "{a:?}");
+        assert_eq!(a.max_abs_shift, 1.0);
+        let b = agreement(&[0.4, 0.6], &[0.45, 0.65]);
+        assert_eq!(b.agreement, 1.0);
+        assert!((b.max_abs_shift - 0.05).abs() < 1e-6 && (b.mean_abs_shift - 0.05).abs() < 1e-6, "{b:?}");
+        assert!(agreement(&[], &[0.5]).agreement.is_nan());
+    }
 
     #[test]
     fn confusion_metrics_by_hand() {

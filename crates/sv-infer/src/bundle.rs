@@ -145,16 +145,16 @@ impl Stage1 {
     }
 
     /// Run every batch size up to `max_batch` once on builds that compile kernels (so no request
-    /// meets an uncompiled kernel), every size the forward runs as a CUDA graph on the `tch`
-    /// build (each is captured then, not on its first request), batch 1 elsewhere (the model runs
-    /// before the server says it is ready). Returns the seconds it took.
+    /// meets an uncompiled kernel) and where the forward runs CUDA graphs (the `tch` build: each
+    /// size up to the graphs' limit is captured then, not on its first request, and the larger
+    /// ones meet their GEMM heuristics and allocations here, not in a burst of traffic), batch 1
+    /// elsewhere (the model runs before the server says it is ready). Returns the seconds it took.
     pub fn warm(&self, max_batch: usize) -> Result<f64> {
         let t = std::time::Instant::now();
-        let graphs = self.model.forward.graph_batches().min(max_batch);
-        let batches = match () {
-            _ if kernels::compiles_kernels() => kernels::warm_batches(max_batch),
-            _ if graphs > 0 => kernels::warm_batches(graphs),
-            _ => vec![1],
+        let batches = if kernels::compiles_kernels() || self.model.forward.graph_batches() > 0 {
+            kernels::warm_batches(max_batch)
+        } else {
+            vec![1]
         };
         kernels::warm(&self.model, &batches, &self.device)?;
         Ok(t.elapsed().as_secs_f64())

@@ -233,16 +233,13 @@ fn int8_export_is_smaller_and_agrees_with_fp32() {
         rep.variants.iter().filter(|v| v.kernels == "simulated").map(|v| v.variant.as_str()).collect();
     assert_eq!(simulated.len(), 6, "{simulated:?}");
     assert_eq!(rep.variants[0].variant, "fp32");
-    // Fidelity over 96 fresh challenges: FP32 agrees with itself exactly; FP16 rounding moves
-    // probabilities by well under a point and flips (almost) no decision; every INT8 calibrator
-    // moves them more than FP16 does.
-    assert_eq!(rep.fidelity_images, 96);
+    // Fidelity over 96 fresh challenges: FP16 rounding moves probabilities by well under a
+    // point and flips (almost) no decision; every INT8 calibrator moves them more than FP16 does,
+    // and none so far that a tenth of the decisions flip.
     let v = |n: &str| rep.variants.iter().find(|v| v.variant == n).unwrap();
-    assert_eq!((v("fp32").agreement, v("fp32").max_abs_dp), (1.0, 0.0));
     assert!(v("fp16").mean_abs_dp < 0.005 && v("fp16").agreement >= 0.98, "{:?}", v("fp16"));
     for r in rep.variants.iter().filter(|r| r.variant.starts_with("int8")) {
-        assert!(r.mean_abs_dp > v("fp16").mean_abs_dp && r.max_abs_dp >= r.mean_abs_dp, "{r:?}");
-        assert!((0.0..=1.0).contains(&r.agreement), "{r:?}");
+        assert!(r.mean_abs_dp > v("fp16").mean_abs_dp && r.agreement >= 0.9, "{r:?}");
     }
     assert!(std::fs::read_to_string(f.run.join("int8/report.md")).unwrap().contains("agreement with FP32"));
     assert!(f.run.join("int8/report.md").is_file() && f.run.join("int8/scales.json").is_file());

@@ -145,7 +145,7 @@ fn linear_weight_names(names: impl IntoIterator<Item = String>) -> HashSet<Strin
 }
 
 /// The tensors of a model at a precision, ready to write: INT8 linear weights with scales for
-/// [`Precision::Int8`], values rounded through the half type for FP16/BF16, f32 otherwise.
+/// [`Precision::Int8`], F16/BF16 tensors for FP16/BF16, f32 otherwise.
 pub fn stored_tensors(
     tensors: Vec<NamedTensor>,
     linear_weights: &HashSet<String>,
@@ -175,7 +175,13 @@ pub fn dequantized(stored: &[Stored]) -> Vec<NamedTensor> {
     stored
         .iter()
         .map(|s| match s {
-            Stored::F32(t) | Stored::Half { tensor: t, .. } => t.clone(),
+            Stored::F32(t) => t.clone(),
+            // Rounded again (a no-op for what `into_half` made): exactly what the file loads as.
+            Stored::Half { tensor, half } => NamedTensor {
+                name: tensor.name.clone(),
+                shape: tensor.shape.clone(),
+                values: tensor.values.iter().map(|v| half.round(*v)).collect(),
+            },
             Stored::Int8 { name, shape, q, scale } => {
                 NamedTensor { name: name.clone(), shape: shape.clone(), values: dequantize_rows(q, scale) }
             }

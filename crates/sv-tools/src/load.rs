@@ -1,6 +1,6 @@
 //! Load and abuse tests against a running miner, on loopback only, bounded in count and time.
 //!
-//! [`load`] sends unique images (no cache hits) open-loop at each rate for a fixed time and
+//! [`load`] sends unique images (no cache hits: distinct bytes, at most 512 distinct scenes) open-loop at each rate for a fixed time and
 //! reports latency percentiles and errors: to the admin listener's `/v1/challenge`, or
 //! ([`Route::Axon`]) as signed `ImageSynapse` requests to the axon, the route validators take
 //! (signature check, nonce, allow list and all); [`abuse`] sends a corpus of bad inputs
@@ -34,14 +34,25 @@ pub struct RateReport {
 }
 
 /// Distinct JPEG challenges (procedural scenes, each with its own pixels).
-pub fn challenge_images(n: usize, seed: u64) -> Result<Vec<String>> {
+pub fn challenge_images(n: usize, seed: u64) -> Result<Vec<Vec<u8>>> {
     let cfg = sv_data::generate::GenerateConfig { count: n, seed, width: 224, height: 224, ..Default::default() };
-    (0..n as u64)
-        .map(|i| {
-            let s = sv_data::generate::sample(&cfg, i)?;
-            Ok(base64::engine::general_purpose::STANDARD.encode(&s.image))
-        })
-        .collect()
+    (0..n as u64).map(|i| Ok(sv_data::generate::sample(&cfg, i)?.image)).collect()
+}
+
+/// `jpeg` with a comment segment (`FF FE`) naming request `id` right after its start-of-image
+/// marker: the same pixels in bytes of their own (the miner's answer cache keys on the bytes).
+pub fn unique_jpeg(jpeg: &[u8], id: usize) -> Result<Vec<u8>> {
+    if !jpeg.starts_with(&[0xFF, 0xD8]) {
+        bail!("not a JPEG (no start-of-image marker)");
+    }
+    let text = format!("sv-load request {id}");
+    let mut out = Vec::with_capacity(jpeg.len() + text.len() + 4);
+    out.extend_from_slice(&jpeg[..2]);
+    out.extend_from_slice(&[0xFF, 0xFE]);
+    out.extend_from_slice(&((text.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&jpeg[2..]);
+    Ok(out)
 }
 
 fn challenge_body(b64: &str, id: usize) -> Vec<u8> {
@@ -63,8 +74,8 @@ pub enum Route {
     Axon { addr: SocketAddr, dendrites: Vec<Dendrite>, next: usize, miner_hotkey: String },
 }
 
-/// The most distinct images a load draws (it cycles through them; the answer cache is the
-/// miner's to turn off).
+/// The most scenes a load draws (it cycles through them, every request's JPEG made unique by
+/// [`unique_jpeg`], so the miner's answer cache never hits).
 pub const DISTINCT_IMAGES: usize = 512;
 
 /// Dendrites (uuids) a signed load rotates through.
@@ -106,8 +117,9 @@ pub async fn load(
 ) -> Result<Vec<RateReport>> {
     let planned: usize =
         rates.iter().map(|r| (r * duration.as_secs_f64()).ceil() as usize).sum::<usize>().min(max_requests);
-    // At most DISTINCT_IMAGES distinct images, sent in turn: drawing one costs milliseconds, and
-    // a load of thousands of requests would spend its first minute drawing them.
+    // At most DISTINCT_IMAGES scenes, sent in turn, each request's bytes its own (a JPEG comment):
+    // drawing a scene costs milliseconds, and a load of thousands of requests would spend its
+    // first minute drawing them.
     let images = Arc::new(challenge_images(planned.clamp(1, DISTINCT_IMAGES), seed)?);
     let mut next = 0usize;
     let mut out = Vec::new();
@@ -122,7 +134,9 @@ pub async fn load(
             let at = start + Duration::from_secs_f64(k as f64 / rate);
             tokio::time::sleep_until(at.into()).await;
             // Signed here, in send order: the axon refuses a nonce older than the last it saw.
-            let (addr, path, headers, body) = route.request(&images[next % images.len()], next);
+            let b64 =
+                base64::engine::general_purpose::STANDARD.encode(unique_jpeg(&images[next % images.len()], next)?);
+            let (addr, path, headers, body) = route.request(&b64, next);
             next += 1;
             tasks.push(tokio::spawn(async move {
                 let t = Instant::now();
@@ -284,5 +298,23 @@ fn judge(case: &str, r: Result<HttpResponse>) -> AbuseResult {
             let answered = r.status == 200 && r.json().ok().is_some_and(|v| v["prediction"].is_number());
             AbuseResult { case: case.into(), status: Some(r.status), message: msg, well_formed: ok || answered }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The comment makes each request's bytes its own and leaves the pixels as they were; bytes
+    /// that are not a JPEG are refused.
+    #[test]
+    fn unique_jpegs_keep_their_pixels() {
+        let jpeg = challenge_images(1, 3).unwrap().remove(0);
+        let (a, b) = (unique_jpeg(&jpeg, 1).unwrap(), unique_jpeg(&jpeg, 2).unwrap());
+        assert!(a != b && a != jpeg);
+        let pixels = |bytes: &[u8]| image::load_from_memory(bytes).unwrap().to_rgb8().into_raw();
+        assert_eq!(pixels(&a), pixels(&jpeg));
+        assert_eq!(pixels(&b), pixels(&jpeg));
+        assert!(unique_jpeg(b"\x89PNG", 1).unwrap_err().to_string().contains("not a JPEG"));
     }
 }

@@ -147,6 +147,10 @@ pub fn report(log: &Path, sim: &SimulatorConfig) -> Result<ShadowReport> {
 fn compare(served_version: &str, shadow_version: &str, pairs: &[Pair], sim: &SimulatorConfig) -> Comparison {
     let n = pairs.len().max(1) as f64;
     let shifts: Vec<f64> = pairs.iter().map(|p| p.2 as f64 - p.1 as f64).collect();
+    let shift = sv_core::metrics::agreement(
+        &pairs.iter().map(|p| p.1).collect::<Vec<_>>(),
+        &pairs.iter().map(|p| p.2).collect::<Vec<_>>(),
+    );
     let (labels, served, shadow): (Vec<bool>, Vec<f32>, Vec<f32>) = {
         let l: Vec<&Pair> = pairs.iter().filter(|p| p.3.is_some()).collect();
         (
@@ -169,12 +173,12 @@ fn compare(served_version: &str, shadow_version: &str, pairs: &[Pair], sim: &Sim
         served_version: served_version.to_string(),
         shadow_version: shadow_version.to_string(),
         pairs: pairs.len(),
-        agreement: pairs.iter().filter(|p| decide(p.1) == decide(p.2)).count() as f64 / n,
+        agreement: shift.agreement,
         flips_to_roadwork: pairs.iter().filter(|p| !decide(p.1) && decide(p.2)).count(),
         flips_to_none: pairs.iter().filter(|p| decide(p.1) && !decide(p.2)).count(),
         mean_shift: shifts.iter().sum::<f64>() / n,
-        mean_abs_shift: shifts.iter().map(|d| d.abs()).sum::<f64>() / n,
-        max_abs_shift: shifts.iter().fold(0.0, |m, d| m.max(d.abs())),
+        mean_abs_shift: shift.mean_abs_shift,
+        max_abs_shift: shift.max_abs_shift,
         served_mean: pairs.iter().map(|p| p.1 as f64).sum::<f64>() / n,
         shadow_mean: pairs.iter().map(|p| p.2 as f64).sum::<f64>() / n,
         labelled: labels.len(),

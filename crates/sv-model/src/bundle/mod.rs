@@ -4,7 +4,8 @@
 //! <bundle>/
 //!   bundle.json                 what to build: configs, precision, dtype, score map, cascade exits, provenance
 //!   backbone/config.json        the DINOv3 config
-//!   backbone/model.safetensors  backbone weights by checkpoint name (INT8 linears: I8 + `_scale`)
+//!   backbone/model.safetensors  backbone weights by checkpoint name, in the bundle's dtype (bf16/f16
+//!                               builds: BF16/F16; INT8 linears: I8 + `_scale`)
 //!   head/config.json            the head config
 //!   head/model.safetensors      head weights (INT8 likewise)
 //!   kernels/                    CubeCL's PTX and autotune caches (cuda build only; valid on the GPU named in bundle.json)

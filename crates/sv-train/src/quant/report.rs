@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use sv_data::{Sample, Store};
+use sv_data::Store;
 
 use super::calibrate::CalibrationHook;
 use super::histogram::Calibrator;
@@ -18,6 +18,7 @@ use crate::classifier::Classifier;
 use crate::metrics::Metrics;
 use crate::simulator::{SimulatorConfig, challenge_stream, simulate_with};
 use crate::{Device, InferBackend};
+use sv_core::metrics::agreement;
 use sv_model::quant::{Precision, StoredModel};
 
 /// Options of the quantize command.
@@ -109,6 +110,8 @@ pub struct QuantizeReport {
     pub validation_samples: usize,
     /// Challenges every variant scored for its agreement with FP32.
     pub fidelity_images: usize,
+    /// The forward the `fp32` reference ran (the run's own: its dtype and kernels).
+    pub reference: String,
     pub variants: Vec<VariantReport>,
     /// `amax` per calibrator and site.
     pub amax: BTreeMap<String, BTreeMap<String, f32>>,
@@ -122,11 +125,10 @@ pub fn run_store(meta: &crate::checkpoint::CheckpointMeta) -> Result<Store> {
     Store::open(&meta.dataset.store)?.checkout(meta.dataset.version)
 }
 
-fn batched(samples: &[Sample], batch: usize, f: &mut dyn FnMut(&[&[u8]]) -> Result<Vec<f32>>) -> Result<Vec<f32>> {
-    let mut out = Vec::with_capacity(samples.len());
-    for chunk in samples.chunks(batch.max(1)) {
-        let refs: Vec<&[u8]> = chunk.iter().map(|s| s.image.as_slice()).collect();
-        out.extend(f(&refs)?);
+fn batched(images: &[&[u8]], batch: usize, f: &mut dyn FnMut(&[&[u8]]) -> Result<Vec<f32>>) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(images.len());
+    for chunk in images.chunks(batch.max(1)) {
+        out.extend(f(chunk)?);
     }
     Ok(out)
 }
@@ -147,56 +149,49 @@ impl Variant {
     }
 }
 
-/// How closely a variant's probabilities follow FP32's over the same images.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Fidelity {
-    agreement: f64,
-    mean_abs_dp: f64,
-    max_abs_dp: f64,
+/// A variant to compare, built only when its turn comes.
+enum Spec {
+    /// Burn's forward at a precision (FP32 itself runs the run's own forward).
+    Burn(Precision),
+    /// The `tch` build's LibTorch forward in bf16 with linear layers at a precision.
+    #[cfg(feature = "tch")]
+    LibTorch(&'static str, sv_model::backbone::settings::TchLinear),
 }
 
-impl Fidelity {
-    /// Decisions are the validator's: `np.round(p)`, so exactly 0.5 is "no roadwork". NaN
-    /// fields when there are no images.
-    fn of(probs: &[f32], fp32: &[f32]) -> Self {
-        let n = probs.len().min(fp32.len());
-        if n == 0 {
-            return Self { agreement: f64::NAN, mean_abs_dp: f64::NAN, max_abs_dp: f64::NAN };
-        }
-        let (mut same, mut sum, mut max) = (0usize, 0f64, 0f64);
-        for (p, q) in probs.iter().zip(fp32) {
-            same += usize::from((*p > 0.5) == (*q > 0.5));
-            let d = (p - q).abs() as f64;
-            sum += d;
-            max = max.max(d);
-        }
-        Self { agreement: same as f64 / n as f64, mean_abs_dp: sum / n as f64, max_abs_dp: max }
-    }
-}
-
-/// The `tch` build's real kernels beside the simulations: LibTorch's bf16 forward, and its FP8
-/// and INT8 linear layers (weights per output channel, activations per row, no calibrator); a
-/// variant the device cannot run is skipped with the reason. Their weight bytes are what the
-/// forward holds: quantised linear weights with f32 row scales, everything else bf16.
-#[cfg(feature = "tch")]
-fn libtorch_variants(fp32: &Classifier<InferBackend>) -> Vec<Variant> {
-    use sv_model::backbone::FloatType;
-    use sv_model::backbone::settings::TchLinear;
-    use sv_model::backbone::weights::HalfType;
-    let mut out = Vec::new();
-    for (name, linear) in [("tch-bf16", TchLinear::Native), ("tch-fp8", TchLinear::Fp8), ("tch-int8", TchLinear::Int8)]
-    {
-        let stored_as = match linear {
-            TchLinear::Native => Precision::Fp32,
-            _ => Precision::Int8 { calibrator: Calibrator::Max, amax: BTreeMap::new() },
-        };
-        let bytes = StoredModel::new(&fp32.backbone, &fp32.head, &stored_as).backbone_in(HalfType::Bf16).weight_bytes();
-        match fp32.on_libtorch(FloatType::Bf16, linear) {
-            Ok(model) => out.push(Variant { name: name.into(), real: true, bytes, model: Some(model) }),
-            Err(e) => println!("{name:>22}: not run here ({e:#})"),
+impl Spec {
+    /// The variant; `None` (with the reason printed) for real kernels this device cannot run.
+    fn build(self, fp32: &Classifier<InferBackend>, device: &Device) -> Result<Option<Variant>> {
+        match self {
+            Spec::Burn(precision) => {
+                let bytes = StoredModel::new(&fp32.backbone, &fp32.head, &precision).weight_bytes();
+                let real = precision == Precision::Fp32;
+                let name = precision.name();
+                let model = if real { None } else { Some(fp32.at_precision(precision, device)?) };
+                Ok(Some(Variant { name, real, bytes, model }))
+            }
+            #[cfg(feature = "tch")]
+            Spec::LibTorch(name, linear) => {
+                use sv_model::backbone::FloatType;
+                use sv_model::backbone::settings::TchLinear;
+                use sv_model::backbone::weights::HalfType;
+                // What the forward holds: quantised linear weights with f32 row scales, the
+                // rest bf16.
+                let stored_as = match linear {
+                    TchLinear::Native => Precision::Fp32,
+                    _ => Precision::Int8 { calibrator: Calibrator::Max, amax: BTreeMap::new() },
+                };
+                let bytes =
+                    StoredModel::new(&fp32.backbone, &fp32.head, &stored_as).backbone_in(HalfType::Bf16).weight_bytes();
+                match fp32.on_libtorch(FloatType::Bf16, linear) {
+                    Ok(model) => Ok(Some(Variant { name: name.into(), real: true, bytes, model: Some(model) })),
+                    Err(e) => {
+                        println!("{name:>22}: not run here ({e:#})");
+                        Ok(None)
+                    }
+                }
+            }
         }
     }
-    out
 }
 
 /// Calibrate and compare precisions for a run; writes `<run>/int8/`.
@@ -238,57 +233,62 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
     let labels: Vec<bool> = val.iter().map(|s| s.label == Some(sv_data::Label::Roadwork)).collect();
     let methods = [Calibrator::Max, Calibrator::Percentile(99.99), Calibrator::Entropy, Calibrator::Mse];
     let mut amax = BTreeMap::new();
-    let mut variants: Vec<Variant> = Vec::new();
-    for precision in [Precision::Fp32, Precision::Fp16, Precision::Bf16]
-        .into_iter()
-        .chain(methods.iter().map(|&m| {
-            let a = hook.amax(m);
-            amax.insert(m.name(), a.clone());
-            Precision::Int8 { calibrator: m, amax: a }
-        }))
-        .collect::<Vec<_>>()
-    {
-        let bytes = StoredModel::new(&fp32.backbone, &fp32.head, &precision).weight_bytes();
-        let real = precision == Precision::Fp32;
-        variants.push(Variant {
-            name: precision.name(),
-            real,
-            bytes,
-            model: if real { None } else { Some(fp32.at_precision(precision, &device)?) },
-        });
+    let mut specs: Vec<Spec> =
+        [Precision::Fp32, Precision::Fp16, Precision::Bf16].into_iter().map(Spec::Burn).collect();
+    for m in methods {
+        let a = hook.amax(m);
+        amax.insert(m.name(), a.clone());
+        specs.push(Spec::Burn(Precision::Int8 { calibrator: m, amax: a }));
     }
     #[cfg(feature = "tch")]
-    variants.extend(libtorch_variants(&fp32));
+    {
+        use sv_model::backbone::settings::TchLinear;
+        specs.extend(
+            [("tch-bf16", TchLinear::Native), ("tch-fp8", TchLinear::Fp8), ("tch-int8", TchLinear::Int8)]
+                .map(|(n, l)| Spec::LibTorch(n, l)),
+        );
+    }
 
-    // Fidelity: one stream of fresh challenges, every variant scoring the same JPEGs.
+    // Fidelity challenges: drawn once (their JPEGs kept), FP32's probabilities the reference.
     let fid_cfg = SimulatorConfig {
         seed: opts.seed.wrapping_add(1),
         challenges: opts.fidelity_images,
         max_samples: 0,
         ..Default::default()
     };
-    let mut fid: Vec<Vec<f32>> = vec![Vec::new(); variants.len()];
-    if opts.fidelity_images > 0 {
+    let mut fid_jpegs: Vec<Vec<u8>> = Vec::with_capacity(opts.fidelity_images);
+    let reference: Vec<f32> = if opts.fidelity_images > 0 {
         challenge_stream(&val, opts.batch_size, &fid_cfg, &mut |imgs| {
-            for (v, out) in variants.iter().zip(fid.iter_mut()) {
-                out.extend(v.model(&fp32).probs(imgs, &device)?);
-            }
-            Ok(fid[0][fid[0].len() - imgs.len()..].to_vec())
-        })?;
-    }
+            fid_jpegs.extend(imgs.iter().map(|b| b.to_vec()));
+            fp32.probs(imgs, &device)
+        })?
+        .into_iter()
+        .map(|s| s.prob)
+        .collect()
+    } else {
+        Vec::new()
+    };
+    let fid_imgs: Vec<&[u8]> = fid_jpegs.iter().map(Vec::as_slice).collect();
+    let val_imgs: Vec<&[u8]> = val.iter().map(|s| s.image.as_slice()).collect();
 
     // Four fresh challenges per sampled image (as export does), the same draws for every variant.
     let challenges = if opts.sim_samples == 0 { SimulatorConfig::default().challenges } else { 4 * opts.sim_samples };
     let sim_cfg = SimulatorConfig { max_samples: opts.sim_samples, seed: opts.seed, challenges, ..Default::default() };
     let mut rows = Vec::new();
-    for (i, v) in variants.iter().enumerate() {
+    // One variant at a time: each holds its own copy of the weights.
+    for spec in specs {
+        let Some(v) = spec.build(&fp32, &device)? else { continue };
         let model = v.model(&fp32);
         let t = Instant::now();
-        let probs = batched(&val, opts.batch_size, &mut |imgs| model.probs(imgs, &device))?;
+        let probs = batched(&val_imgs, opts.batch_size, &mut |imgs| model.probs(imgs, &device))?;
         let latency = t.elapsed().as_secs_f64() * 1e3 / val.len() as f64;
         let m = Metrics::compute(&probs, &labels);
         let sim = simulate_with(&val, opts.batch_size, &sim_cfg, &mut |imgs| model.probs(imgs, &device))?;
-        let f = Fidelity::of(&fid[i], &fid[0]);
+        let f = if v.model.is_none() {
+            agreement(&reference, &reference)
+        } else {
+            agreement(&reference, &batched(&fid_imgs, opts.batch_size, &mut |imgs| model.probs(imgs, &device))?)
+        };
         println!(
             "{:>22}: acc {:.4} mcc {:.4} reward {:.4} agree {:.4} mean|dp| {:.5} {:.1} ms/img {} bytes ({})",
             v.name,
@@ -296,7 +296,7 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
             m.mcc,
             sim.reward_mean,
             f.agreement,
-            f.mean_abs_dp,
+            f.mean_abs_shift,
             latency,
             v.bytes,
             if v.real { "real" } else { "simulated" }
@@ -305,8 +305,8 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
             variant: v.name.clone(),
             kernels: if v.real { "real" } else { "simulated" }.into(),
             agreement: f.agreement,
-            mean_abs_dp: f.mean_abs_dp,
-            max_abs_dp: f.max_abs_dp,
+            mean_abs_dp: f.mean_abs_shift,
+            max_abs_dp: f.max_abs_shift,
             accuracy: m.accuracy,
             mcc: m.mcc,
             reward: sim.reward_mean,
@@ -324,7 +324,8 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
         calibration_strata: strata,
         calibration_seconds,
         validation_samples: val.len(),
-        fidelity_images: fid[0].len(),
+        fidelity_images: reference.len(),
+        reference: fp32.forward.describe(),
         int8_accuracy_drop_points: 100.0 * (f.accuracy - q.accuracy),
         int8_weight_ratio: f.weight_bytes as f64 / q.weight_bytes as f64,
         variants: rows.clone(),
@@ -349,7 +350,8 @@ fn markdown(r: &QuantizeReport, chosen: &str) -> String {
         "# Precision report: {}\n\nValidation split: {} samples (simulated reward over {} of them at validator levels 0-3).\n\
          Calibration: {} diverse training samples ({}), {:.1} s. Chosen calibrator: `{}`.\n\
          Fidelity: {} fresh validator challenges from the validation split, scored by every variant; agreement \
-         is the share whose decision (p > 0.5, the validator's rounding) is FP32's.\n\n\
+         is the share whose decision (p > 0.5, the validator's rounding) is FP32's. The `fp32` reference runs \
+         the run's own forward: {}.\n\n\
          | variant | kernels | agreement with FP32 | mean abs dp | max abs dp | accuracy | MCC | simulated reward | latency ms/img | weight bytes |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
         r.run.display(),
@@ -360,6 +362,7 @@ fn markdown(r: &QuantizeReport, chosen: &str) -> String {
         r.calibration_seconds,
         r.options.calibrator.name(),
         r.fidelity_images,
+        r.reference,
     );
     for v in &r.variants {
         md.push_str(&format!(
