@@ -90,12 +90,19 @@ if has 5; then
   HK=5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty
   # cold: NVRTC compiles the kernels (a fresh cache, the bundle's PTX left out); bundle: the
   # bundle's PTX; restart: the cache the last start left. The load goes to the last.
+  MODES=()
+  for m in ${MINER_MODES:-cold bundle restart}; do
+    if [ "$m" = cold ]; then MODES+=(--mode "cold:--no-bundle-kernels --allow $RH"); else MODES+=(--mode "$m:--allow $RH"); fi
+  done
   python3 benchmarks/miner_start.py --miner "$MW/sv-miner" --bundle "$MW/bundle" --image crates/sv-train/tests/fixtures/photo.jpg \
-    --workdir "$MW" --mode "cold:--no-bundle-kernels --allow $RH" --mode "bundle:--allow $RH" --mode "restart:--allow $RH" \
+    --workdir "$MW" "${MODES[@]}" \
     --load "$MW/sv-load" --rates ${MINER_RATES:-100,200,500,1000,1500,2000} --duration 6 \
     --load-args "--signed --probe-seed sv-replay --miner-hotkey $HK" --json "$OUT/miner.jsonl" 2> "$OUT/load.txt"
   cat "$OUT/load.txt"
-  grep -i "tch\|kernel\|graph\|warm\|ready" "$MW"/miner-*.log | head -20
+  grep -i "tch\\|kernel\\|graph\\|warm\\|ready" "$MW"/miner-*.log | head -20
+  # One file (a call brings back a limited number): the miner's logs and its /metrics after the load.
+  (tail -n 30 "$MW"/miner-*.log; grep -E "^sv_(stage|request|batch|cache|queue|shed)" "$MW/metrics.txt") > "$OUT/miner-detail.txt" 2>&1
+  grep -E "stage1|axon" "$MW/metrics.txt" | grep -E "_sum|_count|le=\"0.01\"|le=\"0.025\"" | head -20
 fi
 if has 6; then
   echo "== sv-train quantize on the GPU: the simulated variants per calibrator beside the real bf16/FP8/INT8 kernels"

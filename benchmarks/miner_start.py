@@ -92,6 +92,11 @@ def main():
                                     "--max-requests", "100000", "--json", out] + shlex.split(a.load_args), capture_output=True, text=True)
                 print(r.stdout + r.stderr, file=sys.stderr)
                 load = json.load(open(out)).get("load") if os.path.exists(out) else None
+                # The miner's own stage timings under that load (Prometheus text).
+                try:
+                    open(os.path.join(work, "metrics.txt"), "wb").write(get(api + "/metrics", timeout=5)[1])
+                except Exception as e:
+                    print(f"no /metrics: {e}", file=sys.stderr)
         finally:
             p.send_signal(signal.SIGTERM)
             try:

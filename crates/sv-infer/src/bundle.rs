@@ -133,8 +133,19 @@ impl Stage1 {
         self.model.probs(images, &self.device)
     }
 
-    /// Recalibrated scores of preprocessed images (one forward pass).
+    /// Recalibrated scores of preprocessed images: one forward pass, or where the forward runs
+    /// CUDA graphs one per chunk of at most the graphs' limit, so every batch replays a captured
+    /// graph (a size past the limit would run uncaptured, and its first run costs ~0.3 s of
+    /// GEMM heuristics and allocations: measured on an H100, RESULTS.md).
     pub fn scores_of_pixels(&self, pixels: &[Vec<f32>]) -> Result<Vec<f32>> {
+        let graphs = self.model.forward.graph_batches();
+        if graphs > 0 && pixels.len() > graphs {
+            let mut out = Vec::with_capacity(pixels.len());
+            for chunk in pixels.chunks(graphs) {
+                out.extend(self.scores_of_pixels(chunk)?);
+            }
+            return Ok(out);
+        }
         if pixels.is_empty() {
             return Ok(Vec::new());
         }
@@ -145,16 +156,17 @@ impl Stage1 {
     }
 
     /// Run every batch size up to `max_batch` once on builds that compile kernels (so no request
-    /// meets an uncompiled kernel) and where the forward runs CUDA graphs (the `tch` build: each
-    /// size up to the graphs' limit is captured then, not on its first request, and the larger
-    /// ones meet their GEMM heuristics and allocations here, not in a burst of traffic), batch 1
-    /// elsewhere (the model runs before the server says it is ready). Returns the seconds it took.
+    /// meets an uncompiled kernel), every size the forward runs as a CUDA graph on the `tch`
+    /// build (each is captured then, not on its first request; [`Self::scores_of_pixels`] runs
+    /// larger batches as several of them), batch 1 elsewhere (the model runs before the server
+    /// says it is ready). Returns the seconds it took.
     pub fn warm(&self, max_batch: usize) -> Result<f64> {
         let t = std::time::Instant::now();
-        let batches = if kernels::compiles_kernels() || self.model.forward.graph_batches() > 0 {
-            kernels::warm_batches(max_batch)
-        } else {
-            vec![1]
+        let graphs = self.model.forward.graph_batches().min(max_batch);
+        let batches = match () {
+            _ if kernels::compiles_kernels() => kernels::warm_batches(max_batch),
+            _ if graphs > 0 => kernels::warm_batches(graphs),
+            _ => vec![1],
         };
         kernels::warm(&self.model, &batches, &self.device)?;
         Ok(t.elapsed().as_secs_f64())
