@@ -43,15 +43,20 @@ impl Default for BatchConfig {
     }
 }
 
-/// A scored image and the size of the batch it ran in.
+/// A scored image, the size of the batch it ran in, and where its time on the model thread went.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scored {
     pub score: f32,
     pub batch: usize,
+    /// Milliseconds from joining the queue to its batch's forward starting.
+    pub queue_ms: f64,
+    /// Milliseconds the batch's forward pass took.
+    pub forward_ms: f64,
 }
 
 struct Job {
     pixels: Vec<f32>,
+    queued: Instant,
     /// Past this instant nobody waits for the answer: the job is dropped unscored.
     deadline: Instant,
     reply: oneshot::Sender<Result<Scored, BatchError>>,
@@ -162,7 +167,7 @@ impl Batcher {
     /// cannot grow into a backlog where every answer is late.
     pub async fn score(&self, pixels: Vec<f32>, deadline: Instant) -> Result<Scored, BatchError> {
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { pixels, deadline, reply }) {
+        match self.tx.try_send(Job { pixels, queued: Instant::now(), deadline, reply }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(BatchError::Overloaded),
             Err(TrySendError::Disconnected(_)) => return Err(BatchError::Failed("model thread stopped".into())),
@@ -269,12 +274,15 @@ fn run(mut score: impl FnMut(&[Vec<f32>]) -> Result<Vec<f32>>, rx: &Receiver<Job
         let n = jobs.len();
         let pixels: Vec<Vec<f32>> = jobs.iter_mut().map(|j| std::mem::take(&mut j.pixels)).collect();
         // A panic in the forward fails this batch, not the thread.
+        let started = Instant::now();
         let scored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| score(&pixels)))
             .unwrap_or_else(|p| Err(anyhow!("stage 1 panicked: {}", panic_text(p.as_ref()))));
+        let forward_ms = started.elapsed().as_secs_f64() * 1e3;
         match scored {
             Ok(scores) => {
                 for (j, s) in jobs.into_iter().zip(scores) {
-                    let _ = j.reply.send(Ok(Scored { score: s, batch: n }));
+                    let queue_ms = started.saturating_duration_since(j.queued).as_secs_f64() * 1e3;
+                    let _ = j.reply.send(Ok(Scored { score: s, batch: n, queue_ms, forward_ms }));
                 }
             }
             Err(e) => {
@@ -326,9 +334,15 @@ mod tests {
         go.send(()).unwrap();
         assert_eq!(entered.recv_timeout(Duration::from_secs(10)).unwrap(), 3);
         go.send(()).unwrap();
-        assert_eq!(rt.block_on(lone).unwrap().unwrap(), Scored { score: 0.5, batch: 1 });
+        let lone = rt.block_on(lone).unwrap().unwrap();
+        assert_eq!((lone.score, lone.batch), (0.5, 1));
+        // It waited for nothing; its forward waited for the test's go.
+        assert!(lone.queue_ms < lone.forward_ms && lone.forward_ms >= 250.0, "{lone:?}");
         for (i, q) in queued.into_iter().enumerate() {
-            assert_eq!(rt.block_on(q).unwrap().unwrap(), Scored { score: (i + 1) as f32, batch: 3 });
+            let q = rt.block_on(q).unwrap().unwrap();
+            assert_eq!((q.score, q.batch), ((i + 1) as f32, 3));
+            // They queued while the lone batch ran (held ≥ 300 ms above).
+            assert!(q.queue_ms >= 250.0, "{q:?}");
         }
     }
 

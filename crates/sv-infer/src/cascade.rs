@@ -86,9 +86,27 @@ pub struct Answer {
     pub dropped: Vec<(Stage, String)>,
     /// Time per stage in milliseconds.
     pub stage_ms: Vec<(Stage, f64)>,
+    /// Where stage 1's time went.
+    pub stage1_parts: Stage1Parts,
     /// Images in stage 1's forward pass.
     pub batch: usize,
     pub cached: bool,
+}
+
+/// Where stage 1's time went, in milliseconds: a decode slot and the decode itself, the wait
+/// in the batcher's queue, and the forward pass of the batch the image ran in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Stage1Parts {
+    pub decode_ms: f64,
+    pub queue_ms: f64,
+    pub forward_ms: f64,
+}
+
+impl Stage1Parts {
+    /// Each part with its name (`decode`, `queue`, `forward`), for metrics.
+    pub fn named(&self) -> [(&'static str, f64); 3] {
+        [("decode", self.decode_ms), ("queue", self.queue_ms), ("forward", self.forward_ms)]
+    }
 }
 
 /// Why the cascade could not answer: servers branch on it (400, 503, 500).
@@ -224,6 +242,7 @@ impl Cascade {
         .await
         .map_err(|e| CascadeError::Internal(format!("preprocessing task failed: {e}")))?
         .map_err(|e| CascadeError::BadImage(format!("{e:#}")))?;
+        let decode_ms = t.elapsed().as_secs_f64() * 1e3;
         let scored = self.batcher.score(pixels, deadline).await.map_err(|e| match e {
             BatchError::Overloaded => CascadeError::Overloaded,
             BatchError::Failed(m) => CascadeError::Internal(m),
@@ -236,6 +255,7 @@ impl Cascade {
             stages: "stage1".into(),
             dropped: Vec::new(),
             stage_ms: vec![(Stage::Stage1, t.elapsed().as_secs_f64() * 1e3)],
+            stage1_parts: Stage1Parts { decode_ms, queue_ms: scored.queue_ms, forward_ms: scored.forward_ms },
             batch: scored.batch,
             cached: false,
         };

@@ -326,6 +326,11 @@ fn remote_stages_ensemble_and_fall_back() {
     let plain = run(None, None);
     assert_eq!(plain.stages, "stage1");
     let s1 = plain.stage1;
+    // Stage 1's parts (decode, queue wait, forward) are each measured and fit in its total.
+    let p = plain.stage1_parts;
+    let total = plain.stage_ms[0].1;
+    assert!(p.decode_ms > 0.0 && p.forward_ms > 0.0 && p.queue_ms >= 0.0, "{p:?}");
+    assert!(p.decode_ms + p.queue_ms + p.forward_ms <= total + 1e-6, "{p:?} within {total} ms");
 
     let yes = run(Some(ep("yes", 2000)), None);
     assert_eq!(yes.stages, "stage1+vlm");

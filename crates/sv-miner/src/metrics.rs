@@ -31,6 +31,8 @@ pub struct Metrics {
     pub latency: HistogramVec,
     /// Latency by cascade stage.
     pub stage_latency: HistogramVec,
+    /// Stage 1's parts: decode (slot wait included), queue wait, the batch's forward.
+    pub stage1_parts: HistogramVec,
     /// Stage-1 batch sizes.
     pub batch_size: Histogram,
     pub cache_hits: IntCounter,
@@ -78,6 +80,12 @@ impl Metrics {
         let stage_latency = HistogramVec::new(
             HistogramOpts::new("sv_stage_latency_seconds", "Latency by cascade stage").buckets(lat_buckets),
             &["stage"],
+        )
+        .unwrap();
+        let stage1_parts = HistogramVec::new(
+            HistogramOpts::new("sv_stage1_part_seconds", "Stage 1's time by part: decode, queue, forward")
+                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+            &["part"],
         )
         .unwrap();
         let batch_size = Histogram::with_opts(
@@ -221,6 +229,7 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(latency.clone()),
             Box::new(stage_latency.clone()),
+            Box::new(stage1_parts.clone()),
             Box::new(batch_size.clone()),
             Box::new(cache_hits.clone()),
             Box::new(cache_misses.clone()),
@@ -242,6 +251,7 @@ impl Metrics {
             requests,
             latency,
             stage_latency,
+            stage1_parts,
             batch_size,
             cache_hits,
             cache_misses,

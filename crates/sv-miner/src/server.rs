@@ -319,6 +319,9 @@ async fn answer(
         for (stage, stage_ms) in &a.stage_ms {
             st.metrics.stage_latency.with_label_values(&[stage.as_str()]).observe(stage_ms / 1e3);
         }
+        for (part, ms) in a.stage1_parts.named() {
+            st.metrics.stage1_parts.with_label_values(&[part]).observe(ms / 1e3);
+        }
     }
     st.metrics.confidence.observe(a.confidence as f64);
     st.metrics.exits.with_label_values(&[a.stages.as_str()]).inc();
