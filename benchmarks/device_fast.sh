@@ -20,8 +20,8 @@
 #           bundle's PTX and restarted; signed axon load (sv-load --signed) at rising rates.
 #   6: sv-train quantize (tch) of that run: the simulated variants per calibrator beside the real
 #           bf16, FP8 and INT8 kernels, fidelity over 2,048 fresh challenges.
-#   Parts run in the order 1, 4, 5, 6, 2, 3. What to carry (64 MiB a call): `.device` minus its
-#   subfolders for 1-4 (4.2 MB); `.device/miner` for 5 (sv-miner, sv-load, bundle.tar.xz: 42 MB;
+#   Parts run in the order 1, 4, 5, 6, 2, 3. What to carry (64 MiB a call): the three
+#   .device/*.xz for 1-4 (4.2 MB; name the files: .device's subfolders are too big to go along); `.device/miner` for 5 (sv-miner, sv-load, bundle.tar.xz: 42 MB;
 #   MINER_MODES="cold bundle restart", MINER_RATES); `.device/quant` for 6 (sv-train 46 MB and
 #   the run: 53 MB; FIDELITY_IMAGES, QUANT_TIMEOUT). Results of 2026-12-05: RESULTS.md.
 set -uo pipefail
