@@ -368,12 +368,15 @@ fn remote_stages_ensemble_and_fall_back() {
 }
 
 /// M3: a decode slot is held until its decode ends, even when its caller has given up, so
-/// callers that time out cannot start more than `DECODE_SLOTS` decodes of large images at once.
+/// callers that time out cannot start more than `decode_slots` decodes of large images at once.
 #[test]
 fn decode_slots_outlive_callers_that_gave_up() {
     let f = fixture();
     let bundle = Bundle::open(&f.bundle).unwrap();
-    let c = Arc::new(Cascade::start(&bundle, &CascadeConfig { cache_ttl_s: 0, ..Default::default() }).unwrap());
+    let c = Arc::new(
+        Cascade::start(&bundle, &CascadeConfig { cache_ttl_s: 0, decode_slots: 3, ..Default::default() }).unwrap(),
+    );
+    assert_eq!(c.decode_slots(), 3);
     let cfg = sv_data::generate::GenerateConfig { width: 4096, height: 4096, seed: 3, ..Default::default() };
     let big = Arc::new(sv_data::generate::sample(&cfg, 0).unwrap().image);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -388,7 +391,7 @@ fn decode_slots_outlive_callers_that_gave_up() {
             assert!(t.await.unwrap().is_err(), "a 4096² decode takes longer than 50 ms");
         }
         // Every caller has given up; the decodes they started still hold their slots.
-        assert_eq!(c.decodes_running(), sv_infer::cascade::DECODE_SLOTS);
+        assert_eq!(c.decodes_running(), 3);
         let t = std::time::Instant::now();
         while c.decodes_running() > 0 && t.elapsed() < Duration::from_secs(60) {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -29,6 +29,7 @@
 //! bundle = "bundles/candidate"
 //! every = 10                       # every 10th answered request; `sv-train shadow-report <log>` compares
 //! [cascade]
+//! decode_slots = 8                 # images decoded at once (default: half the cores, 2 to 8)
 //! vlm = { url = "http://127.0.0.1:8000", model = "Qwen/Qwen3-VL-8B-Instruct", deadline_ms = 2500 }
 //! ```
 //!
