@@ -182,6 +182,7 @@ impl Cascade {
             cfg.batch,
         )?;
         let exits = cfg.exits.unwrap_or(bundle.config.exits);
+        let slots = cfg.decode_slots();
         if !(0.0..=1.0).contains(&exits.low) || !(0.0..=1.0).contains(&exits.high) || exits.low > exits.high {
             anyhow::bail!("cascade exits must satisfy 0 <= low <= high <= 1 (got {} / {})", exits.low, exits.high);
         }
@@ -195,8 +196,8 @@ impl Cascade {
                 Duration::from_secs(cfg.cache_ttl_s),
                 if cfg.cache_ttl_s == 0 { 0 } else { cfg.cache_entries },
             ),
-            decode_slots: Arc::new(tokio::sync::Semaphore::new(cfg.decode_slots())),
-            slots: cfg.decode_slots(),
+            decode_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            slots,
             version: bundle.version().to_string(),
         })
     }

@@ -105,12 +105,19 @@ impl Precision {
     }
 }
 
-fn round_half(v: f32, p: &Precision) -> f32 {
-    match p {
-        Precision::Fp16 => HalfType::F16.round(v),
-        Precision::Bf16 => HalfType::Bf16.round(v),
-        _ => v,
+impl Precision {
+    /// The 16-bit float type FP16/BF16 round to; `None` for the others.
+    pub fn half(&self) -> Option<HalfType> {
+        match self {
+            Self::Fp16 => Some(HalfType::F16),
+            Self::Bf16 => Some(HalfType::Bf16),
+            _ => None,
+        }
     }
+}
+
+fn round_half(v: f32, p: &Precision) -> f32 {
+    p.half().map_or(v, |h| h.round(v))
 }
 
 /// Applies a precision to linear inputs: fake INT8 per site, or rounding to a half type.
@@ -158,9 +165,10 @@ pub fn stored_tensors(
                 let (q, scale) = quantize_rows(&t.values, t.shape[0]);
                 Stored::Int8 { name: t.name, shape: t.shape, q, scale }
             }
-            Precision::Fp16 => Stored::F32(t).into_half(HalfType::F16),
-            Precision::Bf16 => Stored::F32(t).into_half(HalfType::Bf16),
-            _ => Stored::F32(t),
+            p => match p.half() {
+                Some(half) => Stored::F32(t).into_half(half),
+                None => Stored::F32(t),
+            },
         })
         .collect()
 }

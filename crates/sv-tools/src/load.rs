@@ -1,11 +1,11 @@
 //! Load and abuse tests against a running miner, on loopback only, bounded in count and time.
 //!
-//! [`load`] sends unique images (no cache hits: distinct bytes, at most 512 distinct scenes) open-loop at each rate for a fixed time and
-//! reports latency percentiles and errors: to the admin listener's `/v1/challenge`, or
-//! ([`Route::Axon`]) as signed `ImageSynapse` requests to the axon, the route validators take
-//! (signature check, nonce, allow list and all); [`abuse`] sends a corpus of bad inputs
-//! and checks every answer is a well-formed 4xx JSON (never a 5xx or a dropped connection), then
-//! that the server still answers `/health`.
+//! [`load`] sends unique images (no cache hits: distinct bytes over at most 512 drawn scenes)
+//! open-loop at each rate for a fixed time and reports latency percentiles and errors: to the
+//! admin listener's `/v1/challenge`, or ([`Route::Axon`]) as signed `ImageSynapse` requests to
+//! the axon, the route validators take (signature check, nonce, allow list and all); [`abuse`]
+//! sends a corpus of bad inputs and checks every answer is a well-formed 4xx JSON (never a 5xx
+//! or a dropped connection), then that the server still answers `/health`.
 
 use std::io::Cursor;
 use std::net::SocketAddr;

@@ -144,6 +144,11 @@ struct Variant {
 }
 
 impl Variant {
+    /// How it runs, as the report says it.
+    fn kernels(&self) -> &'static str {
+        if self.real { "real" } else { "simulated" }
+    }
+
     fn model<'a>(&'a self, fp32: &'a Classifier<InferBackend>) -> &'a Classifier<InferBackend> {
         self.model.as_ref().unwrap_or(fp32)
     }
@@ -299,11 +304,11 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
             f.mean_abs_shift,
             latency,
             v.bytes,
-            if v.real { "real" } else { "simulated" }
+            v.kernels()
         );
         rows.push(VariantReport {
             variant: v.name.clone(),
-            kernels: if v.real { "real" } else { "simulated" }.into(),
+            kernels: v.kernels().into(),
             agreement: f.agreement,
             mean_abs_dp: f.mean_abs_shift,
             max_abs_dp: f.max_abs_shift,
