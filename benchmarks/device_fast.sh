@@ -23,7 +23,7 @@
 #   Parts run in the order 1, 4, 5, 6, 2, 3. What to carry (64 MiB a call): the three
 #   .device/*.xz for 1-4 (4.2 MB; name the files: .device's subfolders are too big to go along); `.device/miner` for 5 (sv-miner, sv-load, bundle.tar.xz: 42 MB;
 #   MINER_MODES="cold bundle restart", MINER_RATES); `.device/quant` for 6 (sv-train 46 MB and
-#   the run: 53 MB; FIDELITY_IMAGES, QUANT_TIMEOUT). Results of 2026-12-05: RESULTS.md.
+#   the run: 51 MB; FIDELITY_IMAGES, QUANT_TIMEOUT, QUANT_VARIANTS). Results of 2026-12-05: RESULTS.md.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=0
 OUT="${OUT:-/tmp/out}"
@@ -97,14 +97,16 @@ if has 5; then
   for m in ${MINER_MODES:-cold bundle restart}; do
     if [ "$m" = cold ]; then MODES+=(--mode "cold:--no-bundle-kernels --allow $RH"); else MODES+=(--mode "$m:--allow $RH"); fi
   done
+  # MINER_CPUS / LOAD_CPUS (taskset lists, e.g. 0-11 and 12-15) keep the load generator off the
+  # miner's cores; MINER_TAG names a second run's files.
   python3 benchmarks/miner_start.py --miner "$MW/sv-miner" --bundle "$MW/bundle" --image crates/sv-train/tests/fixtures/photo.jpg \
-    --workdir "$MW" "${MODES[@]}" \
+    --workdir "$MW" "${MODES[@]}" --miner-cpus "${MINER_CPUS:-}" --load-cpus "${LOAD_CPUS:-}" \
     --load "$MW/sv-load" --rates ${MINER_RATES:-100,200,500,1000,1500,2000} --duration 6 \
-    --load-args "--signed --probe-seed sv-replay --miner-hotkey $HK" --json "$OUT/miner.jsonl" 2> "$OUT/load.txt"
-  cat "$OUT/load.txt"
+    --load-args "--signed --probe-seed sv-replay --miner-hotkey $HK" --json "$OUT/miner.jsonl" 2> "$OUT/load${MINER_TAG:-}.txt"
+  cat "$OUT/load${MINER_TAG:-}.txt"
   grep -i "tch\\|kernel\\|graph\\|warm\\|ready" "$MW"/miner-*.log | head -20
   # One file (a call brings back a limited number): the miner's logs and its /metrics after the load.
-  (tail -n 30 "$MW"/miner-*.log; grep -E "^sv_(stage|request|batch|cache|queue|shed)" "$MW/metrics.txt") > "$OUT/miner-detail.txt" 2>&1
+  (grep -hv Memory.cpp "$MW"/miner-*.log | tail -n 30; grep -E "^sv_(stage|request|batch|cache|queue|shed)" "$MW/metrics.txt") > "$OUT/miner-detail${MINER_TAG:-}.txt" 2>&1
   grep -E "stage1|axon" "$MW/metrics.txt" | grep -E "_sum|_count|le=\"0.01\"|le=\"0.025\"" | head -20
 fi
 if has 6; then
@@ -113,11 +115,13 @@ if has 6; then
   # miner_vits16.toml run and its store as made here under /tmp/mb (the run names that path).
   rm -rf /tmp/mb && tar -xJf .device/quant/mb.tar.xz -C / && xz -dc .device/quant/sv-train.xz > /tmp/sv-train && chmod +x /tmp/sv-train
   RUN=$(ls -d /tmp/mb/runs/miner-vits16-* | head -1)
-  # Straight to files (a pipe's buffer is lost when the call's time limit kills it). The simulated
-  # variants run Burn's forward on the LibTorch backend's default device, the CPU (only the real
-  # kernels run on the GPU): at 2,048 challenges this part outran a 480 s call on the H100.
-  (cd /tmp/mb && timeout "${QUANT_TIMEOUT:-400}" taskset -c 0-15 /tmp/sv-train quantize --run "$RUN" --samples 256 --sim-samples 45 \
-    --fidelity-images "${FIDELITY_IMAGES:-2048}" > "$OUT/quantize.txt" 2> "$OUT/quantize.err"); grep -v "^ *$" "$OUT/quantize.txt"
+  # Straight to files (a pipe's buffer is lost when the call's time limit kills it). Every variant
+  # runs on the forward's device (the GPU); the simulated ones run Burn's own forward there (not
+  # timed on a GPU yet: on LibTorch's CPU one took over 2 minutes). QUANT_VARIANTS (e.g.
+  # fp32,tch-bf16,tch-fp8,tch-int8) runs only those variants.
+  # SV_TCH_DEVICE=auto: the run was trained here on LibTorch's CPU and records it; quantise on the GPU.
+  (cd /tmp/mb && SV_TCH_DEVICE=auto timeout "${QUANT_TIMEOUT:-400}" taskset -c 0-15 /tmp/sv-train quantize --run "$RUN" --samples 256 --sim-samples 45 \
+    --fidelity-images "${FIDELITY_IMAGES:-2048}" ${QUANT_VARIANTS:+--variants "$QUANT_VARIANTS"} > "$OUT/quantize.txt" 2> "$OUT/quantize.err"); grep -v "^ *$" "$OUT/quantize.txt"
   cp "$RUN/int8/report.json" "$OUT/quantize.json" 2>/dev/null; grep -v Memory.cpp "$OUT/quantize.err" | tail -3
 fi
 if has 2; then

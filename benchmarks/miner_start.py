@@ -39,6 +39,8 @@ def main():
     ap.add_argument("--duration", default="8")
     ap.add_argument("--load-args", default="", help="more sv-load flags, e.g. '--signed --probe-seed sv-replay --miner-hotkey HK'")
     ap.add_argument("--json", help="append results here")
+    ap.add_argument("--miner-cpus", default="", help="run the miner on these cores (taskset -c), e.g. 0-11")
+    ap.add_argument("--load-cpus", default="", help="run sv-load on these cores (taskset -c), e.g. 12-15")
     ap.add_argument("--workdir", default=None)
     a = ap.parse_args()
     image = base64.b64encode(open(a.image, "rb").read()).decode()
@@ -56,7 +58,8 @@ def main():
         if name != "restart" or cache is None:
             cache = os.path.join(work, f"kcache-{i}-{name}")
         log = open(os.path.join(work, f"miner-{name}.log"), "w")
-        cmd = [a.miner, "--bundle", a.bundle, "--host", "127.0.0.1", "--port", str(a.port), "--admin-addr", admin,
+        pin = ["taskset", "-c", a.miner_cpus] if a.miner_cpus else []
+        cmd = pin + [a.miner, "--bundle", a.bundle, "--host", "127.0.0.1", "--port", str(a.port), "--admin-addr", admin,
                "--hotkey", HOTKEY,
                "--kernel-cache", cache, "--config", cfg] + shlex.split(extra)
         t0 = time.perf_counter()
@@ -88,7 +91,8 @@ def main():
             load = None
             if a.load and i == len(a.mode) - 1:
                 out = os.path.join(work, "load.json")
-                r = subprocess.run([a.load, "--addr", f"127.0.0.1:{a.port}", "--admin-addr", admin, "--rates", a.rates, "--duration", a.duration,
+                pin_load = ["taskset", "-c", a.load_cpus] if a.load_cpus else []
+                r = subprocess.run(pin_load + [a.load, "--addr", f"127.0.0.1:{a.port}", "--admin-addr", admin, "--rates", a.rates, "--duration", a.duration,
                                     "--max-requests", "100000", "--json", out] + shlex.split(a.load_args), capture_output=True, text=True)
                 print(r.stdout + r.stderr, file=sys.stderr)
                 load = json.load(open(out)).get("load") if os.path.exists(out) else None
@@ -103,7 +107,7 @@ def main():
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
-        row = {"mode": name, "args": extra, "ready_s": round(ready, 3), "first_answer_s": round(first, 3),
+        row = {"mode": name, "args": extra, "miner_cpus": a.miner_cpus or "all", "load_cpus": a.load_cpus or "all", "ready_s": round(ready, 3), "first_answer_s": round(first, 3),
                "first_latency_ms": round(first_latency * 1e3, 1),
                "repeat_p50_ms": round(seconds[len(seconds) // 2] * 1e3, 2), "answer": answer,
                "log_tail": open(log.name).read().strip().splitlines()[-4:]}

@@ -129,6 +129,8 @@ impl Batcher {
         let h = health.clone();
         std::thread::Builder::new().name("sv-stage1".into()).spawn(move || {
             let _alive = AliveGuard(h.clone());
+            // The head's LibTorch ops run here: MKL's thread count is per thread.
+            sv_model::host_threads_here();
             match load() {
                 Ok(stage1) => {
                     let _ = ready_tx.send(Ok(()));

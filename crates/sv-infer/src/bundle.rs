@@ -156,16 +156,21 @@ impl Stage1 {
     }
 
     /// Run every batch size up to `max_batch` once on builds that compile kernels (so no request
-    /// meets an uncompiled kernel), every size the forward runs as a CUDA graph on the `tch`
-    /// build (each is captured then, not on its first request; [`Self::scores_of_pixels`] runs
-    /// larger batches as several of them), batch 1 elsewhere (the model runs before the server
-    /// says it is ready). Returns the seconds it took.
+    /// meets an uncompiled kernel), every size the forward captures as a CUDA graph on the `tch`
+    /// build (1, 2, 4, 8: each is captured then, not on its first request; a batch between two
+    /// runs as the larger, and [`Self::scores_of_pixels`] runs larger batches as several of
+    /// them), batch 1 elsewhere (the model runs before the server says it is ready). Returns the
+    /// seconds it took.
     pub fn warm(&self, max_batch: usize) -> Result<f64> {
         let t = std::time::Instant::now();
-        let graphs = self.model.forward.graph_batches().min(max_batch);
+        let graphs = self.model.forward.graph_sizes();
         let batches = match () {
             _ if kernels::compiles_kernels() => kernels::warm_batches(max_batch),
-            _ if graphs > 0 => kernels::warm_batches(graphs),
+            // Every captured size a batch of up to `max_batch` runs as.
+            _ if !graphs.is_empty() => {
+                let top = graphs.iter().copied().find(|&g| g >= max_batch).unwrap_or(usize::MAX);
+                graphs.into_iter().filter(|&g| g <= top).collect()
+            }
             _ => vec![1],
         };
         kernels::warm(&self.model, &batches, &self.device)?;

@@ -227,12 +227,15 @@ fn int8_export_is_smaller_and_agrees_with_fp32() {
         ..Default::default()
     };
     let rep = sv_train::quant::report::quantize(&f.run, &opts).unwrap();
-    assert!(rep.int8_weight_ratio > 3.0, "weights shrink ~4x: {}", rep.int8_weight_ratio);
+    let ratio = rep.int8_weight_ratio.expect("every variant ran, the chosen INT8 among them");
+    assert!(ratio > 3.0, "weights shrink ~4x: {ratio}");
     // FP32, FP16, BF16 and one INT8 per calibrator simulated (the tch build adds its real kernels).
     let simulated: Vec<&str> =
         rep.variants.iter().filter(|v| v.kernels == "simulated").map(|v| v.variant.as_str()).collect();
     assert_eq!(simulated.len(), 6, "{simulated:?}");
     assert_eq!(rep.variants[0].variant, "fp32");
+    let names: Vec<String> = rep.variants.iter().map(|v| v.variant.clone()).collect();
+    assert_eq!(names, sv_train::quant::report::variant_names(), "every variant, in the listed order");
     // Fidelity over 96 fresh challenges: FP16 rounding moves probabilities by well under a
     // point and flips (almost) no decision; every INT8 calibrator moves them more than FP16 does,
     // and none so far that a tenth of the decisions flip.
@@ -271,6 +274,20 @@ fn int8_export_is_smaller_and_agrees_with_fp32() {
     let agree = p32.iter().zip(&p8).filter(|(a, b)| (**a > 0.5) == (**b > 0.5)).count();
     assert!(agree as f64 >= 0.9 * refs.len() as f64, "INT8 agrees with FP32 on {agree}/{}", refs.len());
     assert!(p32.iter().zip(&p8).any(|(a, b)| a != b), "INT8 really quantises");
+    // `--variants`: a name this build lacks is refused before any work; a subset runs alone, and
+    // the INT8 summary is left out where its rows did not run.
+    let only = |v: &[&str]| sv_train::quant::report::QuantizeOptions {
+        samples: 16,
+        sim_samples: 2,
+        fidelity_images: 8,
+        variants: v.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let err = sv_train::quant::report::quantize(&f.run, &only(&["bf16", "int9"])).unwrap_err().to_string();
+    assert!(err.contains("\"int9\"") && err.contains("int8-mse"), "{err}");
+    let sub = sv_train::quant::report::quantize(&f.run, &only(&["bf16"])).unwrap();
+    assert_eq!(sub.variants.iter().map(|v| v.variant.as_str()).collect::<Vec<_>>(), ["bf16"]);
+    assert!(sub.int8_weight_ratio.is_none() && sub.int8_accuracy_drop_points.is_none());
 }
 
 /// An OpenAI-compatible stub: `/yes`, `/no`, `/slow`, `/garbage`, `/fail` prefixes.

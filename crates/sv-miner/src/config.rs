@@ -12,6 +12,7 @@
 //! prediction_log = "logs/predictions"
 //! log_images = false
 //! kernel_cache = "/var/cache/sv-miner/kernels"   # GPU build: CubeCL's caches, one folder a bundle version
+//! host_threads = 1                 # tch build: LibTorch's CPU threads (default 1 with a GPU)
 //! [connections]
 //! max = 1024                       # open connections at most; the longest-idle one makes room
 //! header_timeout_ms = 5000         # a request head must arrive within this (also the idle timeout)
@@ -75,6 +76,10 @@ pub struct MinerConfig {
     pub max_side: u32,
     /// Answer within this many milliseconds or fail (well under the validator's 9 s).
     pub budget_ms: u64,
+    /// LibTorch's CPU threads on the `tch` build (default: one where it sees a GPU, whose miner
+    /// runs only the head on the host, else LibTorch's own, a thread per core); ignored by other
+    /// builds.
+    pub host_threads: Option<usize>,
     /// Synapse fields whose values enter the body hash (bittensor's `required_hash_fields`).
     pub required_hash_fields: Vec<String>,
     /// Where the GPU build keeps CubeCL's kernel caches (a copy of the bundle's, plus what it
@@ -114,6 +119,7 @@ impl Default for MinerConfig {
             log_images: false,
             max_body_bytes: 16 * 1024 * 1024,
             max_side: crate::validate::MAX_SIDE,
+            host_threads: None,
             budget_ms: 6000,
             required_hash_fields: Vec::new(),
             kernel_cache: None,
@@ -216,6 +222,9 @@ impl MinerConfig {
         if self.max_body_bytes < 1024 || self.max_side == 0 || self.budget_ms == 0 {
             bail!("max_body_bytes (>= 1024), max_side and budget_ms must be positive");
         }
+        if self.host_threads == Some(0) {
+            bail!("host_threads = 0: name at least one thread, or leave it out for the default");
+        }
         if self.budget_ms >= 9000 {
             bail!("budget_ms {} is not under the validator's 9 s timeout", self.budget_ms);
         }
@@ -258,5 +267,21 @@ mod tests {
         let off = MinerConfig { admin_addr: String::new(), ..Default::default() };
         assert!(off.admin_socket().unwrap().is_none());
         assert!(MinerConfig { admin_addr: "localhost".into(), ..Default::default() }.admin_socket().is_err());
+    }
+
+    /// `host_threads`: parsed from the file, absent by default, and zero refused by name.
+    #[test]
+    fn host_threads_parse_and_zero_is_refused() {
+        let ok = |text: &str| MinerConfig {
+            bundle: "b".into(),
+            hotkey: "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty".into(),
+            ..toml::from_str(text).unwrap()
+        };
+        assert_eq!(ok("").host_threads, None);
+        let two = ok("host_threads = 2");
+        assert_eq!(two.host_threads, Some(2));
+        two.validate().unwrap();
+        let err = ok("host_threads = 0").validate().unwrap_err().to_string();
+        assert!(err.contains("host_threads"), "{err}");
     }
 }

@@ -392,6 +392,11 @@ fn run(mut cli: Cli) -> Result<()> {
         }
         Err(e) => tracing::warn!("cannot read or raise the open-file limit: {e}"),
     }
+    // Before any LibTorch work (the model loads next): its CPU thread pool.
+    let threads = sv_model::set_host_threads(cfg.host_threads);
+    if threads > 0 {
+        tracing::info!("LibTorch CPU threads: {threads}");
+    }
     let (state, log_thread) = sv_miner::server::AppState::from_config(&cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {

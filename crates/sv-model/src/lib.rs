@@ -31,6 +31,59 @@ pub type InferBackend = burn_ndarray::NdArray<f32>;
 /// Device of [`InferBackend`].
 pub type Device = burn::tensor::Device<InferBackend>;
 
+/// The device Burn's own forwards and the head run on for whole-dataset jobs under `settings`:
+/// on the `tch` build LibTorch's device its settings name (CUDA 0 when LibTorch sees a GPU, by
+/// default), so a job's Burn forwards (`quantize`'s simulated variants) run where the LibTorch
+/// forward does; the default device elsewhere.
+pub fn device_for(settings: &backbone::settings::ForwardConfig) -> anyhow::Result<Device> {
+    #[cfg(all(feature = "tch", not(feature = "cuda")))]
+    {
+        use burn::backend::libtorch::LibTorchDevice;
+        Ok(match backbone::libtorch::device_of(&settings.tch.device)? {
+            tch::Device::Cuda(i) => LibTorchDevice::Cuda(i),
+            _ => LibTorchDevice::Cpu,
+        })
+    }
+    #[cfg(not(all(feature = "tch", not(feature = "cuda"))))]
+    {
+        let _ = settings;
+        Ok(Device::default())
+    }
+}
+
+/// LibTorch's CPU (intra-op) threads on the `tch` build: `Some(n)` sets `n`; `None` sets one
+/// where LibTorch sees a CUDA device and leaves LibTorch's default (a thread per core) elsewhere.
+/// On a GPU what runs on the host is the head's few small GEMMs, and an OpenMP thread per core
+/// only competes with the server's own threads (measured on an H100 host serving a ViT-S/16
+/// bundle: p99 at 200 req/s 33–48 ms with LibTorch's default and 8 ms with one thread;
+/// RESULTS.md). Call it at a binary's start, before any LibTorch work. Returns the threads in
+/// effect (0 without the `tch` feature, where nothing runs on LibTorch).
+pub fn set_host_threads(n: Option<usize>) -> usize {
+    #[cfg(feature = "tch")]
+    {
+        let n = n.unwrap_or(if tch::Cuda::is_available() { 1 } else { 0 });
+        if n > 0 {
+            tch::set_num_threads(i32::try_from(n).unwrap_or(i32::MAX));
+        }
+        tch::get_num_threads().max(0) as usize
+    }
+    #[cfg(not(feature = "tch"))]
+    {
+        let _ = n;
+        0
+    }
+}
+
+/// Applies the process's LibTorch CPU threads ([`set_host_threads`]) to the calling thread, for
+/// a thread that runs LibTorch's CPU ops (a miner's stage-1 thread, where the head runs):
+/// LibTorch passes its count on to OpenMP for every thread, but MKL's GEMMs take theirs from a
+/// per-thread setting, so a thread that never set it runs them on every core. A no-op without
+/// the `tch` feature.
+pub fn host_threads_here() {
+    #[cfg(feature = "tch")]
+    tch::set_num_threads(tch::get_num_threads().max(1));
+}
+
 /// Name of the compiled-in inference backend (recorded in bundles).
 pub fn backend_name() -> &'static str {
     if cfg!(feature = "cuda") {

@@ -128,8 +128,22 @@ pub fn classifier_of_run(
     run: &Path,
     device: &Device,
 ) -> Result<(Classifier<InferBackend>, CheckpointMeta), CheckpointError> {
+    classifier_of_run_with(run, device, None)
+}
+
+/// [`classifier_of_run`] with the backbone's forward run as `forward` says instead of as the run
+/// recorded (`None`: as recorded), e.g. on this machine's GPU for a run trained on a CPU.
+pub fn classifier_of_run_with(
+    run: &Path,
+    device: &Device,
+    forward: Option<&sv_model::backbone::ForwardConfig>,
+) -> Result<(Classifier<InferBackend>, CheckpointMeta), CheckpointError> {
     let ck = run.join("checkpoint");
-    let (head, meta) = load_head(&ck, device)?;
+    let (head, mut meta) = load_head(&ck, device)?;
+    if let Some(f) = forward {
+        // The backbone's forward is built as it loads: from the spec's settings.
+        meta.backbone.forward = f.clone();
+    }
     let backbone = backbone_of(&meta, run, device)?;
     let head_config = read_head_config(&ck)?;
     let settings = meta.backbone.forward.clone();

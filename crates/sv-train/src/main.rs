@@ -67,6 +67,10 @@ enum Cmd {
         /// Fresh challenges every variant scores for its decision agreement with FP32 and |Δp|.
         #[arg(long, default_value_t = 2048)]
         fidelity_images: usize,
+        /// Compare only these variants (comma-separated: fp32, fp16, bf16, int8-<calibrator>,
+        /// and on the `tch` build tch-bf16, tch-fp8, tch-int8); all by default.
+        #[arg(long, value_delimiter = ',')]
+        variants: Vec<String>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -492,12 +496,17 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("{}", serde_json::to_string_pretty(&e)?);
         }
-        Some(Cmd::Quantize { run, calibrator, samples, sim_samples, fidelity_images, seed }) => {
+        Some(Cmd::Quantize { run, calibrator, samples, sim_samples, fidelity_images, variants, seed }) => {
+            // The run's forward with this machine's `SV_*` overrides (e.g. SV_TCH_DEVICE=auto for a
+            // run trained on LibTorch's CPU, quantised on a GPU).
+            let forward = sv_train::checkpoint::read_meta(&run.join("checkpoint"))?.backbone.forward.with_env()?;
             let opts = sv_train::quant::report::QuantizeOptions {
+                forward: Some(forward),
                 calibrator,
                 samples,
                 sim_samples,
                 fidelity_images,
+                variants,
                 seed,
                 ..Default::default()
             };

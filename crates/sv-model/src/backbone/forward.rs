@@ -67,6 +67,16 @@ impl Forward {
         }
     }
 
+    /// The batch sizes this forward captures as CUDA graphs (a batch between two runs as the
+    /// next larger one; empty where it captures none).
+    pub fn graph_sizes(&self) -> Vec<usize> {
+        match self {
+            #[cfg(feature = "tch")]
+            Self::Tch(tch) => tch.graph_sizes(),
+            _ => Vec::new(),
+        }
+    }
+
     /// One line for logs and benchmark rows.
     pub fn describe(&self) -> String {
         match self {

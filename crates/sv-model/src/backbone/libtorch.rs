@@ -137,7 +137,7 @@ pub fn export_ptx(
     )];
     if kind == Kind::BFloat16 {
         for f in [Format::Fp8, Format::Int8] {
-            files.push((tch_quant::ptx_name(f), tch_quant::compile(f)?));
+            files.push((tch_quant::ptx_name(f, d), tch_quant::compile(f, d)?));
         }
     }
     for (name, text) in &files {
@@ -200,10 +200,21 @@ struct Captured {
 // SAFETY: as for `TchDinov3` (the tensors are only touched under `GraphCache`'s lock).
 unsafe impl Send for Captured {}
 
-/// The captured forwards, by `(batch, height, width)`: a shape is captured on its first use when
-/// its batch is at most [`Self::max_batch`], up to [`MAX_GRAPHS`] shapes (later shapes run
-/// uncaptured; a capture that fails is remembered as such, said once, and runs uncaptured).
-/// Replays share their buffers, so one lock serialises them.
+/// A block's normalised rows: bf16, or quantised by the norm kernel for quantised linear layers
+/// (values `(M, D)` and row scales `(M, 1)`).
+enum Normed {
+    Dense(Tensor),
+    Quant(Tensor, Tensor),
+}
+
+/// The captured forwards, by `(batch, height, width)`: only the batches of [`Self::sizes`] (the
+/// powers of two below [`Self::max_batch`], and the limit itself) are captured, and a batch
+/// between two of them runs the next larger one with its extra rows zeroed, so the miner's start
+/// captures 4 graphs for a limit of 8 instead of 8 (each capture costs ~0.13 s on an H100, and
+/// one image more in a small batch costs the GPU next to nothing). A shape is captured on its
+/// first use, up to [`MAX_GRAPHS`] shapes (later shapes run uncaptured; a capture that fails is
+/// remembered as such, said once, and runs uncaptured). Replays share their buffers, so one lock
+/// serialises them.
 struct GraphCache {
     max_batch: usize,
     graphs: Mutex<HashMap<(i64, i64, i64), Option<Captured>>>,
@@ -222,6 +233,22 @@ const MAX_GRAPHS: usize = 16;
 impl GraphCache {
     fn new(max_batch: usize) -> Self {
         Self { max_batch, graphs: Mutex::new(HashMap::new()) }
+    }
+
+    /// The batch sizes captured: 1, 2, 4, … below the limit, then the limit (none when off).
+    fn sizes(&self) -> Vec<usize> {
+        let mut sizes: Vec<usize> =
+            std::iter::successors(Some(1usize), |n| n.checked_mul(2)).take_while(|&n| n < self.max_batch).collect();
+        if self.max_batch > 0 {
+            sizes.push(self.max_batch);
+        }
+        sizes
+    }
+
+    /// The captured batch a batch of `n` runs as: the smallest of [`Self::sizes`] that holds it
+    /// (`None` for 0 or past the limit).
+    fn size_for(&self, n: usize) -> Option<usize> {
+        (n > 0 && n <= self.max_batch).then(|| n.next_power_of_two().min(self.max_batch))
     }
 }
 
@@ -474,7 +501,7 @@ impl TchDinov3 {
         };
         let quant = match (format, device) {
             (None, _) => None,
-            (Some(f), Device::Cuda(i)) if kind == Kind::BFloat16 => Some(QuantKernels::new(i, f)?),
+            (Some(f), Device::Cuda(i)) if kind == Kind::BFloat16 => Some(QuantKernels::new(i, f, d)?),
             (Some(_), _) => bail!(
                 "linear = {:?} (SV_TCH_LINEAR) runs a bf16 backbone on a CUDA device; this one is {kind:?} on {device:?}",
                 settings.linear
@@ -663,14 +690,22 @@ impl TchDinov3 {
         self.graphs.max_batch
     }
 
+    /// The batch sizes captured as CUDA graphs (empty where graphs are off or not on CUDA); a
+    /// batch between two of them runs as the next larger one, padded with zero images.
+    pub fn graph_sizes(&self) -> Vec<usize> {
+        match self.device {
+            Device::Cuda(_) => self.graphs.sizes(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Captures the forward for `n` images of `h`×`w` px now (the miner's batch sizes at start,
-    /// so the first request does not pay for the capture); a no-op where graphs are off or the
-    /// shape is captured already. An error where the capture fails.
+    /// so the first request does not pay for the capture; `n` is rounded up to its captured
+    /// size); a no-op where graphs are off or the shape is captured already. An error where the
+    /// capture fails.
     pub fn capture(&self, n: usize, h: usize, w: usize) -> Result<()> {
         let Device::Cuda(ordinal) = self.device else { return Ok(()) };
-        if n == 0 || n > self.graphs.max_batch {
-            return Ok(());
-        }
+        let Some(n) = self.graphs.size_for(n) else { return Ok(()) };
         let mut graphs = self.graphs.graphs.lock().unwrap_or_else(|e| e.into_inner());
         let key = (n as i64, h as i64, w as i64);
         if graphs.get(&key).is_some_and(Option::is_some) {
@@ -692,11 +727,14 @@ impl TchDinov3 {
         features_to_host(&self.forward(pixels)?.features)
     }
 
-    /// Features through the shape's CUDA graph: `None` where it runs uncaptured (graphs off, the
-    /// CPU, a batch above the limit, the cache full, a failed capture, stage profiling on).
+    /// Features through the shape's CUDA graph (the captured batch of [`GraphCache::size_for`],
+    /// its rows past `n` zeroed and their features dropped): `None` where it runs uncaptured
+    /// (graphs off, the CPU, a batch above the limit, the cache full, a failed capture, stage
+    /// profiling on).
     fn graph_features(&self, input: GraphInput, n: usize, h: usize, w: usize) -> Result<Option<Vec<f32>>> {
         let Device::Cuda(ordinal) = self.device else { return Ok(None) };
-        if n == 0 || n > self.graphs.max_batch || super::profile::Laps::start().on() {
+        let Some(size) = self.graphs.size_for(n) else { return Ok(None) };
+        if super::profile::Laps::start().on() {
             return Ok(None);
         }
         let c = match input {
@@ -704,7 +742,7 @@ impl TchDinov3 {
             GraphInput::Device(t) => t.size()[1] as usize,
         };
         let mut graphs = self.graphs.graphs.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (n as i64, h as i64, w as i64);
+        let key = (size as i64, h as i64, w as i64);
         if !graphs.contains_key(&key) {
             if graphs.len() >= MAX_GRAPHS {
                 return Ok(None);
@@ -722,23 +760,35 @@ impl TchDinov3 {
         if g.input.size()[1] != c as i64 {
             bail!("pixel batch has {c} channels, the captured forward {}", g.input.size()[1]);
         }
+        let pad = (size - n) as i64;
         match input {
             GraphInput::Host(pixels) => {
-                // SAFETY: `host_in` is a contiguous pinned f32 tensor of exactly `pixels.len()`
-                // values (the shape's), owned by this cache and not in use by any copy (they are
-                // synchronous).
+                if g.host_in.numel() != pixels.len() + pad as usize * c * h * w {
+                    bail!("{n} images of {c}×{h}×{w} values for a graph of {:?}", g.host_in.size());
+                }
+                // SAFETY: `host_in` is a contiguous pinned f32 tensor of the shape's values,
+                // which hold `pixels` (checked above), owned by this cache and not in use by any
+                // copy (they are synchronous).
                 unsafe {
                     std::ptr::copy_nonoverlapping(pixels.as_ptr(), g.host_in.data_ptr() as *mut f32, pixels.len())
                 };
+                if pad > 0 {
+                    let _ = g.host_in.narrow(0, n as i64, pad).f_zero_().step("zeroing a graph's padding")?;
+                }
                 g.input.f_copy_(&g.host_in).step("copying pixels to the device")?;
             }
-            GraphInput::Device(t) => g.input.f_copy_(t).step("copying pixels into the graph's input")?,
+            GraphInput::Device(t) => {
+                g.input.narrow(0, 0, n as i64).f_copy_(t).step("copying pixels into the graph's input")?;
+                if pad > 0 {
+                    let _ = g.input.narrow(0, n as i64, pad).f_zero_().step("zeroing a graph's padding")?;
+                }
+            }
         }
         g.graph.replay()?;
         g.host_out.f_copy_(&g.features).step("copying features to the host")?;
-        let len = g.host_out.numel();
-        // SAFETY: `host_out` is a contiguous f32 host tensor of `len` values, written by the
-        // synchronous copy above.
+        let len = g.host_out.numel() / size * n;
+        // SAFETY: `host_out` is a contiguous f32 host tensor of `size` rows of features (at
+        // least `len` values), written by the synchronous copy above.
         Ok(Some(unsafe { std::slice::from_raw_parts(g.host_out.data_ptr() as *const f32, len) }.to_vec()))
     }
 
@@ -804,12 +854,47 @@ impl TchDinov3 {
         }
     }
 
+    /// A block's linear layer on normalised rows, which come quantised where the norm kernel
+    /// quantised them ([`Normed::Quant`]).
+    fn linear_normed(&self, lin: &Lin, x: &Normed, what: &str) -> Result<Tensor> {
+        match (x, lin, &self.quant) {
+            (Normed::Dense(x), ..) => self.linear(lin, x, what),
+            (Normed::Quant(q, s), Lin::Quant(l), Some(k)) => l.forward(k, q, s).with_context(|| what.to_string()),
+            (Normed::Quant(..), ..) => bail!("{what}: quantised rows for a dense layer"),
+        }
+    }
+
+    /// The norm that feeds a block's linear layers: `x += γ ⊙ y`, then LayerNorm — quantised in
+    /// the same kernel where the layers are ([`QuantKernels::residual_norm_quantize`]), else
+    /// the bf16 kernel's rows.
+    fn residual_norm(
+        &self,
+        k: &FusedKernels,
+        x: &mut Tensor,
+        y: &Tensor,
+        gamma: &Tensor,
+        norm: &(Tensor, Tensor),
+        quantise: bool,
+    ) -> Result<Normed> {
+        match &self.quant {
+            Some(q) if quantise => {
+                let (q, s) = q.residual_norm_quantize(x, y, gamma, norm, self.eps)?;
+                Ok(Normed::Quant(q, s))
+            }
+            _ => Ok(Normed::Dense(k.residual_norm(x, y, gamma, norm, self.eps)?)),
+        }
+    }
+
     /// The MLP of a block on normalised rows `(M, D)`: `(M, D)` before LayerScale.
-    fn mlp(&self, blk: &TchBlock, h2: &Tensor, step: &dyn Fn(&str) -> String) -> Result<Tensor> {
+    fn mlp(&self, blk: &TchBlock, h2: &Normed, step: &dyn Fn(&str) -> String) -> Result<Tensor> {
         let act = |y: &mut Tensor| if self.silu { y.f_silu_() } else { y.f_gelu_("none") };
         if let Some(k) = &self.quant {
-            // h2 quantised once for up (and gate); GELU fused into the down-projection's quantiser.
-            let (q, s) = k.quantize(h2, false).with_context(|| step("MLP input quantiser"))?;
+            // h2 quantised once for up (and gate) — by the norm kernel where it is fused; GELU
+            // fused into the down-projection's quantiser.
+            let (q, s) = match h2 {
+                Normed::Quant(q, s) => (q.shallow_clone(), s.shallow_clone()),
+                Normed::Dense(h2) => k.quantize(h2, false).with_context(|| step("MLP input quantiser"))?,
+            };
             let mut hid = blk.up.quant()?.forward(k, &q, &s).with_context(|| step("up_proj"))?;
             let (q, s) = match &blk.gate {
                 None if !self.silu => k.quantize(&hid, true),
@@ -827,6 +912,7 @@ impl TchDinov3 {
             .with_context(|| step("down_proj input quantiser"))?;
             return blk.down.quant()?.forward(k, &q, &s).with_context(|| step("down_proj"));
         }
+        let Normed::Dense(h2) = h2 else { bail!("{}: quantised rows for a dense MLP", step("MLP")) };
         let (uw, ub) = blk.up.dense()?;
         let hid = match &blk.gate {
             None if self.gelu_tanh && !self.silu => {
@@ -926,19 +1012,20 @@ impl TchDinov3 {
         };
         let mut x = x.f_contiguous().step("tokens")?.view([m, d]);
         // With the fused norm, each block's normalised input comes out of the kernel that adds the
-        // previous residual (the first block's from LibTorch's layer_norm).
+        // previous residual (the first block's from LibTorch's layer_norm), quantised there where
+        // the linear layers are.
         let mut h = match (norm_kernel, self.layers.first()) {
-            (Some(_), Some(first)) => Some(layer_norm(&x, &first.norm1, "layer 0 norm1")?),
+            (Some(_), Some(first)) => Some(Normed::Dense(layer_norm(&x, &first.norm1, "layer 0 norm1")?)),
             _ => None,
         };
         for (i, blk) in self.layers.iter().enumerate() {
             let step = |what: &str| format!("layer {i} {what}");
             let h1 = match h.take() {
                 Some(h) => h,
-                None => layer_norm(&x, &blk.norm1, &step("norm1"))?,
+                None => Normed::Dense(layer_norm(&x, &blk.norm1, &step("norm1"))?),
             };
             lap("norm1");
-            let mut qkv = self.linear(&blk.qkv, &h1, &step("qkv"))?;
+            let mut qkv = self.linear_normed(&blk.qkv, &h1, &step("qkv"))?;
             lap("qkv");
             let (q, kk, v) = if let Some(k) = rope_kernel {
                 // In place in the GEMM's output; q, k, v are then (B, H, T, hd) views of it.
@@ -972,12 +1059,12 @@ impl TchDinov3 {
             lap("attention");
             let o = self.linear(&blk.o, &a, &step("o_proj"))?;
             let h2 = match norm_kernel {
-                Some(k) => k
-                    .residual_norm(&mut x, &o, &blk.ls1, &blk.norm2, self.eps)
+                Some(k) => self
+                    .residual_norm(k, &mut x, &o, &blk.ls1, &blk.norm2, true)
                     .with_context(|| step("residual + norm2"))?,
                 None => {
                     x.f_addcmul_(&o, &blk.ls1).in_place(&step("residual"))?;
-                    layer_norm(&x, &blk.norm2, &step("norm2"))?
+                    Normed::Dense(layer_norm(&x, &blk.norm2, &step("norm2"))?)
                 }
             };
             lap("o_proj + residual + norm2");
@@ -985,9 +1072,10 @@ impl TchDinov3 {
             lap("MLP");
             match norm_kernel {
                 Some(k) => {
-                    let next = self.layers.get(i + 1).map_or(&self.norm, |n| &n.norm1);
+                    // The next block's norm1 (quantised for its q/k/v), or the final norm (bf16).
+                    let next = self.layers.get(i + 1).map(|n| &n.norm1);
                     h = Some(
-                        k.residual_norm(&mut x, &y, &blk.ls2, next, self.eps)
+                        self.residual_norm(k, &mut x, &y, &blk.ls2, next.unwrap_or(&self.norm), next.is_some())
                             .with_context(|| step("residual + next norm"))?,
                     );
                 }
@@ -996,9 +1084,56 @@ impl TchDinov3 {
             lap("residual (+ next norm)");
         }
         let out = match h {
-            Some(h) => h,
+            Some(Normed::Dense(h)) => h,
+            Some(Normed::Quant(..)) => bail!("the final norm came out quantised"),
             None => layer_norm(&x, &self.norm, "final norm")?,
         };
         Ok(out.view([b, t, d]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backbone::dinov3::Preset;
+
+    /// The captured sizes and which one each batch runs as; on a CUDA GPU (skipped elsewhere,
+    /// saying so), a batch of 3 runs the graph of 4 with the uncaptured forward's features, and
+    /// a later batch of 1 is not disturbed by what the padded graph held.
+    #[test]
+    fn a_batch_runs_as_the_next_captured_size() {
+        let cache = GraphCache::new(8);
+        assert_eq!(cache.sizes(), [1, 2, 4, 8]);
+        let runs: Vec<Option<usize>> = (0..=9).map(|n| cache.size_for(n)).collect();
+        assert_eq!(runs, [None, Some(1), Some(2), Some(4), Some(4), Some(8), Some(8), Some(8), Some(8), None]);
+        let six = GraphCache::new(6);
+        assert_eq!((six.sizes(), six.size_for(5), six.size_for(3)), (vec![1, 2, 4, 6], Some(6), Some(4)));
+        let off = GraphCache::new(0);
+        assert!(off.sizes().is_empty() && off.size_for(1).is_none());
+
+        if !tch::Cuda::is_available() {
+            eprintln!("skipped the GPU part: no CUDA device here");
+            return;
+        }
+        let cfg = Dinov3Config::preset(Preset::VitTiny);
+        let settings = TchForwardConfig { graphs: 8, ..TchForwardConfig::default() };
+        let f = TchDinov3::random(&cfg, Device::Cuda(0), DType::F32, 0.02, 11, &settings).unwrap();
+        assert_eq!(f.graph_sizes(), [1, 2, 4, 8]);
+        let s = 64;
+        let px: Vec<f32> = (0..3 * 3 * s * s).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let eager = features_to_host(&f.forward(&f.input(&px, 3, s, s).unwrap()).unwrap().features).unwrap();
+        let graph = f.features_of_pixels(&px, 3, s, s).unwrap();
+        assert_eq!(graph.len(), eager.len(), "3 rows of features, not the graph's 4");
+        let diff = graph.iter().zip(&eager).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-3, "padded graph vs uncaptured forward: max |Δ| {diff}");
+        let keys: Vec<i64> = f.graphs.graphs.lock().unwrap().keys().map(|k| k.0).collect();
+        assert_eq!(keys, [4], "the batch of 3 ran the graph of 4");
+        // Through the device-input path too, then batch 1 (its own graph) after the padded run.
+        let dev = f.input(&px, 3, s, s).unwrap();
+        let graph_dev = f.features_of_device(&dev).unwrap();
+        assert_eq!(graph_dev, graph);
+        let one = f.features_of_pixels(&px[..3 * s * s], 1, s, s).unwrap();
+        let d = one.iter().zip(&eager).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(one.len() == eager.len() / 3 && d < 1e-3, "batch 1 after the padded graph: max |Δ| {d}");
     }
 }

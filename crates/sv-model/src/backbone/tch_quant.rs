@@ -11,6 +11,12 @@
 //!   tokens (DINOv3's register and class tokens run an order of magnitude above the patches).
 //!   For the MLP the kernel applies the GELU first (tanh form, the bf16 path's epilogue), so the
 //!   up-projection's output is read once on its way to the down-projection.
+//! - Where a GEMM's input is a LayerNorm's output (q/k/v and the MLP's up-projection), the
+//!   quantisation is fused into the kernel that adds the residual and normalises
+//!   ([`QuantKernels::residual_norm_quantize`], the quantising form of
+//!   `tch_kernels::residual_norm`): the normalised row never goes to memory in bf16, and no
+//!   separate pass reads it back. It takes the unfused pair's rounding steps (the normalised
+//!   values rounded to bf16, then quantised), so its output is theirs.
 //! - FP8 GEMM: `torch._scaled_mm` with row-wise scales (`s_x` `(M, 1)`, `s_w` `(1, N)`), bf16
 //!   output with the bias added in its epilogue, fast accumulation (cuBLASLt; compute
 //!   capability 8.9 and up).
@@ -68,19 +74,28 @@ impl Format {
         }
     }
 
-    /// The kernels' source and the virtual architecture NVRTC compiles it for.
-    fn source(self) -> (String, &'static str) {
+    /// The kernels' source for models of width `d` (the fused norm's row length; a multiple of
+    /// 8) and the virtual architecture NVRTC compiles it for.
+    fn source(self, d: usize) -> (String, &'static str) {
+        let head = format!("#define D {d}\n{HEAD}");
         match self {
-            Self::Fp8 => (format!("{HEAD}{FP8}{QUANTIZE}"), "compute_89"),
-            Self::Int8 => (format!("{HEAD}{INT8}{QUANTIZE}"), "compute_80"),
+            Self::Fp8 => (format!("{head}{FP8}{QUANTIZE}{NORM}"), "compute_89"),
+            Self::Int8 => (format!("{head}{INT8}{QUANTIZE}{NORM}"), "compute_80"),
         }
     }
 }
 
-/// What both formats' kernels share: bf16 loads and the GELU (before the format's part).
+/// What both formats' kernels share: bf16 loads and stores and the GELU (before the format's
+/// part; `D` is defined before it).
 const HEAD: &str = r#"
 typedef unsigned short u16;
 __device__ __forceinline__ float bf(unsigned v) { return __uint_as_float(v << 16); }
+// f32 to bf16 bits, round to nearest even (NaN kept a NaN): tch_kernels' to_elem for bf16.
+__device__ __forceinline__ unsigned to_bf(float v) {
+  unsigned u = __float_as_uint(v);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
+  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
 __device__ __forceinline__ float gelu_tanh(float x) {
   float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
   return 0.5f * x * (1.f + tanhf(u));
@@ -133,6 +148,101 @@ extern "C" __global__ void quantize(const u16 *__restrict__ x, unsigned char *__
 }
 "#;
 
+/// The residual, the LayerNorm and the quantiser in one pass (after [`QUANTIZE`]).
+const NORM: &str = r#"
+#define CHUNKS (D / 8)
+#define PER_LANE ((CHUNKS + 31) / 32)
+// x[row] += g ⊙ y[row] (stored in bf16), then LayerNorm(x[row]) · w + b rounded to bf16 and
+// quantised as `quantize` does: q[row], scale[row]. All bf16, rows of D (D % 8 == 0, 16-byte
+// aligned). One warp a row held in registers (spilled beyond D = 1024: correct, slower), every
+// load before any store, as tch_kernels' residual_norm.
+extern "C" __global__ void residual_norm_quantize(u16 *__restrict__ x, const u16 *__restrict__ y,
+                                                  const u16 *__restrict__ g, const u16 *__restrict__ w,
+                                                  const u16 *__restrict__ b, unsigned char *__restrict__ q,
+                                                  float *__restrict__ scale, int m, float eps) {
+  int row = (int)((blockIdx.x * blockDim.x + threadIdx.x) / 32);
+  int lane = threadIdx.x % 32;
+  if (row >= m) return;
+  uint4 *xr = (uint4 *)(x + (size_t)row * D);
+  const uint4 *yr = (const uint4 *)(y + (size_t)row * D);
+  const uint4 *gv = (const uint4 *)g;
+  uint4 xv[PER_LANE], yv[PER_LANE], gg[PER_LANE];
+#pragma unroll
+  for (int k = 0; k < PER_LANE; k++) {
+    int c = lane + 32 * k;
+    if (c < CHUNKS) { xv[k] = xr[c]; yv[k] = yr[c]; gg[k] = gv[c]; }
+  }
+  float v[PER_LANE][8];
+  float sum = 0.f;
+#pragma unroll
+  for (int k = 0; k < PER_LANE; k++) {
+    int c = lane + 32 * k;
+    if (c < CHUNKS) {
+      float xf[8], yf[8], gf[8];
+      unpack(xv[k], xf, 0);
+      unpack(yv[k], yf, 0);
+      unpack(gg[k], gf, 0);
+      unsigned o[8];
+#pragma unroll
+      for (int e = 0; e < 8; e++) {
+        o[e] = to_bf(xf[e] + gf[e] * yf[e]);
+        v[k][e] = bf(o[e]);
+        sum += v[k][e];
+      }
+      xr[c] = make_uint4(o[0] | (o[1] << 16), o[2] | (o[3] << 16), o[4] | (o[5] << 16), o[6] | (o[7] << 16));
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; e++) v[k][e] = 0.f;
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  float mean = sum / D;
+  float var = 0.f;
+#pragma unroll
+  for (int k = 0; k < PER_LANE; k++) {
+    if (lane + 32 * k < CHUNKS) {
+#pragma unroll
+      for (int e = 0; e < 8; e++) { float d = v[k][e] - mean; var += d * d; }
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) var += __shfl_xor_sync(0xffffffffu, var, o);
+  float rstd = rsqrtf(var / D + eps);
+  const uint4 *wv = (const uint4 *)w, *bv = (const uint4 *)b;
+  float amax = 0.f;
+#pragma unroll
+  for (int k = 0; k < PER_LANE; k++) {
+    int c = lane + 32 * k;
+    if (c < CHUNKS) {
+      float wf[8], bf8[8];
+      unpack(wv[c], wf, 0);
+      unpack(bv[c], bf8, 0);
+#pragma unroll
+      for (int e = 0; e < 8; e++) {
+        v[k][e] = bf(to_bf((v[k][e] - mean) * rstd * wf[e] + bf8[e]));
+        amax = fmaxf(amax, fabsf(v[k][e]));
+      }
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  float s = fmaxf(amax, 1e-30f) / RANGE;
+  float inv = 1.f / s;
+  if (lane == 0) scale[row] = s;
+  uint2 *qr = (uint2 *)(q + (size_t)row * D);
+#pragma unroll
+  for (int k = 0; k < PER_LANE; k++) {
+    int c = lane + 32 * k;
+    if (c < CHUNKS) {
+      unsigned lo = pack4(v[k][0] * inv, v[k][1] * inv, v[k][2] * inv, v[k][3] * inv);
+      unsigned hi = pack4(v[k][4] * inv, v[k][5] * inv, v[k][6] * inv, v[k][7] * inv);
+      qr[c] = make_uint2(lo, hi);
+    }
+  }
+}
+"#;
+
 /// E4M3 packing (saturating, round to nearest even).
 const FP8: &str = r#"
 #define RANGE 448.f
@@ -156,10 +266,6 @@ __device__ __forceinline__ unsigned i8(float v) {
 __device__ __forceinline__ unsigned pack4(float a, float b, float c, float d) {
   return i8(a) | (i8(b) << 8) | (i8(c) << 16) | (i8(d) << 24);
 }
-__device__ __forceinline__ unsigned to_bf(float f) {
-  unsigned u = __float_as_uint(f);
-  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-}
 // y[m, n] = acc[m, n] · rs[m] · cs[n] + bias[n] in bf16, 4 values a thread (n % 4 == 0).
 extern "C" __global__ void dequantize(const int *__restrict__ acc, const float *__restrict__ rs,
                                       const float *__restrict__ cs, const u16 *__restrict__ bias,
@@ -179,34 +285,41 @@ extern "C" __global__ void dequantize(const int *__restrict__ acc, const float *
 }
 "#;
 
-/// The quantiser's PTX file name in a kernel folder (the format and a hash of its source).
-pub fn ptx_name(format: Format) -> String {
-    let (src, arch) = format.source();
-    format!("{}-quantize-{arch}-{}.ptx", format.name(), crate::ptx::short_hash(&src))
+/// The quantiser's PTX file name in a kernel folder (the format, the width and a hash of its
+/// source).
+pub fn ptx_name(format: Format, d: usize) -> String {
+    let (src, arch) = format.source(d);
+    format!("{}-quantize-d{d}-{arch}-{}.ptx", format.name(), crate::ptx::short_hash(&src))
 }
 
-/// The format's kernels as PTX (NVRTC; no GPU needed).
-pub fn compile(format: Format) -> Result<String> {
-    let (src, arch) = format.source();
+/// The format's kernels for models of width `d` as PTX (NVRTC; no GPU needed).
+pub fn compile(format: Format, d: usize) -> Result<String> {
+    if d == 0 || d % 8 != 0 {
+        bail!("the {} kernels need a model width that is a multiple of 8, not {d}", format.name());
+    }
+    let (src, arch) = format.source(d);
     crate::ptx::nvrtc(&src, Some(arch), &format!("{} quantiser", format.name()))
 }
 
 /// Threads a block of [`QuantKernels::quantize`] (8 rows) and of the dequantiser.
 const BLOCK: u32 = 256;
 
-/// The activation quantiser (and INT8's dequantiser) on one CUDA device, launched on
-/// LibTorch's current stream.
+/// The activation quantiser, its fused residual+norm form (and INT8's dequantiser) for models of
+/// one width on one CUDA device, launched on LibTorch's current stream.
 pub struct QuantKernels {
     format: Format,
+    /// The model's width (the fused norm's rows).
+    d: i64,
     cuda: TorchCuda,
     quantize: CudaFunction,
+    residual_norm_quantize: CudaFunction,
     dequantize: Option<CudaFunction>,
 }
 
 impl QuantKernels {
-    /// Loads the format's kernels on CUDA device `ordinal` (the PTX of a kernel folder, else
-    /// NVRTC's); an error naming the GPU where it lacks the format's tensor cores.
-    pub fn new(ordinal: usize, format: Format) -> Result<Self> {
+    /// Loads the format's kernels for width `d` on CUDA device `ordinal` (the PTX of a kernel
+    /// folder, else NVRTC's); an error naming the GPU where it lacks the format's tensor cores.
+    pub fn new(ordinal: usize, format: Format, d: usize) -> Result<Self> {
         let cuda = TorchCuda::open(ordinal)?;
         let (major, minor) = cuda.ctx.compute_capability().context("the GPU's compute capability")?;
         let need = format.min_capability();
@@ -218,15 +331,17 @@ impl QuantKernels {
                 need.1
             );
         }
-        let (ptx, origin) = crate::ptx::load(&ptx_name(format), || compile(format))?;
+        let (ptx, origin) = crate::ptx::load(&ptx_name(format, d), || compile(format, d))?;
         tracing::debug!("{} quantiser: {origin}", format.name());
         let module = cuda.ctx.load_module(ptx).with_context(|| format!("loading the {} quantiser", format.name()))?;
         let quantize = module.load_function("quantize").context("kernel quantize")?;
+        let residual_norm_quantize =
+            module.load_function("residual_norm_quantize").context("kernel residual_norm_quantize")?;
         let dequantize = match format {
             Format::Int8 => Some(module.load_function("dequantize").context("kernel dequantize")?),
             Format::Fp8 => None,
         };
-        Ok(Self { format, cuda, quantize, dequantize })
+        Ok(Self { format, d: d as i64, cuda, quantize, residual_norm_quantize, dequantize })
     }
 
     /// The number format.
@@ -254,6 +369,52 @@ impl QuantKernels {
         // (x: m·k bf16, q: m·k bytes, scale: m floats), and the launch is ordered on LibTorch's
         // current stream with the ops that made and will read them.
         unsafe { launch.launch(cfg) }.context("launching the quantiser")?;
+        Ok((q, scale))
+    }
+
+    /// `x += γ ⊙ y` (`x`, `y` `(M, D)` bf16, `x` in place), then `LayerNorm(x)` with `norm =
+    /// (weight, bias)` quantised: rows `(M, D)` and their scales `(M, 1)`, what
+    /// `tch_kernels::residual_norm` followed by [`Self::quantize`] make (the same rounding
+    /// steps), in one pass.
+    pub fn residual_norm_quantize(
+        &self,
+        x: &mut Tensor,
+        y: &Tensor,
+        gamma: &Tensor,
+        norm: &(Tensor, Tensor),
+        eps: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        let d = self.d;
+        let m = x.numel() as i64 / d.max(1);
+        for (t, what, len) in [(&*x, "residual x", m * d), (y, "residual y", m * d)] {
+            self.check(t, Kind::BFloat16, d, 8, what)?;
+            if t.numel() as i64 != len {
+                bail!("{what}: {:?} is not rows of the model's width {d}", t.size());
+            }
+        }
+        for (t, what) in [(gamma, "LayerScale"), (&norm.0, "norm weight"), (&norm.1, "norm bias")] {
+            self.check(t, Kind::BFloat16, d, 8, what)?;
+            if t.numel() as i64 != d {
+                bail!("{what}: {:?}, expected {d} values", t.size());
+            }
+        }
+        let q = Tensor::f_empty([m, d], (self.format.kind(), x.device())).step("quantised norm output")?;
+        let scale = Tensor::f_empty([m, 1], (Kind::Float, x.device())).step("norm output scales")?;
+        let rows_per_block = (BLOCK / 32) as i64;
+        let grid = u32::try_from((m + rows_per_block - 1) / rows_per_block).context("too many rows for one launch")?;
+        let (m32, eps) = (i32::try_from(m)?, eps as f32);
+        let ptrs = [&*x, y, gamma, &norm.0, &norm.1, &q, &scale].map(|t| t.data_ptr() as u64);
+        let stream = self.cuda.stream();
+        let mut launch = stream.launch_builder(&self.residual_norm_quantize);
+        for p in &ptrs {
+            launch.arg(p);
+        }
+        launch.arg(&m32).arg(&eps);
+        let cfg = LaunchConfig { grid_dim: (grid.max(1), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: live contiguous 16-byte-aligned LibTorch tensors on this device of the checked
+        // kinds and sizes (x, y m·D bf16; γ, w, b D bf16; q m·D bytes; scale m floats), one warp
+        // a row within the m rows, ordered on LibTorch's current stream.
+        unsafe { launch.launch(cfg) }.context("launching the residual + norm + quantiser kernel")?;
         Ok((q, scale))
     }
 
@@ -426,7 +587,7 @@ mod tests {
             (Format::Int8, false, 0.03),
             (Format::Int8, true, 0.03),
         ] {
-            let kernels = QuantKernels::new(i, format).unwrap();
+            let kernels = QuantKernels::new(i, format, k as usize).unwrap();
             let layer = QuantLinear::of(&w, &b, format).unwrap();
             let (q, s) = kernels.quantize(&xb, gelu).unwrap();
             assert_eq!((q.kind(), s.size()), (format.kind(), vec![m, 1]));
@@ -445,16 +606,63 @@ mod tests {
         }
     }
 
+    /// The fused residual + norm + quantiser against the unfused pair (the bf16 residual+norm
+    /// kernel, then the quantiser) on the same rows: the same residual, scales and values.
+    #[test]
+    fn fused_norm_quantiser_matches_the_unfused_pair() {
+        let Some(i) = gpu() else { return };
+        let dev = Device::Cuda(i);
+        tch::manual_seed(3);
+        let bf = |t: Tensor| t.to_kind(Kind::BFloat16);
+        for (d, m) in [(768i64, 300i64), (4096, 40)] {
+            let x0 = bf(Tensor::randn([m, d], (Kind::Float, dev)) * 2.0);
+            let y = bf(Tensor::randn([m, d], (Kind::Float, dev)));
+            let g = bf(Tensor::rand([d], (Kind::Float, dev)));
+            let norm = (
+                bf(Tensor::randn([d], (Kind::Float, dev)) * 0.3 + 1.0),
+                bf(Tensor::randn([d], (Kind::Float, dev)) * 0.1),
+            );
+            let fused =
+                crate::backbone::tch_kernels::FusedKernels::new(i, Kind::BFloat16, d as usize, 64, 3, 16).unwrap();
+            for format in [Format::Fp8, Format::Int8] {
+                let kernels = QuantKernels::new(i, format, d as usize).unwrap();
+                let (mut xa, mut xb) = (x0.copy(), x0.copy());
+                let h = fused.residual_norm(&mut xa, &y, &g, &norm, 1e-5).unwrap();
+                let (qa, sa) = kernels.quantize(&h, false).unwrap();
+                let (qb, sb) = kernels.residual_norm_quantize(&mut xb, &y, &g, &norm, 1e-5).unwrap();
+                assert!(xa.equal(&xb), "d {d} {format:?}: the residual differs");
+                let ds = (&sa - &sb).abs().max().double_value(&[]) / sa.abs().max().double_value(&[]);
+                let same = qa
+                    .view_dtype(Kind::Int8)
+                    .eq_tensor(&qb.view_dtype(Kind::Int8))
+                    .to_kind(Kind::Float)
+                    .mean(Kind::Float);
+                let same = same.double_value(&[]);
+                eprintln!("d {d} {format:?}: scales rel diff {ds:.2e}, equal values {same:.6}");
+                assert!(ds < 1e-6 && same > 0.999, "d {d} {format:?}: scales {ds}, equal values {same}");
+                // And the values are the normalised rows': dequantised within the format's step.
+                let back = qb.to_kind(Kind::Float) * &sb;
+                let e = rel(&back, &h.to_kind(Kind::Float));
+                assert!(e < 0.05 && e > 1e-4, "d {d} {format:?}: dequantised error {e}");
+            }
+        }
+    }
+
     /// Both formats' kernels compile (NVRTC, no GPU needed) with their entry points.
     #[test]
     fn quantisers_compile() {
-        for (format, entries) in [(Format::Fp8, &["quantize"][..]), (Format::Int8, &["quantize", "dequantize"][..])] {
-            let ptx = compile(format).unwrap_or_else(|e| panic!("{format:?}: {e:#}"));
+        for (format, entries) in [
+            (Format::Fp8, &["quantize", "residual_norm_quantize"][..]),
+            (Format::Int8, &["quantize", "residual_norm_quantize", "dequantize"][..]),
+        ] {
+            let ptx = compile(format, 768).unwrap_or_else(|e| panic!("{format:?}: {e:#}"));
             for entry in entries {
                 assert!(ptx.contains(&format!(".entry {entry}(")), "{format:?}: no {entry} in the PTX");
             }
         }
-        assert_ne!(ptx_name(Format::Fp8), ptx_name(Format::Int8));
+        assert_ne!(ptx_name(Format::Fp8, 768), ptx_name(Format::Int8, 768));
+        assert_ne!(ptx_name(Format::Fp8, 768), ptx_name(Format::Fp8, 384), "the width is compiled in");
+        assert!(compile(Format::Fp8, 100).is_err(), "a width that is not a multiple of 8");
     }
 
     /// Export needs NVRTC, not a GPU (as the other kernel tests); loading the module needs one.
@@ -468,14 +676,17 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(names.contains(&ptx_name(Format::Int8)) && names.contains(&ptx_name(Format::Fp8)), "{names:?}");
+        assert!(
+            names.contains(&ptx_name(Format::Int8, 384)) && names.contains(&ptx_name(Format::Fp8, 384)),
+            "{names:?}"
+        );
         // The folder's PTX is what loads: a compile step that fails is never called.
         crate::kernel_cache::use_dir(root.path()).unwrap();
         let tch = crate::ptx::tch_dir().unwrap();
         assert_eq!(tch, root.path().join("tch"));
         std::fs::rename(&export, &tch).unwrap();
         let (ptx, origin) =
-            crate::ptx::load(&ptx_name(Format::Int8), || anyhow::bail!("compiled instead of read")).unwrap();
+            crate::ptx::load(&ptx_name(Format::Int8, 384), || anyhow::bail!("compiled instead of read")).unwrap();
         assert!(origin.starts_with("PTX from"), "{origin}");
         assert!(ptx.to_src().contains(".entry dequantize("), "INT8 PTX without its epilogue");
         let Some(i) = gpu() else { return };

@@ -35,6 +35,13 @@ pub struct QuantizeOptions {
     /// Fresh validator challenges (drawn from the validation split) every variant scores, for its
     /// decision agreement with FP32 and |Δp|: a 36-image split cannot see a 1-point change.
     pub fidelity_images: usize,
+    /// The variants to compare, by name (`fp32`, `fp16`, `bf16`, `int8-<calibrator>`, and on the
+    /// `tch` build `tch-bf16`, `tch-fp8`, `tch-int8`); empty: all of them. Calibration and
+    /// `scales.json` do not depend on it.
+    pub variants: Vec<String>,
+    /// How the backbone runs here (its device, kernels, linear layers); `None`: as the run
+    /// recorded (a run trained with `SV_TCH_DEVICE=cpu` records the CPU).
+    pub forward: Option<sv_model::backbone::ForwardConfig>,
     pub batch_size: usize,
     pub seed: u64,
 }
@@ -47,6 +54,8 @@ impl Default for QuantizeOptions {
             bins: 2048,
             sim_samples: 100,
             fidelity_images: 2048,
+            variants: Vec::new(),
+            forward: None,
             batch_size: 16,
             seed: 0,
         }
@@ -115,9 +124,10 @@ pub struct QuantizeReport {
     pub variants: Vec<VariantReport>,
     /// `amax` per calibrator and site.
     pub amax: BTreeMap<String, BTreeMap<String, f32>>,
-    /// FP32 accuracy minus the chosen INT8 variant's, in points.
-    pub int8_accuracy_drop_points: f64,
-    pub int8_weight_ratio: f64,
+    /// FP32's accuracy minus the chosen calibrator's INT8, in points (where both ran).
+    pub int8_accuracy_drop_points: Option<f64>,
+    /// FP32's weight bytes over the chosen INT8's (where both ran).
+    pub int8_weight_ratio: Option<f64>,
 }
 
 /// The store of a run at the version it trained on.
@@ -164,6 +174,15 @@ enum Spec {
 }
 
 impl Spec {
+    /// The variant's name in the report (and in `--variants`).
+    fn name(&self) -> String {
+        match self {
+            Spec::Burn(p) => p.name(),
+            #[cfg(feature = "tch")]
+            Spec::LibTorch(name, _) => (*name).into(),
+        }
+    }
+
     /// The variant; `None` (with the reason printed) for real kernels this device cannot run.
     fn build(self, fp32: &Classifier<InferBackend>, device: &Device) -> Result<Option<Variant>> {
         match self {
@@ -199,10 +218,33 @@ impl Spec {
     }
 }
 
+/// The calibrators every report compares.
+const METHODS: [Calibrator; 4] = [Calibrator::Max, Calibrator::Percentile(99.99), Calibrator::Entropy, Calibrator::Mse];
+
+/// The names of the variants this build compares, in the report's order.
+pub fn variant_names() -> Vec<String> {
+    let mut names: Vec<String> = ["fp32", "fp16", "bf16"].map(String::from).into();
+    names.extend(METHODS.iter().map(|m| format!("int8-{}", m.name())));
+    if cfg!(feature = "tch") {
+        names.extend(["tch-bf16", "tch-fp8", "tch-int8"].map(String::from));
+    }
+    names
+}
+
 /// Calibrate and compare precisions for a run; writes `<run>/int8/`.
 pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
-    let device = Device::default();
-    let (fp32, meta) = crate::checkpoint::classifier_of_run(run, &device)?;
+    let known = variant_names();
+    if let Some(bad) = opts.variants.iter().find(|v| !known.contains(v)) {
+        bail!("--variants: no variant {bad:?} in this build; it has {}", known.join(", "));
+    }
+    // On the `tch` build the forward's LibTorch device (the GPU where there is one): the simulated
+    // variants run Burn's forward over thousands of challenges, far too slow on the host.
+    let settings = match &opts.forward {
+        Some(f) => f.clone(),
+        None => crate::checkpoint::read_meta(&run.join("checkpoint"))?.backbone.forward,
+    };
+    let device: Device = sv_model::device_for(&settings)?;
+    let (fp32, meta) = crate::checkpoint::classifier_of_run_with(run, &device, Some(&settings))?;
     let store = run_store(&meta)?;
 
     // Calibration set: diverse over the training split's cached features.
@@ -236,11 +278,10 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
         bail!("the run's store has no validation rows to compare precisions on");
     }
     let labels: Vec<bool> = val.iter().map(|s| s.label == Some(sv_data::Label::Roadwork)).collect();
-    let methods = [Calibrator::Max, Calibrator::Percentile(99.99), Calibrator::Entropy, Calibrator::Mse];
     let mut amax = BTreeMap::new();
     let mut specs: Vec<Spec> =
         [Precision::Fp32, Precision::Fp16, Precision::Bf16].into_iter().map(Spec::Burn).collect();
-    for m in methods {
+    for m in METHODS {
         let a = hook.amax(m);
         amax.insert(m.name(), a.clone());
         specs.push(Spec::Burn(Precision::Int8 { calibrator: m, amax: a }));
@@ -252,6 +293,10 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
             [("tch-bf16", TchLinear::Native), ("tch-fp8", TchLinear::Fp8), ("tch-int8", TchLinear::Int8)]
                 .map(|(n, l)| Spec::LibTorch(n, l)),
         );
+    }
+
+    if !opts.variants.is_empty() {
+        specs.retain(|s| opts.variants.contains(&s.name()));
     }
 
     // Fidelity challenges: drawn once (their JPEGs kept), FP32's probabilities the reference.
@@ -320,8 +365,9 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
         });
     }
     let chosen = format!("int8-{}", opts.calibrator.name());
-    let find = |n: &str| rows.iter().find(|r| r.variant == n).expect("variant evaluated");
-    let (f, q) = (find("fp32"), find(&chosen));
+    let find = |n: &str| rows.iter().find(|r| r.variant == n);
+    // The INT8 summary where both rows ran (`--variants` may leave either out).
+    let summary = find("fp32").zip(find(&chosen));
     let report = QuantizeReport {
         run: run.to_path_buf(),
         options: opts.clone(),
@@ -331,8 +377,8 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
         validation_samples: val.len(),
         fidelity_images: reference.len(),
         reference: fp32.forward.describe(),
-        int8_accuracy_drop_points: 100.0 * (f.accuracy - q.accuracy),
-        int8_weight_ratio: f.weight_bytes as f64 / q.weight_bytes as f64,
+        int8_accuracy_drop_points: summary.map(|(f, q)| 100.0 * (f.accuracy - q.accuracy)),
+        int8_weight_ratio: summary.map(|(f, q)| f.weight_bytes as f64 / q.weight_bytes as f64),
         variants: rows.clone(),
         amax: amax.clone(),
     };
@@ -356,7 +402,7 @@ fn markdown(r: &QuantizeReport, chosen: &str) -> String {
          Calibration: {} diverse training samples ({}), {:.1} s. Chosen calibrator: `{}`.\n\
          Fidelity: {} fresh validator challenges from the validation split, scored by every variant; agreement \
          is the share whose decision (p > 0.5, the validator's rounding) is FP32's. The `fp32` reference runs \
-         the run's own forward: {}.\n\n\
+         the run's forward as here: {}.\n\n\
          | variant | kernels | agreement with FP32 | mean abs dp | max abs dp | accuracy | MCC | simulated reward | latency ms/img | weight bytes |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
         r.run.display(),
@@ -384,16 +430,18 @@ fn markdown(r: &QuantizeReport, chosen: &str) -> String {
             v.weight_bytes
         ));
     }
-    let ok = r.int8_accuracy_drop_points <= 1.0;
-    md.push_str(&format!(
-        "\n{chosen} vs fp32: accuracy drop {:.2} points ({}), weights {:.2}x smaller.\n\n\
-         `simulated` variants round or fake-quantise every linear input through Burn (0.21 has no integer \
+    if let (Some(drop), Some(ratio)) = (r.int8_accuracy_drop_points, r.int8_weight_ratio) {
+        let ok = drop <= 1.0;
+        md.push_str(&format!(
+            "\n{chosen} vs fp32: accuracy drop {drop:.2} points ({}), weights {ratio:.2}x smaller.\n",
+            if ok { "within the 1-point budget" } else { "OVER the 1-point budget" },
+        ));
+    }
+    md.push_str(
+        "\n`simulated` variants round or fake-quantise every linear input through Burn (0.21 has no integer \
          kernels), so their latency is the simulation's, not a low-precision kernel's; `real` ones run the \
          kernels a miner runs (on the `tch` build: LibTorch's bf16 forward and its FP8/INT8 linear layers, \
          activations scaled per row at run time, so no calibrator applies to them).\n",
-        r.int8_accuracy_drop_points,
-        if ok { "within the 1-point budget" } else { "OVER the 1-point budget" },
-        r.int8_weight_ratio
-    ));
+    );
     md
 }
