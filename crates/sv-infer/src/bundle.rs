@@ -157,9 +157,9 @@ impl Stage1 {
 
     /// Run every batch size up to `max_batch` once on builds that compile kernels (so no request
     /// meets an uncompiled kernel), every size the forward captures as a CUDA graph on the `tch`
-    /// build (1, 2, 4, 8: each is captured then, not on its first request; a batch between two
-    /// runs as the larger, and [`Self::scores_of_pixels`] runs larger batches as several of
-    /// them), batch 1 elsewhere (the model runs before the server says it is ready). Returns the
+    /// build (its `graph_sizes`, 1, 2, 4, 8 by default: each is captured then, not on its first
+    /// request; a batch between two runs as the larger, and [`Self::scores_of_pixels`] runs
+    /// larger batches as several of them), batch 1 elsewhere (the model runs before the server says it is ready). Returns the
     /// seconds it took.
     pub fn warm(&self, max_batch: usize) -> Result<f64> {
         let t = std::time::Instant::now();

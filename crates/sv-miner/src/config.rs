@@ -12,7 +12,7 @@
 //! prediction_log = "logs/predictions"
 //! log_images = false
 //! kernel_cache = "/var/cache/sv-miner/kernels"   # GPU build: CubeCL's caches, one folder a bundle version
-//! host_threads = 1                 # tch build: LibTorch's CPU threads (default 1 with a GPU)
+//! host_threads = 1                 # tch build: LibTorch's CPU threads (default 1 when the backbone runs on a GPU)
 //! [connections]
 //! max = 1024                       # open connections at most; the longest-idle one makes room
 //! header_timeout_ms = 5000         # a request head must arrive within this (also the idle timeout)
@@ -76,9 +76,9 @@ pub struct MinerConfig {
     pub max_side: u32,
     /// Answer within this many milliseconds or fail (well under the validator's 9 s).
     pub budget_ms: u64,
-    /// LibTorch's CPU threads on the `tch` build (default: one where it sees a GPU, whose miner
-    /// runs only the head on the host, else LibTorch's own, a thread per core); ignored by other
-    /// builds.
+    /// LibTorch's CPU threads on the `tch` build (default: one where stage 1's backbone runs on a
+    /// GPU, which leaves only the head on the host, else LibTorch's own, a thread per core);
+    /// ignored by other builds.
     pub host_threads: Option<usize>,
     /// Synapse fields whose values enter the body hash (bittensor's `required_hash_fields`).
     pub required_hash_fields: Vec<String>,

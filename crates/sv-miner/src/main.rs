@@ -393,7 +393,7 @@ fn run(mut cli: Cli) -> Result<()> {
         Err(e) => tracing::warn!("cannot read or raise the open-file limit: {e}"),
     }
     // Before any LibTorch work (the model loads next): its CPU thread pool.
-    let threads = sv_model::set_host_threads(cfg.host_threads);
+    let threads = sv_model::set_host_threads(cfg.host_threads, &cfg.cascade.forward)?;
     if threads > 0 {
         tracing::info!("LibTorch CPU threads: {threads}");
     }

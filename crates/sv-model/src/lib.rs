@@ -52,25 +52,28 @@ pub fn device_for(settings: &backbone::settings::ForwardConfig) -> anyhow::Resul
 }
 
 /// LibTorch's CPU (intra-op) threads on the `tch` build: `Some(n)` sets `n`; `None` sets one
-/// where LibTorch sees a CUDA device and leaves LibTorch's default (a thread per core) elsewhere.
-/// On a GPU what runs on the host is the head's few small GEMMs, and an OpenMP thread per core
-/// only competes with the server's own threads (measured on an H100 host serving a ViT-S/16
-/// bundle: p99 at 200 req/s 33–48 ms with LibTorch's default and 8 ms with one thread;
-/// RESULTS.md). Call it at a binary's start, before any LibTorch work. Returns the threads in
-/// effect (0 without the `tch` feature, where nothing runs on LibTorch).
-pub fn set_host_threads(n: Option<usize>) -> usize {
+/// where `forward`'s LibTorch device is a CUDA GPU and leaves LibTorch's default (a thread per
+/// core) where the backbone runs on the host. With the backbone on a GPU what runs on the host
+/// is the head's few small GEMMs, and an OpenMP thread per core only competes with the server's
+/// own threads (measured on an H100 host serving a ViT-S/16 bundle: p99 at 200 req/s 33–48 ms
+/// with LibTorch's default, 3.8–4.6 ms with one thread; RESULTS.md). Call it at a binary's
+/// start, before any LibTorch work; a thread that runs LibTorch's CPU ops also calls
+/// [`host_threads_here`]. Returns the threads in effect (0 without the `tch` feature, where
+/// nothing runs on LibTorch).
+pub fn set_host_threads(n: Option<usize>, forward: &backbone::settings::ForwardConfig) -> anyhow::Result<usize> {
     #[cfg(feature = "tch")]
     {
-        let n = n.unwrap_or(if tch::Cuda::is_available() { 1 } else { 0 });
+        let gpu = backbone::libtorch::device_of(&forward.tch.device)?.is_cuda();
+        let n = n.unwrap_or(if gpu { 1 } else { 0 });
         if n > 0 {
             tch::set_num_threads(i32::try_from(n).unwrap_or(i32::MAX));
         }
-        tch::get_num_threads().max(0) as usize
+        Ok(tch::get_num_threads().max(0) as usize)
     }
     #[cfg(not(feature = "tch"))]
     {
-        let _ = n;
-        0
+        let _ = (n, forward);
+        Ok(0)
     }
 }
 

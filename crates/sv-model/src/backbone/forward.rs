@@ -57,8 +57,9 @@ impl Forward {
         }
     }
 
-    /// The largest batch this forward runs as a CUDA graph (captured on first use of each batch
-    /// size; 0 where it captures none: every forward but LibTorch's on CUDA with graphs on).
+    /// The largest batch this forward runs as a CUDA graph (the sizes of [`Self::graph_sizes`]
+    /// are captured on first use; 0 where it captures none: every forward but LibTorch's on
+    /// CUDA with graphs on).
     pub fn graph_batches(&self) -> usize {
         match self {
             #[cfg(feature = "tch")]

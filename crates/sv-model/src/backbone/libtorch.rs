@@ -135,7 +135,8 @@ pub fn export_ptx(
         tch_kernels::ptx_name(kind, d, hd, channels, patch)?,
         tch_kernels::compile(kind, d, hd, channels, patch)?,
     )];
-    if kind == Kind::BFloat16 {
+    // The quantisers where a model of this width can run them (a width that is a multiple of 8).
+    if kind == Kind::BFloat16 && d % 8 == 0 {
         for f in [Format::Fp8, Format::Int8] {
             files.push((tch_quant::ptx_name(f, d), tch_quant::compile(f, d)?));
         }
@@ -750,7 +751,7 @@ impl TchDinov3 {
             let captured = match self.capture_shape(ordinal, key) {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    tracing::warn!("{n} images of {h}×{w} px run without a CUDA graph: {e:#}");
+                    tracing::warn!("batches of {size} images of {h}×{w} px run without a CUDA graph: {e:#}");
                     None
                 }
             };

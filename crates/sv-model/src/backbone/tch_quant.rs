@@ -11,12 +11,15 @@
 //!   tokens (DINOv3's register and class tokens run an order of magnitude above the patches).
 //!   For the MLP the kernel applies the GELU first (tanh form, the bf16 path's epilogue), so the
 //!   up-projection's output is read once on its way to the down-projection.
-//! - Where a GEMM's input is a LayerNorm's output (q/k/v and the MLP's up-projection), the
-//!   quantisation is fused into the kernel that adds the residual and normalises
-//!   ([`QuantKernels::residual_norm_quantize`], the quantising form of
-//!   `tch_kernels::residual_norm`): the normalised row never goes to memory in bf16, and no
-//!   separate pass reads it back. It takes the unfused pair's rounding steps (the normalised
-//!   values rounded to bf16, then quantised), so its output is theirs.
+//! - Where a GEMM's input is a LayerNorm's output (q/k/v, and the MLP's up- and gate
+//!   projections), the quantisation is fused into the kernel that adds the residual and
+//!   normalises ([`QuantKernels::residual_norm_quantize`], the quantising form of
+//!   `tch_kernels::residual_norm`; with that norm kernel on, `SV_TCH_FUSED`): the normalised row
+//!   never goes to memory in bf16, and no separate pass reads it back. The first block's q/k/v
+//!   input, whose norm has no residual before it, is LibTorch's `layer_norm` then the quantiser.
+//!   The kernel takes the unfused pair's rounding steps (the normalised values rounded to bf16,
+//!   then quantised) and sums a row in the same order where the bf16 kernel moves 8 values a
+//!   load (every DINOv3 size), so its output is theirs (on an H100 every value and scale matched).
 //! - FP8 GEMM: `torch._scaled_mm` with row-wise scales (`s_x` `(M, 1)`, `s_w` `(1, N)`), bf16
 //!   output with the bias added in its epilogue, fast accumulation (cuBLASLt; compute
 //!   capability 8.9 and up).
@@ -358,6 +361,10 @@ impl QuantKernels {
         let q = Tensor::f_empty([m, k], (self.format.kind(), x.device())).step("quantised activations")?;
         let scale = Tensor::f_empty([m, 1], (Kind::Float, x.device())).step("activation scales")?;
         let rows_per_block = (BLOCK / 32) as i64;
+        // One warp a row: the kernels' 32-bit thread index must hold m·32.
+        if m.checked_mul(32).is_none_or(|t| t > i32::MAX as i64) {
+            bail!("{m} rows are too many for one launch (32-bit thread indices)");
+        }
         let grid = u32::try_from((m + rows_per_block - 1) / rows_per_block).context("too many rows for one launch")?;
         let (m32, k32, gelu) = (i32::try_from(m)?, i32::try_from(k)?, gelu as i32);
         let (xp, qp, sp) = (x.data_ptr() as u64, q.data_ptr() as u64, scale.data_ptr() as u64);
@@ -401,6 +408,10 @@ impl QuantKernels {
         let q = Tensor::f_empty([m, d], (self.format.kind(), x.device())).step("quantised norm output")?;
         let scale = Tensor::f_empty([m, 1], (Kind::Float, x.device())).step("norm output scales")?;
         let rows_per_block = (BLOCK / 32) as i64;
+        // One warp a row: the kernels' 32-bit thread index must hold m·32.
+        if m.checked_mul(32).is_none_or(|t| t > i32::MAX as i64) {
+            bail!("{m} rows are too many for one launch (32-bit thread indices)");
+        }
         let grid = u32::try_from((m + rows_per_block - 1) / rows_per_block).context("too many rows for one launch")?;
         let (m32, eps) = (i32::try_from(m)?, eps as f32);
         let ptrs = [&*x, y, gamma, &norm.0, &norm.1, &q, &scale].map(|t| t.data_ptr() as u64);

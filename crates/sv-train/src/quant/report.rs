@@ -237,6 +237,13 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
     if let Some(bad) = opts.variants.iter().find(|v| !known.contains(v)) {
         bail!("--variants: no variant {bad:?} in this build; it has {}", known.join(", "));
     }
+    if !METHODS.contains(&opts.calibrator) {
+        bail!(
+            "--calibrator {}: the report calibrates with {} only",
+            opts.calibrator.name(),
+            METHODS.map(|m| m.name()).join(", ")
+        );
+    }
     // On the `tch` build the forward's LibTorch device (the GPU where there is one): the simulated
     // variants run Burn's forward over thousands of challenges, far too slow on the host.
     let settings = match &opts.forward {
