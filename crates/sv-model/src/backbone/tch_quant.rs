@@ -358,25 +358,32 @@ impl QuantKernels {
         let size = x.size();
         let &[m, k] = size.as_slice() else { bail!("quantiser input has shape {size:?}, expected (M, K)") };
         self.check(x, Kind::BFloat16, k, 8, "quantiser input")?;
-        let q = Tensor::f_empty([m, k], (self.format.kind(), x.device())).step("quantised activations")?;
-        let scale = Tensor::f_empty([m, 1], (Kind::Float, x.device())).step("activation scales")?;
-        let rows_per_block = (BLOCK / 32) as i64;
-        // One warp a row: the kernels' 32-bit thread index must hold m·32.
-        if m.checked_mul(32).is_none_or(|t| t > i32::MAX as i64) {
-            bail!("{m} rows are too many for one launch (32-bit thread indices)");
-        }
-        let grid = u32::try_from((m + rows_per_block - 1) / rows_per_block).context("too many rows for one launch")?;
+        let (q, scale, cfg) = self.row_outputs(m, k, x.device(), "quantised activations")?;
         let (m32, k32, gelu) = (i32::try_from(m)?, i32::try_from(k)?, gelu as i32);
         let (xp, qp, sp) = (x.data_ptr() as u64, q.data_ptr() as u64, scale.data_ptr() as u64);
         let stream = self.cuda.stream();
         let mut launch = stream.launch_builder(&self.quantize);
         launch.arg(&xp).arg(&qp).arg(&sp).arg(&m32).arg(&k32).arg(&gelu);
-        let cfg = LaunchConfig { grid_dim: (grid.max(1), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: the pointers are live LibTorch tensors on this device of the checked sizes
         // (x: m·k bf16, q: m·k bytes, scale: m floats), and the launch is ordered on LibTorch's
         // current stream with the ops that made and will read them.
         unsafe { launch.launch(cfg) }.context("launching the quantiser")?;
         Ok((q, scale))
+    }
+
+    /// What a one-warp-a-row quantising kernel writes for `m` rows of `k`: the quantised values
+    /// `(m, k)`, their row scales `(m, 1)` f32, and the launch (8 rows a block); an error where
+    /// the kernels' 32-bit thread index cannot hold `m · 32`.
+    fn row_outputs(&self, m: i64, k: i64, device: Device, what: &str) -> Result<(Tensor, Tensor, LaunchConfig)> {
+        if m.checked_mul(32).is_none_or(|t| t > i32::MAX as i64) {
+            bail!("{what}: {m} rows are too many for one launch (32-bit thread indices)");
+        }
+        let q = Tensor::f_empty([m, k], (self.format.kind(), device)).step(what)?;
+        let scale = Tensor::f_empty([m, 1], (Kind::Float, device)).step(what)?;
+        let rows_per_block = (BLOCK / 32) as i64;
+        let grid = u32::try_from((m + rows_per_block - 1) / rows_per_block).context("too many rows for one launch")?;
+        let cfg = LaunchConfig { grid_dim: (grid.max(1), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        Ok((q, scale, cfg))
     }
 
     /// `x += γ ⊙ y` (`x`, `y` `(M, D)` bf16, `x` in place), then `LayerNorm(x)` with `norm =
@@ -405,14 +412,7 @@ impl QuantKernels {
                 bail!("{what}: {:?}, expected {d} values", t.size());
             }
         }
-        let q = Tensor::f_empty([m, d], (self.format.kind(), x.device())).step("quantised norm output")?;
-        let scale = Tensor::f_empty([m, 1], (Kind::Float, x.device())).step("norm output scales")?;
-        let rows_per_block = (BLOCK / 32) as i64;
-        // One warp a row: the kernels' 32-bit thread index must hold m·32.
-        if m.checked_mul(32).is_none_or(|t| t > i32::MAX as i64) {
-            bail!("{m} rows are too many for one launch (32-bit thread indices)");
-        }
-        let grid = u32::try_from((m + rows_per_block - 1) / rows_per_block).context("too many rows for one launch")?;
+        let (q, scale, cfg) = self.row_outputs(m, d, x.device(), "quantised norm output")?;
         let (m32, eps) = (i32::try_from(m)?, eps as f32);
         let ptrs = [&*x, y, gamma, &norm.0, &norm.1, &q, &scale].map(|t| t.data_ptr() as u64);
         let stream = self.cuda.stream();
@@ -421,7 +421,6 @@ impl QuantKernels {
             launch.arg(p);
         }
         launch.arg(&m32).arg(&eps);
-        let cfg = LaunchConfig { grid_dim: (grid.max(1), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: live contiguous 16-byte-aligned LibTorch tensors on this device of the checked
         // kinds and sizes (x, y m·D bf16; γ, w, b D bf16; q m·D bytes; scale m floats), one warp
         // a row within the m rows, ordered on LibTorch's current stream.
