@@ -159,8 +159,8 @@ impl Stage1 {
     /// meets an uncompiled kernel), every size the forward captures as a CUDA graph on the `tch`
     /// build (its `graph_sizes`, 1, 2, 4, 8 by default: each is captured then, not on its first
     /// request; a batch between two runs as the larger, and [`Self::scores_of_pixels`] runs
-    /// larger batches as several of them), batch 1 elsewhere (the model runs before the server says it is ready). Returns the
-    /// seconds it took.
+    /// larger batches as several of them), batch 1 elsewhere (the model runs before the server
+    /// says it is ready). Returns the seconds it took.
     pub fn warm(&self, max_batch: usize) -> Result<f64> {
         let t = std::time::Instant::now();
         let graphs = self.model.forward.graph_sizes();

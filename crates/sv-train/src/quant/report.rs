@@ -221,13 +221,22 @@ impl Spec {
 /// The calibrators every report compares.
 const METHODS: [Calibrator; 4] = [Calibrator::Max, Calibrator::Percentile(99.99), Calibrator::Entropy, Calibrator::Mse];
 
+/// The float precisions every report compares through Burn, before one INT8 per calibrator.
+const FLOATS: [Precision; 3] = [Precision::Fp32, Precision::Fp16, Precision::Bf16];
+
+/// The `tch` build's real forwards: bf16 with its linear layers in each format.
+#[cfg(feature = "tch")]
+const TCH_VARIANTS: [(&str, sv_model::backbone::settings::TchLinear); 3] = {
+    use sv_model::backbone::settings::TchLinear;
+    [("tch-bf16", TchLinear::Native), ("tch-fp8", TchLinear::Fp8), ("tch-int8", TchLinear::Int8)]
+};
+
 /// The names of the variants this build compares, in the report's order.
 pub fn variant_names() -> Vec<String> {
-    let mut names: Vec<String> = ["fp32", "fp16", "bf16"].map(String::from).into();
-    names.extend(METHODS.iter().map(|m| format!("int8-{}", m.name())));
-    if cfg!(feature = "tch") {
-        names.extend(["tch-bf16", "tch-fp8", "tch-int8"].map(String::from));
-    }
+    let mut names: Vec<String> = FLOATS.iter().map(Precision::name).collect();
+    names.extend(METHODS.map(|calibrator| Precision::Int8 { calibrator, amax: BTreeMap::new() }.name()));
+    #[cfg(feature = "tch")]
+    names.extend(TCH_VARIANTS.map(|(name, _)| name.to_string()));
     names
 }
 
@@ -286,21 +295,14 @@ pub fn quantize(run: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
     }
     let labels: Vec<bool> = val.iter().map(|s| s.label == Some(sv_data::Label::Roadwork)).collect();
     let mut amax = BTreeMap::new();
-    let mut specs: Vec<Spec> =
-        [Precision::Fp32, Precision::Fp16, Precision::Bf16].into_iter().map(Spec::Burn).collect();
+    let mut specs: Vec<Spec> = FLOATS.into_iter().map(Spec::Burn).collect();
     for m in METHODS {
         let a = hook.amax(m);
         amax.insert(m.name(), a.clone());
         specs.push(Spec::Burn(Precision::Int8 { calibrator: m, amax: a }));
     }
     #[cfg(feature = "tch")]
-    {
-        use sv_model::backbone::settings::TchLinear;
-        specs.extend(
-            [("tch-bf16", TchLinear::Native), ("tch-fp8", TchLinear::Fp8), ("tch-int8", TchLinear::Int8)]
-                .map(|(n, l)| Spec::LibTorch(n, l)),
-        );
-    }
+    specs.extend(TCH_VARIANTS.map(|(n, l)| Spec::LibTorch(n, l)));
 
     if !opts.variants.is_empty() {
         specs.retain(|s| opts.variants.contains(&s.name()));
