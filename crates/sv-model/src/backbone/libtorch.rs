@@ -30,7 +30,7 @@ use super::dinov3::{Dinov3, Dinov3Config, rope_host};
 pub use super::settings::Fusion;
 use super::settings::{TchDevice, TchForwardConfig, TchGelu, TchLinear, TchRope};
 use super::tch_kernels::FusedKernels;
-use super::tch_quant::{Format, QuantKernels, QuantLinear};
+use super::tch_quant::{Act, Format, QuantKernels, QuantLinear};
 use super::tch_shim::{self, Attention, Step};
 
 /// The LibTorch device a forward config names (`auto`: CUDA 0 when LibTorch sees a GPU, else
@@ -79,7 +79,8 @@ struct TchBlock {
     /// LayerScale 1, `(D,)`.
     ls1: Tensor,
     norm2: (Tensor, Tensor),
-    gate: Option<Lin>,
+    /// Whether the MLP is gated: `up` is then the up and gate projections stacked, `(2F, D)`.
+    gated: bool,
     up: Lin,
     down: Lin,
     /// LayerScale 2, `(D,)`.
@@ -522,9 +523,17 @@ impl TchDinov3 {
                 Tensor::f_cat(&[qw, kw, vw], 0).step("stacking q/k/v weights")?,
                 Tensor::f_cat(&[qb, kb, vb], 0).step("stacking q/k/v biases")?,
             ))?;
-            let gate = match cfg.gated() {
-                true => Some(lin(weight_bias(w, &format!("{pre}.mlp.gate_proj"), d, inter)?)?),
-                false => None,
+            // A gated MLP's up and gate projections as one GEMM: `(2F, D)`, rows [up; gate].
+            let up = weight_bias(w, &format!("{pre}.mlp.up_proj"), d, inter)?;
+            let up = match cfg.gated() {
+                true => {
+                    let gate = weight_bias(w, &format!("{pre}.mlp.gate_proj"), d, inter)?;
+                    lin((
+                        Tensor::f_cat(&[up.0, gate.0], 0).step("stacking up/gate weights")?,
+                        Tensor::f_cat(&[up.1, gate.1], 0).step("stacking up/gate biases")?,
+                    ))?
+                }
+                false => lin(up)?,
             };
             layers.push(TchBlock {
                 norm1: norm(w, &format!("{pre}.norm1"))?,
@@ -532,8 +541,8 @@ impl TchDinov3 {
                 o: lin(weight_bias(w, &format!("{pre}.attention.o_proj"), d, d)?)?,
                 ls1: w.take(&format!("{pre}.layer_scale1.lambda1"), &[d])?,
                 norm2: norm(w, &format!("{pre}.norm2"))?,
-                gate,
-                up: lin(weight_bias(w, &format!("{pre}.mlp.up_proj"), d, inter)?)?,
+                gated: cfg.gated(),
+                up,
                 down: lin(weight_bias(w, &format!("{pre}.mlp.down_proj"), inter, d)?)?,
                 ls2: w.take(&format!("{pre}.layer_scale2.lambda1"), &[d])?,
             });
@@ -845,7 +854,7 @@ impl TchDinov3 {
     fn linear(&self, lin: &Lin, x: &Tensor, what: &str) -> Result<Tensor> {
         match (lin, &self.quant) {
             (Lin::Quant(l), Some(k)) => {
-                let (q, s) = k.quantize(x, false).with_context(|| format!("{what}: quantising its input"))?;
+                let (q, s) = k.quantize(x, Act::None).with_context(|| format!("{what}: quantising its input"))?;
                 l.forward(k, &q, &s).with_context(|| what.to_string())
             }
             (lin, _) => {
@@ -888,49 +897,51 @@ impl TchDinov3 {
 
     /// The MLP of a block on normalised rows `(M, D)`: `(M, D)` before LayerScale.
     fn mlp(&self, blk: &TchBlock, h2: &Normed, step: &dyn Fn(&str) -> String) -> Result<Tensor> {
-        let act = |y: &mut Tensor| if self.silu { y.f_silu_() } else { y.f_gelu_("none") };
         if let Some(k) = &self.quant {
-            // h2 quantised once for up (and gate) — by the norm kernel where it is fused; GELU
-            // fused into the down-projection's quantiser.
+            // h2 quantised once for the up (and gate) GEMM — by the norm kernel where it is
+            // fused; the activation (and a gated MLP's product) fused into the down-projection's
+            // quantiser.
             let (q, s) = match h2 {
                 Normed::Quant(q, s) => (q.shallow_clone(), s.shallow_clone()),
-                Normed::Dense(h2) => k.quantize(h2, false).with_context(|| step("MLP input quantiser"))?,
+                Normed::Dense(h2) => k.quantize(h2, Act::None).with_context(|| step("MLP input quantiser"))?,
             };
             let mut hid = blk.up.quant()?.forward(k, &q, &s).with_context(|| step("up_proj"))?;
-            let (q, s) = match &blk.gate {
-                None if !self.silu => k.quantize(&hid, true),
-                None => {
-                    hid.f_silu_().in_place(&step("activation"))?;
-                    k.quantize(&hid, false)
+            let act = match (blk.gated, self.silu, self.gelu_tanh) {
+                (true, true, _) => Act::Gated,
+                (true, false, _) => {
+                    // A GELU-gated MLP (no DINOv3 size has one): the product by LibTorch's ops.
+                    let f = hid.size()[1] / 2;
+                    let gate = hid.narrow(1, f, f).f_gelu("none").step(&step("activation"))?;
+                    hid = hid.narrow(1, 0, f).f_mul(&gate).step(&step("gated product"))?;
+                    Act::None
                 }
-                Some(g) => {
-                    let mut gate = g.quant()?.forward(k, &q, &s).with_context(|| step("gate_proj"))?;
-                    act(&mut gate).in_place(&step("activation"))?;
-                    hid.f_mul_(&gate).in_place(&step("gated product"))?;
-                    k.quantize(&hid, false)
-                }
-            }
-            .with_context(|| step("down_proj input quantiser"))?;
+                (false, true, _) => Act::Silu,
+                (false, false, true) => Act::GeluTanh,
+                (false, false, false) => Act::GeluExact,
+            };
+            let (q, s) = k.quantize(&hid, act).with_context(|| step("down_proj input quantiser"))?;
             return blk.down.quant()?.forward(k, &q, &s).with_context(|| step("down_proj"));
         }
         let Normed::Dense(h2) = h2 else { bail!("{}: quantised rows for a dense MLP", step("MLP")) };
         let (uw, ub) = blk.up.dense()?;
-        let hid = match &blk.gate {
-            None if self.gelu_tanh && !self.silu => {
-                tch_shim::addmm_gelu_tanh(ub, h2, uw).with_context(|| step("up_proj + GELU"))?
-            }
-            gate => {
-                let mut hid = h2.f_linear(uw, Some(ub)).step(&step("up_proj"))?;
-                match gate {
-                    Some(g) => {
-                        let mut gate = self.linear(g, h2, &step("gate_proj"))?;
-                        act(&mut gate).in_place(&step("activation"))?;
-                        hid.f_mul_(&gate).in_place(&step("gated product"))?;
-                    }
-                    None => act(&mut hid).in_place(&step("activation"))?,
+        let hid = if blk.gated {
+            // [up | gate] from one GEMM, then up ⊙ act(gate): one pass in the fused kernel.
+            let both = h2.f_linear(uw, Some(ub)).step(&step("up/gate_proj"))?;
+            match self.kernels_for(|f| f.mlp) {
+                Some(k) if self.silu => k.gated(&both).with_context(|| step("gated product"))?,
+                _ => {
+                    let f = both.size()[1] / 2;
+                    let mut gate = both.narrow(1, f, f).f_contiguous().step(&step("gate"))?;
+                    if self.silu { gate.f_silu_() } else { gate.f_gelu_("none") }.in_place(&step("activation"))?;
+                    both.narrow(1, 0, f).f_mul(&gate).step(&step("gated product"))?
                 }
-                hid
             }
+        } else if self.gelu_tanh && !self.silu {
+            tch_shim::addmm_gelu_tanh(ub, h2, uw).with_context(|| step("up_proj + GELU"))?
+        } else {
+            let mut hid = h2.f_linear(uw, Some(ub)).step(&step("up_proj"))?;
+            if self.silu { hid.f_silu_() } else { hid.f_gelu_("none") }.in_place(&step("activation"))?;
+            hid
         };
         self.linear(&blk.down, &hid, &step("down_proj"))
     }

@@ -120,12 +120,14 @@ pub struct Fusion {
     pub norm: bool,
     /// f32 pixels to patch rows in one pass.
     pub patches: bool,
+    /// A gated MLP's SiLU and product in one pass (ViT-S+/16, ViT-H+/16, ViT-7B/16).
+    pub mlp: bool,
 }
 
 impl Fusion {
-    pub const NONE: Self = Self { rope: false, norm: false, patches: false };
-    pub const ALL: Self = Self { rope: true, norm: true, patches: true };
-    /// What runs unless a config says otherwise: all three, at every batch size. Measured on an H200
+    pub const NONE: Self = Self { rope: false, norm: false, patches: false, mlp: false };
+    pub const ALL: Self = Self { rope: true, norm: true, patches: true, mlp: true };
+    /// What runs unless a config says otherwise: all of them, at every batch size. Measured on an H200
     /// in bf16 (RESULTS.md, "vector loads"), each kernel alone is faster than LibTorch's passes at
     /// ViT-B/16 batch 256 and all three together are fastest at both ViT-B/16 batch 256 (12,356
     /// img/s against 7,696 with none) and ViT-S/16 batch 1 (1.28 ms against 1.94).
@@ -145,8 +147,9 @@ impl Fusion {
                 "rope" => f.rope = true,
                 "norm" => f.norm = true,
                 "patches" => f.patches = true,
+                "mlp" => f.mlp = true,
                 other => bail!(
-                    "backbone.forward.tch.fused {text:?}: {other:?} is not rope, norm or patches (or default, 0, 1, none, all)"
+                    "backbone.forward.tch.fused {text:?}: {other:?} is not rope, norm, patches or mlp (or default, 0, 1, none, all)"
                 ),
             }
         }
@@ -155,7 +158,7 @@ impl Fusion {
 
     /// Whether any kernel runs.
     pub fn any(self) -> bool {
-        self.rope || self.norm || self.patches
+        self.rope || self.norm || self.patches || self.mlp
     }
 }
 
@@ -168,7 +171,7 @@ impl std::str::FromStr for Fusion {
 
 impl std::fmt::Display for Fusion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let on: Vec<&str> = [(self.rope, "rope"), (self.norm, "norm"), (self.patches, "patches")]
+        let on: Vec<&str> = [(self.rope, "rope"), (self.norm, "norm"), (self.patches, "patches"), (self.mlp, "mlp")]
             .iter()
             .filter(|(on, _)| *on)
             .map(|(_, n)| *n)
@@ -322,7 +325,7 @@ mod tests {
         assert_eq!((c.engine, c.cpu.gemm, c.tch.attention), (Engine::Burn, CpuGemm::Library, TchAttention::Flash));
         assert_eq!(
             (c.tch.fused, c.tch.device),
-            (Fusion { rope: true, norm: true, patches: false }, TchDevice::Cuda(1))
+            (Fusion { rope: true, norm: true, patches: false, mlp: false }, TchDevice::Cuda(1))
         );
         assert!(toml::from_str::<ForwardConfig>("[cpu]\ngemm = \"fast\"").is_err());
         assert!(toml::from_str::<ForwardConfig>("speed = 1").is_err());
@@ -348,10 +351,12 @@ mod tests {
     fn fusion_sets_parse() {
         assert_eq!(Fusion::parse("0").unwrap(), Fusion::NONE);
         assert_eq!(Fusion::parse("all").unwrap(), Fusion::ALL);
-        assert_eq!(Fusion::parse("rope+norm").unwrap(), Fusion { rope: true, norm: true, patches: false });
+        assert_eq!(Fusion::parse("rope+norm").unwrap(), Fusion { rope: true, norm: true, patches: false, mlp: false });
         let f = Fusion::parse("rope, patches").unwrap();
         assert!(f.rope && f.patches && !f.norm, "{f}");
         assert_eq!(f.to_string(), "rope,patches");
+        assert_eq!(Fusion::parse("mlp").unwrap().to_string(), "mlp");
+        assert_eq!(Fusion::ALL.to_string(), "rope,norm,patches,mlp");
         assert_eq!(Fusion::NONE.to_string(), "none");
         let e = Fusion::parse("rope,layernorm").unwrap_err().to_string();
         assert!(e.contains("\"layernorm\""), "{e}");

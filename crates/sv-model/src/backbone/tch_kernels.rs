@@ -7,7 +7,9 @@
 //! - [`FusedKernels::residual_norm`]: `x += γ ⊙ y` (LayerScale and the residual) and the next
 //!   LayerNorm of `x`, one read of each;
 //! - [`FusedKernels::patches`]: f32 pixels to the patch rows of the embedding GEMM in the model's
-//!   dtype, one pass.
+//!   dtype, one pass;
+//! - [`FusedKernels::gated`]: a gated MLP's `up ⊙ SiLU(gate)` from the stacked up/gate GEMM's
+//!   output, one pass (LibTorch: SiLU, then the product, three reads and two writes).
 //!
 //! Launches go to LibTorch's current stream on the device (the legacy default stream unless a
 //! caller switched it, as a CUDA graph capture does), so they are ordered with LibTorch's own
@@ -146,6 +148,24 @@ extern "C" __global__ void residual_norm(elem *__restrict__ x, const elem *__res
   }
 }
 
+// A gated MLP's up ⊙ SiLU(gate) from the stacked up/gate GEMM's rows [up | gate] (m rows of
+// 2f): out (m, f). One thread per VEC values of out (n = m·f / VEC threads; VEC divides f).
+extern "C" __global__ void gated(const elem *__restrict__ both, elem *__restrict__ out, int n, int f) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  int per = f / VEC;
+  int row = i / per, c = i % per;
+  const vec *up = (const vec *)(both + (size_t)row * 2 * f) + c;
+  const vec *gate = (const vec *)(both + (size_t)row * 2 * f + f) + c;
+  vec u = *up, g = *gate, o;
+#pragma unroll
+  for (int e = 0; e < VEC; e++) {
+    float x = f32(g.e[e]);
+    o.e[e] = to_elem(f32(u.e[e]) * (x / (1.f + expf(-x))));
+  }
+  ((vec *)(out + (size_t)row * f))[c] = o;
+}
+
 // f32 pixels (B, C, hgt, wid) contiguous → rows (B·gh·gw, C·P·P) in the model's dtype, each
 // patch's values in the convolution weight's (C, P, P) order (crops to gh·P × gw·P). One thread
 // per (patch, channel, pixel row dy): P values.
@@ -233,6 +253,7 @@ pub struct FusedKernels {
     rope: CudaFunction,
     residual_norm: CudaFunction,
     patches: CudaFunction,
+    gated: CudaFunction,
 }
 
 /// The launch shape of `n` threads in blocks of [`BLOCK`], and `n` as the kernels' `int`.
@@ -271,6 +292,7 @@ impl FusedKernels {
             rope: f("rope")?,
             residual_norm: f("residual_norm")?,
             patches: f("patches")?,
+            gated: f("gated")?,
         })
     }
 
@@ -388,6 +410,30 @@ impl FusedKernels {
         unsafe { launch.launch(cfg) }.context("launching the patch kernel")?;
         Ok(out)
     }
+
+    /// A gated MLP's `up ⊙ SiLU(gate)` `(M, F)` from the stacked up/gate GEMM's rows `both`
+    /// `(M, 2F)`, `[up | gate]`.
+    pub fn gated(&self, both: &Tensor) -> Result<Tensor> {
+        let size = both.size();
+        let &[m, two_f] = size.as_slice() else { bail!("gated MLP input has shape {size:?}, expected (M, 2F)") };
+        let f = two_f / 2;
+        if two_f % 2 != 0 || f % self.vec != 0 {
+            bail!("gated MLP input: rows of {two_f} values do not split into two halves of {}-value vectors", self.vec);
+        }
+        let device = both.device();
+        let out = Tensor::f_empty([m, f], (self.kind, device)).step("allocating the gated product")?;
+        let b = self.address(both, "up/gate rows", device, self.kind, m * two_f, true)?;
+        let o = self.address(&out, "gated product", device, self.kind, m * f, true)?;
+        let (cfg, n) = blocks(m * f / self.vec, "gated product")?;
+        let f32_ = i32::try_from(f).context("gated MLP width")?;
+        let stream = self.cuda.stream();
+        let mut launch = stream.launch_builder(&self.gated);
+        launch.arg(&b).arg(&o).arg(&n).arg(&f32_);
+        // SAFETY: as in `rope`; each thread reads one vector of each half of its row of 2f and
+        // writes one of its row of f, inside the m rows checked.
+        unsafe { launch.launch(cfg) }.context("launching the gated product kernel")?;
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -401,7 +447,7 @@ mod tests {
         for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {
             for (d, hd) in [(384, 64), (768, 64), (1024, 64)] {
                 let text = compile(kind, d, hd, 3, 16).unwrap_or_else(|e| panic!("{kind:?} d {d}: {e:#}"));
-                for entry in ["rope", "residual_norm", "patches"] {
+                for entry in ["rope", "residual_norm", "patches", "gated"] {
                     assert!(text.contains(&format!(".entry {entry}(")), "{kind:?} d {d}: no {entry} in the PTX");
                 }
             }
@@ -414,5 +460,31 @@ mod tests {
         assert_eq!(vector_width(2, 96, 12, 14), 2, "half a head of 6 and a patch of 14");
         assert_eq!(vector_width(2, 90, 10, 16), 1, "half a head of 5");
         assert!(compile(Kind::BFloat16, 768, 50, 3, 16).is_err(), "head size 50 does not divide 768");
+    }
+
+    /// On a CUDA GPU only (skipped elsewhere, saying so): the gated product against LibTorch's
+    /// SiLU and product, in f32 and bf16.
+    #[test]
+    fn gated_product_matches_libtorch() {
+        if !tch::Cuda::is_available() {
+            eprintln!("skipped: no CUDA device here");
+            return;
+        }
+        let dev = Device::Cuda(0);
+        tch::manual_seed(5);
+        for (kind, tol) in [(Kind::Float, 1e-6), (Kind::BFloat16, 8e-3)] {
+            let k = FusedKernels::new(0, kind, 384, 64, 3, 16).unwrap();
+            let both = (Tensor::randn([37, 2 * 1536], (Kind::Float, dev)) * 3.0).to_kind(kind);
+            let got = k.gated(&both).unwrap();
+            let f = 1536;
+            let (up, gate) = (both.narrow(1, 0, f).to_kind(Kind::Float), both.narrow(1, f, f).to_kind(Kind::Float));
+            let want = &up * gate.silu();
+            assert_eq!(got.size(), vec![37, f]);
+            let e = (got.to_kind(Kind::Float) - &want).abs().max().double_value(&[]);
+            let scale = want.abs().max().double_value(&[]);
+            eprintln!("{kind:?}: max abs error {e:.2e} of {scale:.2}");
+            assert!(e <= tol * scale, "{kind:?}: max abs error {e} over {tol} × {scale}");
+            assert!(k.gated(&both.narrow(1, 0, 2 * f - 4).contiguous()).is_err(), "halves of unequal vectors");
+        }
     }
 }

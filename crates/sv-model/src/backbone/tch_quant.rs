@@ -5,12 +5,13 @@
 //!   and `W_q = W / s_w`, quantised once at load ([`QuantLinear::of`]); the bf16 weights are then
 //!   dropped.
 //! - Activations: per row (token), dynamically: `s_x[m] = max|x[m, :]| / R`, computed in the
-//!   same pass that writes the quantised values ([`QuantKernels::quantize`], one warp a row, one
-//!   read of the bf16 input). A per-row scale needs no calibration set and follows each token's
+//!   same pass that writes the quantised values ([`QuantKernels::quantize`]: a row held in
+//!   registers, one read of the bf16 input). A per-row scale needs no calibration set and follows each token's
 //!   range, where a static per-tensor scale from a calibrator clips or wastes range on outlier
 //!   tokens (DINOv3's register and class tokens run an order of magnitude above the patches).
-//!   For the MLP the kernel applies the GELU first (tanh form, the bf16 path's epilogue), so the
-//!   up-projection's output is read once on its way to the down-projection.
+//!   For the MLP the kernel applies the activation first ([`Act`]: GELU in the form the forward
+//!   config names, SiLU, or a gated MLP's `up ⊙ SiLU(gate)` from the stacked up/gate GEMM), so
+//!   the up-projection's output is read once on its way to the down-projection.
 //! - Where a GEMM's input is a LayerNorm's output (q/k/v, and the MLP's up- and gate
 //!   projections), the quantisation is fused into the kernel that adds the residual and
 //!   normalises ([`QuantKernels::residual_norm_quantize`], the quantising form of
@@ -88,8 +89,24 @@ impl Format {
     }
 }
 
-/// What both formats' kernels share: bf16 loads and stores and the GELU (before the format's
-/// part; `D` is defined before it).
+/// What the quantiser applies to its rows before quantising them: the MLP's activation on the
+/// way to the down-projection, fused into that one pass (the kernel's `act` codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// The rows as they are.
+    None = 0,
+    /// GELU, tanh form (the bf16 path's cuBLASLt epilogue, `gelu = "tanh"`).
+    GeluTanh = 1,
+    /// GELU, erf form (`gelu = "exact"`).
+    GeluExact = 2,
+    /// SiLU.
+    Silu = 3,
+    /// A gated MLP's `up ⊙ SiLU(gate)` from the stacked up/gate GEMM's `[up | gate]` rows.
+    Gated = 4,
+}
+
+/// What both formats' kernels share: bf16 loads and stores (before the format's part; `D` is
+/// defined before it).
 const HEAD: &str = r#"
 typedef unsigned short u16;
 __device__ __forceinline__ float bf(unsigned v) { return __uint_as_float(v << 16); }
@@ -99,54 +116,90 @@ __device__ __forceinline__ unsigned to_bf(float v) {
   if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
   return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
 }
-__device__ __forceinline__ float gelu_tanh(float x) {
-  float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-  return 0.5f * x * (1.f + tanhf(u));
-}
-// The 8 bf16 values of one 16-byte load as floats (GELU applied when asked).
-__device__ __forceinline__ void unpack(uint4 v, float *f, int gelu) {
+// The 8 bf16 values of one 16-byte load as floats.
+__device__ __forceinline__ void unpack(uint4 v, float *f) {
   unsigned w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
   for (int i = 0; i < 4; i++) {
     f[2 * i] = bf(w[i] & 0xffffu);
     f[2 * i + 1] = bf(w[i] >> 16);
   }
-  if (gelu) {
-#pragma unroll
-    for (int i = 0; i < 8; i++) f[i] = gelu_tanh(f[i]);
-  }
 }
 "#;
 
 /// The quantiser (after the format's part, which defines `RANGE` and `pack4`).
 const QUANTIZE: &str = r#"
-// One warp a row of k bf16 values (k % 8 == 0, rows 16-byte aligned): the row's absolute max,
-// scale = max / RANGE (a zero row gets a tiny scale and zeros), q = x / scale, 8 bytes a store.
+#define PER 4
+// tanh on the special-function unit (sm_75 and up; relative error below 2^-10, under a bf16
+// rounding step and far under an FP8 or INT8 one).
+__device__ __forceinline__ float tanh_fast(float x) {
+  float r;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+}
+__device__ __forceinline__ float silu(float x) { return __fdividef(x, 1.f + __expf(-x)); }
+// The MLP's activation on the way to the down-projection: 0 none, 1 GELU (tanh form), 2 GELU
+// (erf form), 3 SiLU, 4 gated: up ⊙ SiLU(gate), the gate in the second half of the row.
+__device__ __forceinline__ float act1(float x, int act) {
+  if (act == 1) return 0.5f * x * (1.f + tanh_fast(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+  if (act == 2) return 0.5f * x * (1.f + erff(x * 0.7071067811865476f));
+  if (act == 3) return silu(x);
+  return x;
+}
+// Rows of k bf16 values (k % 8 == 0, rows 16-byte aligned, `ld` values apart): the activated
+// row (in f32, not rounded to bf16 between), its absolute max, scale = max / RANGE (a zero row
+// gets a tiny scale and zeros), q = x / scale, 8 values a store. blockDim.x threads a row (a
+// power of two from 32, each holding up to PER chunks of 8 in registers: the row is read once),
+// blockDim.y rows a block.
 extern "C" __global__ void quantize(const u16 *__restrict__ x, unsigned char *__restrict__ q,
-                                    float *__restrict__ scale, int m, int k, int gelu) {
-  int row = (int)((blockIdx.x * blockDim.x + threadIdx.x) / 32);
-  int lane = threadIdx.x % 32;
-  if (row >= m) return;
-  const uint4 *xr = (const uint4 *)(x + (size_t)row * k);
+                                    float *__restrict__ scale, int m, int k, int ld, int act) {
+  __shared__ float red[32];
+  int row = blockIdx.x * blockDim.y + threadIdx.y;
+  bool live = row < m;
   int chunks = k / 8;
+  const uint4 *xr = (const uint4 *)(x + (size_t)(live ? row : 0) * ld);
+  float f[PER][8];
   float amax = 0.f;
-  float f[8];
-  for (int c = lane; c < chunks; c += 32) {
-    unpack(xr[c], f, gelu);
 #pragma unroll
-    for (int i = 0; i < 8; i++) amax = fmaxf(amax, fabsf(f[i]));
+  for (int j = 0; j < PER; j++) {
+    int c = threadIdx.x + j * blockDim.x;
+    if (live && c < chunks) {
+      unpack(xr[c], f[j]);
+      if (act == 4) {
+        float g[8];
+        unpack(xr[c + chunks], g);
+#pragma unroll
+        for (int e = 0; e < 8; e++) f[j][e] *= silu(g[e]);
+      } else if (act) {
+#pragma unroll
+        for (int e = 0; e < 8; e++) f[j][e] = act1(f[j][e], act);
+      }
+#pragma unroll
+      for (int e = 0; e < 8; e++) amax = fmaxf(amax, fabsf(f[j][e]));
+    }
   }
 #pragma unroll
   for (int o = 16; o > 0; o /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  if (blockDim.x > 32) {
+    // The row's warps meet in shared memory (blockDim.x / 32 of them, from its first).
+    int warp = (threadIdx.y * blockDim.x + threadIdx.x) / 32, first = threadIdx.y * blockDim.x / 32;
+    if (threadIdx.x % 32 == 0) red[warp] = amax;
+    __syncthreads();
+    for (int w = 0; w < (int)blockDim.x / 32; w++) amax = fmaxf(amax, red[first + w]);
+  }
+  if (!live) return;
   float s = fmaxf(amax, 1e-30f) / RANGE;
   float inv = 1.f / s;
-  if (lane == 0) scale[row] = s;
+  if (threadIdx.x == 0) scale[row] = s;
   uint2 *qr = (uint2 *)(q + (size_t)row * k);
-  for (int c = lane; c < chunks; c += 32) {
-    unpack(xr[c], f, gelu);
-    unsigned lo = pack4(f[0] * inv, f[1] * inv, f[2] * inv, f[3] * inv);
-    unsigned hi = pack4(f[4] * inv, f[5] * inv, f[6] * inv, f[7] * inv);
-    qr[c] = make_uint2(lo, hi);
+#pragma unroll
+  for (int j = 0; j < PER; j++) {
+    int c = threadIdx.x + j * blockDim.x;
+    if (c < chunks) {
+      unsigned lo = pack4(f[j][0] * inv, f[j][1] * inv, f[j][2] * inv, f[j][3] * inv);
+      unsigned hi = pack4(f[j][4] * inv, f[j][5] * inv, f[j][6] * inv, f[j][7] * inv);
+      qr[c] = make_uint2(lo, hi);
+    }
   }
 }
 "#;
@@ -182,9 +235,9 @@ extern "C" __global__ void residual_norm_quantize(u16 *__restrict__ x, const u16
     int c = lane + 32 * k;
     if (c < CHUNKS) {
       float xf[8], yf[8], gf[8];
-      unpack(xv[k], xf, 0);
-      unpack(yv[k], yf, 0);
-      unpack(gg[k], gf, 0);
+      unpack(xv[k], xf);
+      unpack(yv[k], yf);
+      unpack(gg[k], gf);
       unsigned o[8];
 #pragma unroll
       for (int e = 0; e < 8; e++) {
@@ -219,8 +272,8 @@ extern "C" __global__ void residual_norm_quantize(u16 *__restrict__ x, const u16
     int c = lane + 32 * k;
     if (c < CHUNKS) {
       float wf[8], bf8[8];
-      unpack(wv[c], wf, 0);
-      unpack(bv[c], bf8, 0);
+      unpack(wv[c], wf);
+      unpack(bv[c], bf8);
 #pragma unroll
       for (int e = 0; e < 8; e++) {
         v[k][e] = bf(to_bf((v[k][e] - mean) * rstd * wf[e] + bf8[e]));
@@ -304,7 +357,8 @@ pub fn compile(format: Format, d: usize) -> Result<String> {
     crate::ptx::nvrtc(&src, Some(arch), &format!("{} quantiser", format.name()))
 }
 
-/// Threads a block of [`QuantKernels::quantize`] (8 rows) and of the dequantiser.
+/// Threads a block of the quantising kernels (at most: a longer row takes a block of its own)
+/// and of the dequantiser.
 const BLOCK: u32 = 256;
 
 /// The activation quantiser, its fused residual+norm form (and INT8's dequantiser) for models of
@@ -352,38 +406,51 @@ impl QuantKernels {
         self.format
     }
 
-    /// Rows `x` `(M, K)` (bf16, contiguous, K a multiple of 8) quantised `(M, K)` and their
-    /// scales `(M, 1)` f32, `x ≈ q · scale`; with `gelu`, of `GELU(x)` (tanh form).
-    pub fn quantize(&self, x: &Tensor, gelu: bool) -> Result<(Tensor, Tensor)> {
+    /// Rows `x` `(M, K)` (bf16, contiguous, K a multiple of 8) after `act`, quantised `(M, K)`,
+    /// and their scales `(M, 1)` f32: `act(x) ≈ q · scale`. For [`Act::Gated`] `x` is `(M, 2K)`,
+    /// `[up | gate]`, and the rows are `up ⊙ SiLU(gate)`.
+    pub fn quantize(&self, x: &Tensor, act: Act) -> Result<(Tensor, Tensor)> {
         let size = x.size();
-        let &[m, k] = size.as_slice() else { bail!("quantiser input has shape {size:?}, expected (M, K)") };
-        self.check(x, Kind::BFloat16, k, 8, "quantiser input")?;
-        let (q, scale, cfg) = self.row_outputs(m, k, x.device(), "quantised activations")?;
-        let (m32, k32, gelu) = (i32::try_from(m)?, i32::try_from(k)?, gelu as i32);
+        let &[m, ld] = size.as_slice() else { bail!("quantiser input has shape {size:?}, expected (M, K)") };
+        let k = if act == Act::Gated { ld / 2 } else { ld };
+        self.check(x, Kind::BFloat16, ld, if act == Act::Gated { 16 } else { 8 }, "quantiser input")?;
+        let chunks = k / 8;
+        // Threads a row: a power of two from a warp up, each holding up to 4 chunks of 8 values.
+        let per_row = (((chunks + 3) / 4).max(32) as u64).next_power_of_two() as i64;
+        if per_row > 1024 {
+            bail!("quantiser input: rows of {k} values are longer than one block holds (32,768)");
+        }
+        let rows_per_block = (BLOCK as i64 / per_row).max(1);
+        let grid = u32::try_from((m + rows_per_block - 1) / rows_per_block).context("too many rows for one launch")?;
+        let cfg = LaunchConfig {
+            grid_dim: (grid.max(1), 1, 1),
+            block_dim: (per_row as u32, rows_per_block as u32, 1),
+            shared_mem_bytes: 0,
+        };
+        let (q, scale) = self.row_outputs(m, k, x.device(), "quantised activations")?;
+        let (m32, k32, ld32, act32) = (i32::try_from(m)?, i32::try_from(k)?, i32::try_from(ld)?, act as i32);
         let (xp, qp, sp) = (x.data_ptr() as u64, q.data_ptr() as u64, scale.data_ptr() as u64);
         let stream = self.cuda.stream();
         let mut launch = stream.launch_builder(&self.quantize);
-        launch.arg(&xp).arg(&qp).arg(&sp).arg(&m32).arg(&k32).arg(&gelu);
+        launch.arg(&xp).arg(&qp).arg(&sp).arg(&m32).arg(&k32).arg(&ld32).arg(&act32);
         // SAFETY: the pointers are live LibTorch tensors on this device of the checked sizes
-        // (x: m·k bf16, q: m·k bytes, scale: m floats), and the launch is ordered on LibTorch's
-        // current stream with the ops that made and will read them.
+        // (x: m rows of ld bf16, reading k, or 2k gated; q: m·k bytes; scale: m floats), and
+        // the launch is ordered on LibTorch's current stream with the ops that made and will
+        // read them.
         unsafe { launch.launch(cfg) }.context("launching the quantiser")?;
         Ok((q, scale))
     }
 
-    /// What a one-warp-a-row quantising kernel writes for `m` rows of `k`: the quantised values
-    /// `(m, k)`, their row scales `(m, 1)` f32, and the launch (8 rows a block); an error where
-    /// the kernels' 32-bit thread index cannot hold `m · 32`.
-    fn row_outputs(&self, m: i64, k: i64, device: Device, what: &str) -> Result<(Tensor, Tensor, LaunchConfig)> {
+    /// What a row-quantising kernel writes for `m` rows of `k`: the quantised values `(m, k)`
+    /// and their row scales `(m, 1)` f32; an error where the kernels' 32-bit thread index
+    /// cannot hold `m · 32`.
+    fn row_outputs(&self, m: i64, k: i64, device: Device, what: &str) -> Result<(Tensor, Tensor)> {
         if m.checked_mul(32).is_none_or(|t| t > i32::MAX as i64) {
             bail!("{what}: {m} rows are too many for one launch (32-bit thread indices)");
         }
         let q = Tensor::f_empty([m, k], (self.format.kind(), device)).step(what)?;
         let scale = Tensor::f_empty([m, 1], (Kind::Float, device)).step(what)?;
-        let rows_per_block = (BLOCK / 32) as i64;
-        let grid = u32::try_from((m + rows_per_block - 1) / rows_per_block).context("too many rows for one launch")?;
-        let cfg = LaunchConfig { grid_dim: (grid.max(1), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        Ok((q, scale, cfg))
+        Ok((q, scale))
     }
 
     /// `x += γ ⊙ y` (`x`, `y` `(M, D)` bf16, `x` in place), then `LayerNorm(x)` with `norm =
@@ -412,7 +479,11 @@ impl QuantKernels {
                 bail!("{what}: {:?}, expected {d} values", t.size());
             }
         }
-        let (q, scale, cfg) = self.row_outputs(m, d, x.device(), "quantised norm output")?;
+        let (q, scale) = self.row_outputs(m, d, x.device(), "quantised norm output")?;
+        // One warp a row, 8 rows a block.
+        let rows_per_block = (BLOCK / 32) as i64;
+        let grid = u32::try_from((m + rows_per_block - 1) / rows_per_block).context("too many rows for one launch")?;
+        let cfg = LaunchConfig { grid_dim: (grid.max(1), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         let (m32, eps) = (i32::try_from(m)?, eps as f32);
         let ptrs = [&*x, y, gamma, &norm.0, &norm.1, &q, &scale].map(|t| t.data_ptr() as u64);
         let stream = self.cuda.stream();
@@ -584,35 +655,48 @@ mod tests {
         let Some(i) = gpu() else { return };
         let dev = Device::Cuda(i);
         tch::manual_seed(7);
-        let (m, k, n) = (300, 768, 1024);
-        // Rows of different ranges (as tokens have), one row 50× the rest.
-        let x = Tensor::randn([m, k], (Kind::Float, dev)) * Tensor::rand([m, 1], (Kind::Float, dev));
-        let _ = x.narrow(0, 5, 1).f_mul_scalar_(50.0).unwrap();
-        let w = Tensor::randn([n, k], (Kind::Float, dev)) * 0.03;
-        let b = Tensor::randn([n], (Kind::Float, dev)) * 0.1;
-        let xb = x.to_kind(Kind::BFloat16);
-        for (format, gelu, limit) in [
-            (Format::Fp8, false, 0.08),
-            (Format::Fp8, true, 0.08),
-            (Format::Int8, false, 0.03),
-            (Format::Int8, true, 0.03),
-        ] {
-            let kernels = QuantKernels::new(i, format, k as usize).unwrap();
-            let layer = QuantLinear::of(&w, &b, format).unwrap();
-            let (q, s) = kernels.quantize(&xb, gelu).unwrap();
-            assert_eq!((q.kind(), s.size()), (format.kind(), vec![m, 1]));
-            let y = layer.forward(&kernels, &q, &s).unwrap();
-            assert_eq!((y.kind(), y.size()), (Kind::BFloat16, vec![m, n]));
-            let xin = xb.to_kind(Kind::Float);
-            let xin = if gelu { xin.gelu("tanh") } else { xin };
-            let want = xin.linear(&w, Some(&b));
-            let e = rel(&y.to_kind(Kind::Float), &want);
-            // Per-row scales: the loud row costs the others nothing.
-            let quiet = rel(&y.narrow(0, 0, 5).to_kind(Kind::Float), &want.narrow(0, 0, 5));
-            eprintln!("{format:?} gelu {gelu}: relative error {e:.4} (quiet rows {quiet:.4})");
-            assert!(e < limit && quiet < limit, "{format:?} gelu {gelu}: relative error {e} / {quiet} over {limit}");
-            // And not a copy of the f32 result: quantisation shows.
-            assert!(e > 1e-4, "{format:?}: relative error {e} is too small to be a quantised GEMM");
+        let (m, n) = (300, 1024);
+        for k in [768i64, 3072, 8192] {
+            // Rows of different ranges (as tokens have), one row 50× the rest.
+            let x = Tensor::randn([m, 2 * k], (Kind::Float, dev)) * Tensor::rand([m, 1], (Kind::Float, dev));
+            let _ = x.narrow(0, 5, 1).f_mul_scalar_(50.0).unwrap();
+            let w = Tensor::randn([n, k], (Kind::Float, dev)) * 0.03;
+            let b = Tensor::randn([n], (Kind::Float, dev)) * 0.1;
+            let both = x.to_kind(Kind::BFloat16);
+            let xb = both.narrow(1, 0, k).contiguous();
+            let (up, gate) = (xb.to_kind(Kind::Float), both.narrow(1, k, k).to_kind(Kind::Float));
+            // The GEMM's relative error, and the activation's (heavier-tailed rows than a GEMM
+            // output's: a gated product's row max is further from its mean).
+            for (format, limit, act_limit) in [(Format::Fp8, 0.08, 0.08), (Format::Int8, 0.03, 0.05)] {
+                let kernels = QuantKernels::new(i, format, 768).unwrap();
+                let layer = QuantLinear::of(&w, &b, format).unwrap();
+                for (act, input, want_in) in [
+                    (Act::None, &xb, up.shallow_clone()),
+                    (Act::GeluTanh, &xb, up.gelu("tanh")),
+                    (Act::GeluExact, &xb, up.gelu("none")),
+                    (Act::Silu, &xb, up.silu()),
+                    (Act::Gated, &both, &up * gate.silu()),
+                ] {
+                    let what = format!("{format:?} {act:?} k {k}");
+                    let (q, s) = kernels.quantize(input, act).unwrap();
+                    assert_eq!((q.kind(), q.size(), s.size()), (format.kind(), vec![m, k], vec![m, 1]), "{what}");
+                    // The activation: dequantised rows against f32's, within the format's step.
+                    let e_act = rel(&(q.to_kind(Kind::Float) * &s), &want_in);
+                    let y = layer.forward(&kernels, &q, &s).unwrap();
+                    assert_eq!((y.kind(), y.size()), (Kind::BFloat16, vec![m, n]));
+                    let want = want_in.linear(&w, Some(&b));
+                    let e = rel(&y.to_kind(Kind::Float), &want);
+                    // Per-row scales: the loud row costs the others nothing.
+                    let quiet = rel(&y.narrow(0, 0, 5).to_kind(Kind::Float), &want.narrow(0, 0, 5));
+                    eprintln!("{what}: relative error {e:.4} (quiet rows {quiet:.4}, activation {e_act:.4})");
+                    assert!(
+                        e < limit && quiet < limit && e_act < act_limit,
+                        "{what}: relative error {e} / {quiet} over {limit}, activation {e_act} over {act_limit}"
+                    );
+                    // And not a copy of the f32 result: quantisation shows.
+                    assert!(e > 1e-4, "{what}: relative error {e} is too small to be a quantised GEMM");
+                }
+            }
         }
     }
 
@@ -638,7 +722,7 @@ mod tests {
                 let kernels = QuantKernels::new(i, format, d as usize).unwrap();
                 let (mut xa, mut xb) = (x0.copy(), x0.copy());
                 let h = fused.residual_norm(&mut xa, &y, &g, &norm, 1e-5).unwrap();
-                let (qa, sa) = kernels.quantize(&h, false).unwrap();
+                let (qa, sa) = kernels.quantize(&h, Act::None).unwrap();
                 let (qb, sb) = kernels.residual_norm_quantize(&mut xb, &y, &g, &norm, 1e-5).unwrap();
                 assert!(xa.equal(&xb), "d {d} {format:?}: the residual differs");
                 let ds = (&sa - &sb).abs().max().double_value(&[]) / sa.abs().max().double_value(&[]);
