@@ -709,23 +709,6 @@ impl TchDinov3 {
         }
     }
 
-    /// Captures the forward for `n` images of `h`×`w` px now (the miner's batch sizes at start,
-    /// so the first request does not pay for the capture; `n` is rounded up to its captured
-    /// size); a no-op where graphs are off or the shape is captured already. An error where the
-    /// capture fails.
-    pub fn capture(&self, n: usize, h: usize, w: usize) -> Result<()> {
-        let Device::Cuda(ordinal) = self.device else { return Ok(()) };
-        let Some(n) = self.graphs.size_for(n) else { return Ok(()) };
-        let mut graphs = self.graphs.graphs.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (n as i64, h as i64, w as i64);
-        if graphs.get(&key).is_some_and(Option::is_some) {
-            return Ok(());
-        }
-        let captured = self.capture_shape(ordinal, key)?;
-        graphs.insert(key, Some(captured));
-        Ok(())
-    }
-
     /// Features `(n, 2D)` of normalised pixels `(n, C, h, w)` already on the model's device,
     /// back on the host: through the shape's CUDA graph where [`GraphCache`] has or takes one.
     pub fn features_of_device(&self, pixels: &Tensor) -> Result<Vec<f32>> {

@@ -81,7 +81,8 @@ impl Format {
     /// The kernels' source for models of width `d` (the fused norm's row length; a multiple of
     /// 8) and the virtual architecture NVRTC compiles it for.
     fn source(self, d: usize) -> (String, &'static str) {
-        let head = format!("#define D {d}\n{HEAD}");
+        let rt = super::tch_kernels::row_threads(d / 8);
+        let head = format!("#define D {d}\n#define RT {rt}\n{HEAD}{}", super::tch_kernels::ROW_REDUCE);
         match self {
             Self::Fp8 => (format!("{head}{FP8}{QUANTIZE}{NORM}"), "compute_89"),
             Self::Int8 => (format!("{head}{INT8}{QUANTIZE}{NORM}"), "compute_80"),
@@ -204,36 +205,39 @@ extern "C" __global__ void quantize(const u16 *__restrict__ x, unsigned char *__
 }
 "#;
 
-/// The residual, the LayerNorm and the quantiser in one pass (after [`QUANTIZE`]).
+/// The residual, the LayerNorm and the quantiser in one pass (after [`QUANTIZE`] and
+/// `tch_kernels::ROW_REDUCE`; `RT` threads a row, `tch_kernels::row_threads`).
 const NORM: &str = r#"
 #define CHUNKS (D / 8)
-#define PER_LANE ((CHUNKS + 31) / 32)
+#define PER_LANE ((CHUNKS + RT - 1) / RT)
 // x[row] += g ⊙ y[row] (stored in bf16), then LayerNorm(x[row]) · w + b rounded to bf16 and
 // quantised as `quantize` does: q[row], scale[row]. All bf16, rows of D (D % 8 == 0, 16-byte
-// aligned). One warp a row held in registers (spilled beyond D = 1024: correct, slower), every
-// load before any store, as tch_kernels' residual_norm.
+// aligned). RT threads a row held in registers, every load before any store, the sums in the
+// order of tch_kernels' residual_norm.
 extern "C" __global__ void residual_norm_quantize(u16 *__restrict__ x, const u16 *__restrict__ y,
                                                   const u16 *__restrict__ g, const u16 *__restrict__ w,
                                                   const u16 *__restrict__ b, unsigned char *__restrict__ q,
                                                   float *__restrict__ scale, int m, float eps) {
-  int row = (int)((blockIdx.x * blockDim.x + threadIdx.x) / 32);
-  int lane = threadIdx.x % 32;
-  if (row >= m) return;
+  __shared__ float red[32];
+  int row = (int)((blockIdx.x * blockDim.x + threadIdx.x) / RT);
+  int lane = threadIdx.x % RT;
+  bool live = row < m;
+  if (!live) row = 0;
   uint4 *xr = (uint4 *)(x + (size_t)row * D);
   const uint4 *yr = (const uint4 *)(y + (size_t)row * D);
   const uint4 *gv = (const uint4 *)g;
   uint4 xv[PER_LANE], yv[PER_LANE], gg[PER_LANE];
 #pragma unroll
   for (int k = 0; k < PER_LANE; k++) {
-    int c = lane + 32 * k;
-    if (c < CHUNKS) { xv[k] = xr[c]; yv[k] = yr[c]; gg[k] = gv[c]; }
+    int c = lane + RT * k;
+    if (live && c < CHUNKS) { xv[k] = xr[c]; yv[k] = yr[c]; gg[k] = gv[c]; }
   }
   float v[PER_LANE][8];
   float sum = 0.f;
 #pragma unroll
   for (int k = 0; k < PER_LANE; k++) {
-    int c = lane + 32 * k;
-    if (c < CHUNKS) {
+    int c = lane + RT * k;
+    if (live && c < CHUNKS) {
       float xf[8], yf[8], gf[8];
       unpack(xv[k], xf);
       unpack(yv[k], yf);
@@ -251,25 +255,23 @@ extern "C" __global__ void residual_norm_quantize(u16 *__restrict__ x, const u16
       for (int e = 0; e < 8; e++) v[k][e] = 0.f;
     }
   }
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  sum = row_reduce(sum, 0, red);
   float mean = sum / D;
   float var = 0.f;
 #pragma unroll
   for (int k = 0; k < PER_LANE; k++) {
-    if (lane + 32 * k < CHUNKS) {
+    if (lane + RT * k < CHUNKS) {
 #pragma unroll
       for (int e = 0; e < 8; e++) { float d = v[k][e] - mean; var += d * d; }
     }
   }
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) var += __shfl_xor_sync(0xffffffffu, var, o);
+  var = row_reduce(var, 0, red);
   float rstd = rsqrtf(var / D + eps);
   const uint4 *wv = (const uint4 *)w, *bv = (const uint4 *)b;
   float amax = 0.f;
 #pragma unroll
   for (int k = 0; k < PER_LANE; k++) {
-    int c = lane + 32 * k;
+    int c = lane + RT * k;
     if (c < CHUNKS) {
       float wf[8], bf8[8];
       unpack(wv[c], wf);
@@ -281,15 +283,15 @@ extern "C" __global__ void residual_norm_quantize(u16 *__restrict__ x, const u16
       }
     }
   }
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  amax = row_reduce(amax, 1, red);
+  if (!live) return;
   float s = fmaxf(amax, 1e-30f) / RANGE;
   float inv = 1.f / s;
   if (lane == 0) scale[row] = s;
   uint2 *qr = (uint2 *)(q + (size_t)row * D);
 #pragma unroll
   for (int k = 0; k < PER_LANE; k++) {
-    int c = lane + 32 * k;
+    int c = lane + RT * k;
     if (c < CHUNKS) {
       unsigned lo = pack4(v[k][0] * inv, v[k][1] * inv, v[k][2] * inv, v[k][3] * inv);
       unsigned hi = pack4(v[k][4] * inv, v[k][5] * inv, v[k][6] * inv, v[k][7] * inv);
@@ -480,8 +482,8 @@ impl QuantKernels {
             }
         }
         let (q, scale) = self.row_outputs(m, d, x.device(), "quantised norm output")?;
-        // One warp a row, 8 rows a block.
-        let rows_per_block = (BLOCK / 32) as i64;
+        // `row_threads` a row (the bf16 norm kernel's), whole rows to a block.
+        let rows_per_block = BLOCK as i64 / super::tch_kernels::row_threads((d / 8) as usize) as i64;
         let grid = u32::try_from((m + rows_per_block - 1) / rows_per_block).context("too many rows for one launch")?;
         let cfg = LaunchConfig { grid_dim: (grid.max(1), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         let (m32, eps) = (i32::try_from(m)?, eps as f32);
@@ -493,8 +495,9 @@ impl QuantKernels {
         }
         launch.arg(&m32).arg(&eps);
         // SAFETY: live contiguous 16-byte-aligned LibTorch tensors on this device of the checked
-        // kinds and sizes (x, y m·D bf16; γ, w, b D bf16; q m·D bytes; scale m floats), one warp
-        // a row within the m rows, ordered on LibTorch's current stream.
+        // kinds and sizes (x, y m·D bf16; γ, w, b D bf16; q m·D bytes; scale m floats), reading
+        // and writing only the m rows (threads of rows past m take part in the barriers, nothing
+        // else), ordered on LibTorch's current stream.
         unsafe { launch.launch(cfg) }.context("launching the residual + norm + quantiser kernel")?;
         Ok((q, scale))
     }
@@ -757,6 +760,8 @@ mod tests {
         assert_ne!(ptx_name(Format::Fp8, 768), ptx_name(Format::Int8, 768));
         assert_ne!(ptx_name(Format::Fp8, 768), ptx_name(Format::Fp8, 384), "the width is compiled in");
         assert!(compile(Format::Fp8, 100).is_err(), "a width that is not a multiple of 8");
+        // ViT-7B's width: the fused norm's rows span several warps.
+        assert!(compile(Format::Int8, 4096).unwrap().contains(".entry residual_norm_quantize("));
     }
 
     /// Export needs NVRTC, not a GPU (as the other kernel tests); loading the module needs one.
