@@ -476,6 +476,15 @@ impl FusedKernels {
 mod tests {
     use super::*;
 
+    /// CUDA device 0, or `None` (saying the test is skipped) where LibTorch sees no GPU.
+    fn cuda() -> Option<Device> {
+        let ok = tch::Cuda::is_available();
+        if !ok {
+            eprintln!("skipped: no CUDA device here");
+        }
+        ok.then_some(Device::Cuda(0))
+    }
+
     /// The kernels compile for every dtype and the shipped model widths (NVRTC must be on the
     /// library path of a `tch` build's tests; no GPU is needed), and their entry points are there.
     #[test]
@@ -507,11 +516,7 @@ mod tests {
     /// LibTorch's ops at a warp a row (768) and at several (4,096, ViT-7B's width), in bf16 and f32.
     #[test]
     fn residual_norm_matches_libtorch() {
-        if !tch::Cuda::is_available() {
-            eprintln!("skipped: no CUDA device here");
-            return;
-        }
-        let dev = Device::Cuda(0);
+        let Some(dev) = cuda() else { return };
         tch::manual_seed(9);
         for (kind, tol) in [(Kind::Float, 1e-5), (Kind::BFloat16, 2e-2)] {
             for (d, hd, m) in [(768i64, 64, 301i64), (4096, 128, 37)] {
@@ -541,11 +546,7 @@ mod tests {
     /// SiLU and product, in f32 and bf16.
     #[test]
     fn gated_product_matches_libtorch() {
-        if !tch::Cuda::is_available() {
-            eprintln!("skipped: no CUDA device here");
-            return;
-        }
-        let dev = Device::Cuda(0);
+        let Some(dev) = cuda() else { return };
         tch::manual_seed(5);
         for (kind, tol) in [(Kind::Float, 1e-6), (Kind::BFloat16, 8e-3)] {
             let k = FusedKernels::new(0, kind, 384, 64, 3, 16).unwrap();
