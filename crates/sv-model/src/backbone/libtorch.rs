@@ -213,10 +213,10 @@ enum Normed {
 /// powers of two below [`Self::max_batch`], and the limit itself) are captured, and a batch
 /// between two of them runs the next larger one with its extra rows zeroed, so the miner's start
 /// captures 4 graphs for a limit of 8 instead of 8 (each capture costs ~0.13 s on an H100, and
-/// one image more in a small batch costs the GPU next to nothing). A shape is captured on its
-/// first use, up to [`MAX_GRAPHS`] shapes (later shapes run uncaptured; a capture that fails is
-/// remembered as such, said once, and runs uncaptured). Replays share their buffers, so one lock
-/// serialises them.
+/// one image more in a small batch costs the GPU next to nothing; the miner's warm-up runs each
+/// size once). A shape is captured on its first use, up to [`MAX_GRAPHS`] shapes (later shapes
+/// run uncaptured; a capture that fails is remembered as such, said once, and runs uncaptured).
+/// Replays share their buffers, so one lock serialises them.
 struct GraphCache {
     max_batch: usize,
     graphs: Mutex<HashMap<(i64, i64, i64), Option<Captured>>>,
@@ -644,7 +644,12 @@ impl TchDinov3 {
             self.fusion(),
             self.fused.as_ref().map(|k| format!(" ({})", k.origin())).unwrap_or_default(),
             self.attention,
-            if self.gelu_tanh { "tanh (GEMM epilogue)" } else { "exact" },
+            match (self.gelu_tanh, &self.quant) {
+                (true, None) => "tanh (GEMM epilogue)",
+                (true, Some(_)) => "tanh (in the down-projection's quantiser)",
+                (false, None) => "exact",
+                (false, Some(_)) => "exact (in the down-projection's quantiser)",
+            },
             match self.graphs.max_batch {
                 0 => "off".to_string(),
                 n => format!("batches ≤ {n}"),
@@ -910,10 +915,10 @@ impl TchDinov3 {
         let hid = if blk.gated {
             // [up | gate] from one GEMM, then up ⊙ act(gate): one pass in the fused kernel.
             let both = h2.f_linear(uw, Some(ub)).step(&step("up/gate_proj"))?;
+            let f = both.size()[1] / 2;
             match self.kernels_for(|f| f.mlp) {
-                Some(k) if self.silu => k.gated(&both).with_context(|| step("gated product"))?,
+                Some(k) if self.silu && k.gated_fits(f) => k.gated(&both).with_context(|| step("gated product"))?,
                 _ => {
-                    let f = both.size()[1] / 2;
                     let mut gate = both.narrow(1, f, f).f_contiguous().step(&step("gate"))?;
                     if self.silu { gate.f_silu_() } else { gate.f_gelu_("none") }.in_place(&step("activation"))?;
                     both.narrow(1, 0, f).f_mul(&gate).step(&step("gated product"))?

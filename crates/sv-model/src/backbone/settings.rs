@@ -110,7 +110,7 @@ pub enum TchLinear {
 
 /// Which of the LibTorch forward's fused CUDA kernels run (`tch_kernels::FusedKernels`), written
 /// `default`, `none` (or `0`: LibTorch's operators only), `all` (or `1`) or a list of `rope`,
-/// `norm` and `patches` separated by `,` or `+`.
+/// `norm`, `patches` and `mlp` separated by `,` or `+`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Fusion {
@@ -127,10 +127,12 @@ pub struct Fusion {
 impl Fusion {
     pub const NONE: Self = Self { rope: false, norm: false, patches: false, mlp: false };
     pub const ALL: Self = Self { rope: true, norm: true, patches: true, mlp: true };
-    /// What runs unless a config says otherwise: all of them, at every batch size. Measured on an H200
-    /// in bf16 (RESULTS.md, "vector loads"), each kernel alone is faster than LibTorch's passes at
-    /// ViT-B/16 batch 256 and all three together are fastest at both ViT-B/16 batch 256 (12,356
-    /// img/s against 7,696 with none) and ViT-S/16 batch 1 (1.28 ms against 1.94).
+    /// What runs unless a config says otherwise: all of them, at every batch size. Measured on an
+    /// H200 in bf16 (RESULTS.md, "vector loads"), each of the first three alone is faster than
+    /// LibTorch's passes at ViT-B/16 batch 256 and the three together are fastest at both
+    /// ViT-B/16 batch 256 (12,356 img/s against 7,696 with none) and ViT-S/16 batch 1 (1.28 ms
+    /// against 1.94); `mlp` (gated models only) replaces LibTorch's SiLU and product passes
+    /// (ViT-7B/16 batch 32 on an H100: RESULTS.md, "A fourth session").
     pub const DEFAULT: Self = Self::ALL;
 
     /// The set a forward config's `fused` names (see [`Fusion`]); an error names the bad part.

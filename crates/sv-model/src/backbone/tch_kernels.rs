@@ -447,6 +447,11 @@ impl FusedKernels {
         Ok(out)
     }
 
+    /// Whether [`Self::gated`] takes rows of `f` values a half (its vector loads divide them).
+    pub fn gated_fits(&self, f: i64) -> bool {
+        f > 0 && f % self.vec == 0
+    }
+
     /// A gated MLP's `up ⊙ SiLU(gate)` `(M, F)` from the stacked up/gate GEMM's rows `both`
     /// `(M, 2F)`, `[up | gate]`.
     pub fn gated(&self, both: &Tensor) -> Result<Tensor> {

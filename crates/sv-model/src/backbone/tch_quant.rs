@@ -6,9 +6,10 @@
 //!   dropped.
 //! - Activations: per row (token), dynamically: `s_x[m] = max|x[m, :]| / R`, computed in the
 //!   same pass that writes the quantised values ([`QuantKernels::quantize`]: a row held in
-//!   registers, one read of the bf16 input). A per-row scale needs no calibration set and follows each token's
-//!   range, where a static per-tensor scale from a calibrator clips or wastes range on outlier
-//!   tokens (DINOv3's register and class tokens run an order of magnitude above the patches).
+//!   registers, one read of the bf16 input). A per-row scale needs no calibration set and
+//!   follows each token's range, where a static per-tensor scale from a calibrator clips or
+//!   wastes range on outlier tokens (DINOv3's register and class tokens run an order of
+//!   magnitude above the patches).
 //!   For the MLP the kernel applies the activation first ([`Act`]: GELU in the form the forward
 //!   config names, SiLU, or a gated MLP's `up ⊙ SiLU(gate)` from the stacked up/gate GEMM), so
 //!   the up-projection's output is read once on its way to the down-projection.
@@ -359,9 +360,22 @@ pub fn compile(format: Format, d: usize) -> Result<String> {
     crate::ptx::nvrtc(&src, Some(arch), &format!("{} quantiser", format.name()))
 }
 
-/// Threads a block of the quantising kernels (at most: a longer row takes a block of its own)
-/// and of the dequantiser.
+/// Threads a block of the quantising kernels (whole rows of up to this many threads) and of the
+/// dequantiser.
 const BLOCK: u32 = 256;
+
+/// Threads a row of the `quantize` kernel for rows of `k` values: a power of two from a warp to
+/// a block, each holding up to 4 chunks of 8 values in registers (so at most 8,192 values a row:
+/// ViT-7B's gated MLP, the longest DINOv3 row; a block of more threads could exceed the
+/// registers a launch may take); an error names a longer row.
+fn quantize_threads(k: i64) -> Result<i64> {
+    let chunks = u64::try_from(k).context("quantiser input: a negative row length")?.div_ceil(8);
+    let per_row = chunks.div_ceil(4).max(32).next_power_of_two() as i64;
+    if per_row > BLOCK as i64 {
+        bail!("quantiser input: rows of {k} values are longer than the quantiser takes (8,192)");
+    }
+    Ok(per_row)
+}
 
 /// The activation quantiser, its fused residual+norm form (and INT8's dequantiser) for models of
 /// one width on one CUDA device, launched on LibTorch's current stream.
@@ -416,12 +430,7 @@ impl QuantKernels {
         let &[m, ld] = size.as_slice() else { bail!("quantiser input has shape {size:?}, expected (M, K)") };
         let k = if act == Act::Gated { ld / 2 } else { ld };
         self.check(x, Kind::BFloat16, ld, if act == Act::Gated { 16 } else { 8 }, "quantiser input")?;
-        let chunks = k / 8;
-        // Threads a row: a power of two from a warp up, each holding up to 4 chunks of 8 values.
-        let per_row = (((chunks + 3) / 4).max(32) as u64).next_power_of_two() as i64;
-        if per_row > 1024 {
-            bail!("quantiser input: rows of {k} values are longer than one block holds (32,768)");
-        }
+        let per_row = quantize_threads(k)?;
         let rows_per_block = (BLOCK as i64 / per_row).max(1);
         let grid = u32::try_from((m + rows_per_block - 1) / rows_per_block).context("too many rows for one launch")?;
         let cfg = LaunchConfig {
@@ -429,7 +438,7 @@ impl QuantKernels {
             block_dim: (per_row as u32, rows_per_block as u32, 1),
             shared_mem_bytes: 0,
         };
-        let (q, scale) = self.row_outputs(m, k, x.device(), "quantised activations")?;
+        let (q, scale) = self.row_outputs(m, k, per_row, x.device(), "quantised activations")?;
         let (m32, k32, ld32, act32) = (i32::try_from(m)?, i32::try_from(k)?, i32::try_from(ld)?, act as i32);
         let (xp, qp, sp) = (x.data_ptr() as u64, q.data_ptr() as u64, scale.data_ptr() as u64);
         let stream = self.cuda.stream();
@@ -445,9 +454,9 @@ impl QuantKernels {
 
     /// What a row-quantising kernel writes for `m` rows of `k`: the quantised values `(m, k)`
     /// and their row scales `(m, 1)` f32; an error where the kernels' 32-bit thread index
-    /// cannot hold `m · 32`.
-    fn row_outputs(&self, m: i64, k: i64, device: Device, what: &str) -> Result<(Tensor, Tensor)> {
-        if m.checked_mul(32).is_none_or(|t| t > i32::MAX as i64) {
+    /// cannot hold `m` rows of `per_row` threads.
+    fn row_outputs(&self, m: i64, k: i64, per_row: i64, device: Device, what: &str) -> Result<(Tensor, Tensor)> {
+        if m.checked_mul(per_row).is_none_or(|t| t > i32::MAX as i64) {
             bail!("{what}: {m} rows are too many for one launch (32-bit thread indices)");
         }
         let q = Tensor::f_empty([m, k], (self.format.kind(), device)).step(what)?;
@@ -481,9 +490,10 @@ impl QuantKernels {
                 bail!("{what}: {:?}, expected {d} values", t.size());
             }
         }
-        let (q, scale) = self.row_outputs(m, d, x.device(), "quantised norm output")?;
         // `row_threads` a row (the bf16 norm kernel's), whole rows to a block.
-        let rows_per_block = BLOCK as i64 / super::tch_kernels::row_threads((d / 8) as usize) as i64;
+        let per_row = super::tch_kernels::row_threads((d / 8) as usize) as i64;
+        let (q, scale) = self.row_outputs(m, d, per_row, x.device(), "quantised norm output")?;
+        let rows_per_block = BLOCK as i64 / per_row;
         let grid = u32::try_from((m + rows_per_block - 1) / rows_per_block).context("too many rows for one launch")?;
         let cfg = LaunchConfig { grid_dim: (grid.max(1), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         let (m32, eps) = (i32::try_from(m)?, eps as f32);
@@ -651,6 +661,16 @@ mod tests {
     fn rel(a: &Tensor, b: &Tensor) -> f64 {
         let d = (a - b).norm().double_value(&[]);
         d / b.norm().double_value(&[])
+    }
+
+    #[test]
+    fn quantiser_rows_take_a_warp_to_a_block_and_longer_rows_are_refused() {
+        // ViT-S/B rows, ViT-B's MLP, ViT-7B's width and its gated MLP: 4 chunks of 8 a thread.
+        for (k, threads) in [(384, 32), (768, 32), (1024, 32), (1032, 64), (3072, 128), (4096, 128), (8192, 256)] {
+            assert_eq!(quantize_threads(k).unwrap(), threads, "rows of {k}");
+        }
+        let err = quantize_threads(8200).unwrap_err().to_string();
+        assert!(err.contains("8200") && err.contains("8,192"), "{err}");
     }
 
     #[test]
