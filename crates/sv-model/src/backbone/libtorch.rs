@@ -705,13 +705,11 @@ impl TchDinov3 {
         self.graphs.max_batch
     }
 
-    /// The batch sizes captured as CUDA graphs (empty where graphs are off or not on CUDA); a
-    /// batch between two of them runs as the next larger one, padded with zero images.
+    /// The batch sizes captured as CUDA graphs (empty where graphs are off or not on CUDA: the
+    /// cache's limit is 0 there); a batch between two of them runs as the next larger one,
+    /// padded with zero images.
     pub fn graph_sizes(&self) -> Vec<usize> {
-        match self.device {
-            Device::Cuda(_) => self.graphs.sizes(),
-            _ => Vec::new(),
-        }
+        self.graphs.sizes()
     }
 
     /// Features `(n, 2D)` of normalised pixels `(n, C, h, w)` already on the model's device,
@@ -898,9 +896,7 @@ impl TchDinov3 {
                 (true, true, _) => Act::Gated,
                 (true, false, _) => {
                     // A GELU-gated MLP (no DINOv3 size has one): the product by LibTorch's ops.
-                    let f = hid.size()[1] / 2;
-                    let gate = hid.narrow(1, f, f).f_gelu("none").step(&step("activation"))?;
-                    hid = hid.narrow(1, 0, f).f_mul(&gate).step(&step("gated product"))?;
+                    hid = self.gated_by_libtorch(&hid, step)?;
                     Act::None
                 }
                 (false, true, _) => Act::Silu,
@@ -918,20 +914,30 @@ impl TchDinov3 {
             let f = both.size()[1] / 2;
             match self.kernels_for(|f| f.mlp) {
                 Some(k) if self.silu && k.gated_fits(f) => k.gated(&both).with_context(|| step("gated product"))?,
-                _ => {
-                    let mut gate = both.narrow(1, f, f).f_contiguous().step(&step("gate"))?;
-                    if self.silu { gate.f_silu_() } else { gate.f_gelu_("none") }.in_place(&step("activation"))?;
-                    both.narrow(1, 0, f).f_mul(&gate).step(&step("gated product"))?
-                }
+                _ => self.gated_by_libtorch(&both, step)?,
             }
         } else if self.gelu_tanh && !self.silu {
             tch_shim::addmm_gelu_tanh(ub, h2, uw).with_context(|| step("up_proj + GELU"))?
         } else {
             let mut hid = h2.f_linear(uw, Some(ub)).step(&step("up_proj"))?;
-            if self.silu { hid.f_silu_() } else { hid.f_gelu_("none") }.in_place(&step("activation"))?;
+            self.activate(&mut hid, step)?;
             hid
         };
         self.linear(&blk.down, &hid, &step("down_proj"))
+    }
+
+    /// The MLP's activation in place by LibTorch's ops: SiLU, or GELU in erf form.
+    fn activate(&self, t: &mut Tensor, step: &dyn Fn(&str) -> String) -> Result<()> {
+        if self.silu { t.f_silu_() } else { t.f_gelu_("none") }.in_place(&step("activation"))
+    }
+
+    /// A gated MLP's `up ⊙ act(gate)` `(M, F)` from the stacked up/gate GEMM's rows `[up | gate]`
+    /// `(M, 2F)` by LibTorch's ops, where no fused kernel makes it.
+    fn gated_by_libtorch(&self, both: &Tensor, step: &dyn Fn(&str) -> String) -> Result<Tensor> {
+        let f = both.size()[1] / 2;
+        let mut gate = both.narrow(1, f, f).f_contiguous().step(&step("gate"))?;
+        self.activate(&mut gate, step)?;
+        both.narrow(1, 0, f).f_mul(&gate).step(&step("gated product"))
     }
 
     /// Forward pass on normalised pixels `(B, C, H, W)` on the model's device (any float
@@ -1111,13 +1117,10 @@ mod tests {
         let off = GraphCache::new(0);
         assert!(off.sizes().is_empty() && off.size_for(1).is_none());
 
-        if !tch::Cuda::is_available() {
-            eprintln!("skipped the GPU part: no CUDA device here");
-            return;
-        }
+        let Some(i) = crate::backbone::tch_shim::test_gpu() else { return };
         let cfg = Dinov3Config::preset(Preset::VitTiny);
         let settings = TchForwardConfig { graphs: 8, ..TchForwardConfig::default() };
-        let f = TchDinov3::random(&cfg, Device::Cuda(0), DType::F32, 0.02, 11, &settings).unwrap();
+        let f = TchDinov3::random(&cfg, Device::Cuda(i), DType::F32, 0.02, 11, &settings).unwrap();
         assert_eq!(f.graph_sizes(), [1, 2, 4, 8]);
         let s = 64;
         let px: Vec<f32> = (0..3 * 3 * s * s).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();

@@ -458,7 +458,7 @@ impl FusedKernels {
         let size = both.size();
         let &[m, two_f] = size.as_slice() else { bail!("gated MLP input has shape {size:?}, expected (M, 2F)") };
         let f = two_f / 2;
-        if two_f % 2 != 0 || f % self.vec != 0 {
+        if two_f % 2 != 0 || !self.gated_fits(f) {
             bail!("gated MLP input: rows of {two_f} values do not split into two halves of {}-value vectors", self.vec);
         }
         let device = both.device();
@@ -480,15 +480,7 @@ impl FusedKernels {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// CUDA device 0, or `None` (saying the test is skipped) where LibTorch sees no GPU.
-    fn cuda() -> Option<Device> {
-        let ok = tch::Cuda::is_available();
-        if !ok {
-            eprintln!("skipped: no CUDA device here");
-        }
-        ok.then_some(Device::Cuda(0))
-    }
+    use crate::backbone::tch_shim::test_gpu;
 
     /// The kernels compile for every dtype and the shipped model widths (NVRTC must be on the
     /// library path of a `tch` build's tests; no GPU is needed), and their entry points are there.
@@ -521,11 +513,12 @@ mod tests {
     /// LibTorch's ops at a warp a row (768) and at several (4,096, ViT-7B's width), in bf16 and f32.
     #[test]
     fn residual_norm_matches_libtorch() {
-        let Some(dev) = cuda() else { return };
+        let Some(i) = test_gpu() else { return };
+        let dev = Device::Cuda(i);
         tch::manual_seed(9);
         for (kind, tol) in [(Kind::Float, 1e-5), (Kind::BFloat16, 2e-2)] {
             for (d, hd, m) in [(768i64, 64, 301i64), (4096, 128, 37)] {
-                let k = FusedKernels::new(0, kind, d as usize, hd, 3, 16).unwrap();
+                let k = FusedKernels::new(i, kind, d as usize, hd, 3, 16).unwrap();
                 let t = |s: &[i64], scale: f64| (Tensor::randn(s, (Kind::Float, dev)) * scale).to_kind(kind);
                 let (x0, y, g) = (t(&[m, d], 2.0), t(&[m, d], 1.0), t(&[d], 0.5));
                 let norm = (t(&[d], 0.3) + 1.0, t(&[d], 0.1));
@@ -551,10 +544,11 @@ mod tests {
     /// SiLU and product, in f32 and bf16.
     #[test]
     fn gated_product_matches_libtorch() {
-        let Some(dev) = cuda() else { return };
+        let Some(i) = test_gpu() else { return };
+        let dev = Device::Cuda(i);
         tch::manual_seed(5);
         for (kind, tol) in [(Kind::Float, 1e-6), (Kind::BFloat16, 8e-3)] {
-            let k = FusedKernels::new(0, kind, 384, 64, 3, 16).unwrap();
+            let k = FusedKernels::new(i, kind, 384, 64, 3, 16).unwrap();
             let both = (Tensor::randn([37, 2 * 1536], (Kind::Float, dev)) * 3.0).to_kind(kind);
             let got = k.gated(&both).unwrap();
             let f = 1536;

@@ -132,6 +132,19 @@ __device__ __forceinline__ void unpack(uint4 v, float *f) {
 /// The quantiser (after the format's part, which defines `RANGE` and `pack4`).
 const QUANTIZE: &str = r#"
 #define PER 4
+// A row's scale from its absolute max (a zero row gets a tiny scale, so zeros), stored by the
+// row's first thread; returns its inverse. Both quantising kernels scale and round through
+// these two, so the fused norm's output is the unfused pair's.
+__device__ __forceinline__ float row_scale(float amax, float *scale, int row, bool first) {
+  float s = fmaxf(amax, 1e-30f) / RANGE;
+  if (first) scale[row] = s;
+  return 1.f / s;
+}
+// One chunk of 8 values quantised: 8 bytes.
+__device__ __forceinline__ uint2 quantize8(const float *f, float inv) {
+  return make_uint2(pack4(f[0] * inv, f[1] * inv, f[2] * inv, f[3] * inv),
+                    pack4(f[4] * inv, f[5] * inv, f[6] * inv, f[7] * inv));
+}
 // tanh on the special-function unit (sm_75 and up; relative error below 2^-10, under a bf16
 // rounding step and far under an FP8 or INT8 one).
 __device__ __forceinline__ float tanh_fast(float x) {
@@ -149,10 +162,10 @@ __device__ __forceinline__ float act1(float x, int act) {
   return x;
 }
 // Rows of k bf16 values (k % 8 == 0, rows 16-byte aligned, `ld` values apart): the activated
-// row (in f32, not rounded to bf16 between), its absolute max, scale = max / RANGE (a zero row
-// gets a tiny scale and zeros), q = x / scale, 8 values a store. blockDim.x threads a row (a
-// power of two from 32, each holding up to PER chunks of 8 in registers: the row is read once),
-// blockDim.y rows a block.
+// row (in f32, not rounded to bf16 between), its absolute max, scale = max / RANGE
+// (`row_scale`), q = x / scale, 8 values a store. blockDim.x threads a row (a power of two from
+// 32, each holding up to PER chunks of 8 in registers: the row is read once), blockDim.y rows a
+// block.
 extern "C" __global__ void quantize(const u16 *__restrict__ x, unsigned char *__restrict__ q,
                                     float *__restrict__ scale, int m, int k, int ld, int act) {
   __shared__ float red[32];
@@ -190,18 +203,12 @@ extern "C" __global__ void quantize(const u16 *__restrict__ x, unsigned char *__
     for (int w = 0; w < (int)blockDim.x / 32; w++) amax = fmaxf(amax, red[first + w]);
   }
   if (!live) return;
-  float s = fmaxf(amax, 1e-30f) / RANGE;
-  float inv = 1.f / s;
-  if (threadIdx.x == 0) scale[row] = s;
+  float inv = row_scale(amax, scale, row, threadIdx.x == 0);
   uint2 *qr = (uint2 *)(q + (size_t)row * k);
 #pragma unroll
   for (int j = 0; j < PER; j++) {
     int c = threadIdx.x + j * blockDim.x;
-    if (c < chunks) {
-      unsigned lo = pack4(f[j][0] * inv, f[j][1] * inv, f[j][2] * inv, f[j][3] * inv);
-      unsigned hi = pack4(f[j][4] * inv, f[j][5] * inv, f[j][6] * inv, f[j][7] * inv);
-      qr[c] = make_uint2(lo, hi);
-    }
+    if (c < chunks) qr[c] = quantize8(f[j], inv);
   }
 }
 "#;
@@ -286,18 +293,12 @@ extern "C" __global__ void residual_norm_quantize(u16 *__restrict__ x, const u16
   }
   amax = row_reduce(amax, 1, red);
   if (!live) return;
-  float s = fmaxf(amax, 1e-30f) / RANGE;
-  float inv = 1.f / s;
-  if (lane == 0) scale[row] = s;
+  float inv = row_scale(amax, scale, row, lane == 0);
   uint2 *qr = (uint2 *)(q + (size_t)row * D);
 #pragma unroll
   for (int k = 0; k < PER_LANE; k++) {
     int c = lane + RT * k;
-    if (c < CHUNKS) {
-      unsigned lo = pack4(v[k][0] * inv, v[k][1] * inv, v[k][2] * inv, v[k][3] * inv);
-      unsigned hi = pack4(v[k][4] * inv, v[k][5] * inv, v[k][6] * inv, v[k][7] * inv);
-      qr[c] = make_uint2(lo, hi);
-    }
+    if (c < CHUNKS) qr[c] = quantize8(v[k], inv);
   }
 }
 "#;
@@ -431,7 +432,7 @@ impl QuantKernels {
         let k = if act == Act::Gated { ld / 2 } else { ld };
         self.check(x, Kind::BFloat16, ld, if act == Act::Gated { 16 } else { 8 }, "quantiser input")?;
         let per_row = quantize_threads(k)?;
-        let rows_per_block = (BLOCK as i64 / per_row).max(1);
+        let rows_per_block = BLOCK as i64 / per_row;
         let grid = u32::try_from((m + rows_per_block - 1) / rows_per_block).context("too many rows for one launch")?;
         let cfg = LaunchConfig {
             grid_dim: (grid.max(1), 1, 1),
@@ -645,17 +646,7 @@ impl QuantLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn gpu() -> Option<usize> {
-        let ok = tch::Cuda::is_available() && {
-            // SAFETY: only tries to load the library.
-            unsafe { cudarc::nvrtc::sys::is_culib_present() }
-        };
-        if !ok {
-            eprintln!("skipped: no CUDA device (or no NVRTC) here");
-        }
-        ok.then_some(0)
-    }
+    use crate::backbone::tch_shim::test_gpu;
 
     /// `(‖a − b‖ / ‖b‖)` over all values.
     fn rel(a: &Tensor, b: &Tensor) -> f64 {
@@ -675,7 +666,7 @@ mod tests {
 
     #[test]
     fn quantised_linear_layers_match_the_f32_gemm() {
-        let Some(i) = gpu() else { return };
+        let Some(i) = test_gpu() else { return };
         let dev = Device::Cuda(i);
         tch::manual_seed(7);
         let (m, n) = (300, 1024);
@@ -727,7 +718,7 @@ mod tests {
     /// kernel, then the quantiser) on the same rows: the same residual, scales and values.
     #[test]
     fn fused_norm_quantiser_matches_the_unfused_pair() {
-        let Some(i) = gpu() else { return };
+        let Some(i) = test_gpu() else { return };
         let dev = Device::Cuda(i);
         tch::manual_seed(3);
         let bf = |t: Tensor| t.to_kind(Kind::BFloat16);
@@ -808,7 +799,7 @@ mod tests {
             crate::ptx::load(&ptx_name(Format::Int8, 384), || anyhow::bail!("compiled instead of read")).unwrap();
         assert!(origin.starts_with("PTX from"), "{origin}");
         assert!(ptx.to_src().contains(".entry dequantize("), "INT8 PTX without its epilogue");
-        let Some(i) = gpu() else { return };
+        let Some(i) = test_gpu() else { return };
         let ctx = cudarc::driver::CudaContext::new(i).unwrap();
         let module = ctx.load_module(ptx).unwrap();
         module.load_function("dequantize").unwrap();

@@ -105,6 +105,18 @@ pub fn current_stream(device: usize) -> *mut c_void {
     unsafe { sv_cuda_current_stream(device as c_int) }
 }
 
+/// For the GPU tests: CUDA device 0, or `None` (saying the test is skipped) where LibTorch sees
+/// no GPU. NVRTC is not checked: the `tch` build's kernel tests need it on the library path with
+/// or without a GPU.
+#[cfg(test)]
+pub(crate) fn test_gpu() -> Option<usize> {
+    let ok = tch::Cuda::is_available();
+    if !ok {
+        eprintln!("skipped: no CUDA device here");
+    }
+    ok.then_some(0)
+}
+
 /// A CUDA device as LibTorch uses it, for our own kernels: its primary context (LibTorch's
 /// runtime uses it too, so its device pointers are valid there) and LibTorch's current stream,
 /// so launches are ordered with LibTorch's kernels and join a graph capture.
